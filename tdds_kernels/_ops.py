@@ -1,0 +1,66 @@
+"""The tracker's two ops, declared once with torch.library.
+
+Every backend implements the same two schemas (text below, written once). The dispatcher takes
+one kernel per device key, so backends that share a device are sibling ops of one schema:
+
+    tdds::update / tdds::epoch_step                  pure-PyTorch reference, any device
+    tdds::update_triton / tdds::epoch_step_triton    Triton (CUDA; CPU under TRITON_INTERPRET=1)
+    tdds::update_ext / tdds::epoch_step_ext          C++ extension: CPU kernel and CUDA kernel
+
+State (DESIGN.md §2), mutated in place:
+    prev     (N, C)   storage dtype  log(p + 1e-8) of the last recorded row (cached log: d needs
+                                     only the new p, its log and this; one log per element saved)
+    seen     (N,)     int32          last epoch the sample was recorded in, -1 never
+    ring     (N, W-1) float32        d_j in slot j mod (W-1); NaN = undefined
+    score    (N,)     float32        running EMA S
+    counters (4,)     int64          COUNTERS below, cumulative
+"""
+from __future__ import annotations
+
+import torch
+
+NAMESPACE = "tdds"
+
+# Mutated arguments are marked (a!)...; both ops return nothing.
+UPDATE_SCHEMA = (
+    "(Tensor logits, Tensor index, Tensor(a!) prev, Tensor(b!) seen, Tensor(c!) ring, "
+    "Tensor(d!) counters, int epoch) -> ()"
+)
+EPOCH_STEP_SCHEMA = (
+    "(Tensor seen, Tensor(a!) ring, Tensor(b!) score, Tensor(c!) counters, int epoch, "
+    "float decay) -> ()"
+)
+
+# Slots of the counters tensor, shared by every backend (csrc/ops.h repeats these numbers).
+COUNTERS = ("duplicates", "missing", "nonfinite", "out_of_range")
+DUPLICATES, MISSING, NONFINITE, OUT_OF_RANGE = range(len(COUNTERS))
+
+EPS = 1e-8  # the release's epsilon inside log(p + eps)
+
+_lib = torch.library.Library(NAMESPACE, "FRAGMENT")
+
+
+def _fake_noop(*args, **kwargs):
+    # Both ops only mutate their (a!) arguments in place: the fake/meta kernel has nothing to do.
+    return None
+
+
+def define_sibling(suffix: str) -> tuple[str, str]:
+    """Declare tdds::update{suffix} and tdds::epoch_step{suffix} with the shared schemas.
+
+    Returns the qualified names; the caller registers kernels for its devices.
+    """
+    names = []
+    for base, schema in (("update", UPDATE_SCHEMA), ("epoch_step", EPOCH_STEP_SCHEMA)):
+        name = f"{base}{suffix}"
+        _lib.define(name + schema)
+        qualname = f"{NAMESPACE}::{name}"
+        torch.library.register_fake(qualname, _fake_noop, lib=_lib)
+        names.append(qualname)
+    return names[0], names[1]
+
+
+def schema_of(op) -> str:
+    """The argument/return part of an op's schema, for checking siblings against each other."""
+    s = str(op._schema)
+    return s[s.index("(") :]

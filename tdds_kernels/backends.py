@@ -1,0 +1,109 @@
+"""Which op pair a tracker calls: resolved once, by name and device; the tracker never branches.
+
+    reference  tdds::update / tdds::epoch_step            always available, any device
+    triton     tdds::update_triton / ..._triton           CUDA; CPU only under TRITON_INTERPRET=1
+    cpu        tdds::update_ext / ..._ext (CPU kernel)    C++ extension, CPU trackers
+    cuda       tdds::update_ext / ..._ext (CUDA kernel)   C++ extension built with CUDA
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from . import reference  # noqa: F401  (defines the reference ops)
+
+NAMES = ("reference", "triton", "cpu", "cuda")
+# Order "auto" tries per device type, fastest first (benchmarks/results/ has the measurements).
+AUTO_ORDER = {"cpu": ("cpu", "reference"), "cuda": ("triton", "cuda", "reference")}
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    update: object  # torch._ops.OpOverloadPacket with the UPDATE_SCHEMA
+    epoch_step: object  # ... with the EPOCH_STEP_SCHEMA
+
+
+_import_errors: dict[str, str] = {}
+
+
+def _load(module: str) -> bool:
+    """Import a backend module (which registers its ops); remember why it failed if it does."""
+    if module in _import_errors:
+        return False
+    try:
+        importlib.import_module(module, __package__)
+        return True
+    except Exception as exc:  # missing extension, missing triton, incompatible build
+        _import_errors[module] = f"{type(exc).__name__}: {exc}"
+        return False
+
+
+def _has_kernel(qualname: str, key: str) -> bool:
+    return torch._C._dispatch_has_kernel_for_dispatch_key(qualname, key)
+
+
+def unavailable_reason(name: str, device: torch.device) -> str | None:
+    """None if backend `name` can run on `device`, else why not."""
+    kind = device.type
+    if name == "reference":
+        return None if kind in ("cpu", "cuda") else f"device type {kind!r} is not supported"
+    if name == "triton":
+        if kind == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+            return "the triton backend runs on CPU tensors only with TRITON_INTERPRET=1"
+        if kind not in ("cpu", "cuda"):
+            return f"device type {kind!r} is not supported"
+        if not _load(".triton"):
+            return f"tdds_kernels.triton failed to import ({_import_errors['.triton']})"
+        return None
+    if name in ("cpu", "cuda"):
+        if kind != name:
+            return f"backend {name!r} runs on {name} trackers, not on {kind}"
+        if not _load("._C"):
+            return f"the C++ extension is not built ({_import_errors['._C']})"
+        key = "CPU" if name == "cpu" else "CUDA"
+        if not _has_kernel("tdds::update_ext", key):
+            return f"the C++ extension was built without {key} kernels"
+        return None
+    return f"unknown backend {name!r}; expected one of {('auto',) + NAMES}"
+
+
+_warned_fallback: set[str] = set()
+
+
+def resolve(name: str, device: torch.device) -> Backend:
+    """The Backend for `name` ("auto" or one of NAMES) on `device`; ValueError if unavailable."""
+    device = torch.device(device)
+    if name == "auto":
+        order = AUTO_ORDER.get(device.type, ("reference",))
+        for candidate in order:
+            if unavailable_reason(candidate, device) is None:
+                if candidate == "reference" and len(order) > 1 and device.type not in _warned_fallback:
+                    _warned_fallback.add(device.type)
+                    why = "; ".join(f"{c}: {unavailable_reason(c, device)}" for c in order[:-1])
+                    warnings.warn(f"tdds_kernels: using the reference backend on {device.type} ({why})",
+                                  stacklevel=3)
+                return _backend(candidate)
+        raise ValueError(f"backend: no backend available for device {device}")
+    if not isinstance(name, str) or name not in NAMES:
+        raise ValueError(f"backend: expected 'auto' or one of {NAMES}, got {name!r}")
+    reason = unavailable_reason(name, device)
+    if reason is not None:
+        raise ValueError(f"backend: {name!r} is not available for device {device}: {reason}")
+    return _backend(name)
+
+
+def _backend(name: str) -> Backend:
+    suffix = {"reference": "", "triton": "_triton", "cpu": "_ext", "cuda": "_ext"}[name]
+    return Backend(name, getattr(torch.ops.tdds, "update" + suffix),
+                   getattr(torch.ops.tdds, "epoch_step" + suffix))
+
+
+def available(device) -> list[str]:
+    """Backends that can run on `device`, in NAMES order."""
+    device = torch.device(device)
+    return [n for n in NAMES if unavailable_reason(n, device) is None]

@@ -1,0 +1,18 @@
+# Triton kernels run on CPU tensors only under the interpreter, and the flag must be set before
+# any @triton.jit function is defined, so it is set here, before tdds_kernels is imported.
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+FIXTURES = REPO.parent / "shared" / "fixtures"
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
