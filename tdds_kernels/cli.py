@@ -12,12 +12,8 @@ def build_parser() -> argparse.ArgumentParser:
     from . import offline
     offline.add_arguments(sub.add_parser("score", help="score a folder of per-epoch logit dumps "
                                          "(drop-in for the release's scoring script)"))
-    try:
-        from . import demo
-    except ImportError:
-        demo = None
-    if demo is not None:
-        demo.add_arguments(sub.add_parser("demo", help="train, score and prune a real dataset; "
+    from . import demo
+    demo.add_arguments(sub.add_parser("demo", help="train, score and prune a real dataset; "
                                           "compare coresets against random"))
     return parser
 

@@ -66,3 +66,125 @@ def importance_weights(scores) -> torch.Tensor:
     if bool(hi == lo):
         return torch.ones_like(s)
     return (s - lo) / (hi - lo)
+
+
+# ---------------------------------------------------------------------------- coreset strategies
+# Every strategy returns the kept dataset indices (int64, ascending) and is deterministic given
+# its seed; scores follow the "higher means keep" (= harder) convention of TDDS.
+
+top = select
+
+
+def _check_labels(labels, n: int) -> torch.Tensor:
+    labels = torch.as_tensor(labels)
+    if labels.dim() != 1 or labels.numel() != n:
+        raise ValueError(f"labels: expected shape ({n},) to match scores, got {tuple(labels.shape)}")
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise TypeError(f"labels: expected an integer dtype, got {labels.dtype}")
+    return labels.to(torch.int64).cpu()
+
+
+def _generator(seed) -> torch.Generator:
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed: expected an int, got {type(seed).__name__}")
+    return torch.Generator().manual_seed(seed)
+
+
+def random_subset(n: int, prune_fraction=None, keep_fraction=None, seed: int = 0) -> torch.Tensor:
+    """A uniformly random subset of range(n) of the size select() would keep."""
+    k = num_kept(n, prune_fraction, keep_fraction)
+    return torch.sort(torch.randperm(n, generator=_generator(seed))[:k]).values
+
+
+def _proportional_quota(sizes: torch.Tensor, k: int) -> torch.Tensor:
+    """Split k over groups proportionally to `sizes` (largest remainder; ties to the lower group)."""
+    exact = sizes.double() * k / sizes.sum()
+    quota = exact.floor().long()
+    short = k - int(quota.sum())
+    if short:
+        order = torch.sort(-(exact - quota), stable=True).indices
+        quota[order[:short]] += 1
+    return quota
+
+
+def class_balanced(scores, labels, prune_fraction=None, keep_fraction=None) -> torch.Tensor:
+    """Top scores within each class, each class keeping its share of the budget.
+
+    Class c with n_c of the N samples keeps its highest round(k·n_c/N) (largest-remainder
+    rounding, so the total is exactly the k select() keeps); so the kept set has the class mix
+    of the full set, whatever the scores favour.
+    """
+    s = _check_scores(scores).cpu()
+    y = _check_labels(labels, s.numel())
+    k = num_kept(s.numel(), prune_fraction, keep_fraction)
+    classes, sizes = torch.unique(y, return_counts=True)
+    quota = _proportional_quota(sizes, k)
+    kept = [torch.nonzero(y == c).squeeze(1)[descending_order(s[y == c])[:q]]
+            for c, q in zip(classes.tolist(), quota.tolist())]
+    return torch.sort(torch.cat(kept)).values
+
+
+def ccs(scores, prune_fraction=None, keep_fraction=None, hard_cut: float = 0.1, bins: int = 50,
+        seed: int = 0) -> torch.Tensor:
+    """Coverage-centric coreset selection (Zheng et al., ICLR 2023).
+
+    1. Drop the `hard_cut` fraction of the N samples with the highest scores (the hardest; at
+       high pruning rates they are mostly noise the small budget cannot afford). The cut is
+       reduced if it would leave fewer than the k samples to keep.
+    2. Split the score range of the rest into `bins` equal-width strata.
+    3. Spread the budget over the strata, smallest stratum first: each takes
+       min(its size, floor(budget left / strata left)) samples uniformly at random, so sparse
+       strata are kept whole and the rest is shared evenly. This always fills exactly k.
+    """
+    s = _check_scores(scores).cpu()
+    n = s.numel()
+    k = num_kept(n, prune_fraction, keep_fraction)
+    if not 0.0 <= float(hard_cut) < 1.0:
+        raise ValueError(f"hard_cut: expected a fraction in [0, 1), got {hard_cut!r}")
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+        raise ValueError(f"bins: expected an int >= 1, got {bins!r}")
+    gen = _generator(seed)
+    cut = min(int(float(hard_cut) * n), n - k)
+    pool = descending_order(s)[cut:]
+    ps = s[pool].double()
+    lo, hi = ps.min(), ps.max()
+    width = (hi - lo) / bins
+    stratum = torch.zeros_like(pool) if bool(width == 0) else ((ps - lo) / width).long().clamp(max=bins - 1)
+    members = [pool[stratum == b] for b in range(bins)]
+    members = sorted((m for m in members if m.numel()), key=lambda m: m.numel())  # stable: ties by bin
+    kept, budget = [], k
+    for i, m in enumerate(members):
+        take = min(m.numel(), budget // (len(members) - i))
+        kept.append(m[torch.randperm(m.numel(), generator=gen)[:take]])
+        budget -= take
+    return torch.sort(torch.cat(kept)).values
+
+
+STRATEGIES = ("top", "random", "class_balanced", "ccs")
+
+
+def select_coreset(strategy: str, scores=None, labels=None, prune_fraction=None, keep_fraction=None,
+                   seed: int = 0, **options) -> torch.Tensor:
+    """One entry for every strategy: kept dataset indices (int64, ascending).
+
+    `scores` is required except for "random" (which only needs its length, from scores or
+    labels); `labels` only for "class_balanced"; `options` go to ccs (hard_cut, bins).
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy: expected one of {STRATEGIES}, got {strategy!r}")
+    if options and strategy != "ccs":
+        raise TypeError(f"select_coreset: {strategy!r} takes no options, got {sorted(options)}")
+    if strategy == "random":
+        ref = scores if scores is not None else labels
+        if ref is None:
+            raise ValueError("random: expected scores or labels to give the dataset size")
+        return random_subset(len(ref), prune_fraction, keep_fraction, seed)
+    if scores is None:
+        raise ValueError(f"scores: required by strategy {strategy!r}")
+    if strategy == "top":
+        return select(scores, prune_fraction, keep_fraction)
+    if strategy == "class_balanced":
+        if labels is None:
+            raise ValueError("labels: required by strategy 'class_balanced'")
+        return class_balanced(scores, labels, prune_fraction, keep_fraction)
+    return ccs(scores, prune_fraction, keep_fraction, seed=seed, **options)

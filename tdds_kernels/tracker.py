@@ -92,6 +92,7 @@ class TDDSTracker:
         self._epoch = 0
         self._rows_in_epoch = 0
         self._next_dup_check = num_samples
+        self._dup_check_mark = (0, 0)  # (rows, duplicates) of this epoch at the last check
         self._complete = False
         self._baselines = None  # tdds_kernels.baselines.BaselineScores, made on the first targets
 
@@ -180,20 +181,23 @@ class TDDSTracker:
             self._check_forgotten_end_epoch()
 
     def _check_forgotten_end_epoch(self):
-        # Runs once per N rows of an epoch (one sync each time): an epoch that is mostly
-        # duplicates usually means end_epoch() was not called.
+        # Runs once per N rows of an epoch (one sync each): if nearly every row since the last
+        # check was a duplicate, the loop most likely forgot end_epoch(). Repeated augmentation
+        # spreads its duplicates over the epoch and stays far below the threshold.
         self._next_dup_check += self.num_samples
         dups = int(self._counters[DUPLICATES]) - int(self._epoch_start_counters[DUPLICATES])
-        if 2 * dups >= self._rows_in_epoch:
-            warnings.warn(f"TDDSTracker: {dups} of the {self._rows_in_epoch} rows recorded in epoch "
-                          f"{self._epoch} were duplicates of samples already recorded in it; "
-                          "did you forget end_epoch()?", RuntimeWarning, stacklevel=3)
+        rows0, dups0 = self._dup_check_mark
+        self._dup_check_mark = (self._rows_in_epoch, dups)
+        if dups - dups0 >= 0.9 * (self._rows_in_epoch - rows0):
+            warnings.warn(f"TDDSTracker: {dups - dups0} of the last {self._rows_in_epoch - rows0} rows "
+                          f"recorded in epoch {self._epoch} were duplicates of samples already "
+                          "recorded in it; did you forget end_epoch()?", RuntimeWarning, stacklevel=3)
 
     def end_epoch(self) -> None:
         """Close the current epoch: mark missing samples and fold a completed window into S."""
         if self._complete:
             return
-        counters = self._counters.cpu()
+        counters = self._counters.to("cpu", copy=True)
         new = counters - self._epoch_start_counters
         if int(new[OUT_OF_RANGE]):
             raise ValueError(f"index: {int(new[OUT_OF_RANGE])} rows of epoch {self._epoch} had dataset "
@@ -208,9 +212,10 @@ class TDDSTracker:
         self._backend.epoch_step(self._seen, self._ring, self._score, self._counters,
                                  self._epoch, self.decay)
         self._epoch += 1
-        self._epoch_start_counters = self._counters.cpu()
+        self._epoch_start_counters = self._counters.to("cpu", copy=True)
         self._rows_in_epoch = 0
         self._next_dup_check = self.num_samples
+        self._dup_check_mark = (0, 0)
         if self.trajectory_len is not None and self._epoch >= self.trajectory_len:
             self._complete = True
 
@@ -236,6 +241,7 @@ class TDDSTracker:
             "format": FORMAT, "version": FORMAT_VERSION, "config": self._config(),
             "on_nonfinite": self.on_nonfinite, "epoch": self._epoch, "complete": self._complete,
             "rows_in_epoch": self._rows_in_epoch, "next_dup_check": self._next_dup_check,
+            "dup_check_mark": list(self._dup_check_mark),
             "epoch_start_counters": self._epoch_start_counters.clone(),
             "prev": self._prev.cpu().clone(), "seen": self._seen.cpu().clone(),
             "ring": self._ring.cpu().clone(), "score": self._score.cpu().clone(),
@@ -280,6 +286,7 @@ class TDDSTracker:
         self._complete = bool(sd["complete"])
         self._rows_in_epoch = int(sd["rows_in_epoch"])
         self._next_dup_check = int(sd["next_dup_check"])
+        self._dup_check_mark = tuple(int(v) for v in sd["dup_check_mark"])
         self.on_nonfinite = sd["on_nonfinite"]
 
     def save(self, path) -> None:

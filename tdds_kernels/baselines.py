@@ -1,0 +1,190 @@
+"""Training-dynamics baseline scores, tracked in the same pass as TDDS (the reference for them).
+
+Fed by ``TDDSTracker.update(logits, index, targets)``; every quantity is per sample n, over the
+epochs e in which n was recorded (the first usable row of n in epoch e, DESIGN.md §3), with
+p_e = softmax(z_e) in float32 and y the target class:
+
+    correct_e  = [argmax_c z_e,c == y]                      (ties: the lowest class index, as argmax)
+    forgetting = #{ consecutive recorded epochs e < e' : correct_e and not correct_e' }
+                 Toneva et al. 2019, "An Empirical Study of Example Forgetting": a forgetting event
+                 is a correct -> incorrect transition between two successive presentations. A
+                 sample never classified correctly in any recorded epoch ("never learned") ranks as
+                 the most forgettable: it gets 1 + the largest count among learned samples (the
+                 paper treats it as infinitely forgotten; a finite value keeps the ranking and
+                 stays usable for min-max weights and score bins).
+    el2n       = || p_e − onehot(y) ||_2 at e = el2n_epoch (Paul et al. 2021, "Deep Learning on a
+                 Data Diet"; they average over a few runs early in training, here one run). With
+                 el2n_epoch=None: the latest epoch in which n was recorded.
+    aum        = mean_e ( z_e,y − max_{c≠y} z_e,c )          (Pleiss et al. 2020, area under the
+                 margin; low = hard or mislabeled, so pruning keeps the LOW end, see KEEP_SIGN)
+    dyn_unc    = mean_k std( p_j,y : j in window k )         (He et al. 2024, "Large-scale dataset
+                 pruning with dynamic uncertainty"): windows of `window` consecutive epochs
+                 k..k+window−1, k = 0..E−window; std is the population std over the epochs of the
+                 window in which n was recorded, a window with fewer than 2 of them is left out;
+                 0 if no window counts.
+
+Samples never recorded get NaN in el2n / aum (nothing was measured) and are ranked as never
+learned by forgetting. Each quantity is O(N) state (dyn_unc: O(N·window)), independent of epochs.
+"""
+from __future__ import annotations
+
+import torch
+
+from .reference import first_occurrences
+
+NAMES = ("forgetting", "el2n", "aum", "dyn_unc")
+# Multiply a baseline by its sign to get "higher means keep" (the convention of TDDS and select()):
+# all keep the hard / uncertain end, which for AUM is the low margins.
+KEEP_SIGN = {"forgetting": 1.0, "el2n": 1.0, "aum": -1.0, "dyn_unc": 1.0}
+FORMAT = "tdds_kernels.BaselineScores"
+FORMAT_VERSION = 1
+
+
+def keep_scores(name: str, values: torch.Tensor) -> torch.Tensor:
+    """A baseline as "higher means keep" scores (AUM is negated)."""
+    if name not in KEEP_SIGN:
+        raise ValueError(f"name: expected one of {NAMES}, got {name!r}")
+    return values * KEEP_SIGN[name]
+
+
+def margins(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """z_y − max_{c≠y} z_c per row (float32)."""
+    z = logits.to(torch.float32)
+    target_logit = z.gather(1, targets[:, None]).squeeze(1)
+    others = z.scatter(1, targets[:, None], float("-inf"))
+    return target_logit - others.max(dim=1).values
+
+
+class BaselineScores:
+    """Streaming forgetting / EL2N / AUM / Dyn-Unc over the epochs a TDDSTracker records.
+
+    `window` is Dyn-Unc's window (epochs); `el2n_epoch` the epoch whose EL2N is kept (None: the
+    latest recorded). The tracker calls update() before its own op, with its `seen` (last epoch
+    each sample was recorded), so the same rows count for both.
+    """
+
+    def __init__(self, num_samples: int, num_classes: int, device="cpu", window: int = 5,
+                 el2n_epoch: int | None = None):
+        if isinstance(window, bool) or not isinstance(window, int) or window < 2:
+            raise ValueError(f"window: expected an int >= 2, got {window!r}")
+        if el2n_epoch is not None and (isinstance(el2n_epoch, bool) or not isinstance(el2n_epoch, int)
+                                       or el2n_epoch < 0):
+            raise ValueError(f"el2n_epoch: expected None or an int >= 0, got {el2n_epoch!r}")
+        self.num_samples, self.num_classes = num_samples, num_classes
+        self.window, self.el2n_epoch = window, el2n_epoch
+        self.device = torch.device(device)
+        n, dev = num_samples, self.device
+        self._state = {
+            "last_correct": torch.zeros(n, dtype=torch.bool, device=dev),
+            "learned": torch.zeros(n, dtype=torch.bool, device=dev),  # ever correct
+            "forgetting": torch.zeros(n, dtype=torch.int32, device=dev),
+            "el2n": torch.full((n,), float("nan"), dtype=torch.float32, device=dev),
+            "margin_sum": torch.zeros(n, dtype=torch.float64, device=dev),
+            "count": torch.zeros(n, dtype=torch.int32, device=dev),  # recorded epochs
+            "prob_ring": torch.full((n, window), float("nan"), dtype=torch.float32, device=dev),
+            "std_sum": torch.zeros(n, dtype=torch.float64, device=dev),
+            "windows": torch.zeros(n, dtype=torch.int32, device=dev),
+        }
+
+    def update(self, logits, index, targets, seen, epoch: int) -> None:
+        """Record the first usable row of each sample not yet recorded in `epoch` (see module doc)."""
+        if not isinstance(targets, torch.Tensor):
+            raise TypeError(f"targets: expected a torch.Tensor, got {type(targets).__name__}")
+        if targets.dim() != 1 or targets.shape[0] != logits.shape[0]:
+            raise ValueError(f"targets: expected shape ({logits.shape[0]},) to match logits' rows, "
+                             f"got {tuple(targets.shape)}")
+        if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
+            raise TypeError(f"targets: expected an integer dtype, got {targets.dtype}")
+        if targets.device != logits.device:
+            raise ValueError(f"targets: expected a tensor on {logits.device}, got one on {targets.device}")
+        y = targets.to(torch.long)
+        y_ok = (y >= 0) & (y < self.num_classes)
+        # A sync per step on CUDA would cost more than the check is worth: bad rows are skipped there.
+        if self.device.type == "cpu" and not bool(y_ok.all()):
+            raise ValueError(f"targets: expected class labels in [0, {self.num_classes}), got "
+                             f"{int((~y_ok).sum())} outside it (first: {int(y[~y_ok][0])})")
+        idx = index.to(torch.long)
+        x = logits.to(torch.float32)
+        in_range = (idx >= 0) & (idx < self.num_samples)
+        safe = torch.where(in_range, idx, torch.zeros_like(idx))
+        usable = in_range & y_ok & torch.isfinite(x).all(dim=1) & (seen[safe] != epoch)
+        rows = torch.nonzero(usable).squeeze(1)
+        rows = rows[first_occurrences(idx[rows])]
+        n, x, y = idx[rows], x[rows], y[rows]
+
+        s = self._state
+        p = torch.softmax(x, dim=1)
+        correct = x.argmax(dim=1) == y
+        first = s["count"][n] == 0
+        s["forgetting"][n] += (~first & s["last_correct"][n] & ~correct).to(torch.int32)
+        s["last_correct"][n] = correct
+        s["learned"][n] |= correct
+        if self.el2n_epoch is None or self.el2n_epoch == epoch:
+            err = p.clone()
+            err[torch.arange(len(y), device=err.device), y] -= 1.0
+            s["el2n"][n] = err.norm(dim=1)
+        s["margin_sum"][n] += margins(x, y).to(torch.float64)
+        s["count"][n] += 1
+        s["prob_ring"][n, epoch % self.window] = p.gather(1, y[:, None]).squeeze(1)
+
+    def end_epoch(self, seen, epoch: int) -> None:
+        """Mark samples missing from `epoch`, then fold Dyn-Unc's window ending at `epoch`."""
+        s = self._state
+        s["prob_ring"][:, epoch % self.window].masked_fill_(seen != epoch, float("nan"))
+        if epoch >= self.window - 1:
+            ring = s["prob_ring"]
+            defined = ~torch.isnan(ring)
+            k = defined.sum(dim=1)
+            vals = torch.where(defined, ring, torch.zeros_like(ring))
+            mean = vals.sum(dim=1) / k.clamp(min=1)
+            var = torch.where(defined, ring - mean[:, None], torch.zeros_like(ring)).square().sum(dim=1)
+            std = (var / k.clamp(min=1)).sqrt()
+            ok = k >= 2
+            s["std_sum"] += torch.where(ok, std, torch.zeros_like(std)).to(torch.float64)
+            s["windows"] += ok.to(torch.int32)
+
+    def scores(self) -> dict[str, torch.Tensor]:
+        """{name: (N,) float32 by dataset index} for NAMES (raw values; see KEEP_SIGN)."""
+        s = self._state
+        forgetting = s["forgetting"].to(torch.float32)
+        top = forgetting[s["learned"]].max() if bool(s["learned"].any()) else forgetting.new_zeros(())
+        forgetting = torch.where(s["learned"], forgetting, top + 1.0)
+        count = s["count"]
+        nan = torch.full_like(forgetting, float("nan"))
+        aum = torch.where(count > 0, (s["margin_sum"] / count.clamp(min=1)).to(torch.float32), nan)
+        dyn = (s["std_sum"] / s["windows"].clamp(min=1)).to(torch.float32)
+        return {"forgetting": forgetting, "el2n": s["el2n"].clone(), "aum": aum, "dyn_unc": dyn}
+
+    # ------------------------------------------------------------------ checkpoints
+    def _config(self) -> dict:
+        return {"num_samples": self.num_samples, "num_classes": self.num_classes,
+                "window": self.window, "el2n_epoch": self.el2n_epoch}
+
+    def state_dict(self) -> dict:
+        return {"format": FORMAT, "version": FORMAT_VERSION, "config": self._config(),
+                **{k: v.cpu().clone() for k, v in self._state.items()}}
+
+    def load_state_dict(self, sd: dict) -> None:
+        """Restore from state_dict(); raises naming the mismatch and changes nothing if it doesn't fit.
+
+        The window and el2n_epoch come from the state dict (the tracker builds this object with the
+        defaults before loading); sizes must match.
+        """
+        if not isinstance(sd, dict) or sd.get("format") != FORMAT or sd.get("version") != FORMAT_VERSION:
+            got = (sd.get("format"), sd.get("version")) if isinstance(sd, dict) else type(sd).__name__
+            raise ValueError(f"baselines state_dict: expected {FORMAT} version {FORMAT_VERSION}, got {got!r}")
+        cfg = sd.get("config") or {}
+        for key in ("num_samples", "num_classes"):
+            if cfg.get(key) != getattr(self, key):
+                raise ValueError(f"baselines state_dict: {key}: expected {getattr(self, key)!r}, "
+                                 f"got {cfg.get(key)!r}")
+        other = BaselineScores(self.num_samples, self.num_classes, "meta", cfg.get("window"),
+                               cfg.get("el2n_epoch"))  # validates the options; allocates nothing
+        for key, ref in other._state.items():
+            t = sd.get(key)
+            if not isinstance(t, torch.Tensor) or t.shape != ref.shape or t.dtype != ref.dtype:
+                got = (tuple(t.shape), t.dtype) if isinstance(t, torch.Tensor) else type(t).__name__
+                raise ValueError(f"baselines state_dict: {key}: expected shape {tuple(ref.shape)} "
+                                 f"dtype {ref.dtype}, got {got}")
+        self.window, self.el2n_epoch = other.window, other.el2n_epoch
+        self._state = {k: sd[k].to(self.device, copy=True) for k in other._state}

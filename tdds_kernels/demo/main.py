@@ -1,0 +1,172 @@
+"""The demo's command line and its loop: one scoring run on the full data, then the coreset runs."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from .. import selection
+from ..baselines import NAMES as BASELINES, keep_scores
+from ..tracker import TDDSTracker
+from . import data, report
+from .train import accuracy, train
+
+SCORES = ("random", "tdds") + BASELINES
+METHODS = {"top": "top", "balanced": "class_balanced", "ccs": "ccs", "weighted": "top"}
+DEFAULT_STRATEGIES = ("random", "tdds", "tdds-balanced", "tdds-ccs", "forgetting", "el2n", "aum",
+                      "dyn_unc")
+QUICK = dict(num_samples=10000, epochs=20, seeds=3, strategies="random,tdds,tdds-ccs,forgetting")
+
+
+def parse_strategy(name: str) -> tuple[str, str]:
+    """'score[-method]' → (score, method): e.g. 'tdds-ccs', 'el2n', 'tdds-weighted', 'random'."""
+    score, _, method = name.partition("-")
+    method = method or "top"
+    if score not in SCORES or method not in METHODS or (score == "random" and method != "top"):
+        raise argparse.ArgumentTypeError(
+            f"strategy {name!r}: expected 'random' or SCORE[-METHOD] with SCORE in {SCORES[1:]} and "
+            f"METHOD in {tuple(METHODS)}")
+    return score, method
+
+
+def _fractions(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated fractions, got {text!r}")
+    if not values or not all(0.0 <= v < 1.0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected fractions in [0, 1), got {text!r}")
+    return sorted(values)
+
+
+def _strategies(text: str) -> list[str]:
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    for name in names:
+        parse_strategy(name)
+    if "random" not in names:
+        names.insert(0, "random")  # the reference every win is counted against
+    return list(dict.fromkeys(names))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    add = parser.add_argument
+    add("--dataset", choices=data.DATASETS, default="mnist1d")
+    add("--num-samples", type=int, default=None,
+        help="MNIST-1D: total generated, 80%% train (default 25000 → 20k/5k); digits: subsample")
+    add("--epochs", type=int, default=30, help="epochs of every run (full-data and coreset)")
+    add("--seeds", type=int, default=5, help="coreset runs per strategy and fraction (>= 3 advised)")
+    add("--trajectory-len", "-T", type=int, default=10, help="TDDS T: epochs scored")
+    add("--window", "-W", type=int, default=5, help="TDDS W (also Dyn-Unc's window)")
+    add("--decay", type=float, default=0.9, help="TDDS β")
+    add("--prune-fractions", type=_fractions, default=[0.5, 0.7, 0.9], help="comma-separated")
+    add("--strategies", type=_strategies, default=list(DEFAULT_STRATEGIES),
+        help="comma-separated SCORE[-METHOD]: SCORE in " + ", ".join(SCORES) + "; METHOD in "
+             + ", ".join(METHODS) + " (weighted = top-k plus the release's score-weighted loss)")
+    add("--shift", type=int, default=None,
+        help="random-shift augmentation in positions (default: 4 for mnist1d, 1 for digits)")
+    add("--no-augment", action="store_true", help="no shift augmentation")
+    add("--ccs-hard-cut", type=float, default=0.1, help="CCS: hardest fraction dropped first")
+    add("--ccs-bins", type=int, default=50, help="CCS: score strata")
+    add("--batch-size", type=int, default=100)
+    add("--lr", type=float, default=0.1)
+    add("--threads", type=int, default=None, help="torch threads (default: min(2, CPUs))")
+    add("--quick", action="store_true",
+        help=f"CI-sized run ({', '.join(f'{k}={v}' for k, v in QUICK.items())}) unless given")
+    add("--out", type=Path, default=Path("demo_out"), help="folder for results.{json,md} and plot.png")
+    add("--no-progress", action="store_true")
+    parser.set_defaults(run=run, _parser=parser)
+
+
+def _apply_quick(args) -> None:
+    defaults = {a.dest: a.default for a in args._parser._actions}
+    for key, value in QUICK.items():
+        if getattr(args, key) == defaults[key]:
+            setattr(args, key, _strategies(value) if key == "strategies" else value)
+
+
+def _command(args) -> str:
+    """The command line that reproduces this run (options that differ from their defaults)."""
+    parts = ["tdds-kernels demo"]
+    for action in args._parser._actions:
+        if not action.option_strings or action.dest in ("help", "no_progress"):
+            continue
+        value = getattr(args, action.dest)
+        if value == action.default:
+            continue
+        flag = next(o for o in action.option_strings if o.startswith("--"))
+        if action.nargs == 0:
+            parts.append(flag)
+        else:
+            parts.append(f"{flag} {','.join(map(str, value)) if isinstance(value, list) else value}")
+    return " ".join(parts)
+
+
+def run(args) -> int:
+    command = _command(args)
+    if args.quick:
+        _apply_quick(args)
+    for name, value, low in (("--epochs", args.epochs, 1), ("--seeds", args.seeds, 1),
+                             ("--window", args.window, 2), ("--batch-size", args.batch_size, 1)):
+        if value < low:
+            print(f"tdds-kernels demo: {name}: expected >= {low}, got {value}", file=sys.stderr)
+            return 2
+    if not args.window <= args.trajectory_len <= args.epochs:
+        print(f"tdds-kernels demo: expected window <= trajectory-len <= epochs, got W={args.window}, "
+              f"T={args.trajectory_len}, epochs={args.epochs}", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads or max(1, min(2, os.cpu_count() or 1)))
+    t_start = time.time()
+    ds = data.load(args.dataset, args.num_samples)
+    shift = 0 if args.no_augment else (ds.default_shift if args.shift is None else args.shift)
+    n = len(ds.y)
+    strategies = [(name, *parse_strategy(name)) for name in args.strategies]
+    kept_total = sum(selection.num_kept(n, f) for f in args.prune_fractions)
+    total = args.epochs * (n + args.seeds * len(strategies) * kept_total)
+
+    from tqdm.auto import tqdm
+    bar = tqdm(total=total, unit="sample", unit_scale=True, disable=args.no_progress,
+               desc="full-data run (scoring)", dynamic_ncols=True)
+    with warnings.catch_warnings():  # "using the reference backend": fine at this size
+        warnings.simplefilter("ignore", UserWarning)
+        tracker = TDDSTracker(n, ds.num_classes, window=args.window, decay=args.decay,
+                              trajectory_len=args.trajectory_len)
+    model = train(ds.x, ds.y, ds.num_classes, args.epochs, seed=0, shift=shift,
+                  batch_size=args.batch_size, lr=args.lr, tracker=tracker, on_epoch=bar.update)
+    full_acc = accuracy(model, ds.x_test, ds.y_test)
+    scores = {"tdds": tracker.scores()}
+    scores.update({k: keep_scores(k, v) for k, v in tracker.baseline_scores().items()})
+
+    acc = {name: {f: [] for f in args.prune_fractions} for name, _, _ in strategies}
+    for seed in range(args.seeds):
+        for f in args.prune_fractions:
+            for name, score, method in strategies:
+                bar.set_description(f"seed {seed} prune {f:.0%} {name}")
+                kept = selection.select_coreset(
+                    "random" if score == "random" else METHODS[method], scores.get(score), ds.y, prune_fraction=f, seed=seed,
+                    **({"hard_cut": args.ccs_hard_cut, "bins": args.ccs_bins} if method == "ccs" else {}))
+                weights = selection.importance_weights(scores[score])[kept] if method == "weighted" else None
+                m = train(ds.x[kept], ds.y[kept], ds.num_classes, args.epochs, seed=seed, shift=shift,
+                          batch_size=args.batch_size, lr=args.lr, weights=weights, on_epoch=bar.update)
+                acc[name][f].append(accuracy(m, ds.x_test, ds.y_test))
+    bar.close()
+
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+              if not k.startswith("_") and k not in ("run", "no_progress")}
+    config.update(shift=shift, train_samples=n, test_samples=len(ds.y_test),
+                  threads=torch.get_num_threads(), command=command)
+    result = report.summarize(acc, full_acc, config, seconds=time.time() - t_start)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    table = report.markdown(result)
+    (args.out / "results.md").write_text(table)
+    report.plot(result, args.out / "plot.png")
+    print(table)
+    print(f"wrote {args.out}/results.json, results.md, plot.png in {result['seconds']:.0f} s")
+    return 0

@@ -1,0 +1,61 @@
+"""Shared test utilities: backends to parametrize over, feeding epochs, snapshots of state."""
+import warnings
+
+import numpy as np
+import torch
+
+import tdds_kernels as tk
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    CPU_BACKENDS = tk.available_backends("cpu")  # triton only under TRITON_INTERPRET=1 (conftest)
+FAST_CPU_BACKENDS = [b for b in CPU_BACKENDS if b != "triton"]  # for larger shapes
+
+
+def make_tracker(backend="reference", **kw):
+    return tk.TDDSTracker(backend=backend, **kw)
+
+
+def feed(tracker, epochs):
+    """epochs: list of lists of (logits, index) numpy/torch batches; ends every epoch."""
+    for batches in epochs:
+        for logits, index in batches:
+            tracker.update(torch.as_tensor(logits), torch.as_tensor(index))
+        tracker.end_epoch()
+
+
+def snapshot(tracker):
+    """Every piece of tracker state, for 'nothing changed' and 'bit-identical' checks."""
+    sd = tracker.state_dict()
+    return {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in sd.items()}
+
+
+def assert_same_state(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        if isinstance(a[k], torch.Tensor):
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, equal_nan=True, msg=k)
+        else:
+            assert a[k] == b[k], k
+
+
+def random_epochs(rng, n, c, t, p_missing=0.0, p_dup=0.0, p_nonfinite=0.0, max_batch=7,
+                  scale=3.0):
+    """Random epochs in shuffled, randomly split batches, with missing/duplicate/non-finite rows.
+
+    Logits drift over epochs like training (a per-sample random walk), so d varies.
+    """
+    base = rng.normal(size=(n, c)).astype(np.float32) * scale
+    epochs = []
+    for _ in range(t):
+        base = base + rng.normal(size=(n, c)).astype(np.float32)
+        keep = np.nonzero(rng.random(n) >= p_missing)[0]
+        dups = keep[rng.random(keep.size) < p_dup]
+        idx = rng.permutation(np.concatenate([keep, dups]))
+        logits = base[idx] + rng.normal(size=(idx.size, c)).astype(np.float32) * 0.1
+        bad = rng.random(idx.size) < p_nonfinite
+        logits[bad, rng.integers(0, c, size=bad.sum())] = rng.choice([np.nan, np.inf, -np.inf], bad.sum())
+        cuts = np.sort(rng.integers(0, idx.size + 1, size=rng.integers(0, max(1, idx.size // max_batch) + 2)))
+        pieces = np.split(np.arange(idx.size), cuts)
+        epochs.append([(logits[p], idx[p].astype(np.int64)) for p in pieces])
+    return epochs

@@ -1,0 +1,112 @@
+"""Checkpoints: atomic save, validated load, bit-identical resume in a fresh process."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+import tdds_kernels as tk
+from helpers import FAST_CPU_BACKENDS, assert_same_state, feed, random_epochs, snapshot
+from conftest import REPO
+
+pytestmark = pytest.mark.filterwarnings("ignore:tdds_kernels. using the reference backend")
+
+
+def _tracker(**kw):
+    return tk.TDDSTracker(**({"num_samples": 7, "num_classes": 4, "window": 3, "trajectory_len": 6} | kw))
+
+
+def test_roundtrip_restores_everything(tmp_path):
+    tr = _tracker(storage_dtype=torch.bfloat16, on_nonfinite="skip")
+    feed(tr, random_epochs(np.random.default_rng(0), 7, 4, 4, p_missing=0.3, p_dup=0.3, p_nonfinite=0.1))
+    tr.save(tmp_path / "t.pt")
+    back = tk.TDDSTracker.load(tmp_path / "t.pt")
+    assert_same_state(snapshot(tr), snapshot(back))
+    assert back.epoch == 4 and back.storage_dtype == torch.bfloat16 and back.on_nonfinite == "skip"
+
+
+def test_crash_during_save_keeps_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "t.pt"
+    tr = _tracker()
+    feed(tr, random_epochs(np.random.default_rng(1), 7, 4, 2))
+    tr.save(path)
+    good = path.read_bytes()
+    feed(tr, random_epochs(np.random.default_rng(2), 7, 4, 1))
+
+    def crash(obj, f, *a, **k):
+        f.write(b"partial garbage")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        tr.save(path)
+    assert path.read_bytes() == good
+    assert sorted(os.listdir(tmp_path)) == ["t.pt"], "temporary file left behind"
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"num_samples": 8}, "num_samples: tracker has 8, state dict has 7"),
+    ({"window": 4}, "window"),
+    ({"decay": 0.5}, "decay"),
+    ({"trajectory_len": None}, "trajectory_len"),
+    ({"storage_dtype": torch.float16}, "storage_dtype"),
+])
+def test_load_state_dict_names_mismatch_and_changes_nothing(change, match):
+    src = _tracker()
+    feed(src, random_epochs(np.random.default_rng(3), 7, 4, 2))
+    dst = _tracker(**change)
+    before = snapshot(dst)
+    with pytest.raises(ValueError, match=match):
+        dst.load_state_dict(src.state_dict())
+    assert_same_state(before, snapshot(dst))
+
+
+def test_load_rejects_bad_files(tmp_path):
+    sd = _tracker().state_dict()
+    for key, value, match in [("version", 99, "format version"), ("format", "x", "not a tdds_kernels.TDDSTracker checkpoint"),
+                              ("ring", torch.zeros(7, 5), "ring: expected shape")]:
+        bad = dict(sd, **{key: value})
+        torch.save(bad, tmp_path / "bad.pt")
+        with pytest.raises(ValueError, match=match):
+            if key == "ring":
+                _tracker().load_state_dict(bad)
+            else:
+                tk.TDDSTracker.load(tmp_path / "bad.pt")
+
+
+RESUME = textwrap.dedent("""
+    import sys, numpy as np, torch
+    sys.path.insert(0, {tests!r})
+    import tdds_kernels as tk
+    from helpers import feed, random_epochs
+    epochs = random_epochs(np.random.default_rng(11), 20, 6, 8, p_missing=0.2, p_dup=0.2)
+    stop, path, backend = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    if sys.argv[4] == "first":
+        tr = tk.TDDSTracker(20, 6, window=3, decay=0.8, trajectory_len=8, backend=backend)
+        feed(tr, epochs[:stop])
+        tr.save(path)
+    else:
+        tr = tk.TDDSTracker.load(path, backend=backend)
+        feed(tr, epochs[stop:])
+        torch.save(tr.scores(), path + ".scores")
+""")
+
+
+@pytest.mark.parametrize("backend", FAST_CPU_BACKENDS)
+@pytest.mark.parametrize("stop", [1, 3, 6])
+def test_resume_in_fresh_process_is_bit_identical(tmp_path, backend, stop):
+    script = tmp_path / "resume.py"
+    script.write_text(RESUME.format(tests=str(REPO / "tests")))
+    path = str(tmp_path / "ckpt.pt")
+    for phase in ("first", "second"):
+        subprocess.run([sys.executable, str(script), str(stop), path, backend, phase], check=True,
+                       cwd=tmp_path, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    resumed = torch.load(path + ".scores")
+    import sys as _sys
+    _sys.path.insert(0, str(REPO / "tests"))
+    whole = tk.TDDSTracker(20, 6, window=3, decay=0.8, trajectory_len=8, backend=backend)
+    feed(whole, random_epochs(np.random.default_rng(11), 20, 6, 8, p_missing=0.2, p_dup=0.2))
+    assert torch.equal(resumed, whole.scores())
