@@ -13,7 +13,11 @@ State (DESIGN.md §2), mutated in place:
     seen     (N,)     int32          last epoch the sample was recorded in, -1 never
     ring     (N, W-1) float32        d_j in slot j mod (W-1); NaN = undefined
     score    (N,)     float32        running EMA S
-    counters (4,)     int64          COUNTERS below, cumulative
+    counters (5,)     int64          COUNTERS below, cumulative, then EPOCH
+    The epoch being recorded lives on the device (counters[EPOCH]; epoch_step advances it), not
+    in an int argument: a compiled or CUDA-graph-captured training step then stays valid across
+    epochs instead of recompiling (or replaying a stale constant) each epoch, and no kernel
+    needs a host sync to learn it.
 """
 from __future__ import annotations
 
@@ -24,16 +28,17 @@ NAMESPACE = "tdds"
 # Mutated arguments are marked (a!)...; both ops return nothing.
 UPDATE_SCHEMA = (
     "(Tensor logits, Tensor index, Tensor(a!) prev, Tensor(b!) seen, Tensor(c!) ring, "
-    "Tensor(d!) counters, int epoch) -> ()"
+    "Tensor(d!) counters) -> ()"
 )
 EPOCH_STEP_SCHEMA = (
-    "(Tensor seen, Tensor(a!) ring, Tensor(b!) score, Tensor(c!) counters, int epoch, "
-    "float decay) -> ()"
+    "(Tensor seen, Tensor(a!) ring, Tensor(b!) score, Tensor(c!) counters, float decay) -> ()"
 )
 
 # Slots of the counters tensor, shared by every backend (csrc/ops.h repeats these numbers).
 COUNTERS = ("duplicates", "missing", "nonfinite", "out_of_range")
 DUPLICATES, MISSING, NONFINITE, OUT_OF_RANGE = range(len(COUNTERS))
+EPOCH = len(COUNTERS)  # counters[EPOCH]: the epoch being recorded (0-based)
+NUM_SLOTS = EPOCH + 1
 
 EPS = 1e-8  # the release's epsilon inside log(p + eps)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from . import _ops
-from ._ops import DUPLICATES, EPS, MISSING, NONFINITE, OUT_OF_RANGE
+from ._ops import DUPLICATES, EPOCH, EPS, MISSING, NONFINITE, OUT_OF_RANGE
 
 UPDATE, EPOCH_STEP = _ops.define_sibling("")
 
@@ -32,9 +32,10 @@ def contribution(p: torch.Tensor, log_p: torch.Tensor, log_q: torch.Tensor) -> t
     return (p * (log_p - log_q)).abs().sum(dim=1)
 
 
-def update(logits, index, prev, seen, ring, counters, epoch: int) -> None:
-    """Record one batch of epoch `epoch` (DESIGN.md §3)."""
+def update(logits, index, prev, seen, ring, counters) -> None:
+    """Record one batch of epoch e = counters[EPOCH] (DESIGN.md §3); no host sync."""
     n_samples = prev.shape[0]
+    epoch = counters[EPOCH].to(torch.int32)  # 0-d, on the state's device
     idx = index.to(torch.long)
     in_range = (idx >= 0) & (idx < n_samples)
     x = logits.to(torch.float32)
@@ -51,10 +52,12 @@ def update(logits, index, prev, seen, ring, counters, epoch: int) -> None:
     n = idx[rows]
     p = torch.softmax(x[rows], dim=1)
     log_p = torch.log(p + EPS)
-    if epoch >= 1:
-        d = contribution(p, log_p, prev[n].to(torch.float32))
-        d = torch.where(seen[n] == epoch - 1, d, torch.full_like(d, float("nan")))
-        ring[n, (epoch - 1) % ring.shape[1]] = d
+    # d_{e-1} is defined only if the sample was recorded in epoch e-1 (never at e = 0). At e = 0
+    # the slot written, (−1) mod (W−1), gets NaN; it is overwritten before any window reads it.
+    d = contribution(p, log_p, prev[n].to(torch.float32))
+    had_prev = (seen[n] == epoch - 1) & (epoch >= 1)
+    slot = torch.remainder(epoch.long() - 1, ring.shape[1])
+    ring[n, slot] = torch.where(had_prev, d, torch.full_like(d, float("nan")))
     prev[n] = log_p.to(prev.dtype)
     seen[n] = epoch
 
@@ -74,15 +77,18 @@ def window_deviation(ring: torch.Tensor) -> torch.Tensor:
     return torch.where(count >= 2, r, torch.zeros_like(r))
 
 
-def epoch_step(seen, ring, score, counters, epoch: int, decay: float) -> None:
-    """Close epoch `epoch`: mark missing samples, then fold window k = epoch−W+1 into the EMA."""
+def epoch_step(seen, ring, score, counters, decay: float) -> None:
+    """Close epoch e = counters[EPOCH]: mark missing samples, fold window k = e−W+1 into S once
+    e ≥ W−1, then advance counters[EPOCH]; no host sync."""
+    epoch = counters[EPOCH].to(torch.int32)
     missing = seen != epoch
     counters[MISSING] += missing.sum()
     w1 = ring.shape[1]
-    if epoch >= 1:
-        ring[:, (epoch - 1) % w1].masked_fill_(missing, float("nan"))
-    if epoch >= w1:
-        score.mul_(1.0 - decay).add_(window_deviation(ring), alpha=decay)
+    slot = torch.remainder(epoch.long() - 1, w1)  # at e = 0: harmless, as in update
+    ring[:, slot] = torch.where(missing, torch.full_like(score, float("nan")), ring[:, slot])
+    folded = (1.0 - decay) * score + decay * window_deviation(ring)
+    score.copy_(torch.where(epoch >= w1, folded, score))
+    counters[EPOCH] += 1
 
 
 for _name, _fn in (("update", update), ("epoch_step", epoch_step)):

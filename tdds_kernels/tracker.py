@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from . import backends
-from ._ops import COUNTERS, NONFINITE, OUT_OF_RANGE, DUPLICATES
+from ._ops import COUNTERS, DUPLICATES, NONFINITE, NUM_SLOTS, OUT_OF_RANGE
 
 FORMAT = "tdds_kernels.TDDSTracker"
 FORMAT_VERSION = 1
@@ -87,8 +87,8 @@ class TDDSTracker:
         self._seen = torch.full((num_samples,), -1, dtype=torch.int32, device=dev)
         self._ring = torch.full((num_samples, window - 1), float("nan"), dtype=torch.float32, device=dev)
         self._score = torch.zeros(num_samples, dtype=torch.float32, device=dev)
-        self._counters = torch.zeros(len(COUNTERS), dtype=torch.int64, device=dev)
-        self._epoch_start_counters = torch.zeros(len(COUNTERS), dtype=torch.int64)  # host copy
+        self._counters = torch.zeros(NUM_SLOTS, dtype=torch.int64, device=dev)  # ..., epoch
+        self._epoch_start_counters = torch.zeros(NUM_SLOTS, dtype=torch.int64)  # host copy
         self._epoch = 0
         self._rows_in_epoch = 0
         self._next_dup_check = num_samples
@@ -114,7 +114,7 @@ class TDDSTracker:
     @property
     def stats(self) -> dict[str, int]:
         """Cumulative counters (DESIGN.md §2) plus epochs and windows folded so far."""
-        out = dict(zip(COUNTERS, (int(v) for v in self._counters.tolist())))
+        out = dict(zip(COUNTERS, self._counters.tolist()))  # zip stops before the epoch slot
         out["epochs"] = self._epoch
         out["windows"] = max(0, self._epoch - self.window + 1)
         return out
@@ -175,10 +175,11 @@ class TDDSTracker:
             # Before the TDDS op: it reads `seen` to apply the same first-occurrence rule.
             self._baselines.update(logits.detach(), index, targets, self._seen, self._epoch)
         self._backend.update(logits.detach().contiguous(), index.contiguous(), self._prev,
-                             self._seen, self._ring, self._counters, self._epoch)
-        self._rows_in_epoch += logits.shape[0]
-        if not compiling and self._rows_in_epoch >= self._next_dup_check:
-            self._check_forgotten_end_epoch()
+                             self._seen, self._ring, self._counters)
+        if not compiling:  # host-side bookkeeping stays out of compiled graphs (no guards on it)
+            self._rows_in_epoch += logits.shape[0]
+            if self._rows_in_epoch >= self._next_dup_check:
+                self._check_forgotten_end_epoch()
 
     def _check_forgotten_end_epoch(self):
         # Runs once per N rows of an epoch (one sync each): if nearly every row since the last
@@ -209,8 +210,7 @@ class TDDSTracker:
                              "tracker.on_nonfinite = 'skip' to accept that and call end_epoch() again)")
         if self._baselines is not None:
             self._baselines.end_epoch(self._seen, self._epoch)
-        self._backend.epoch_step(self._seen, self._ring, self._score, self._counters,
-                                 self._epoch, self.decay)
+        self._backend.epoch_step(self._seen, self._ring, self._score, self._counters, self.decay)
         self._epoch += 1
         self._epoch_start_counters = self._counters.to("cpu", copy=True)
         self._rows_in_epoch = 0

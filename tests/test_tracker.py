@@ -247,7 +247,7 @@ def test_out_of_range_skipped_and_counted_by_the_ops():
     # does the same when called directly, and the tracker's end_epoch reports it.
     tr = make_tracker(num_samples=3, num_classes=2, window=2, trajectory_len=None)
     tr._backend.update(torch.randn(3, 2), torch.tensor([0, 5, -2]), tr._prev, tr._seen, tr._ring,
-                       tr._counters, 0)
+                       tr._counters)
     assert tr.stats["out_of_range"] == 2 and tr.state_dict()["seen"].tolist() == [0, -1, -1]
     before = snapshot(tr)
     with pytest.raises(ValueError, match="2 rows of epoch 0 had dataset indices outside"):
