@@ -22,7 +22,7 @@ import torch
 from .selection import ascending_order
 from .tracker import TDDSTracker
 
-ROWS_PER_BATCH_ELEMENTS = 1 << 22  # ~16 MB of float32 logits per update call
+ROWS_PER_BATCH_ELEMENTS = 1 << 20  # ~4 MB of float32 logits per update call: small temporaries
 
 
 class DumpError(Exception):
@@ -87,6 +87,30 @@ def scan(dump_dir, trajectory_len: int, num_samples: int | None = None):
     return files, n, num_classes
 
 
+def _read_rows(path: Path, rows: int):
+    """Yield consecutive row blocks of a 2-D/1-D .npy file as fresh arrays.
+
+    Plain reads into a reused buffer rather than a memory map: mapped pages would count toward
+    the process's resident memory for the whole epoch.
+    """
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, fortran, dtype = read_header(f)
+        if fortran and len(shape) > 1:
+            raise DumpError(f"{path}: Fortran-ordered arrays are not supported")
+        row_items = int(np.prod(shape[1:], dtype=np.int64))
+        buf = np.empty((min(rows, shape[0]),) + tuple(shape[1:]), dtype=dtype)
+        for start in range(0, shape[0], rows):
+            block = buf[: min(rows, shape[0] - start)]
+            got = f.readinto(memoryview(block.reshape(-1)).cast("B"))
+            if got != block.size * dtype.itemsize:
+                raise DumpError(f"{path}: truncated file ({start + got // max(1, row_items * dtype.itemsize)}"
+                                f" of {shape[0]} rows readable)")
+            yield block
+
+
 def score_dump(dump_dir, trajectory_len: int, window: int, decay: float, num_samples=None,
                backend: str = "auto", on_nonfinite: str = "error", progress: bool = False):
     """Score a dump folder; returns (scores float32 (N,), tracker.stats)."""
@@ -101,15 +125,12 @@ def score_dump(dump_dir, trajectory_len: int, window: int, decay: float, num_sam
                    file=sys.stderr, dynamic_ncols=True)
     try:
         for f in files:
-            out, idx = _open(f.output, "logits"), _open(f.index, "index")
-            for start in range(0, f.rows, rows):
-                logits = torch.from_numpy(np.ascontiguousarray(out[start:start + rows], dtype=np.float32)
-                                          if out.dtype not in (np.float32, np.float16)
-                                          else np.ascontiguousarray(out[start:start + rows]))
-                index = torch.from_numpy(np.ascontiguousarray(idx[start:start + rows], dtype=np.int64))
-                tracker.update(logits, index)
+            for out, idx in zip(_read_rows(f.output, rows), _read_rows(f.index, rows)):
+                if out.dtype not in (np.float32, np.float16):  # float64 dumps: the contract is fp32
+                    out = out.astype(np.float32)
+                tracker.update(torch.from_numpy(out), torch.from_numpy(idx.astype(np.int64, copy=False)))
                 if bar is not None:
-                    bar.update(index.numel())
+                    bar.update(idx.shape[0])
             try:
                 tracker.end_epoch()
             except ValueError as exc:
