@@ -44,22 +44,23 @@ def update(logits, index, prev, seen, ring, counters) -> None:
     safe = torch.where(in_range, idx, torch.zeros_like(idx))
     # A row whose sample was already recorded this epoch is a duplicate; within the batch the
     # first usable occurrence of each sample wins, so two rows never mix.
-    fresh = usable & (seen[safe] != epoch)
+    fresh = usable & (seen.index_select(0, safe) != epoch)
     rows = torch.nonzero(fresh).squeeze(1)
     rows = rows[first_occurrences(idx[rows])]
     n_dup = usable.sum() - rows.numel()
 
-    n = idx[rows]
-    p = torch.softmax(x[rows], dim=1)
+    n = idx.index_select(0, rows)
+    p = torch.softmax(x.index_select(0, rows), dim=1)
     log_p = torch.log(p + EPS)
     # d_{e-1} is defined only if the sample was recorded in epoch e-1 (never at e = 0). At e = 0
     # the slot written, (−1) mod (W−1), gets NaN; it is overwritten before any window reads it.
-    d = contribution(p, log_p, prev[n].to(torch.float32))
-    had_prev = (seen[n] == epoch - 1) & (epoch >= 1)
-    slot = torch.remainder(epoch.long() - 1, ring.shape[1])
-    ring[n, slot] = torch.where(had_prev, d, torch.full_like(d, float("nan")))
-    prev[n] = log_p.to(prev.dtype)
-    seen[n] = epoch
+    d = contribution(p, log_p, prev.index_select(0, n).to(torch.float32))
+    had_prev = (seen.index_select(0, n) == epoch - 1) & (epoch >= 1)
+    w1 = ring.shape[1]
+    slot = torch.remainder(epoch.long() - 1, w1)
+    ring.view(-1).index_copy_(0, n * w1 + slot, torch.where(had_prev, d, torch.full_like(d, float("nan"))))
+    prev.index_copy_(0, n, log_p.to(prev.dtype))
+    seen.index_fill_(0, n, epoch)
 
     counters[DUPLICATES] += n_dup
     counters[NONFINITE] += (in_range & ~finite).sum()
