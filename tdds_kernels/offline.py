@@ -22,7 +22,7 @@ import torch
 from .selection import ascending_order
 from .tracker import TDDSTracker
 
-ROWS_PER_BATCH_ELEMENTS = 1 << 20  # ~4 MB of float32 logits per update call: small temporaries
+ROWS_PER_BATCH_ELEMENTS = 1 << 18  # ~1 MB of float32 logits per update call: small temporaries
 
 
 class DumpError(Exception):

@@ -86,7 +86,9 @@ def epoch_step(seen, ring, score, counters, decay: float) -> None:
     counters[MISSING] += missing.sum()
     w1 = ring.shape[1]
     slot = torch.remainder(epoch.long() - 1, w1)  # at e = 0: harmless, as in update
-    ring[:, slot] = torch.where(missing, torch.full_like(score, float("nan")), ring[:, slot])
+    # A mask rather than ring[:, slot] = ...: indexing by a 0-d tensor does not compile.
+    cols = torch.arange(w1, device=ring.device)
+    ring.masked_fill_(missing[:, None] & (cols == slot), float("nan"))
     folded = (1.0 - decay) * score + decay * window_deviation(ring)
     score.copy_(torch.where(epoch >= w1, folded, score))
     counters[EPOCH] += 1

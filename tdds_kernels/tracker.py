@@ -55,7 +55,7 @@ class TDDSTracker:
     def __init__(self, num_samples: int, num_classes: int, window: int = 10, decay: float = 0.9,
                  trajectory_len: int | None = 30, device="cpu", storage_dtype=torch.float32,
                  backend: str = "auto", on_nonfinite: str = "error", debug: bool = False,
-                 process_group=None):
+                 process_group=None, baseline_options: dict | None = None):
         if process_group is not None and type(self) is TDDSTracker:
             raise NotImplementedError("process_group: sharded tracking is not implemented yet")
         _check_int("num_samples", num_samples, 1)
@@ -94,7 +94,13 @@ class TDDSTracker:
         self._next_dup_check = num_samples
         self._dup_check_mark = (0, 0)  # (rows, duplicates) of this epoch at the last check
         self._complete = False
-        self._baselines = None  # tdds_kernels.baselines.BaselineScores, made on the first targets
+        # tdds_kernels.baselines.BaselineScores, made on the first update with targets; like the
+        # TDDS state it records only the first trajectory_len epochs.
+        self._baselines = None
+        self.baseline_options = dict(baseline_options or {})
+        if self.baseline_options:  # validate now rather than at the first update with targets
+            from .baselines import BaselineScores
+            BaselineScores(1, num_classes, "cpu", **self.baseline_options)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -171,7 +177,8 @@ class TDDSTracker:
         if targets is not None:
             if self._baselines is None:
                 from .baselines import BaselineScores
-                self._baselines = BaselineScores(self.num_samples, self.num_classes, self.device)
+                self._baselines = BaselineScores(self.num_samples, self.num_classes, self.device,
+                                                 **self.baseline_options)
             # Before the TDDS op: it reads `seen` to apply the same first-occurrence rule.
             self._baselines.update(logits.detach(), index, targets, self._seen, self._epoch)
         self._backend.update(logits.detach().contiguous(), index.contiguous(), self._prev,
@@ -251,6 +258,9 @@ class TDDSTracker:
 
     def load_state_dict(self, sd: dict) -> None:
         """Restore a state_dict; raises (naming what mismatched) and changes nothing if it doesn't fit."""
+        if isinstance(sd, dict) and sd.get("shard") is not None and type(self) is TDDSTracker:
+            raise ValueError("state_dict: this is one shard of a sharded tracker; load it with "
+                             "process_group=..., or merge the shards (tdds_kernels.distributed.merge_shards)")
         if not isinstance(sd, dict) or sd.get("format") != FORMAT:
             raise ValueError(f"state_dict: expected a {FORMAT} state dict, got format "
                              f"{sd.get('format') if isinstance(sd, dict) else type(sd).__name__!r}")
@@ -276,7 +286,8 @@ class TDDSTracker:
         baselines = None
         if sd.get("baselines") is not None:
             from .baselines import BaselineScores
-            baselines = BaselineScores(self.num_samples, self.num_classes, self.device)
+            baselines = BaselineScores(self.num_samples, self.num_classes, self.device,
+                                       **self.baseline_options)
             baselines.load_state_dict(sd["baselines"])  # validates before anything changes
         self._baselines = baselines
         for name in ("prev", "seen", "ring", "score", "counters"):

@@ -1,0 +1,289 @@
+// The CPU kernels (update rows, epoch-step rows), compiled once per ISA: each
+// cpu/update_<isa>.cpp defines
+// CPU_CAPABILITY (+ CPU_CAPABILITY_<ISA>), switches the code generation target with
+// `#pragma GCC target` and includes this file, so one set of compiler flags builds DEFAULT, AVX2
+// and AVX512 variants and ops_cpu.cpp picks one at run time (at::get_cpu_capability(), which
+// honours ATEN_CPU_CAPABILITY) instead of baking -march=native into the binary.
+//
+// at::vec puts Vectorized<> in an inline namespace named after CPU_CAPABILITY, so the variants
+// do not collide. Inline helpers shared with other translation units (libstdc++, c10) are
+// included by update_isa_prelude.h *before* the target pragma, so they are compiled for the
+// baseline ISA in every TU and any copy the linker keeps is safe to call on any CPU.
+//
+// Update, per row (one pass over the row in L1 per step, two transcendentals per element):
+//   1. max over the row, and a non-finite check (x - x is NaN exactly for inf/NaN)
+//   2. claim the sample: CAS seen[n] from its old value to epoch; losing means duplicate
+//   3. e = exp(x - max) into a row buffer, s = sum(e)
+//   4. p = e / s, lp = log(p + eps); d += |p * (lp - prev)|; prev = lp   (prev caches the log)
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include "../kernel_args.h"
+
+#ifndef TDDS_PREFETCH_ROWS
+#define TDDS_PREFETCH_ROWS 2  // rows ahead; 2-4 measured best here (1: 10% slower, 0: 30%)
+#endif
+#define TDDS_CONCAT_(a, b) a##b
+#define TDDS_CONCAT(a, b) TDDS_CONCAT_(a, b)
+
+namespace tdds::cpu {
+namespace CPU_CAPABILITY {
+
+using Vec = at::vec::Vectorized<float>;
+constexpr int64_t kVF = Vec::size();
+constexpr int64_t kStep = 2 * kVF;  // one Vectorized<Half/BFloat16> holds two float vectors
+
+// Load/store kStep elements (fewer at a row's tail: n < kStep) as two float vectors.
+template <typename T>
+struct Io {
+  static void load(const T* p, int64_t n, Vec& a, Vec& b) {
+    using V = at::vec::Vectorized<T>;
+    std::tie(a, b) = at::vec::convert_to_float<T>(n >= kStep ? V::loadu(p) : V::loadu(p, n));
+  }
+  static void store(T* p, int64_t n, const Vec& a, const Vec& b) {
+    auto v = at::vec::convert_from_float<T>(a, b);
+    if (n >= kStep) v.store(p); else v.store(p, n);
+  }
+};
+template <>
+struct Io<float> {
+  static void load(const float* p, int64_t n, Vec& a, Vec& b) {
+    if (n >= kStep) {
+      a = Vec::loadu(p);
+      b = Vec::loadu(p + kVF);
+    } else {
+      a = Vec::loadu(p, std::min(n, kVF));
+      b = n > kVF ? Vec::loadu(p + kVF, n - kVF) : Vec(0.f);
+    }
+  }
+  static void store(float* p, int64_t n, const Vec& a, const Vec& b) {
+    if (n >= kStep) {
+      a.store(p);
+      b.store(p + kVF);
+    } else {
+      a.store(p, std::min(n, kVF));
+      if (n > kVF) b.store(p + kVF, n - kVF);
+    }
+  }
+};
+
+constexpr int64_t kPrefetchRows = TDDS_PREFETCH_ROWS;
+
+// log(x) for x in [1e-8, 1 + 1e-8]. Vectorized::log() is SLEEF's 1.0-ulp logf; its 3.5-ulp
+// sibling costs half as much (measured 0.26 vs 0.13 ns/element here, the largest single cost
+// of the kernel) and 3.5 ulp of log is far below the float32 rounding of p * (log p - log q).
+inline Vec fast_log(const Vec& x) {
+#if defined(CPU_CAPABILITY_AVX512)
+  return Vec(Sleef_logf16_u35(x));
+#elif defined(CPU_CAPABILITY_AVX2)
+  return Vec(Sleef_logf8_u35(x));
+#else
+  return x.log();
+#endif
+}
+
+inline float hsum(const Vec& v) {
+  alignas(64) float t[kVF];
+  v.store(t);
+  float s = 0.f;
+  for (int64_t k = 0; k < kVF; ++k) s += t[k];
+  return s;
+}
+inline float hmax(const Vec& v) {
+  alignas(64) float t[kVF];
+  v.store(t);
+  float m = t[0];
+  for (int64_t k = 1; k < kVF; ++k) m = std::max(m, t[k]);
+  return m;
+}
+
+// Lanes [count, kVF) of v replaced by fill (count may be <= 0 or >= kVF).
+inline Vec keep(const Vec& v, float fill, int64_t count) {
+  if (count >= kVF) return v;
+  return Vec::set(Vec(fill), v, std::max<int64_t>(count, 0));
+}
+
+template <typename T, typename S, typename I>
+void update_rows_t(const UpdateArgs& a, int64_t begin, int64_t end, UpdateCounts& cnt) {
+  const int64_t C = a.C;
+  const int32_t epoch = static_cast<int32_t>(a.epoch);
+  const T* logits = static_cast<const T*>(a.logits);
+  const I* index = static_cast<const I*>(a.index);
+  S* prev = static_cast<S*>(a.prev);
+  // exp(x - max) of the current row; padded to whole steps so full-vector stores stay inside.
+  std::unique_ptr<float[]> buf(new float[(C + kStep - 1) / kStep * kStep]);
+  const float inf = std::numeric_limits<float>::infinity();
+
+  const int64_t row_bytes = C * static_cast<int64_t>(sizeof(S));
+  for (int64_t i = begin; i < end; ++i) {
+    // The prev rows are gathered at random from an (N, C) table far larger than the caches, so
+    // the hardware prefetcher only ramps up inside each row; fetching a later row's cache lines
+    // while this row computes hides that latency.
+    if (i + kPrefetchRows < end) {
+      const int64_t m = static_cast<int64_t>(index[i + kPrefetchRows]);
+      if (m >= 0 && m < a.N) {
+        const char* r = reinterpret_cast<const char*>(prev + m * C);
+        for (int64_t o = 0; o < row_bytes; o += 64) __builtin_prefetch(r + o, /*rw=*/1, /*locality=*/3);
+      }
+    }
+    const int64_t n = static_cast<int64_t>(index[i]);
+    if (n < 0 || n >= a.N) {
+      cnt.out_of_range++;
+      continue;
+    }
+    const T* x = logits + i * C;
+
+    // 1. max and non-finite check
+    Vec vmax(-inf), vbad(0.f);
+    for (int64_t j = 0; j < C; j += kStep) {
+      const int64_t r = C - j;
+      Vec x0, x1;
+      Io<T>::load(x + j, r, x0, x1);  // tail lanes load as 0: finite, but must not raise the max
+      vbad = vbad + (x0 - x0) + (x1 - x1);
+      vmax = at::vec::maximum(vmax, at::vec::maximum(keep(x0, -inf, r), keep(x1, -inf, r - kVF)));
+    }
+    if (std::isnan(hsum(vbad))) {  // the row is ignored: no claim, no state change
+      cnt.nonfinite++;
+      continue;
+    }
+
+    // 2. claim the sample; of several rows with one index (this batch or any earlier batch of
+    // this epoch) exactly one wins, whichever thread gets there first.
+    int32_t old = __atomic_load_n(a.seen + n, __ATOMIC_RELAXED);
+    bool won = false;
+    while (old != epoch && !won)
+      won = __atomic_compare_exchange_n(a.seen + n, &old, epoch, /*weak=*/false, __ATOMIC_RELAXED,
+                                        __ATOMIC_RELAXED);
+    if (!won) {
+      cnt.duplicates++;
+      continue;
+    }
+
+    // 3. e = exp(x - max), s = sum(e); tail lanes forced to 0 so they add nothing below
+    const Vec vm(hmax(vmax));
+    Vec vs(0.f);
+    for (int64_t j = 0; j < C; j += kStep) {
+      const int64_t r = C - j;
+      Vec x0, x1;
+      Io<T>::load(x + j, r, x0, x1);
+      const Vec e0 = keep((x0 - vm).exp_u20(), 0.f, r), e1 = keep((x1 - vm).exp_u20(), 0.f, r - kVF);
+      e0.store(buf.get() + j);
+      e1.store(buf.get() + j + kVF);
+      vs = vs + e0 + e1;
+    }
+
+    // 4. p, log(p + eps), the transition d against the cached log, and the new cached log
+    const Vec inv(1.f / hsum(vs)), veps(1e-8f);
+    const bool with_d = epoch >= 1 && old == epoch - 1;  // d is defined only after epoch-1
+    S* q = prev + n * C;
+    Vec vd(0.f);
+    for (int64_t j = 0; j < C; j += kStep) {
+      const int64_t r = C - j;
+      const Vec p0 = Vec::loadu(buf.get() + j) * inv, p1 = Vec::loadu(buf.get() + j + kVF) * inv;
+      const Vec l0 = fast_log(p0 + veps), l1 = fast_log(p1 + veps);
+      if (with_d) {  // tail lanes: p = 0, so they add 0
+        Vec q0, q1;
+        Io<S>::load(q + j, r, q0, q1);
+        vd = vd + (p0 * (l0 - q0)).abs() + (p1 * (l1 - q1)).abs();
+      }
+      Io<S>::store(q + j, r, l0, l1);
+    }
+    a.ring[n * a.W1 + a.slot] = with_d ? hsum(vd) : std::numeric_limits<float>::quiet_NaN();
+  }
+}
+
+template <typename T, typename S>
+void by_index(const UpdateArgs& a, int64_t b, int64_t e, UpdateCounts& c) {
+  if (a.index_i64) update_rows_t<T, S, int64_t>(a, b, e, c);
+  else update_rows_t<T, S, int32_t>(a, b, e, c);
+}
+template <typename T>
+void by_storage(const UpdateArgs& a, int64_t b, int64_t e, UpdateCounts& c) {
+  switch (a.prev_dt) {
+    case Dt::f32: return by_index<T, float>(a, b, e, c);
+    case Dt::f16: return by_index<T, c10::Half>(a, b, e, c);
+    case Dt::bf16: return by_index<T, c10::BFloat16>(a, b, e, c);
+  }
+}
+
+// R of one ring row (scalar; for the rows left over after whole vectors).
+inline float window_deviation(const float* r, int64_t w1) {
+  float sum = 0.f;
+  int64_t count = 0;
+  for (int64_t j = 0; j < w1; ++j)
+    if (!std::isnan(r[j])) sum += r[j], ++count;
+  if (count < 2) return 0.f;
+  const float mean = sum / static_cast<float>(count);
+  float ss = 0.f;
+  for (int64_t j = 0; j < w1; ++j)
+    if (!std::isnan(r[j])) ss += (r[j] - mean) * (r[j] - mean);
+  return std::sqrt(ss);
+}
+
+// Epoch step over rows [begin, end): mark missing samples' transition undefined, then (once a
+// window is complete) R = sqrt(sum of squared deviations of the defined ring values from their
+// mean), 0 with fewer than two, folded into the EMA. A window is only W-1 (~10) values, so the
+// vectors run across kVF rows at once: value j of each row is a strided gather (rows stay in
+// L1 between the two passes).
+int64_t epoch_step_rows_t(const StepArgs& a, int64_t begin, int64_t end) {
+  using IVec = at::vec::Vectorized<int32_t>;
+  const int64_t W1 = a.W1;
+  int64_t missing = 0;
+  for (int64_t n = begin; n < end; ++n)
+    if (a.seen[n] != a.epoch) {
+      ++missing;
+      a.ring[n * W1 + a.slot] = std::numeric_limits<float>::quiet_NaN();
+    }
+  if (a.epoch < W1) return missing;  // no complete window yet
+
+  const bool gather_ok = W1 * kVF < (int64_t{1} << 31);  // int32 offsets
+  const IVec offsets = IVec::arange(0, static_cast<int32_t>(gather_ok ? W1 : 0));
+  const Vec zero(0.f), one(1.f), two(2.f), keep(a.keep), add(a.add);
+  int64_t n = begin;
+  const int64_t block_bytes = kVF * W1 * static_cast<int64_t>(sizeof(float));
+  constexpr int64_t kKeep = 32;  // windows up to 33 (the paper uses 5-20) gather each value once
+  Vec kept[kKeep];
+  for (; gather_ok && n + kVF <= end; n += kVF) {
+    const float* r = a.ring + n * W1;
+    // gathers do not train the hardware prefetcher: fetch the block after next explicitly
+    if (n + 3 * kVF <= end)
+      for (int64_t o = 0; o < block_bytes; o += 64)
+        __builtin_prefetch(reinterpret_cast<const char*>(r + 2 * kVF * W1) + o, 0, 3);
+    Vec sum(0.f), cnt(0.f);
+    for (int64_t j = 0; j < W1; ++j) {
+      const Vec v = at::vec::gather<sizeof(float)>(r + j, offsets);
+      if (j < kKeep) kept[j] = v;  // the second pass reuses up to kKeep columns
+      const Vec defined = v == v;  // all-ones lanes where v is not NaN
+      sum = sum + Vec::blendv(zero, v, defined);
+      cnt = cnt + Vec::blendv(zero, one, defined);
+    }
+    const Vec mean = sum / at::vec::maximum(cnt, one);
+    Vec ss(0.f);
+    for (int64_t j = 0; j < W1; ++j) {
+      const Vec v = j < kKeep ? kept[j] : at::vec::gather<sizeof(float)>(r + j, offsets);
+      const Vec dev = Vec::blendv(zero, v - mean, v == v);
+      ss = ss + dev * dev;
+    }
+    const Vec R = Vec::blendv(zero, ss.sqrt(), cnt >= two);
+    (keep * Vec::loadu(a.score + n) + add * R).store(a.score + n);
+  }
+  for (; n < end; ++n) a.score[n] = a.keep * a.score[n] + a.add * window_deviation(a.ring + n * W1, W1);
+  return missing;
+}
+
+}  // namespace CPU_CAPABILITY
+
+int64_t TDDS_CONCAT(epoch_step_rows_, CPU_CAPABILITY)(const StepArgs& a, int64_t begin, int64_t end) {
+  return CPU_CAPABILITY::epoch_step_rows_t(a, begin, end);
+}
+
+void TDDS_CONCAT(update_rows_, CPU_CAPABILITY)(const UpdateArgs& a, int64_t b, int64_t e, UpdateCounts& c) {
+  using namespace CPU_CAPABILITY;
+  switch (a.logits_dt) {
+    case Dt::f32: return by_storage<float>(a, b, e, c);
+    case Dt::f16: return by_storage<c10::Half>(a, b, e, c);
+    case Dt::bf16: return by_storage<c10::BFloat16>(a, b, e, c);
+  }
+}
+
+}  // namespace tdds::cpu

@@ -1,0 +1,202 @@
+// CUDA kernels of tdds::update_ext / tdds::epoch_step_ext.
+//
+// Only the headers the kernels need: ATen/cuda/CUDAContext.h would pull in cuBLAS/cuSPARSE
+// headers, which a bare toolkit (and the CPU torch wheel's compile check) lacks.
+#include <ATen/core/Tensor.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include <cstdint>
+
+#include "../ops.h"
+
+namespace tdds {
+namespace {
+
+constexpr int kWarp = 32;
+constexpr int kWarpsPerBlock = 8;  // one warp per row: rows are 1e2..1e4 classes
+
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = kWarp / 2; o > 0; o /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = kWarp / 2; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ void count(int64_t* counters, int slot, int64_t v) {
+  atomicAdd(reinterpret_cast<unsigned long long*>(counters + slot), static_cast<unsigned long long>(v));
+}
+
+// One warp per row of logits. The epoch is read from counters[kEpoch] on the device (no host
+// sync); bad indices are skipped and counted (the tracker raises at end_epoch).
+template <typename T, typename S, typename I>
+__global__ void update_kernel(const T* __restrict__ logits, const I* __restrict__ index, S* __restrict__ prev,
+                              int32_t* __restrict__ seen, float* __restrict__ ring, int64_t* __restrict__ counters,
+                              int64_t B, int64_t C, int64_t N, int64_t W1) {
+  const int lane = threadIdx.x % kWarp;
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
+  if (i >= B) return;  // whole warps exit together
+  const int32_t epoch = static_cast<int32_t>(counters[kEpoch]);
+  const int64_t n = static_cast<int64_t>(index[i]);
+  if (n < 0 || n >= N) {
+    if (lane == 0) count(counters, kOutOfRange, 1);
+    return;
+  }
+  const T* x = logits + i * C;
+
+  // 1. row max; x - x is NaN exactly for inf/NaN, so `bad` flags a non-finite row
+  float m = -INFINITY, bad = 0.f;
+  for (int64_t c = lane; c < C; c += kWarp) {
+    const float v = static_cast<float>(x[c]);
+    m = fmaxf(m, v);
+    bad += v - v;
+  }
+  m = warp_max(m);
+  if (isnan(warp_sum(bad))) {
+    if (lane == 0) count(counters, kNonfinite, 1);
+    return;
+  }
+
+  // 2. claim the sample: exactly one row per sample and epoch wins the compare-and-swap
+  int32_t old = 0;
+  int won = 0;
+  if (lane == 0) {
+    old = seen[n];
+    while (old != epoch && !won) {
+      const int32_t got = atomicCAS(seen + n, old, epoch);
+      won = got == old;
+      old = got;
+    }
+    if (!won) count(counters, kDuplicates, 1);
+  }
+  won = __shfl_sync(0xffffffffu, won, 0);
+  old = __shfl_sync(0xffffffffu, old, 0);
+  if (!won) return;
+
+  // 3. softmax denominator
+  float s = 0.f;
+  for (int64_t c = lane; c < C; c += kWarp) s += expf(static_cast<float>(x[c]) - m);
+  const float inv = 1.f / warp_sum(s);
+
+  // 4. p, log(p + eps), d against the cached log, and the new cached log (re-reading x and
+  // recomputing exp is cheaper than staging the row: the kernel is memory-bound)
+  const bool with_d = epoch >= 1 && old == epoch - 1;
+  S* q = prev + n * C;
+  float d = 0.f;
+  for (int64_t c = lane; c < C; c += kWarp) {
+    const float p = expf(static_cast<float>(x[c]) - m) * inv;
+    const float lp = logf(p + kEps);
+    if (with_d) d += fabsf(p * (lp - static_cast<float>(q[c])));
+    q[c] = static_cast<S>(lp);
+  }
+  d = warp_sum(d);
+  if (lane == 0) ring[n * W1 + ring_slot(epoch, W1)] = with_d ? d : NAN;
+}
+
+// One thread per sample: mark a missing sample's transition undefined, fold the window.
+__global__ void epoch_step_kernel(const int32_t* __restrict__ seen, float* __restrict__ ring,
+                                  float* __restrict__ score, int64_t* __restrict__ counters, int64_t N, int64_t W1,
+                                  float keep, float add) {
+  const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t epoch = counters[kEpoch];
+  int missing = 0;
+  if (n < N) {
+    float* r = ring + n * W1;
+    if (seen[n] != epoch) {
+      missing = 1;
+      r[ring_slot(epoch, W1)] = NAN;
+    }
+    if (epoch >= W1) {  // R over the defined values of the window, 0 with fewer than two
+      float sum = 0.f;
+      int defined = 0;
+      for (int64_t j = 0; j < W1; ++j)
+        if (!isnan(r[j])) sum += r[j], ++defined;
+      float R = 0.f;
+      if (defined >= 2) {
+        const float mean = sum / defined;
+        float ss = 0.f;
+        for (int64_t j = 0; j < W1; ++j)
+          if (!isnan(r[j])) ss += (r[j] - mean) * (r[j] - mean);
+        R = sqrtf(ss);
+      }
+      score[n] = keep * score[n] + add * R;
+    }
+  }
+  // one atomic per warp instead of per sample
+  const int warp_missing = __popc(__ballot_sync(0xffffffffu, missing));
+  if (threadIdx.x % kWarp == 0 && warp_missing) count(counters, kMissing, warp_missing);
+}
+
+// A separate launch on the same stream: every block above has read the epoch before it moves.
+__global__ void advance_epoch_kernel(int64_t* counters) { counters[kEpoch] += 1; }
+
+template <typename T, typename S, typename I>
+void launch_update(const at::Tensor& logits, const at::Tensor& index, const at::Tensor& prev, const at::Tensor& seen,
+                   const at::Tensor& ring, const at::Tensor& counters, cudaStream_t stream) {
+  const int64_t B = logits.size(0);
+  const unsigned blocks = static_cast<unsigned>((B + kWarpsPerBlock - 1) / kWarpsPerBlock);
+  update_kernel<T, S, I><<<blocks, kWarpsPerBlock * kWarp, 0, stream>>>(
+      static_cast<const T*>(logits.data_ptr()), static_cast<const I*>(index.data_ptr()),
+      static_cast<S*>(prev.data_ptr()), seen.data_ptr<int32_t>(), ring.data_ptr<float>(),
+      counters.data_ptr<int64_t>(), B, logits.size(1), prev.size(0), ring.size(1));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename T, typename S>
+void by_index(const at::Tensor& l, const at::Tensor& i, const at::Tensor& p, const at::Tensor& s, const at::Tensor& r,
+              const at::Tensor& c, cudaStream_t st) {
+  if (i.scalar_type() == at::kLong) launch_update<T, S, int64_t>(l, i, p, s, r, c, st);
+  else launch_update<T, S, int32_t>(l, i, p, s, r, c, st);
+}
+template <typename T>
+void by_storage(const at::Tensor& l, const at::Tensor& i, const at::Tensor& p, const at::Tensor& s, const at::Tensor& r,
+                const at::Tensor& c, cudaStream_t st) {
+  switch (p.scalar_type()) {
+    case at::kFloat: return by_index<T, float>(l, i, p, s, r, c, st);
+    case at::kHalf: return by_index<T, c10::Half>(l, i, p, s, r, c, st);
+    default: return by_index<T, c10::BFloat16>(l, i, p, s, r, c, st);
+  }
+}
+
+void update_cuda(const at::Tensor& logits, const at::Tensor& index, const at::Tensor& prev, const at::Tensor& seen,
+                 const at::Tensor& ring, const at::Tensor& counters) {
+  check_update(logits, index, prev, seen, ring, counters);
+  if (logits.size(0) == 0) return;
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const cudaStream_t st = c10::cuda::getCurrentCUDAStream(logits.device().index()).stream();
+  switch (logits.scalar_type()) {
+    case at::kFloat: return by_storage<float>(logits, index, prev, seen, ring, counters, st);
+    case at::kHalf: return by_storage<c10::Half>(logits, index, prev, seen, ring, counters, st);
+    default: return by_storage<c10::BFloat16>(logits, index, prev, seen, ring, counters, st);
+  }
+}
+
+void epoch_step_cuda(const at::Tensor& seen, const at::Tensor& ring, const at::Tensor& score, const at::Tensor& counters,
+                     double decay) {
+  check_epoch_step(seen, ring, score, counters);
+  const c10::cuda::CUDAGuard guard(seen.device());
+  const cudaStream_t st = c10::cuda::getCurrentCUDAStream(seen.device().index()).stream();
+  const int64_t N = seen.size(0);
+  constexpr int kThreads = 256;
+  if (N > 0) {
+    epoch_step_kernel<<<static_cast<unsigned>((N + kThreads - 1) / kThreads), kThreads, 0, st>>>(
+        seen.data_ptr<int32_t>(), ring.data_ptr<float>(), score.data_ptr<float>(), counters.data_ptr<int64_t>(), N,
+        ring.size(1), static_cast<float>(1.0 - decay), static_cast<float>(decay));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  advance_epoch_kernel<<<1, 1, 0, st>>>(counters.data_ptr<int64_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace
+}  // namespace tdds
+
+TORCH_LIBRARY_IMPL(tdds, CUDA, m) {
+  m.impl("update_ext", &tdds::update_cuda);
+  m.impl("epoch_step_ext", &tdds::epoch_step_cuda);
+}

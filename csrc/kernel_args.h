@@ -1,0 +1,49 @@
+// Plain-data arguments of the CPU update kernel. Kept free of torch headers because it is
+// included by the per-ISA translation units (cpu/update_*.cpp), which should contain as little
+// shared inline code as possible (see cpu/update_isa.h).
+#pragma once
+#include <cstdint>
+
+namespace tdds {
+
+enum class Dt : int32_t { f32, f16, bf16 };
+
+struct UpdateArgs {
+  const void* logits;  // (B, C) contiguous, logits_dt
+  const void* index;   // (B,) int64 if index_i64 else int32
+  void* prev;          // (N, C) contiguous, prev_dt: log(p + 1e-8) of the last recorded row
+  int32_t* seen;       // (N,)
+  float* ring;         // (N, W1) contiguous
+  int64_t B, C, N, W1;
+  int64_t epoch;      // counters[EPOCH], read by the host wrapper
+  int64_t slot;       // ring slot of d_{epoch-1} (ring_slot in ops.h)
+  Dt logits_dt, prev_dt;
+  bool index_i64;
+};
+
+struct UpdateCounts {
+  int64_t duplicates = 0, nonfinite = 0, out_of_range = 0;
+};
+
+struct StepArgs {
+  const int32_t* seen;  // (N,)
+  float* ring;          // (N, W1) contiguous
+  float* score;         // (N,)
+  int64_t N, W1, epoch, slot;
+  float keep, add;      // score = keep * score + add * R
+};
+
+// Rows [begin, end) of one call; one definition per ISA (DEFAULT, AVX2, AVX512).
+using UpdateRowsFn = void (*)(const UpdateArgs&, int64_t begin, int64_t end, UpdateCounts&);
+using StepRowsFn = int64_t (*)(const StepArgs&, int64_t begin, int64_t end);  // returns # missing
+
+namespace cpu {
+void update_rows_DEFAULT(const UpdateArgs&, int64_t, int64_t, UpdateCounts&);
+void update_rows_AVX2(const UpdateArgs&, int64_t, int64_t, UpdateCounts&);
+void update_rows_AVX512(const UpdateArgs&, int64_t, int64_t, UpdateCounts&);
+int64_t epoch_step_rows_DEFAULT(const StepArgs&, int64_t, int64_t);
+int64_t epoch_step_rows_AVX2(const StepArgs&, int64_t, int64_t);
+int64_t epoch_step_rows_AVX512(const StepArgs&, int64_t, int64_t);
+}  // namespace cpu
+
+}  // namespace tdds

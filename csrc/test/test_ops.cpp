@@ -1,0 +1,121 @@
+// C++ checks of the CPU kernels against values worked out by hand or in double precision,
+// called through the dispatcher as a C++ trainer would. Run by ctest (CMakeLists.txt).
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <vector>
+
+namespace {
+
+int failures = 0;
+
+#define EXPECT(cond)                                                  \
+  do {                                                               \
+    if (!(cond)) {                                                   \
+      std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+      ++failures;                                                    \
+    }                                                                \
+  } while (0)
+
+bool close(double a, double b, double rtol = 1e-5, double atol = 1e-6) {
+  return std::abs(a - b) <= atol + rtol * std::abs(b);
+}
+
+using T = const at::Tensor&;
+void update(T logits, T index, T prev, T seen, T ring, T counters) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("tdds::update_ext", "")
+                       .typed<void(T, T, T, T, T, T)>();
+  op.call(logits, index, prev, seen, ring, counters);
+}
+void epoch_step(T seen, T ring, T score, T counters, double decay) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("tdds::epoch_step_ext", "")
+                       .typed<void(T, T, T, T, double)>();
+  op.call(seen, ring, score, counters, decay);
+}
+
+at::Tensor counters_at(int64_t epoch) {
+  auto c = at::zeros({5}, at::kLong);
+  c[4] = epoch;
+  return c;
+}
+
+// d for p = softmax([0, log 3]) = [1/4, 3/4] after q = [1/2, 1/2].
+void test_known_transition() {
+  auto prev = at::log(at::full({1, 2}, 0.5f) + 1e-8f);
+  auto seen = at::zeros({1}, at::kInt);
+  auto ring = at::full({1, 2}, -7.f);
+  auto counters = counters_at(1);
+  update(at::tensor({0.f, std::log(3.f)}).reshape({1, 2}), at::tensor({int64_t{0}}), prev, seen, ring, counters);
+  const double d = 0.25 * std::log(2.0) + 0.75 * std::log(1.5);
+  EXPECT(close(ring[0][0].item<float>(), d, 1e-6));
+  EXPECT(ring[0][1].item<float>() == -7.f);
+  EXPECT(seen[0].item<int>() == 1);
+  EXPECT(close(prev[0][1].item<float>(), std::log(0.75)));
+}
+
+// Every row of a wide batch (C = 1271: vector tails) against a double-precision softmax; one
+// duplicate, one out-of-range and one non-finite row are counted and skipped.
+void test_wide_rows_and_counters(at::ScalarType storage) {
+  const int64_t B = 64, C = 1271, N = 100;
+  auto logits = at::randn({B, C}) * 4;
+  auto index = at::randperm(N).slice(0, 0, B).clone();
+  index[5] = index[4];  // duplicate
+  index[6] = -1;        // out of range
+  logits[7][1000] = std::numeric_limits<float>::infinity();
+  auto prev0 = at::log_softmax(at::randn({N, C}), 1);
+  auto prev = prev0.to(storage).clone();  // a copy even for float32: prev0 is the expected input
+  auto seen = at::zeros({N}, at::kInt);
+  auto ring = at::full({N, 3}, -7.f);
+  auto counters = counters_at(1);
+  update(logits, index, prev, seen, ring, counters);
+  EXPECT(counters[0].item<int64_t>() == 1 && counters[2].item<int64_t>() == 1 && counters[3].item<int64_t>() == 1);
+  EXPECT(counters[1].item<int64_t>() == 0 && counters[4].item<int64_t>() == 1);
+  auto x = logits.to(at::kDouble);
+  auto lp = at::log(at::softmax(x, 1) + 1e-8);
+  const double tol = storage == at::kFloat ? 1e-5 : 1e-2;
+  for (int64_t i = 0; i < B; ++i) {
+    if (i == 5 || i == 6 || i == 7) continue;
+    const int64_t n = index[i].item<int64_t>();
+    auto q = prev0[n].to(storage).to(at::kDouble);  // what the kernel read
+    const double d = (lp[i].exp() - 1e-8).mul(lp[i] - q).abs().sum().item<double>();
+    EXPECT(close(ring[n][0].item<float>(), d, 1e-4, 1e-5));
+    EXPECT(at::allclose(prev[n].to(at::kDouble), lp[i], tol, 1e-5));
+    EXPECT(seen[n].item<int>() == 1);
+  }
+  const int64_t skipped = index[7].item<int64_t>();
+  EXPECT(seen[skipped].item<int>() == 0 && ring[skipped][0].item<float>() == -7.f);
+}
+
+// The window example of DESIGN.md: ring [1, nan, 3, 5], the sample missing at epoch 4.
+void test_epoch_step_window() {
+  auto seen = at::full({1}, 3, at::kInt);
+  auto ring = at::tensor({1.f, NAN, 3.f, 5.f}).reshape({1, 4});
+  auto score = at::zeros({1});
+  auto counters = counters_at(3);
+  epoch_step(seen, ring, score, counters, 0.5);  // recorded at 3; no window before epoch 4
+  EXPECT(score[0].item<float>() == 0.f && counters[4].item<int64_t>() == 4);
+  epoch_step(seen, ring, score, counters, 0.5);  // missing at 4: slot 3 undefined
+  EXPECT(std::isnan(ring[0][3].item<float>()) && counters[1].item<int64_t>() == 1);
+  EXPECT(close(score[0].item<float>(), 0.5 * std::sqrt(2.0)));
+  EXPECT(counters[4].item<int64_t>() == 5);
+}
+
+}  // namespace
+
+int main() {
+  at::manual_seed(0);
+  test_known_transition();
+  for (auto storage : {at::kFloat, at::kBFloat16, at::kHalf}) test_wide_rows_and_counters(storage);
+  test_epoch_step_window();
+  if (failures) {
+    std::fprintf(stderr, "%d check(s) failed\n", failures);
+    return 1;
+  }
+  std::printf("all tdds C++ checks passed\n");
+  return 0;
+}

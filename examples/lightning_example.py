@@ -1,0 +1,68 @@
+"""TDDS scores from PyTorch Lightning with tdds_kernels.integrations.lightning.TDDSCallback.
+
+    python examples/lightning_example.py [--epochs 6] [--devices 2]
+
+training_step returns the logits and the dataset indices next to the loss; the callback records
+them, closes an epoch per training epoch, shards its state under DDP (--devices > 1 runs
+strategy="ddp" on CPU processes) and rides in Lightning's checkpoints (resume with ckpt_path).
+"""
+import argparse
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+import pytorch_lightning as pl
+
+import tdds_kernels as tk
+from tdds_kernels.integrations.lightning import TDDSCallback
+
+
+def synthetic(n=1000, classes=10, dim=16, noise=0.1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(classes, dim, generator=g)
+    y = torch.randint(0, classes, (n,), generator=g)
+    x = centers[y] + torch.randn(n, dim, generator=g)
+    flipped = torch.rand(n, generator=g) < noise
+    return TensorDataset(x, torch.where(flipped, torch.randint(0, classes, (n,), generator=g), y))
+
+
+class Classifier(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+
+    def training_step(self, batch, batch_idx):
+        x, y, idx = batch
+        logits = self.net(x)
+        return {"loss": F.cross_entropy(logits, y), "logits": logits, "index": idx}
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--devices", type=int, default=1)
+    ap.add_argument("--out", default=None, help="torch.save the scores here (rank 0)")
+    args = ap.parse_args(argv)
+
+    pl.seed_everything(0, verbose=False)
+    data = synthetic()
+    loader = DataLoader(tk.IndexedDataset(data), batch_size=32, shuffle=True)
+    tdds = TDDSCallback(num_samples=len(data), num_classes=10, window=3, trajectory_len=args.epochs)
+    trainer = pl.Trainer(max_epochs=args.epochs, accelerator="cpu", devices=args.devices,
+                         strategy="ddp" if args.devices > 1 else "auto", callbacks=[tdds],
+                         logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         enable_checkpointing=False)
+    trainer.fit(Classifier(), loader)
+    if trainer.is_global_zero:
+        kept = tk.select(tdds.scores, prune_fraction=0.5)
+        print(f"scores {tuple(tdds.scores.shape)}, kept {len(kept)}; {tdds.tracker!r}")
+        if args.out:
+            torch.save(tdds.scores, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,507 @@
+"""Sharded TDDS state over torch.distributed: ``TDDSTracker(..., process_group=pg)``.
+
+Ownership rule: rank r of a group of W ranks owns the samples n with ``n % W == r`` and keeps them
+in local row ``n // W`` (a strided split: shard sizes differ by at most one row, and the
+interleaved all_gather of equal padded shards gives the scores back in dataset order without an
+index tensor). Each rank holds the state of its shard only (prev, seen, ring, score: ≈ 1/W of a
+single tracker) and runs the same backend ops on it as a single tracker does.
+
+Per step every rank calls ``update`` once (an empty batch is fine), as DDP loops do:
+
+1. each rank validates its batch exactly like a single tracker, without raising yet;
+2. one all_gather of a small int64 row per rank (validity, epoch, dtype, rows per destination)
+   lets every rank see every error, so a bad batch on one rank raises on all of them (the bad
+   rank gets the single tracker's message, the others the same text naming that rank) and
+   nobody is left waiting in a collective;
+3. one all_to_all_single of the rows, packed as bytes (local index, targets, logits), sends each
+   row to its owner, which applies them in (source rank, batch) order: with duplicates in one
+   step (DistributedSampler padding) the lowest rank's row counts, as if a single tracker were fed
+   the ranks' batches concatenated in rank order.
+
+``end_epoch`` is local apart from one tiny all_gather that makes every rank take the same
+decision on the epoch's errors. ``scores()``, ``stats`` and ``baseline_scores()`` are collective
+(call them on every rank); ``save``/``load`` write and read one file per rank (``shard_path``).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from ._ops import COUNTERS, NONFINITE, OUT_OF_RANGE
+from .tracker import FORMAT, FORMAT_VERSION, LOGIT_DTYPES, STORAGE_DTYPES, TDDSTracker, _check_int, save_atomic
+
+OWNERSHIP = "strided: rank r owns the samples n with n % world_size == r, at local row n // world_size"
+# Columns of the control row every rank contributes to one all_gather per update/end_epoch call.
+_FIELDS = ("kind", "status", "epoch", "has_targets", "dtype", "bad_index", "first_index", "bad_target",
+           "first_target", "out_of_range", "nonfinite", "error_mode")
+_COL = {name: i for i, name in enumerate(_FIELDS)}
+_HEAD = len(_FIELDS)  # then the rows this rank sends to each rank
+_KINDS = {1: "update", 2: "end_epoch"}
+
+
+def shard_path(path, rank: int, world_size: int) -> Path:
+    """The file rank `rank` of `world_size` reads and writes for the checkpoint `path`."""
+    path = Path(path)
+    return path.with_name(f"{path.name}.rank{rank}-of-{world_size}")
+
+
+def _exc_type(name: str):
+    return {"TypeError": TypeError, "ValueError": ValueError}.get(name, RuntimeError)
+
+
+class ShardedTDDSTracker(TDDSTracker):
+    """A TDDSTracker whose state is split across the ranks of `process_group` (module docstring)."""
+
+    def __init__(self, num_samples: int, num_classes: int, window: int = 10, decay: float = 0.9,
+                 trajectory_len: int | None = 30, device="cpu", storage_dtype=torch.float32,
+                 backend: str = "auto", on_nonfinite: str = "error", debug: bool = False,
+                 process_group=None, baseline_options: dict | None = None):
+        if process_group is None:
+            raise ValueError("process_group: expected a torch.distributed process group, got None")
+        if not dist.is_available() or not dist.is_initialized():
+            raise RuntimeError("process_group: torch.distributed is not initialized")
+        _check_int("num_samples", num_samples, 1)
+        self.process_group = process_group
+        self.world_size = dist.get_world_size(process_group)
+        self.rank = dist.get_rank(process_group)
+        if num_samples < self.world_size:
+            raise ValueError(f"num_samples: expected >= the world size ({self.world_size}) so every "
+                             f"rank owns a sample, got {num_samples}")
+        local = (num_samples - self.rank + self.world_size - 1) // self.world_size
+        # The parent builds and validates the state for this rank's shard only.
+        super().__init__(local, num_classes, window, decay, trajectory_len, device, storage_dtype,
+                         backend, on_nonfinite, debug, baseline_options=baseline_options)
+        self._local_n, self._global_n = local, num_samples
+        self._padded_n = -(-num_samples // self.world_size)  # rows of the largest shard
+        self.num_samples = num_samples
+        if dist.get_backend(process_group) == "nccl" and self.device.type != "cuda":
+            raise ValueError(f"device: expected a cuda device for an NCCL process group, got {self.device}")
+        # Ties the shard files of one run together; rank 0's draw, agreed by the first collective.
+        self._run_id = int(self._gather_rows(torch.tensor([int.from_bytes(os.urandom(7), 'little')]))[0, 0])
+        self._saves = 0
+
+    # ------------------------------------------------------------------ plumbing
+    @contextlib.contextmanager
+    def _shard_view(self):
+        # The parent sizes its checks, baselines and duplicate heuristics by num_samples: while
+        # it works on the local state, that is the shard size.
+        self.num_samples = self._local_n
+        try:
+            yield
+        finally:
+            self.num_samples = self._global_n
+
+    def _gather_rows(self, row: torch.Tensor) -> torch.Tensor:
+        """(world, *row.shape): every rank's `row`, in rank order (on the tracker's device)."""
+        dtype = row.dtype
+        row = row.to(self.device, torch.uint8 if dtype == torch.bool else dtype).contiguous()  # gloo: no bool
+        out = [torch.empty_like(row) for _ in range(self.world_size)]
+        dist.all_gather(out, row, group=self.process_group)
+        return torch.stack(out).to(dtype)
+
+    def _gather_shards(self, local: torch.Tensor) -> torch.Tensor:
+        """The (N, ...) tensor by dataset index from every rank's (local_n, ...) shard."""
+        pad = self._padded_n - local.shape[0]
+        if pad:
+            local = torch.cat([local, local.new_zeros((pad, *local.shape[1:]))])
+        stacked = self._gather_rows(local)  # (W, L, ...): stacked[r, j] is sample j*W + r
+        return stacked.transpose(0, 1).reshape(-1, *local.shape[1:])[: self._global_n]
+
+    def _agree(self, exc: BaseException | None, what: str) -> None:
+        """Raise on every rank if `exc` is set on any: the failing rank its own error, the rest
+        the same type and text naming the first failing rank."""
+        flags = self._gather_rows(torch.tensor([exc is not None], dtype=torch.int64))[:, 0].tolist()
+        if not any(flags):
+            return
+        msgs = [None] * self.world_size
+        info = None if exc is None else (type(exc).__name__, str(exc))
+        dist.all_gather_object(msgs, info, group=self.process_group)
+        if exc is not None:
+            raise exc
+        src = flags.index(1)
+        kind, text = msgs[src]
+        raise _exc_type(kind)(f"{what}: rank {src} failed, so no rank went on: {text}")
+
+    # ------------------------------------------------------------------ recording
+    def _check_targets(self, targets, logits):
+        # The baselines' own checks, made here because after routing they would fire on the owner.
+        if not isinstance(targets, torch.Tensor):
+            raise TypeError(f"targets: expected a torch.Tensor, got {type(targets).__name__}")
+        if targets.dim() != 1 or targets.shape[0] != logits.shape[0]:
+            raise ValueError(f"targets: expected shape ({logits.shape[0]},) to match logits' rows, "
+                             f"got {tuple(targets.shape)}")
+        if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
+            raise TypeError(f"targets: expected an integer dtype, got {targets.dtype}")
+        if targets.device != logits.device:
+            raise ValueError(f"targets: expected a tensor on {logits.device}, got one on {targets.device}")
+
+    @staticmethod
+    def _bad_summary(values: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
+        """[count, first bad value] as device tensors: no host sync until the shared all_gather."""
+        if values.numel() == 0:
+            return values.new_zeros(2, dtype=torch.int64)
+        pos = torch.where(bad, torch.arange(len(bad), device=bad.device), len(bad)).min()
+        first = values.to(torch.int64)[pos.clamp(max=len(bad) - 1)]
+        return torch.stack([bad.sum(), first])
+
+    def _control(self, kind: str, counts=None, **fields) -> list[list[int]]:
+        """All ranks' control rows (the one host sync of a call); raises on every rank, and the
+        same error everywhere, if the ranks are not making the same call in the same epoch."""
+        head = torch.zeros(_HEAD + self.world_size, dtype=torch.int64, device=self.device)
+        head[_COL["kind"]] = 1 if kind == "update" else 2
+        head[_COL["epoch"]] = self._epoch
+        for name, value in fields.items():
+            head[_COL[name]] = value
+        if counts is not None:
+            head[_HEAD:] = counts
+        table = self._gather_rows(head).tolist()
+        calls = [_KINDS[row[_COL["kind"]]] for row in table]
+        if len(set(calls)) > 1:
+            raise RuntimeError(f"{kind}: the ranks made different calls {calls}; every rank must call "
+                               "update() once per step and end_epoch() once per epoch")
+        epochs = [row[_COL["epoch"]] for row in table]
+        if len(set(epochs)) > 1:
+            raise RuntimeError(f"{kind}: the ranks are in different epochs {epochs}; every rank must "
+                               "call end_epoch() once per epoch")
+        return table
+
+    def update(self, logits: torch.Tensor, index: torch.Tensor, targets: torch.Tensor | None = None) -> None:
+        """Record this rank's batch of the current step; collective: every rank calls it once per step."""
+        exc = None
+        try:
+            self._check_batch(logits, index)
+            if targets is not None:
+                self._check_targets(targets, logits)
+        except (TypeError, ValueError) as e:
+            exc = e
+        if self._complete:  # every rank completes at the same end_epoch: no collective needed
+            if exc is not None:
+                raise exc
+            return
+        W = self.world_size
+        fields = {"status": exc is not None, "has_targets": targets is not None}
+        counts = None
+        if exc is None:
+            fields["dtype"] = LOGIT_DTYPES.index(logits.dtype)
+            idx = index.to(torch.int64)
+            fields["bad_index"], fields["first_index"] = self._bad_summary(idx, (idx < 0) | (idx >= self._global_n))
+            if targets is not None:
+                y = targets.to(torch.int64)
+                fields["bad_target"], fields["first_target"] = self._bad_summary(y, (y < 0) | (y >= self.num_classes))
+            owner = idx.remainder(W)
+            # not bincount: CUDA has no deterministic bincount (use_deterministic_algorithms)
+            counts = (owner[None, :] == torch.arange(W, device=owner.device)[:, None]).sum(dim=1)
+        table = self._control("update", counts, **fields)
+        self._raise_batch_errors(table, exc)
+
+        # Rows sorted by owner, packed as bytes so one collective carries every dtype.
+        order = torch.argsort(owner, stable=True)
+        wire = logits.dtype if len({row[_COL["dtype"]] for row in table}) == 1 else torch.float32
+        parts = [(idx[order] // W).view(torch.uint8).reshape(-1, 8)]
+        if targets is not None:
+            parts.append(targets[order].to(torch.int64).view(torch.uint8).reshape(-1, 8))
+        parts.append(logits[order].detach().to(wire).contiguous().view(torch.uint8))
+        send = torch.cat(parts, dim=1)
+        row_bytes = send.shape[1]
+        recv_counts = [table[src][_HEAD + self.rank] for src in range(W)]
+        recv = send.new_empty((sum(recv_counts), row_bytes))
+        dist.all_to_all_single(recv.view(-1), send.view(-1),
+                               [c * row_bytes for c in recv_counts],
+                               [c * row_bytes for c in table[self.rank][_HEAD:]],
+                               group=self.process_group)
+        # reshape(-1) copies a column slice out, except a single row, which stays aligned in place
+        local_idx = recv[:, :8].reshape(-1).view(torch.int64)
+        local_targets = recv[:, 8:16].reshape(-1).view(torch.int64) if targets is not None else None
+        local_logits = recv[:, 8 * (len(parts) - 1):].reshape(-1).view(wire).reshape(-1, self.num_classes)
+        with self._shard_view():
+            super().update(local_logits, local_idx, local_targets)
+
+    def _raise_batch_errors(self, table, exc):
+        N, C = self._global_n, self.num_classes
+        errors = []  # (rank, type, message as the single tracker raises it; None: travels as object)
+        for r, row in enumerate(table):
+            if row[_COL["status"]]:
+                errors.append((r, None, None))
+            elif row[_COL["bad_index"]]:
+                errors.append((r, ValueError, f"index: expected dataset indices in [0, {N}), got "
+                               f"{row[_COL['bad_index']]} outside it (first: {row[_COL['first_index']]})"))
+            elif row[_COL["bad_target"]]:
+                errors.append((r, ValueError, f"targets: expected class labels in [0, {C}), got "
+                               f"{row[_COL['bad_target']]} outside it (first: {row[_COL['first_target']]})"))
+        if errors:
+            mine = next((e for e in errors if e[0] == self.rank), None)
+            if mine is not None and mine[1] is not None:
+                exc = mine[1](mine[2])
+            if any(e[1] is None for e in errors):  # Python-side checks: their messages travel as objects
+                self._agree(exc, "update")
+            if mine is not None:
+                raise exc
+            r, kind, text = errors[0]
+            raise kind(f"update: rank {r} failed, so no rank went on: {text}")
+        has_targets = [row[_COL["has_targets"]] for row in table]
+        if len(set(has_targets)) > 1:
+            raise ValueError("targets: passed on ranks "
+                             f"{[r for r, t in enumerate(has_targets) if t]} but not on the others; "
+                             "pass them on every rank or on none")
+
+    def end_epoch(self) -> None:
+        """Close the epoch on every rank (collective); raises on all ranks or on none."""
+        if self._complete:
+            return
+        new = self._counters.to("cpu", copy=True) - self._epoch_start_counters
+        table = self._control("end_epoch", out_of_range=int(new[OUT_OF_RANGE]), nonfinite=int(new[NONFINITE]),
+                              error_mode=self.on_nonfinite == "error")
+        out_of_range = sum(row[_COL["out_of_range"]] for row in table)
+        nonfinite = sum(row[_COL["nonfinite"]] for row in table)
+        if out_of_range:  # unreachable while update() checks ranges eagerly; kept for safety
+            raise ValueError(f"index: {out_of_range} rows of epoch {self._epoch} had dataset indices "
+                             f"outside [0, {self._global_n}) and were skipped; the epoch is not closed")
+        if nonfinite and any(row[_COL["error_mode"]] for row in table):
+            raise ValueError(f"logits: {nonfinite} rows of epoch {self._epoch} (all ranks) had non-finite "
+                             "values and were ignored; the epoch is not closed (set "
+                             "tracker.on_nonfinite = 'skip' on every rank to accept that and call "
+                             "end_epoch() again)")
+        with self._shard_view():
+            super().end_epoch()
+
+    # ------------------------------------------------------------------ results (collective)
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters summed over the ranks (collective: read it on every rank)."""
+        summed = self._gather_rows(self._counters).sum(dim=0).tolist()
+        out = dict(zip(COUNTERS, (int(v) for v in summed)))
+        out["epochs"] = self._epoch
+        out["windows"] = max(0, self._epoch - self.window + 1)
+        return out
+
+    def scores(self) -> torch.Tensor:
+        """(N,) float32 scores by dataset index on every rank (collective)."""
+        return self._gather_shards(self._score)
+
+    def baseline_scores(self) -> dict[str, torch.Tensor]:
+        """The baselines over all N samples on every rank (collective)."""
+        if self._baselines is None:
+            raise RuntimeError("baseline_scores: no targets were passed to update(), so no baselines were tracked")
+        with self._shard_view():
+            local = super().baseline_scores()
+        out = {k: self._gather_shards(v) for k, v in local.items()}
+        # "Never learned" ranks above the largest forgetting count of the whole dataset, not the shard.
+        learned = self._gather_shards(self._baselines._state["learned"])
+        if "forgetting" in out:
+            f = out["forgetting"]
+            top = f[learned].max() if bool(learned.any()) else f.new_zeros(())
+            out["forgetting"] = torch.where(learned, f, top + 1.0)
+        return out
+
+    def __repr__(self):
+        return (f"ShardedTDDSTracker(num_samples={self._global_n}, num_classes={self.num_classes}, "
+                f"window={self.window}, decay={self.decay}, trajectory_len={self.trajectory_len}, "
+                f"device='{self.device}', storage_dtype={self.storage_dtype}, backend='{self.backend}', "
+                f"epoch={self._epoch}, complete={self._complete}, rank={self.rank}, "
+                f"world_size={self.world_size}, shard_size={self._local_n})")
+
+    # ------------------------------------------------------------------ checkpoints
+    def _shard_info(self) -> dict:
+        return {"world_size": self.world_size, "rank": self.rank, "num_samples": self._global_n,
+                "ownership": OWNERSHIP, "run_id": self._run_id, "saves": self._saves}
+
+    def state_dict(self) -> dict:
+        """This rank's shard: a TDDSTracker state dict of the shard plus a "shard" entry."""
+        with self._shard_view():
+            sd = super().state_dict()
+        sd["shard"] = self._shard_info()
+        return sd
+
+    def load_state_dict(self, sd: dict) -> None:
+        """Restore this rank's shard from state_dict() (local: checks only that it fits this rank)."""
+        info = sd.get("shard") if isinstance(sd, dict) else None
+        if not isinstance(info, dict):
+            raise ValueError("state_dict: not a shard of a ShardedTDDSTracker (no 'shard' entry); "
+                             "use load_full_state_dict() for a single tracker's state")
+        mine = self._shard_info()
+        for key in ("world_size", "rank", "num_samples", "ownership"):
+            if info.get(key) != mine[key]:
+                raise ValueError(f"state_dict: shard {key}: tracker has {mine[key]!r}, state dict has "
+                                 f"{info.get(key)!r}")
+        with self._shard_view():
+            super().load_state_dict(sd)
+        self._run_id, self._saves = int(info["run_id"]), int(info["saves"])
+
+    def save(self, path) -> None:
+        """Write this rank's shard to shard_path(path, rank, world_size) atomically (collective:
+        returns once every rank has written its file, raises on every rank if one failed)."""
+        self._saves += 1
+        exc = None
+        try:
+            save_atomic(self.state_dict(), shard_path(path, self.rank, self.world_size))
+        except Exception as e:  # a full disk on one rank must not leave the others waiting
+            exc = e
+        self._agree(exc, "save")
+
+    @classmethod
+    def load(cls, path, device=None, backend: str = "auto", process_group=None) -> "ShardedTDDSTracker":
+        """Each rank reads its shard of the checkpoint `path` written by save() (collective).
+
+        The world size must equal the one that saved; every rank raises if a shard is missing,
+        does not fit, or belongs to another run or another save than the rest.
+        """
+        if process_group is None:
+            raise ValueError("process_group: expected the process group to load the shards into")
+        world, rank = dist.get_world_size(process_group), dist.get_rank(process_group)
+        file = shard_path(path, rank, world)
+        sd = exc = None
+        try:
+            if not file.exists():
+                others = sorted(p.name for p in Path(path).parent.glob(Path(path).name + ".rank*-of-*"))
+                raise FileNotFoundError(f"{file}: no shard for rank {rank} of {world}; found "
+                                        f"{others or 'no shards'} (load with the world size that saved)")
+            sd = torch.load(file, map_location="cpu", weights_only=True)
+            if not isinstance(sd, dict) or sd.get("format") != FORMAT or "shard" not in sd:
+                raise ValueError(f"{file}: not a {FORMAT} shard checkpoint")
+            if sd.get("version") != FORMAT_VERSION:
+                raise ValueError(f"{file}: expected format version {FORMAT_VERSION}, got {sd.get('version')!r}")
+            cfg = dict(sd["config"])
+            dtype = getattr(torch, cfg.pop("storage_dtype"), None)
+            if dtype not in STORAGE_DTYPES:
+                raise ValueError(f"{file}: storage_dtype: unsupported {dtype!r}")
+            cfg.update(num_samples=sd["shard"]["num_samples"], storage_dtype=dtype)
+        except Exception as e:
+            exc = e
+        _agree_group(process_group, exc, "load")  # before the constructor's collective
+        tracker = cls(**cfg, device=device or "cpu", backend=backend,
+                      on_nonfinite=sd.get("on_nonfinite", "error"), process_group=process_group)
+        try:
+            tracker.load_state_dict(sd)
+        except Exception as e:
+            exc = e
+        tracker._agree(exc, "load")
+        ids = tracker._gather_rows(torch.tensor([tracker._run_id, tracker._saves, tracker._epoch]))
+        if not bool((ids == ids[0]).all()):
+            raise ValueError(f"{path}: the shards do not belong together (run id, save count, epoch "
+                             f"per rank: {ids.tolist()}); was a save interrupted?")
+        return tracker
+
+    # ------------------------------------------------------------------ whole-dataset state
+    def full_state_dict(self) -> dict:
+        """The state a single TDDSTracker would have, assembled on every rank (collective; N·C
+        memory on each rank while it lasts). Loadable by TDDSTracker.load_state_dict and by
+        load_full_state_dict() at any world size: the way to change the number of ranks."""
+        with self._shard_view():
+            sd = super().state_dict()
+        full = dict(sd)
+        full["config"] = dict(sd["config"], num_samples=self._global_n)
+        for key in ("prev", "seen", "ring", "score"):
+            full[key] = self._gather_shards(getattr(self, "_" + key)).cpu()
+        k = len(COUNTERS)  # summed; the slots after them (the epoch) are the same on every rank
+        for key in ("counters", "epoch_start_counters"):
+            full[key] = torch.cat([self._gather_rows(sd[key][:k]).sum(dim=0).cpu(), sd[key][k:]])
+        full["rows_in_epoch"] = int(self._gather_rows(torch.tensor([self._rows_in_epoch])).sum())
+        # Heuristics of the forgotten-end_epoch warning restart with the next epoch's counts.
+        full["next_dup_check"] = self._global_n
+        if "dup_check_mark" in full:
+            full["dup_check_mark"] = [0, 0]
+        if sd.get("baselines") is not None:
+            b = dict(sd["baselines"])
+            b["config"] = dict(b["config"], num_samples=self._global_n)
+            for key, value in b.items():
+                if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == self._local_n:
+                    b[key] = self._gather_shards(self._baselines._state[key]).cpu()
+            full["baselines"] = b
+        return full
+
+    def load_full_state_dict(self, sd: dict) -> None:
+        """Take this rank's rows of a single tracker's state dict (full_state_dict(), or a
+        TDDSTracker's): resumes on any world size. Collective (agrees on errors)."""
+        exc = None
+        try:
+            if not isinstance(sd, dict) or sd.get("format") != FORMAT:
+                raise ValueError(f"state_dict: expected a {FORMAT} state dict")
+            n = (sd.get("config") or {}).get("num_samples")
+            if n != self._global_n:
+                raise ValueError(f"state_dict: config mismatch: num_samples: tracker has {self._global_n!r}, "
+                                 f"state dict has {n!r}")
+            shard = dict(sd)
+            shard["config"] = dict(sd["config"], num_samples=self._local_n)
+            for key in ("prev", "seen", "ring", "score"):
+                if isinstance(sd.get(key), torch.Tensor) and sd[key].dim() >= 1:
+                    shard[key] = sd[key][self.rank :: self.world_size].clone()
+            # Counts live on rank 0 so their sum (stats, end_epoch's checks) stays the same; the
+            # slots after them (the epoch) go to every rank.
+            for key in ("counters", "epoch_start_counters"):
+                if self.rank and isinstance(sd.get(key), torch.Tensor):
+                    shard[key] = sd[key].clone()
+                    shard[key][: len(COUNTERS)] = 0
+            shard["rows_in_epoch"] = int(sd.get("rows_in_epoch", 0)) // self.world_size
+            shard["next_dup_check"] = self._local_n
+            if "dup_check_mark" in sd:
+                shard["dup_check_mark"] = [0, 0]
+            if sd.get("baselines") is not None:
+                b = dict(sd["baselines"])
+                b["config"] = dict(b["config"], num_samples=self._local_n)
+                for key, value in b.items():
+                    if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == self._global_n:
+                        b[key] = value[self.rank :: self.world_size].clone()
+                shard["baselines"] = b
+            with self._shard_view():
+                TDDSTracker.load_state_dict(self, shard)
+        except (TypeError, ValueError, KeyError) as e:
+            exc = e
+        self._agree(exc, "load_full_state_dict")
+
+
+def merge_shards(path, world_size: int) -> dict:
+    """The single-tracker state dict of a sharded checkpoint, read from all its shard files on
+    one machine (no process group; N·C memory). Load it with TDDSTracker.load_state_dict to
+    score on one machine, or with load_full_state_dict to resume on another world size."""
+    shards = [torch.load(shard_path(path, r, world_size), map_location="cpu", weights_only=True)
+              for r in range(world_size)]
+    infos = [sd.get("shard") or {} for sd in shards]
+    if [i.get("rank") for i in infos] != list(range(world_size)) or \
+            len({(i.get("run_id"), i.get("saves"), sd.get("epoch")) for i, sd in zip(infos, shards)}) != 1:
+        raise ValueError(f"{path}: the {world_size} shards do not belong together")
+    n, k = infos[0]["num_samples"], len(COUNTERS)
+
+    def interleave(key, parts):
+        out = parts[0].new_empty((n, *parts[0].shape[1:]))
+        for r, part in enumerate(parts):
+            out[r::world_size] = part
+        return out
+
+    full = {key: value for key, value in shards[0].items() if key != "shard"}
+    full["config"] = dict(full["config"], num_samples=n)
+    for key in ("prev", "seen", "ring", "score"):
+        full[key] = interleave(key, [sd[key] for sd in shards])
+    for key in ("counters", "epoch_start_counters"):  # counts summed, the epoch slot kept
+        full[key] = torch.cat([sum(sd[key][:k] for sd in shards), shards[0][key][k:]])
+    full["rows_in_epoch"] = sum(int(sd["rows_in_epoch"]) for sd in shards)
+    full["next_dup_check"] = n
+    if "dup_check_mark" in full:
+        full["dup_check_mark"] = [0, 0]
+    if full.get("baselines") is not None:
+        b = dict(full["baselines"])
+        b["config"] = dict(b["config"], num_samples=n)
+        local_n = shards[0]["score"].shape[0]
+        for key, value in b.items():
+            if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == local_n:
+                b[key] = interleave(key, [sd["baselines"][key] for sd in shards])
+        full["baselines"] = b
+    return full
+
+
+def _agree_group(group, exc, what):
+    """_agree for code that runs before a tracker exists (CPU tensors need a CPU-capable group)."""
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" else "cpu"
+    flag = torch.tensor([exc is not None], dtype=torch.int64, device=device)
+    dist.all_reduce(flag, group=group)
+    if not int(flag):
+        return
+    msgs = [None] * dist.get_world_size(group)
+    dist.all_gather_object(msgs, None if exc is None else (type(exc).__name__, str(exc)), group=group)
+    if exc is not None:
+        raise exc
+    src = next(i for i, m in enumerate(msgs) if m is not None)
+    raise _exc_type(msgs[src][0])(f"{what}: rank {src} failed, so no rank went on: {msgs[src][1]}")

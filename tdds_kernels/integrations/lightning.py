@@ -1,0 +1,111 @@
+"""PyTorch Lightning callback that records TDDS scores while a LightningModule trains.
+
+    def training_step(self, batch, batch_idx):
+        x, y, idx = batch                          # tdds_kernels.IndexedDataset adds idx
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        return {"loss": loss, "logits": logits, "index": idx}
+
+    cb = TDDSCallback(num_samples=len(train_set), num_classes=10, trajectory_len=30)
+    pl.Trainer(max_epochs=30, callbacks=[cb]).fit(model, loader)
+    cb.scores                                      # (N,) on every rank once fit ends
+
+Under DDP (one process per device) the state is sharded over the ranks (tdds_kernels.distributed):
+each rank holds ≈ 1/world of it and every rank gets the full scores. The callback's state rides in
+Lightning checkpoints: it is stored as a single tracker's state (any world size can resume it) and
+restored with the trainer's state.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+try:  # the `pytorch-lightning` distribution; the unified `lightning` one as a fallback
+    import pytorch_lightning as pl
+except ImportError:  # pragma: no cover - depends on what is installed
+    import lightning.pytorch as pl
+
+from ..tracker import TDDSTracker
+
+
+class TDDSCallback(pl.Callback):
+    """Feeds ``training_step``'s logits and dataset indices to a TDDSTracker, one epoch per
+    training epoch. `logits_key` / `index_key` (and optionally `targets_key`, for the baseline
+    scores) name the entries of the dict that ``training_step`` returns; the remaining keyword
+    arguments go to TDDSTracker."""
+
+    def __init__(self, num_samples: int, num_classes: int, logits_key: str = "logits",
+                 index_key: str = "index", targets_key: str | None = None, **tracker_kwargs):
+        if "device" in tracker_kwargs or "process_group" in tracker_kwargs:
+            raise ValueError("device / process_group: set by the callback from the trainer")
+        self.num_samples, self.num_classes = num_samples, num_classes
+        self.logits_key, self.index_key, self.targets_key = logits_key, index_key, targets_key
+        self.tracker_kwargs = tracker_kwargs
+        self.tracker: TDDSTracker | None = None
+        self.scores: torch.Tensor | None = None  # (N,) CPU copy, set when fit ends (every rank)
+        self._pending: dict | None = None  # a checkpoint's state, loaded once the tracker exists
+
+    @property
+    def state_key(self) -> str:
+        return f"TDDSCallback[N={self.num_samples},C={self.num_classes}]"
+
+    def _build(self, trainer, pl_module):
+        # Built when training starts: by then the module sits on its device and DDP is set up.
+        group = dist.group.WORLD if trainer.world_size > 1 and dist.is_initialized() else None
+        self.tracker = TDDSTracker(self.num_samples, self.num_classes, device=pl_module.device,
+                                   process_group=group, **self.tracker_kwargs)
+        if self._pending is not None:
+            if group is None:
+                self.tracker.load_state_dict(self._pending)
+            else:
+                self.tracker.load_full_state_dict(self._pending)
+            self._pending = None
+
+    def on_train_start(self, trainer, pl_module):
+        if self.tracker is None:
+            self._build(trainer, pl_module)
+        # A checkpoint taken after the last batch of an epoch but before epoch end (e.g. by
+        # ModelCheckpoint at validation end) resumes at the next epoch: close the pending one.
+        while self.tracker.epoch < trainer.current_epoch and not self.tracker.complete:
+            self.tracker.end_epoch()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if outputs is None:
+            # A skipped step still records an empty batch: under DDP every rank takes part in the
+            # exchange, and a missing call would leave the others waiting.
+            logits = torch.empty(0, self.num_classes, device=self.tracker.device)
+            index, targets = torch.empty(0, dtype=torch.int64, device=self.tracker.device), None
+            if self.targets_key is not None:
+                targets = torch.empty(0, dtype=torch.int64, device=self.tracker.device)
+        else:
+            if not isinstance(outputs, dict) or self.logits_key not in outputs or self.index_key not in outputs:
+                got = sorted(outputs) if isinstance(outputs, dict) else type(outputs).__name__
+                raise KeyError(f"TDDSCallback: training_step must return a dict with {self.logits_key!r} "
+                               f"and {self.index_key!r} (besides 'loss'); got {got}")
+            logits, index = outputs[self.logits_key], outputs[self.index_key]
+            targets = outputs[self.targets_key] if self.targets_key is not None else None
+        self.tracker.update(logits.detach(), index, targets)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.tracker.end_epoch()
+
+    def on_train_end(self, trainer, pl_module):
+        self.scores = self.tracker.scores().cpu()  # collective under DDP: every rank is here
+
+    def state_dict(self) -> dict:
+        if self.tracker is None:  # nothing recorded yet (or restored but not started)
+            return {"tracker": self._pending}
+        if hasattr(self.tracker, "full_state_dict"):  # sharded: collective, runs on every rank
+            return {"tracker": self.tracker.full_state_dict()}
+        return {"tracker": self.tracker.state_dict()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        sd = state_dict.get("tracker")
+        if sd is None:
+            return
+        if self.tracker is None:
+            self._pending = sd
+        elif hasattr(self.tracker, "load_full_state_dict"):
+            self.tracker.load_full_state_dict(sd)
+        else:
+            self.tracker.load_state_dict(sd)

@@ -1,0 +1,157 @@
+"""tdds::update_triton: one program per batch row, the whole per-row update fused.
+
+Per row b with sample n = index[b], in epoch e = counters[EPOCH] (DESIGN.md §3):
+    p = softmax(z_b) in float32,  ℓ = log(p + ε)
+    d = Σ_c |p_c · (ℓ_c − prev[n, c])|       (prev caches log(p_prev + ε), see _ops.py)
+    ring[n, (e−1) mod (W−1)] = d if seen[n] was e−1 else NaN;  prev[n] = ℓ;  seen[n] = e
+Traffic per applied row: the logits once (twice only when C exceeds one block: the second pass
+re-reads a row that is still in L2), prev[n] read once and written once, a few scalars.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import _ops
+
+# Module constants used inside the kernel must be constexpr.
+_EPS = tl.constexpr(_ops.EPS)
+_DUPLICATES = tl.constexpr(_ops.DUPLICATES)
+_NONFINITE = tl.constexpr(_ops.NONFINITE)
+_OUT_OF_RANGE = tl.constexpr(_ops.OUT_OF_RANGE)
+_EPOCH = tl.constexpr(_ops.EPOCH)
+
+MAX_SINGLE_BLOCK = 8192  # rows up to this many classes stay in registers: one read of the logits
+CHUNK = 4096  # chunk of the two-pass online softmax for wider rows (C = 32000: 8 chunks)
+
+
+@triton.jit
+def _to_storage(x, ptr):
+    """fp32 x rounded to nearest-even in ptr's dtype, as torch's .to() rounds."""
+    if ptr.dtype.element_ty == tl.float32:
+        return x
+    elif ptr.dtype.element_ty == tl.bfloat16:
+        # Rounded by hand: the interpreter truncates fp32 → bf16 (GPUs round; same bits here).
+        # ℓ = log(p + ε) is finite, so no NaN/inf care is needed.
+        b = x.to(tl.uint32, bitcast=True)
+        b = ((b + 0x7FFF + ((b >> 16) & 1)) >> 16) << 16
+        return b.to(tl.float32, bitcast=True).to(tl.bfloat16)
+    else:
+        return x.to(ptr.dtype.element_ty)
+
+
+@triton.jit
+def _update_kernel(logits_ptr, logits_stride, index_ptr, prev_ptr, seen_ptr, ring_ptr,
+                   counters_ptr, N, C, W1, SINGLE: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    # The epoch lives on the device (no host sync, no recompiles): a runtime value, not a flag.
+    epoch = tl.load(counters_ptr + _EPOCH).to(tl.int32)
+    slot = (epoch - 1 + W1) % W1  # (e − 1) mod (W − 1); at e = 0 a NaN goes to slot W − 2
+    n = tl.load(index_ptr + row).to(tl.int64)
+    in_range = (n >= 0) & (n < N)
+    z_row = logits_ptr + row * logits_stride  # int64 offsets: N·C passes 2^31 at ImageNet shape
+    prev_row = prev_ptr + n * C
+    cols = tl.arange(0, BLOCK)
+
+    # Pass 1: m = max z, s = Σ exp(z − m), and the count of non-finite z (|z| < inf is false for
+    # ±inf and NaN; no libdevice isfinite). Such a row is skipped; its values are zeroed so that
+    # no inf − inf arithmetic happens. Padding lanes are −inf: exp gives 0.
+    if SINGLE:
+        mask = cols < C
+        z = tl.load(z_row + cols, mask=mask, other=0.0).to(tl.float32)
+        ok = tl.abs(z) < float("inf")
+        bad = tl.sum((mask & ~ok).to(tl.int32), 0)
+        z = tl.where(ok, z, 0.0)
+        zm = tl.where(mask, z, float("-inf"))
+        m = tl.max(zm, 0)
+        s = tl.sum(tl.exp(zm - m), 0)
+    else:
+        m = tl.full((), float("-inf"), tl.float32)
+        s = tl.zeros((), tl.float32)
+        bad = tl.zeros((), tl.int32)
+        for start in range(0, C, BLOCK):
+            c = start + cols
+            mask = c < C
+            z = tl.load(z_row + c, mask=mask, other=0.0).to(tl.float32)
+            ok = tl.abs(z) < float("inf")
+            bad += tl.sum((mask & ~ok).to(tl.int32), 0)
+            z = tl.where(ok, z, 0.0)
+            zm = tl.where(mask, z, float("-inf"))
+            m_new = tl.maximum(m, tl.max(zm, 0))  # online softmax: rescale s to the new max
+            s = s * tl.exp(m - m_new) + tl.sum(tl.exp(zm - m_new), 0)
+            m = m_new
+
+    # Claim seen[n] atomically: of several rows with the same n (in this batch or earlier in
+    # the epoch) exactly one sees an old value != e; the others are duplicates and touch nothing.
+    # Non-finite rows never claim, so they leave the sample missing.
+    usable = in_range & (bad == 0)
+    old = tl.atomic_xchg(seen_ptr + n, epoch, mask=usable)
+    claimed = usable & (old != epoch)
+    inv_s = 1.0 / s
+
+    # Pass 2: p, ℓ, d against prev[n] (read only when d is defined), then prev[n] = ℓ.
+    # Row masks gated by a per-row flag are written tl.where(flag, mask, False): the interpreter
+    # (Triton 3.9) types `block & scalar` as int32, which tl.load then rejects as a mask.
+    d = tl.zeros((), tl.float32)
+    has_d = claimed & (old == epoch - 1) & (epoch >= 1)  # d needs a record in epoch e − 1
+    if SINGLE:
+        p = tl.exp(zm - m) * inv_s  # padding lanes: p = 0
+        lp = tl.log(p + _EPS)
+        q = tl.load(prev_row + cols, mask=tl.where(has_d, mask, False), other=0.0).to(tl.float32)
+        d = tl.sum(tl.where(mask, tl.abs(p * (lp - q)), 0.0), 0)
+        tl.store(prev_row + cols, _to_storage(lp, prev_ptr), mask=tl.where(claimed, mask, False))
+    else:
+        for start in range(0, C, BLOCK):
+            c = start + cols
+            mask = c < C
+            z = tl.load(z_row + c, mask=mask, other=0.0).to(tl.float32)
+            z = tl.where((tl.abs(z) < float("inf")) & mask, z, float("-inf"))
+            p = tl.exp(z - m) * inv_s  # padding lanes: p = 0; a skipped row's values: anything
+            lp = tl.log(p + _EPS)
+            q = tl.load(prev_row + c, mask=tl.where(has_d, mask, False), other=0.0).to(tl.float32)
+            d += tl.sum(tl.where(mask, tl.abs(p * (lp - q)), 0.0), 0)
+            tl.store(prev_row + c, _to_storage(lp, prev_ptr), mask=tl.where(claimed, mask, False))
+    tl.store(ring_ptr + n * W1 + slot, tl.where(has_d, d, float("nan")), mask=claimed)
+
+    # Counters: an atomic only for the rare row that is skipped.
+    tl.atomic_add(counters_ptr + _OUT_OF_RANGE, (~in_range).to(tl.int64), mask=~in_range)
+    tl.atomic_add(counters_ptr + _NONFINITE, (bad > 0).to(tl.int64), mask=in_range & (bad > 0))
+    dup = usable & (old == epoch)
+    tl.atomic_add(counters_ptr + _DUPLICATES, dup.to(tl.int64), mask=dup)
+
+
+def device_of(t: torch.Tensor):
+    """Launch on the tensor's GPU: Triton launches on the current device."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+def _config(num_classes: int, block: int | None = None) -> tuple[int, bool, int]:
+    """(BLOCK, SINGLE, num_warps) for a row of C classes; `block` forces a chunk (tests)."""
+    if block is None:
+        block = triton.next_power_of_2(num_classes)
+        if block > MAX_SINGLE_BLOCK:
+            block = CHUNK
+    single = block >= num_classes
+    # A warp per 256 lanes (8 values a thread), 1 to 16 warps: no spills up to BLOCK = 8192.
+    num_warps = max(1, min(16, block // 256))
+    return block, single, num_warps
+
+
+def update(logits: torch.Tensor, index: torch.Tensor, prev: torch.Tensor, seen: torch.Tensor,
+           ring: torch.Tensor, counters: torch.Tensor, *, block: int | None = None) -> None:
+    """Launcher for UPDATE_SCHEMA (tdds_kernels/_ops.py)."""
+    batch, num_classes = logits.shape
+    if batch == 0:
+        return
+    if logits.stride(1) != 1:
+        logits = logits.contiguous()
+    block, single, num_warps = _config(num_classes, block)
+    with device_of(logits):
+        _update_kernel[(batch,)](
+            logits, logits.stride(0), index, prev, seen, ring, counters,
+            prev.shape[0], num_classes, ring.shape[1], SINGLE=single, BLOCK=block,
+            num_warps=num_warps)
+
