@@ -55,6 +55,19 @@ def margins(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return target_logit - others.max(dim=1).values
 
 
+def check_targets(targets, logits) -> None:
+    """Raise (naming `targets`, expected vs got) unless targets are integer labels, one per row."""
+    if not isinstance(targets, torch.Tensor):
+        raise TypeError(f"targets: expected a torch.Tensor, got {type(targets).__name__}")
+    if targets.dim() != 1 or targets.shape[0] != logits.shape[0]:
+        raise ValueError(f"targets: expected shape ({logits.shape[0]},) to match logits' rows, "
+                         f"got {tuple(targets.shape)}")
+    if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
+        raise TypeError(f"targets: expected an integer dtype, got {targets.dtype}")
+    if targets.device != logits.device:
+        raise ValueError(f"targets: expected a tensor on {logits.device}, got one on {targets.device}")
+
+
 class BaselineScores:
     """Streaming forgetting / EL2N / AUM / Dyn-Unc over the epochs a TDDSTracker records.
 
@@ -88,15 +101,7 @@ class BaselineScores:
 
     def update(self, logits, index, targets, seen, epoch: int) -> None:
         """Record the first usable row of each sample not yet recorded in `epoch` (see module doc)."""
-        if not isinstance(targets, torch.Tensor):
-            raise TypeError(f"targets: expected a torch.Tensor, got {type(targets).__name__}")
-        if targets.dim() != 1 or targets.shape[0] != logits.shape[0]:
-            raise ValueError(f"targets: expected shape ({logits.shape[0]},) to match logits' rows, "
-                             f"got {tuple(targets.shape)}")
-        if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
-            raise TypeError(f"targets: expected an integer dtype, got {targets.dtype}")
-        if targets.device != logits.device:
-            raise ValueError(f"targets: expected a tensor on {logits.device}, got one on {targets.device}")
+        check_targets(targets, logits)
         y = targets.to(torch.long)
         y_ok = (y >= 0) & (y < self.num_classes)
         # A sync per step on CUDA would cost more than the check is worth: bad rows are skipped there.

@@ -129,15 +129,8 @@ class ShardedTDDSTracker(TDDSTracker):
     # ------------------------------------------------------------------ recording
     def _check_targets(self, targets, logits):
         # The baselines' own checks, made here because after routing they would fire on the owner.
-        if not isinstance(targets, torch.Tensor):
-            raise TypeError(f"targets: expected a torch.Tensor, got {type(targets).__name__}")
-        if targets.dim() != 1 or targets.shape[0] != logits.shape[0]:
-            raise ValueError(f"targets: expected shape ({logits.shape[0]},) to match logits' rows, "
-                             f"got {tuple(targets.shape)}")
-        if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
-            raise TypeError(f"targets: expected an integer dtype, got {targets.dtype}")
-        if targets.device != logits.device:
-            raise ValueError(f"targets: expected a tensor on {logits.device}, got one on {targets.device}")
+        from .baselines import check_targets
+        check_targets(targets, logits)
 
     @staticmethod
     def _bad_summary(values: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
