@@ -31,7 +31,7 @@ import warnings
 import torch
 
 import tdds_kernels  # noqa: F401
-from tdds_kernels import _ops, backends, reference
+from tdds_kernels import backends, reference
 from tdds_kernels._ops import EPOCH, NUM_SLOTS
 
 PRESETS = {  # (update (B, C) shapes, N for update, epoch step Ns)

@@ -32,7 +32,8 @@ import torch
 import torch.distributed as dist
 
 from ._ops import COUNTERS, NONFINITE, OUT_OF_RANGE
-from .tracker import FORMAT, FORMAT_VERSION, LOGIT_DTYPES, STORAGE_DTYPES, TDDSTracker, _check_int, save_atomic
+from .tracker import (FORMAT, LOGIT_DTYPES, STORAGE_DTYPES, TDDSTracker, _check_header, _check_int,
+                      save_atomic)
 
 OWNERSHIP = "strided: rank r owns the samples n with n % world_size == r, at local row n // world_size"
 # Columns of the control row every rank contributes to one all_gather per update/end_epoch call.
@@ -353,10 +354,9 @@ class ShardedTDDSTracker(TDDSTracker):
                 raise FileNotFoundError(f"{file}: no shard for rank {rank} of {world}; found "
                                         f"{others or 'no shards'} (load with the world size that saved)")
             sd = torch.load(file, map_location="cpu", weights_only=True)
-            if not isinstance(sd, dict) or sd.get("format") != FORMAT or "shard" not in sd:
+            _check_header(sd, str(file))
+            if "shard" not in sd:
                 raise ValueError(f"{file}: not a {FORMAT} shard checkpoint")
-            if sd.get("version") != FORMAT_VERSION:
-                raise ValueError(f"{file}: expected format version {FORMAT_VERSION}, got {sd.get('version')!r}")
             cfg = dict(sd["config"])
             dtype = getattr(torch, cfg.pop("storage_dtype"), None)
             if dtype not in STORAGE_DTYPES:
@@ -411,8 +411,7 @@ class ShardedTDDSTracker(TDDSTracker):
         TDDSTracker's): resumes on any world size. Collective (agrees on errors)."""
         exc = None
         try:
-            if not isinstance(sd, dict) or sd.get("format") != FORMAT:
-                raise ValueError(f"state_dict: expected a {FORMAT} state dict")
+            _check_header(sd, "state_dict")
             n = (sd.get("config") or {}).get("num_samples")
             if n != self._global_n:
                 raise ValueError(f"state_dict: config mismatch: num_samples: tracker has {self._global_n!r}, "

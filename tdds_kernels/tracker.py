@@ -261,11 +261,7 @@ class TDDSTracker:
         if isinstance(sd, dict) and sd.get("shard") is not None and type(self) is TDDSTracker:
             raise ValueError("state_dict: this is one shard of a sharded tracker; load it with "
                              "process_group=..., or merge the shards (tdds_kernels.distributed.merge_shards)")
-        if not isinstance(sd, dict) or sd.get("format") != FORMAT:
-            raise ValueError(f"state_dict: expected a {FORMAT} state dict, got format "
-                             f"{sd.get('format') if isinstance(sd, dict) else type(sd).__name__!r}")
-        if sd.get("version") != FORMAT_VERSION:
-            raise ValueError(f"state_dict: expected format version {FORMAT_VERSION}, got {sd.get('version')!r}")
+        _check_header(sd, "state_dict")
         mine, theirs = self._config(), sd.get("config", {})
         diffs = [f"{k}: tracker has {mine[k]!r}, state dict has {theirs.get(k)!r}"
                  for k in mine if theirs.get(k) != mine[k]]
@@ -308,10 +304,7 @@ class TDDSTracker:
     def load(cls, path, device=None, backend: str = "auto") -> "TDDSTracker":
         """A tracker restored from save(); `device` defaults to CPU."""
         sd = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(sd, dict) or sd.get("format") != FORMAT:
-            raise ValueError(f"{path}: not a {FORMAT} checkpoint")
-        if sd.get("version") != FORMAT_VERSION:
-            raise ValueError(f"{path}: expected format version {FORMAT_VERSION}, got {sd.get('version')!r}")
+        _check_header(sd, str(path))
         cfg = dict(sd["config"])
         dtype_name = cfg.pop("storage_dtype")
         dtype = getattr(torch, dtype_name, None)
@@ -321,6 +314,15 @@ class TDDSTracker:
                       on_nonfinite=sd.get("on_nonfinite", "error"))
         tracker.load_state_dict(sd)
         return tracker
+
+
+def _check_header(sd, where: str) -> None:
+    """Raise unless `sd` is a tracker state dict of this format version; `where` names it."""
+    if not isinstance(sd, dict) or sd.get("format") != FORMAT:
+        got = sd.get("format") if isinstance(sd, dict) else type(sd).__name__
+        raise ValueError(f"{where}: not a {FORMAT} checkpoint (format {got!r})")
+    if sd.get("version") != FORMAT_VERSION:
+        raise ValueError(f"{where}: expected format version {FORMAT_VERSION}, got {sd.get('version')!r}")
 
 
 def save_atomic(obj, path) -> None:

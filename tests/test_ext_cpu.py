@@ -4,7 +4,6 @@ Rows that share an index inside one batch: exactly one is applied, and a paralle
 apply any one of them, so those checks find the row that won and compare against the
 reference fed that row (`reference_with_winners`).
 """
-import json
 import os
 import subprocess
 import sys
@@ -18,13 +17,12 @@ from hypothesis import strategies as st
 
 import tdds_kernels as tk
 from tdds_kernels import _ops
-from tdds_kernels._ops import DUPLICATES, EPOCH, MISSING, NONFINITE, NUM_SLOTS, OUT_OF_RANGE
+from tdds_kernels._ops import DUPLICATES, EPOCH, MISSING, NONFINITE, OUT_OF_RANGE
 
 if os.environ.get("TDDS_NO_EXT") == "1":
     pytest.skip("TDDS_NO_EXT=1: the C++ extension was not built", allow_module_level=True)
 import tdds_kernels._C  # noqa: E402,F401  (a missing build is an error, not a skip)
 
-from conftest import FIXTURES  # noqa: E402
 from helpers import random_epochs  # noqa: E402
 
 EXT_UPDATE, EXT_STEP = torch.ops.tdds.update_ext, torch.ops.tdds.epoch_step_ext
@@ -409,20 +407,3 @@ def test_tracker_matches_reference_backend(storage, w, t):
     assert a.complete and b.complete and a.stats == b.stats
     tol = dict(rtol=1e-5, atol=2e-6) if storage == torch.float32 else dict(rtol=5e-2, atol=1e-3)
     torch.testing.assert_close(a.scores(), b.scores(), **tol)
-
-
-@pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"fixtures not found at {FIXTURES}")
-@pytest.mark.parametrize("name", ["small_c10", "medium_c100"])
-def test_tracker_fixtures(name):
-    d = FIXTURES / name
-    params = json.loads((d / "params.json").read_text())
-    tracker = tk.TDDSTracker(params["num_samples"], params["num_classes"], window=params["window_size"],
-                             decay=params["decay"], trajectory_len=params["trajectory_len"], backend="cpu")
-    rng = np.random.default_rng(0)
-    for t in range(params["trajectory_len"]):
-        logits, index = np.load(d / f"{t}_Output.npy"), np.load(d / f"{t}_Index.npy")
-        for part in np.array_split(rng.permutation(len(index)), 5):
-            tracker.update(torch.from_numpy(logits[part]), torch.from_numpy(index[part]))
-        tracker.end_epoch()
-    expected = torch.from_numpy(np.load(d / "expected_scores.npy"))
-    torch.testing.assert_close(tracker.scores().double(), expected, rtol=1e-5, atol=2e-6)

@@ -1,8 +1,6 @@
 """The C++ extension's CUDA kernels against the reference on the same GPU. Skipped without a
 GPU (never faked); benchmarks/gpu_check.sh runs these on a lent GPU after a FORCE_CUDA build."""
-import json
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -15,7 +13,6 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA G
 
 import tdds_kernels._C  # noqa: E402,F401
 
-from conftest import FIXTURES  # noqa: E402
 from test_ext_cpu import (LOGITS, STORAGE, assert_state_close, clone, poisoned_state,  # noqa: E402
                           reference_with_winners)
 
@@ -166,21 +163,3 @@ def test_fuzz_batches_cuda(data):
         ext, ref = run_both(logits, index, (prev, seen, ring, counters))
         assert_state_close(cpu(ext), cpu(ref), storage)
         prev, seen, ring, counters = ext
-
-
-@pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"fixtures not found at {FIXTURES}")
-@pytest.mark.parametrize("name", ["small_c10", "medium_c100"])
-def test_tracker_fixtures_cuda(name):
-    d = FIXTURES / name
-    params = json.loads((d / "params.json").read_text())
-    tracker = tk.TDDSTracker(params["num_samples"], params["num_classes"], window=params["window_size"],
-                             decay=params["decay"], trajectory_len=params["trajectory_len"], device=DEV,
-                             backend="cuda")
-    rng = np.random.default_rng(0)
-    for t in range(params["trajectory_len"]):
-        logits, index = np.load(d / f"{t}_Output.npy"), np.load(d / f"{t}_Index.npy")
-        for part in np.array_split(rng.permutation(len(index)), 5):
-            tracker.update(torch.from_numpy(logits[part]).to(DEV), torch.from_numpy(index[part]).to(DEV))
-        tracker.end_epoch()
-    expected = torch.from_numpy(np.load(d / "expected_scores.npy"))
-    torch.testing.assert_close(tracker.scores().cpu().double(), expected, rtol=1e-5, atol=2e-6)

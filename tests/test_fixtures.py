@@ -14,6 +14,12 @@ import tdds_kernels as tk
 from conftest import FIXTURES
 from helpers import FAST_CPU_BACKENDS
 
+# Every fast backend on CPU, and every backend on CUDA where a GPU exists (skipped, never faked).
+CUDA = torch.cuda.is_available()
+CASES = [("cpu", b) for b in FAST_CPU_BACKENDS] + [
+    pytest.param("cuda", b, marks=pytest.mark.skipif(not CUDA, reason="no CUDA GPU"))
+    for b in ("reference", "triton", "cuda")]
+
 NAMES = ["small_c10", "medium_c100"]
 pytestmark = [pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"fixtures not found at {FIXTURES}"),
               pytest.mark.filterwarnings("ignore:tdds_kernels. using the reference backend")]
@@ -27,22 +33,25 @@ def load_fixture(name):
     return params, epochs, np.load(d / "expected_scores.npy")
 
 
-@pytest.mark.parametrize("backend", FAST_CPU_BACKENDS)
+@pytest.mark.parametrize("device,backend", CASES)
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("seed", [0, 1])
-def test_fixture_scores(name, backend, seed):
+def test_fixture_scores(name, device, backend, seed):
+    if device == "cuda" and backend not in tk.available_backends("cuda"):
+        pytest.skip(f"backend {backend!r} is not available on cuda")
     params, epochs, expected = load_fixture(name)
     rng = np.random.default_rng(seed)
     tracker = tk.TDDSTracker(params["num_samples"], params["num_classes"], window=params["window_size"],
-                             decay=params["decay"], trajectory_len=params["trajectory_len"], backend=backend)
+                             decay=params["decay"], trajectory_len=params["trajectory_len"], device=device,
+                             backend=backend)
     for logits, index in epochs:
         order = rng.permutation(len(index))  # the loader's order must not matter
         cuts = np.sort(rng.choice(np.arange(1, len(index)), size=rng.integers(1, 12), replace=False))
         for part in np.split(order, cuts):
-            tracker.update(torch.from_numpy(logits[part]), torch.from_numpy(index[part]))
+            tracker.update(torch.from_numpy(logits[part]).to(device), torch.from_numpy(index[part]).to(device))
         tracker.end_epoch()
     assert tracker.complete
-    scores = tracker.scores().double()
+    scores = tracker.scores().cpu().double()
     torch.testing.assert_close(scores, torch.from_numpy(expected), rtol=1e-5, atol=2e-6)
     # Same ranking where scores are not within rounding of each other: the kept sets agree.
     for frac in (0.3, 0.7, 0.9):

@@ -5,7 +5,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 from tdds_kernels import cli
 from conftest import FIXTURES
