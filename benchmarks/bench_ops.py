@@ -31,8 +31,9 @@ import warnings
 import torch
 
 import tdds_kernels  # noqa: F401
-from tdds_kernels import backends, reference
-from tdds_kernels._ops import EPOCH, NUM_SLOTS
+from tdds_kernels.ops import reference
+from tdds_kernels.ops import registry as backends
+from tdds_kernels.ops.schema import EPOCH, NUM_SLOTS
 
 PRESETS = {  # (update (B, C) shapes, N for update, epoch step Ns)
     "full": ([(b, c) for b in (256, 1024, 8192) for c in (10, 100, 1000, 32000)], 1_280_000,

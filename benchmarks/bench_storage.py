@@ -1,6 +1,6 @@
 """Storage dtype table: state memory at ImageNet shape and score fidelity against float32.
 
-`prev` holds log(p + 1e-8) per class (the cached log, tdds_kernels/_ops.py), so the half-
+`prev` holds log(p + 1e-8) per class (the cached log, tdds_kernels/ops/schema.py), so the half-
 precision storage options are half-precision *log*-probabilities: ℓ ∈ [log 1e-8, 0] = [−18.4, 0]
 has no subnormal or overflow range, and a rounding error δℓ is a relative error of e^δℓ − 1 on p
 whatever p is (storing p itself in fp16 would lose every p below 6e-5 to subnormals).

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .selection import ascending_order
-from .tracker import TDDSTracker
+from .core.selection import ascending_order
+from .core.tracker import TDDSTracker
 
 ROWS_PER_BATCH_ELEMENTS = 1 << 18  # ~1 MB of float32 logits per update call: small temporaries
 

@@ -1,4 +1,4 @@
-"""Baseline scores (tdds_kernels.baselines) against a dense per-sample restatement written here."""
+"""Baseline scores (tdds_kernels.core.baselines) against a dense per-sample restatement written here."""
 import math
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tdds_kernels import TDDSTracker
-from tdds_kernels.baselines import KEEP_SIGN, NAMES, BaselineScores, keep_scores
+from tdds_kernels.core.baselines import KEEP_SIGN, NAMES, BaselineScores, keep_scores
 
 
 def same(a, b):

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import tdds_kernels as tk
-from tdds_kernels import backends
+from tdds_kernels.ops import registry as backends
 
 N, C, D, B = 24, 5, 8, 6
 
@@ -117,8 +117,8 @@ AOT_SCRIPT = r"""
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from tdds_kernels.triton.epoch_step import _epoch_step_kernel
-from tdds_kernels.triton.update import _config, _update_kernel
+from tdds_kernels.ops.triton.epoch_step import _epoch_step_kernel
+from tdds_kernels.ops.triton.update import _config, _update_kernel
 assert isinstance(_update_kernel, triton.JITFunction)
 target = GPUTarget("cuda", 90, 32)
 for z, p in (("fp32", "fp32"), ("bf16", "bf16"), ("fp16", "fp16")):

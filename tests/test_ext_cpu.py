@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tdds_kernels as tk
-from tdds_kernels import _ops
-from tdds_kernels._ops import DUPLICATES, EPOCH, MISSING, NONFINITE, OUT_OF_RANGE
+from tdds_kernels.ops import schema as _ops
+from tdds_kernels.ops.schema import DUPLICATES, EPOCH, MISSING, NONFINITE, OUT_OF_RANGE
 
 if os.environ.get("TDDS_NO_EXT") == "1":
     pytest.skip("TDDS_NO_EXT=1: the C++ extension was not built", allow_module_level=True)

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tdds_kernels as tk
-from tdds_kernels._ops import DUPLICATES, EPOCH, MISSING, NONFINITE, OUT_OF_RANGE
+from tdds_kernels.ops.schema import DUPLICATES, EPOCH, MISSING, NONFINITE, OUT_OF_RANGE
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU: CUDA kernels not tested")
 

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 import tdds_kernels  # noqa: F401
-from tdds_kernels import _ops, backends
+from tdds_kernels.ops import registry as backends
+from tdds_kernels.ops import schema as _ops
 from helpers import CPU_BACKENDS
 
 

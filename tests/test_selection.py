@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from tdds_kernels.selection import (STRATEGIES, ascending_order, ccs, class_balanced, descending_order,
+from tdds_kernels.core.selection import (STRATEGIES, ascending_order, ccs, class_balanced, descending_order,
                                     importance_weights, num_kept, random_subset, select, select_coreset,
                                     top)
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import tdds_kernels  # noqa: F401
-from tdds_kernels import _ops
+from tdds_kernels.ops import schema as _ops
 from test_triton_update import DEVICES, triton_ops
 
 TOL = dict(atol=1e-6, rtol=1e-5)

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import tdds_kernels  # noqa: F401  (registers the reference ops)
-from tdds_kernels import _ops, backends
+from tdds_kernels.ops import registry as backends
+from tdds_kernels.ops import schema as _ops
 
 DEVICES = ["cpu", "cuda"]
 # (C, forced chunk): one block; one block of 2048 lanes for 1271; chunked with a ragged tail;
@@ -36,7 +37,7 @@ def triton_ops(device):
     reason = backends.unavailable_reason("triton", torch.device(device))
     if reason is not None:
         pytest.skip(reason)
-    import tdds_kernels.triton as tt
+    import tdds_kernels.ops.triton as tt
     return tt
 
 

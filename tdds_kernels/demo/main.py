@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-from .. import selection
-from ..baselines import NAMES as BASELINES, keep_scores
-from ..tracker import TDDSTracker
+from ..core import selection
+from ..core.baselines import NAMES as BASELINES, keep_scores
+from ..core.tracker import TDDSTracker
 from . import data, report
 from .train import accuracy, train
 

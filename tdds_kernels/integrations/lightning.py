@@ -25,7 +25,7 @@ try:  # the `pytorch-lightning` distribution; the unified `lightning` one as a f
 except ImportError:  # pragma: no cover - depends on what is installed
     import lightning.pytorch as pl
 
-from ..tracker import TDDSTracker
+from ..core.tracker import TDDSTracker
 
 
 class TDDSCallback(pl.Callback):

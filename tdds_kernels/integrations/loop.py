@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..tracker import TDDSTracker
+from ..core.tracker import TDDSTracker
 
 
 def make_tracker(num_samples: int, num_classes: int, device="cpu", process_group=None, **kwargs) -> TDDSTracker:

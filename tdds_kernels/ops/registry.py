@@ -58,13 +58,13 @@ def unavailable_reason(name: str, device: torch.device) -> str | None:
         if kind not in ("cpu", "cuda"):
             return f"device type {kind!r} is not supported"
         if not _load(".triton"):
-            return f"tdds_kernels.triton failed to import ({_import_errors['.triton']})"
+            return f"tdds_kernels.ops.triton failed to import ({_import_errors['.triton']})"
         return None
     if name in ("cpu", "cuda"):
         if kind != name:
             return f"backend {name!r} runs on {name} trackers, not on {kind}"
-        if not _load("._C"):
-            return f"the C++ extension is not built ({_import_errors['._C']})"
+        if not _load(".extension"):
+            return f"the C++ extension is not built ({_import_errors['.extension']})"
         key = "CPU" if name == "cpu" else "CUDA"
         if not _has_kernel("tdds::update_ext", key):
             return f"the C++ extension was built without {key} kernels"

@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import _ops
+from .. import schema as _ops
 from .update import device_of
 
 _MISSING = tl.constexpr(_ops.MISSING)

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import _ops
+from .. import schema as _ops
 
 # Module constants used inside the kernel must be constexpr.
 _EPS = tl.constexpr(_ops.EPS)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from . import _ops
-from ._ops import DUPLICATES, EPOCH, EPS, MISSING, NONFINITE, OUT_OF_RANGE
+from . import schema as _ops
+from .schema import DUPLICATES, EPOCH, EPS, MISSING, NONFINITE, OUT_OF_RANGE
 
 UPDATE, EPOCH_STEP = _ops.define_sibling("")
 

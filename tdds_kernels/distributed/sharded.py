@@ -31,8 +31,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ._ops import COUNTERS, NONFINITE, OUT_OF_RANGE
-from .tracker import (FORMAT, LOGIT_DTYPES, STORAGE_DTYPES, TDDSTracker, _check_header, _check_int,
+from ..ops.schema import COUNTERS, NONFINITE, OUT_OF_RANGE
+from ..core.tracker import (FORMAT, LOGIT_DTYPES, STORAGE_DTYPES, TDDSTracker, _check_header, _check_int,
                       save_atomic)
 
 OWNERSHIP = "strided: rank r owns the samples n with n % world_size == r, at local row n // world_size"
@@ -130,7 +130,7 @@ class ShardedTDDSTracker(TDDSTracker):
     # ------------------------------------------------------------------ recording
     def _check_targets(self, targets, logits):
         # The baselines' own checks, made here because after routing they would fire on the owner.
-        from .baselines import check_targets
+        from ..core.baselines import check_targets
         check_targets(targets, logits)
 
     @staticmethod

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import torch
 
-from .reference import first_occurrences
+from ..ops.reference import first_occurrences
 
 NAMES = ("forgetting", "el2n", "aum", "dyn_unc")
 # Multiply a baseline by its sign to get "higher means keep" (the convention of TDDS and select()):

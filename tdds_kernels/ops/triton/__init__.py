@@ -10,7 +10,7 @@ import functools
 
 import triton
 
-from .. import _ops
+from .. import schema as _ops
 from .epoch_step import epoch_step
 from .update import _update_kernel, update
 

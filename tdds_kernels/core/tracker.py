@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from . import backends
-from ._ops import COUNTERS, DUPLICATES, NONFINITE, NUM_SLOTS, OUT_OF_RANGE
+from ..ops import registry as backends
+from ..ops.schema import COUNTERS, DUPLICATES, NONFINITE, NUM_SLOTS, OUT_OF_RANGE
 
 FORMAT = "tdds_kernels.TDDSTracker"
 FORMAT_VERSION = 1
@@ -46,7 +46,7 @@ class TDDSTracker:
         # A process group makes this a sharded tracker (tdds_kernels.distributed); same API.
         if process_group is not None and cls is TDDSTracker:
             try:
-                from .distributed import ShardedTDDSTracker
+                from ..distributed import ShardedTDDSTracker
             except ImportError as exc:
                 raise NotImplementedError(f"process_group: sharded tracking is unavailable ({exc})")
             return super().__new__(ShardedTDDSTracker)
@@ -94,7 +94,7 @@ class TDDSTracker:
         self._next_dup_check = num_samples
         self._dup_check_mark = (0, 0)  # (rows, duplicates) of this epoch at the last check
         self._complete = False
-        # tdds_kernels.baselines.BaselineScores, made on the first update with targets; like the
+        # tdds_kernels.core.baselines.BaselineScores, made on the first update with targets; like the
         # TDDS state it records only the first trajectory_len epochs.
         self._baselines = None
         self.baseline_options = dict(baseline_options or {})
@@ -231,7 +231,7 @@ class TDDSTracker:
         return self._score.clone()
 
     def baseline_scores(self) -> dict[str, torch.Tensor]:
-        """The training-dynamics baselines tracked from `targets` (see tdds_kernels.baselines)."""
+        """The training-dynamics baselines tracked from `targets` (see tdds_kernels.core.baselines)."""
         if self._baselines is None:
             raise RuntimeError("baseline_scores: no targets were passed to update(), so no baselines were tracked")
         return self._baselines.scores()
