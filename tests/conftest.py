@@ -11,6 +11,9 @@ import torch  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"  # the release-format conformance fixtures, in the repository
+# Subprocesses (examples, the CLI, resumes in a fresh process) import this checkout's package,
+# not another copy that happens to be installed.
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
 
 
 @pytest.fixture(autouse=True)

@@ -14,7 +14,7 @@ def same(a, b):
 
 
 def make_tracker(n, c, **kw):
-    return TDDSTracker(n, c, window=2, trajectory_len=None, backend="reference", on_nonfinite="skip", **kw)
+    return TDDSTracker(n, c, window=3, trajectory_len=None, backend="reference", on_nonfinite="skip", **kw)
 
 
 def random_epochs(n, c, epochs, seed):
@@ -253,7 +253,7 @@ def test_load_state_dict_validates_before_changing():
 
 def test_tracker_baseline_options_reach_the_baselines(tmp_path):
     import tdds_kernels as tk
-    tr = tk.TDDSTracker(6, 3, window=2, trajectory_len=None, backend="reference",
+    tr = tk.TDDSTracker(6, 3, window=3, trajectory_len=None, backend="reference",
                         baseline_options={"window": 3, "el2n_epoch": 1})
     for _ in range(3):
         tr.update(torch.randn(6, 3), torch.arange(6), torch.arange(6) % 3)

@@ -79,7 +79,7 @@ def single_error(fn):
 def scenario_equivalence(rank, world, pg, tmp):
     sharded = TDDSTracker(N, **CFG, process_group=pg)
     assert isinstance(sharded, ShardedTDDSTracker) and sharded.num_samples == N
-    assert sharded._prev.shape[0] == len(range(rank, N, world))  # 1/world of the state
+    assert sharded.local.num_samples == len(range(rank, N, world))  # 1/world of the state
     single = TDDSTracker(N, **CFG)
     for e in range(T):
         feed(sharded, e, world, rank)

@@ -109,7 +109,7 @@ def test_schemas_match_the_reference():
 
 
 def test_backend_resolves_to_the_extension():
-    b = tk.TDDSTracker(10, 3, window=2, backend="cpu")
+    b = tk.TDDSTracker(10, 3, window=3, backend="cpu")
     assert b.backend == "cpu"
     assert torch._C._dispatch_has_kernel_for_dispatch_key("tdds::update_ext", "CPU")
     assert torch._C._dispatch_has_kernel_for_dispatch_key("tdds::update_ext", "Meta")
@@ -391,7 +391,7 @@ def test_isa_variants_match_reference(capability):
 
 # ---------------------------------------------------------------------- tracker end to end
 @pytest.mark.parametrize("storage", STORAGE)
-@pytest.mark.parametrize("w,t", [(2, 5), (4, 4), (5, 9)])  # W=2, W=T
+@pytest.mark.parametrize("w,t", [(3, 5), (4, 4), (5, 9)])  # W=3, W=T
 def test_tracker_matches_reference_backend(storage, w, t):
     rng = np.random.default_rng(w * 10 + t)
     epochs = random_epochs(rng, 60, 23, t, p_missing=0.1, p_dup=0.1, p_nonfinite=0.05)

@@ -38,7 +38,7 @@ def cpu(state):
 def test_cuda_kernels_are_registered():
     assert torch._C._dispatch_has_kernel_for_dispatch_key("tdds::update_ext", "CUDA"), \
         "the extension was built without CUDA kernels (build with FORCE_CUDA=1)"
-    assert tk.TDDSTracker(10, 3, window=2, device=DEV, backend="cuda").backend == "cuda"
+    assert tk.TDDSTracker(10, 3, window=3, device=DEV, backend="cuda").backend == "cuda"
 
 
 @pytest.mark.parametrize("storage", STORAGE)

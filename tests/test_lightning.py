@@ -94,7 +94,7 @@ class Recording(TDDSCallback):
 
     def on_train_end(self, trainer, pl_module):
         super().on_train_end(trainer, pl_module)
-        torch.save({"scores": self.scores, "seen": pl_module.seen, "shard": self.tracker._prev.shape[0]},
+        torch.save({"scores": self.scores, "seen": pl_module.seen, "shard": getattr(self.tracker, "shard_size", self.tracker.num_samples)},
                    self.out / f"rank{trainer.global_rank}.pt")
 
 

@@ -63,7 +63,7 @@ def test_missing_and_duplicate_samples_warn_and_follow_the_semantics(tmp_path, c
 
 def _fails_cleanly(tmp_path, capsys, dump, *extra, match):
     out = tmp_path / "out"
-    code = run_cli(dump, "-T", 4, "-W", 2, "-b", 0.9, "--out", out, *extra)
+    code = run_cli(dump, "-T", 4, "-W", 3, "-b", 0.9, "--out", out, *extra)
     err = capsys.readouterr().err
     assert code == 2
     lines = [l for l in err.splitlines() if "error" in l]
@@ -110,7 +110,7 @@ def test_nonfinite_logits_fail_unless_skipped(tmp_path, capsys):
     out[3, 1] = np.nan
     np.save(dump / "2_Output.npy", out)
     _fails_cleanly(tmp_path, capsys, dump, match="2_Output.npy: logits: 1 rows of epoch 2 had non-finite")
-    assert run_cli(dump, "-T", 4, "-W", 2, "-b", 0.9, "--on-nonfinite", "skip") == 0
+    assert run_cli(dump, "-T", 4, "-W", 3, "-b", 0.9, "--on-nonfinite", "skip") == 0
     assert "nonfinite=1" in capsys.readouterr().out
 
 
@@ -118,7 +118,9 @@ def test_bad_parameters(tmp_path, capsys):
     dump = write_dump(tmp_path / "d", random_epochs(np.random.default_rng(8), 10, 3, 4))
     assert run_cli(dump, "-T", 3, "-W", 4, "-b", 0.9) == 2
     assert "need 2 <= W <= T" in capsys.readouterr().err
-    assert run_cli(tmp_path / "nope", "-T", 3, "-W", 2, "-b", 0.9) == 2
+    assert run_cli(dump, "-T", 3, "-W", 2, "-b", 0.9) == 2  # a window of one transition scores 0
+    assert "window: expected an int >= 3, got 2" in capsys.readouterr().err
+    assert run_cli(tmp_path / "nope", "-T", 3, "-W", 3, "-b", 0.9) == 2
     assert "not a directory" in capsys.readouterr().err
 
 
@@ -129,6 +131,6 @@ def test_float16_and_int32_dumps(tmp_path):
     for t, b in enumerate(epochs):
         np.save(dump / f"{t}_Output.npy", np.concatenate([l for l, _ in b]).astype(np.float16))
         np.save(dump / f"{t}_Index.npy", np.concatenate([i for _, i in b]).astype(np.int32))
-    assert run_cli(dump, "-T", 4, "-W", 2, "-b", 0.9) == 0
+    assert run_cli(dump, "-T", 4, "-W", 3, "-b", 0.9) == 0
     as16 = [[(l.astype(np.float16).astype(np.float32), i) for l, i in b] for b in epochs]
-    np.testing.assert_allclose(np.load(dump / "scores.npy"), dense_scores(as16, 12, 2, 0.9), rtol=1e-4, atol=2e-5)
+    np.testing.assert_allclose(np.load(dump / "scores.npy"), dense_scores(as16, 12, 3, 0.9), rtol=1e-4, atol=2e-5)

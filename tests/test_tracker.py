@@ -22,7 +22,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:tdds_kernels. using the referenc
 def test_matches_dense_formula(backend, data):
     n = data.draw(st.integers(1, 12), label="N")
     c = data.draw(st.integers(1, 6), label="C")
-    w = data.draw(st.integers(2, 5), label="W")
+    w = data.draw(st.integers(3, 5), label="W")
     t = data.draw(st.integers(w, w + 4), label="T")
     beta = data.draw(st.floats(0.05, 1.0), label="beta")
     p_missing = data.draw(st.sampled_from([0.0, 0.0, 0.2, 0.6]), label="p_missing")
@@ -60,8 +60,8 @@ def test_full_coverage_equals_release_formula(backend):
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_duplicates_first_occurrence_counts(backend):
     n, c = 4, 3
-    tr = make_tracker(backend, num_samples=n, num_classes=c, window=2, trajectory_len=None)
-    ref = make_tracker("reference", num_samples=n, num_classes=c, window=2, trajectory_len=None)
+    tr = make_tracker(backend, num_samples=n, num_classes=c, window=3, trajectory_len=None)
+    ref = make_tracker("reference", num_samples=n, num_classes=c, window=3, trajectory_len=None)
     a, b = torch.randn(n, c), torch.randn(n, c)
     for e in range(2):
         tr.update(a + e, torch.arange(n))
@@ -84,12 +84,12 @@ def test_in_batch_duplicates_never_mix(backend):
     prev = torch.randn(1, c)
     outcomes = []
     for keep in (0, 1):
-        ref = make_tracker("reference", num_samples=1, num_classes=c, window=2, trajectory_len=None)
+        ref = make_tracker("reference", num_samples=1, num_classes=c, window=3, trajectory_len=None)
         ref.update(prev, torch.tensor([0]))
         ref.end_epoch()
         ref.update(rows[keep:keep + 1], torch.tensor([0]))
         outcomes.append(ref.state_dict())
-    tr = make_tracker(backend, num_samples=1, num_classes=c, window=2, trajectory_len=None)
+    tr = make_tracker(backend, num_samples=1, num_classes=c, window=3, trajectory_len=None)
     tr.update(prev, torch.tensor([0]))
     tr.end_epoch()
     tr.update(rows, torch.tensor([0, 0]))
@@ -128,7 +128,7 @@ def test_missing_samples_make_undefined_transitions(backend):
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("mode", ["error", "skip"])
 def test_nonfinite_rows(backend, mode):
-    tr = make_tracker(backend, num_samples=3, num_classes=2, window=2, trajectory_len=None, on_nonfinite=mode)
+    tr = make_tracker(backend, num_samples=3, num_classes=2, window=3, trajectory_len=None, on_nonfinite=mode)
     tr.update(torch.randn(3, 2), torch.arange(3))
     tr.end_epoch()  # a clean epoch first: the check is per epoch
     logits = torch.tensor([[0.0, 1.0], [float("nan"), 0.0], [float("-inf"), 0.0]])
@@ -176,16 +176,16 @@ def test_storage_dtypes_close_to_fp32(backend, storage):
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_completion_and_no_trajectory_len(backend):
     epochs = random_epochs(np.random.default_rng(6), 5, 3, 6)
-    tr = make_tracker(backend, num_samples=5, num_classes=3, window=2, trajectory_len=3)
+    tr = make_tracker(backend, num_samples=5, num_classes=3, window=3, trajectory_len=3)
     feed(tr, epochs[:3])
     assert tr.complete and tr.epoch == 3
     frozen = snapshot(tr)
     feed(tr, epochs[3:])  # no-ops once complete
     assert_same_state(frozen, snapshot(tr))
-    forever = make_tracker(backend, num_samples=5, num_classes=3, window=2, trajectory_len=None)
+    forever = make_tracker(backend, num_samples=5, num_classes=3, window=3, trajectory_len=None)
     feed(forever, epochs)
     assert not forever.complete and forever.epoch == 6
-    torch.testing.assert_close(forever.scores(), torch.from_numpy(dense_scores(epochs, 5, 2, 0.9)).float(),
+    torch.testing.assert_close(forever.scores(), torch.from_numpy(dense_scores(epochs, 5, 3, 0.9)).float(),
                                rtol=1e-4, atol=1e-5)
 
 
@@ -213,7 +213,7 @@ BAD_UPDATES = [
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("make,exc,match", BAD_UPDATES)
 def test_bad_input_raises_and_changes_nothing(backend, make, exc, match):
-    tr = make_tracker(backend, num_samples=8, num_classes=5, window=2, trajectory_len=None)
+    tr = make_tracker(backend, num_samples=8, num_classes=5, window=3, trajectory_len=None)
     tr.update(torch.randn(8, 5), torch.arange(8))
     tr.end_epoch()
     tr.update(torch.randn(3, 5), torch.tensor([1, 2, 3]))
@@ -237,7 +237,7 @@ def test_bad_input_raises_and_changes_nothing(backend, make, exc, match):
     (dict(backend="cuda"), ValueError, "backend: 'cuda' is not available"),
 ])
 def test_bad_config(kwargs, exc, match):
-    cfg = dict(num_samples=4, num_classes=3, window=2, trajectory_len=4) | kwargs
+    cfg = dict(num_samples=4, num_classes=3, window=3, trajectory_len=4) | kwargs
     with pytest.raises(exc, match=match):
         tk.TDDSTracker(**cfg)
 
@@ -245,9 +245,9 @@ def test_bad_config(kwargs, exc, match):
 def test_out_of_range_skipped_and_counted_by_the_ops():
     # On CUDA the kernels skip and count (the tracker raises at end_epoch); the reference op
     # does the same when called directly, and the tracker's end_epoch reports it.
-    tr = make_tracker(num_samples=3, num_classes=2, window=2, trajectory_len=None)
-    tr._backend.update(torch.randn(3, 2), torch.tensor([0, 5, -2]), tr._prev, tr._seen, tr._ring,
-                       tr._counters)
+    tr = make_tracker(num_samples=3, num_classes=2, window=3, trajectory_len=None)
+    tr._backend.update(torch.randn(3, 2), torch.tensor([0, 5, -2]), tr._state.prev, tr._state.seen, tr._state.ring,
+                       tr._state.counters)
     assert tr.stats["out_of_range"] == 2 and tr.state_dict()["seen"].tolist() == [0, -1, -1]
     before = snapshot(tr)
     with pytest.raises(ValueError, match="2 rows of epoch 0 had dataset indices outside"):
@@ -256,7 +256,7 @@ def test_out_of_range_skipped_and_counted_by_the_ops():
 
 
 def test_forgotten_end_epoch_warns():
-    tr = make_tracker(num_samples=4, num_classes=2, window=2, trajectory_len=None)
+    tr = make_tracker(num_samples=4, num_classes=2, window=3, trajectory_len=None)
     tr.update(torch.randn(4, 2), torch.arange(4))
     with pytest.warns(RuntimeWarning, match="forget end_epoch"):
         tr.update(torch.randn(4, 2), torch.arange(4))
@@ -267,7 +267,7 @@ def test_forgotten_end_epoch_warns():
 
 
 def test_logits_with_grad_and_noncontiguous_are_accepted():
-    tr = make_tracker(num_samples=4, num_classes=3, window=2, trajectory_len=None)
+    tr = make_tracker(num_samples=4, num_classes=3, window=3, trajectory_len=None)
     z = torch.randn(3, 4, requires_grad=True)
     tr.update(z.t(), torch.arange(4, dtype=torch.int32))
     assert tr.state_dict()["seen"].tolist() == [0, 0, 0, 0]
@@ -275,8 +275,8 @@ def test_logits_with_grad_and_noncontiguous_are_accepted():
 
 def test_int32_and_int64_index_agree():
     epochs = random_epochs(np.random.default_rng(7), 6, 4, 4)
-    a = make_tracker(num_samples=6, num_classes=4, window=2, trajectory_len=4)
-    b = make_tracker(num_samples=6, num_classes=4, window=2, trajectory_len=4)
+    a = make_tracker(num_samples=6, num_classes=4, window=3, trajectory_len=4)
+    b = make_tracker(num_samples=6, num_classes=4, window=3, trajectory_len=4)
     feed(a, epochs)
     feed(b, [[(l, i.astype(np.int32)) for l, i in e] for e in epochs])
     assert torch.equal(a.scores(), b.scores())

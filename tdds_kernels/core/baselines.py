@@ -1,7 +1,7 @@
 """Training-dynamics baseline scores, tracked in the same pass as TDDS (the reference for them).
 
 Fed by ``TDDSTracker.update(logits, index, targets)``; every quantity is per sample n, over the
-epochs e in which n was recorded (the first usable row of n in epoch e, DESIGN.md §3), with
+epochs e in which n was recorded (the first usable row of n in epoch e, docs/design.md §3), with
 p_e = softmax(z_e) in float32 and y the target class:
 
     correct_e  = [argmax_c z_e,c == y]                      (ties: the lowest class index, as argmax)
@@ -37,6 +37,21 @@ NAMES = ("forgetting", "el2n", "aum", "dyn_unc")
 # all keep the hard / uncertain end, which for AUM is the low margins.
 KEEP_SIGN = {"forgetting": 1.0, "el2n": 1.0, "aum": -1.0, "dyn_unc": 1.0}
 FORMAT = "tdds_kernels.BaselineScores"
+# The state, declared once: name -> (dtype, whether it has a second dimension of `window`
+# epochs, initial value). Every tensor is per sample (first dimension N): a sharded tracker
+# splits and interleaves all of them by dataset index.
+TENSORS = {
+    "last_correct": (torch.bool, 0, False),
+    "learned": (torch.bool, 0, False),  # ever correct
+    "forgetting": (torch.int32, 0, 0),
+    "el2n": (torch.float32, 0, float("nan")),
+    "margin_sum": (torch.float64, 0, 0.0),
+    "count": (torch.int32, 0, 0),  # recorded epochs
+    "prob_ring": (torch.float32, 1, float("nan")),
+    "std_sum": (torch.float64, 0, 0.0),
+    "windows": (torch.int32, 0, 0),
+}
+PER_SAMPLE = tuple(TENSORS)
 FORMAT_VERSION = 1
 
 
@@ -86,18 +101,8 @@ class BaselineScores:
         self.num_samples, self.num_classes = num_samples, num_classes
         self.window, self.el2n_epoch = window, el2n_epoch
         self.device = torch.device(device)
-        n, dev = num_samples, self.device
-        self._state = {
-            "last_correct": torch.zeros(n, dtype=torch.bool, device=dev),
-            "learned": torch.zeros(n, dtype=torch.bool, device=dev),  # ever correct
-            "forgetting": torch.zeros(n, dtype=torch.int32, device=dev),
-            "el2n": torch.full((n,), float("nan"), dtype=torch.float32, device=dev),
-            "margin_sum": torch.zeros(n, dtype=torch.float64, device=dev),
-            "count": torch.zeros(n, dtype=torch.int32, device=dev),  # recorded epochs
-            "prob_ring": torch.full((n, window), float("nan"), dtype=torch.float32, device=dev),
-            "std_sum": torch.zeros(n, dtype=torch.float64, device=dev),
-            "windows": torch.zeros(n, dtype=torch.int32, device=dev),
-        }
+        self._state = {name: torch.full((num_samples, *(window,) * ring), fill, dtype=dtype, device=self.device)
+                       for name, (dtype, ring, fill) in TENSORS.items()}
 
     def update(self, logits, index, targets, seen, epoch: int) -> None:
         """Record the first usable row of each sample not yet recorded in `epoch` (see module doc)."""
@@ -150,15 +155,7 @@ class BaselineScores:
 
     def scores(self) -> dict[str, torch.Tensor]:
         """{name: (N,) float32 by dataset index} for NAMES (raw values; see KEEP_SIGN)."""
-        s = self._state
-        forgetting = s["forgetting"].to(torch.float32)
-        top = forgetting[s["learned"]].max() if bool(s["learned"].any()) else forgetting.new_zeros(())
-        forgetting = torch.where(s["learned"], forgetting, top + 1.0)
-        count = s["count"]
-        nan = torch.full_like(forgetting, float("nan"))
-        aum = torch.where(count > 0, (s["margin_sum"] / count.clamp(min=1)).to(torch.float32), nan)
-        dyn = (s["std_sum"] / s["windows"].clamp(min=1)).to(torch.float32)
-        return {"forgetting": forgetting, "el2n": s["el2n"].clone(), "aum": aum, "dyn_unc": dyn}
+        return scores_of(self._state)
 
     # ------------------------------------------------------------------ checkpoints
     def _config(self) -> dict:
@@ -193,3 +190,15 @@ class BaselineScores:
                                  f"dtype {ref.dtype}, got {got}")
         self.window, self.el2n_epoch = other.window, other.el2n_epoch
         self._state = {k: sd[k].to(self.device, copy=True) for k in other._state}
+
+
+def scores_of(s: dict) -> dict[str, torch.Tensor]:
+    """The baselines from a state (BaselineScores' tensors by name, any device): {name: (N,) float32}."""
+    forgetting = s["forgetting"].to(torch.float32)
+    top = forgetting[s["learned"]].max() if bool(s["learned"].any()) else forgetting.new_zeros(())
+    forgetting = torch.where(s["learned"], forgetting, top + 1.0)
+    count = s["count"]
+    nan = torch.full_like(forgetting, float("nan"))
+    aum = torch.where(count > 0, (s["margin_sum"] / count.clamp(min=1)).to(torch.float32), nan)
+    dyn = (s["std_sum"] / s["windows"].clamp(min=1)).to(torch.float32)
+    return {"forgetting": forgetting, "el2n": s["el2n"].clone(), "aum": aum, "dyn_unc": dyn}

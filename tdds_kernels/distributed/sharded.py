@@ -1,10 +1,8 @@
 """Sharded TDDS state over torch.distributed: ``TDDSTracker(..., process_group=pg)``.
 
-Ownership rule: rank r of a group of W ranks owns the samples n with ``n % W == r`` and keeps them
-in local row ``n // W`` (a strided split: shard sizes differ by at most one row, and the
-interleaved all_gather of equal padded shards gives the scores back in dataset order without an
-index tensor). Each rank holds the state of its shard only (prev, seen, ring, score: ≈ 1/W of a
-single tracker) and runs the same backend ops on it as a single tracker does.
+The sharded tracker holds a TDDSTracker for this rank's shard (``local``: prev, seen, ring, score
+of ≈ 1/W of the samples, the same backend ops) and a ShardLayout (layout.py: rank r owns the
+samples n with ``n % W == r``, at local row ``n // W``).
 
 Per step every rank calls ``update`` once (an empty batch is fine), as DDP loops do:
 
@@ -24,18 +22,21 @@ decision on the epoch's errors. ``scores()``, ``stats`` and ``baseline_scores()`
 """
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from ..ops.schema import COUNTERS, NONFINITE, OUT_OF_RANGE
-from ..core.tracker import (FORMAT, LOGIT_DTYPES, STORAGE_DTYPES, TDDSTracker, _check_header, _check_int,
-                      save_atomic)
+from ..core import checkpoint
+from ..core.baselines import PER_SAMPLE as BASELINE_PER_SAMPLE
+from ..core.baselines import check_targets, scores_of
+from ..core.config import TrackerConfig
+from ..core.state import PER_SAMPLE
+from ..core.tracker import LOGIT_DTYPES, TDDSTracker, check_batch, register_sharded
+from ..ops.schema import COUNTERS
+from .layout import OWNERSHIP, ShardLayout
 
-OWNERSHIP = "strided: rank r owns the samples n with n % world_size == r, at local row n // world_size"
 # Columns of the control row every rank contributes to one all_gather per update/end_epoch call.
 _FIELDS = ("kind", "status", "epoch", "has_targets", "dtype", "bad_index", "first_index", "bad_target",
            "first_target", "out_of_range", "nonfinite", "error_mode")
@@ -54,8 +55,9 @@ def _exc_type(name: str):
     return {"TypeError": TypeError, "ValueError": ValueError}.get(name, RuntimeError)
 
 
-class ShardedTDDSTracker(TDDSTracker):
-    """A TDDSTracker whose state is split across the ranks of `process_group` (module docstring)."""
+class ShardedTDDSTracker:
+    """A TDDSTracker's API over the ranks of `process_group`: this rank's shard lives in
+    ``self.local`` (a TDDSTracker), the ownership in ``self.layout`` (module docstring)."""
 
     def __init__(self, num_samples: int, num_classes: int, window: int = 10, decay: float = 0.9,
                  trajectory_len: int | None = 30, device="cpu", storage_dtype=torch.float32,
@@ -65,37 +67,46 @@ class ShardedTDDSTracker(TDDSTracker):
             raise ValueError("process_group: expected a torch.distributed process group, got None")
         if not dist.is_available() or not dist.is_initialized():
             raise RuntimeError("process_group: torch.distributed is not initialized")
-        _check_int("num_samples", num_samples, 1)
+        self.config = TrackerConfig(num_samples, num_classes, window, decay, trajectory_len, storage_dtype)
         self.process_group = process_group
         self.world_size = dist.get_world_size(process_group)
         self.rank = dist.get_rank(process_group)
-        if num_samples < self.world_size:
+        if self.config.num_samples < self.world_size:
             raise ValueError(f"num_samples: expected >= the world size ({self.world_size}) so every "
                              f"rank owns a sample, got {num_samples}")
-        local = (num_samples - self.rank + self.world_size - 1) // self.world_size
-        # The parent builds and validates the state for this rank's shard only.
-        super().__init__(local, num_classes, window, decay, trajectory_len, device, storage_dtype,
-                         backend, on_nonfinite, debug, baseline_options=baseline_options)
-        self._local_n, self._global_n = local, num_samples
-        self._padded_n = -(-num_samples // self.world_size)  # rows of the largest shard
-        self.num_samples = num_samples
+        self.layout = ShardLayout(self.config.num_samples, self.world_size)
+        self.local = TDDSTracker(self.layout.shard_size(self.rank), num_classes, window, decay, trajectory_len,
+                                 device, storage_dtype, backend, on_nonfinite, debug,
+                                 baseline_options=baseline_options)
         if dist.get_backend(process_group) == "nccl" and self.device.type != "cuda":
             raise ValueError(f"device: expected a cuda device for an NCCL process group, got {self.device}")
         # Ties the shard files of one run together; rank 0's draw, agreed by the first collective.
-        self._run_id = int(self._gather_rows(torch.tensor([int.from_bytes(os.urandom(7), 'little')]))[0, 0])
+        self._run_id = int(self._gather_rows(torch.tensor([int.from_bytes(os.urandom(7), "little")]))[0, 0])
         self._saves = 0
 
-    # ------------------------------------------------------------------ plumbing
-    @contextlib.contextmanager
-    def _shard_view(self):
-        # The parent sizes its checks, baselines and duplicate heuristics by num_samples: while
-        # it works on the local state, that is the shard size.
-        self.num_samples = self._local_n
-        try:
-            yield
-        finally:
-            self.num_samples = self._global_n
+    # ------------------------------------------------------------------ properties
+    num_samples = property(lambda self: self.config.num_samples)
+    num_classes = property(lambda self: self.config.num_classes)
+    window = property(lambda self: self.config.window)
+    decay = property(lambda self: self.config.decay)
+    trajectory_len = property(lambda self: self.config.trajectory_len)
+    storage_dtype = property(lambda self: self.config.storage_dtype)
+    device = property(lambda self: self.local.device)
+    backend = property(lambda self: self.local.backend)
+    debug = property(lambda self: self.local.debug)
+    epoch = property(lambda self: self.local.epoch)
+    complete = property(lambda self: self.local.complete)
+    shard_size = property(lambda self: self.local.num_samples)
 
+    @property
+    def on_nonfinite(self) -> str:
+        return self.local.on_nonfinite
+
+    @on_nonfinite.setter
+    def on_nonfinite(self, value: str) -> None:
+        self.local.on_nonfinite = value
+
+    # ------------------------------------------------------------------ plumbing
     def _gather_rows(self, row: torch.Tensor) -> torch.Tensor:
         """(world, *row.shape): every rank's `row`, in rank order (on the tracker's device)."""
         dtype = row.dtype
@@ -104,13 +115,17 @@ class ShardedTDDSTracker(TDDSTracker):
         dist.all_gather(out, row, group=self.process_group)
         return torch.stack(out).to(dtype)
 
-    def _gather_shards(self, local: torch.Tensor) -> torch.Tensor:
-        """The (N, ...) tensor by dataset index from every rank's (local_n, ...) shard."""
-        pad = self._padded_n - local.shape[0]
+    def _gather_parts(self, local: torch.Tensor) -> list[torch.Tensor]:
+        """Every rank's per-sample rows (padded to equal size for the all_gather), in rank order."""
+        pad = self.layout.padded_size - local.shape[0]
         if pad:
             local = torch.cat([local, local.new_zeros((pad, *local.shape[1:]))])
-        stacked = self._gather_rows(local)  # (W, L, ...): stacked[r, j] is sample j*W + r
-        return stacked.transpose(0, 1).reshape(-1, *local.shape[1:])[: self._global_n]
+        stacked = self._gather_rows(local)
+        return [stacked[r, : self.layout.shard_size(r)] for r in range(self.world_size)]
+
+    def _gather_shards(self, local: torch.Tensor) -> torch.Tensor:
+        """The (N, ...) tensor by dataset index from every rank's (local_n, ...) shard."""
+        return self.layout.interleave(self._gather_parts(local))
 
     def _agree(self, exc: BaseException | None, what: str) -> None:
         """Raise on every rank if `exc` is set on any: the failing rank its own error, the rest
@@ -128,11 +143,6 @@ class ShardedTDDSTracker(TDDSTracker):
         raise _exc_type(kind)(f"{what}: rank {src} failed, so no rank went on: {text}")
 
     # ------------------------------------------------------------------ recording
-    def _check_targets(self, targets, logits):
-        # The baselines' own checks, made here because after routing they would fire on the owner.
-        from ..core.baselines import check_targets
-        check_targets(targets, logits)
-
     @staticmethod
     def _bad_summary(values: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
         """[count, first bad value] as device tensors: no host sync until the shared all_gather."""
@@ -147,7 +157,7 @@ class ShardedTDDSTracker(TDDSTracker):
         same error everywhere, if the ranks are not making the same call in the same epoch."""
         head = torch.zeros(_HEAD + self.world_size, dtype=torch.int64, device=self.device)
         head[_COL["kind"]] = 1 if kind == "update" else 2
-        head[_COL["epoch"]] = self._epoch
+        head[_COL["epoch"]] = self.epoch
         for name, value in fields.items():
             head[_COL[name]] = value
         if counts is not None:
@@ -167,12 +177,13 @@ class ShardedTDDSTracker(TDDSTracker):
         """Record this rank's batch of the current step; collective: every rank calls it once per step."""
         exc = None
         try:
-            self._check_batch(logits, index)
+            check_batch(logits, index, self.num_classes, self.device)
             if targets is not None:
-                self._check_targets(targets, logits)
+                # The baselines' own checks, made here because after routing they would fire on the owner.
+                check_targets(targets, logits)
         except (TypeError, ValueError) as e:
             exc = e
-        if self._complete:  # every rank completes at the same end_epoch: no collective needed
+        if self.complete:  # every rank completes at the same end_epoch: no collective needed
             if exc is not None:
                 raise exc
             return
@@ -182,11 +193,11 @@ class ShardedTDDSTracker(TDDSTracker):
         if exc is None:
             fields["dtype"] = LOGIT_DTYPES.index(logits.dtype)
             idx = index.to(torch.int64)
-            fields["bad_index"], fields["first_index"] = self._bad_summary(idx, (idx < 0) | (idx >= self._global_n))
+            fields["bad_index"], fields["first_index"] = self._bad_summary(idx, (idx < 0) | (idx >= self.num_samples))
             if targets is not None:
                 y = targets.to(torch.int64)
                 fields["bad_target"], fields["first_target"] = self._bad_summary(y, (y < 0) | (y >= self.num_classes))
-            owner = idx.remainder(W)
+            owner = self.layout.owner(idx)
             # not bincount: CUDA has no deterministic bincount (use_deterministic_algorithms)
             counts = (owner[None, :] == torch.arange(W, device=owner.device)[:, None]).sum(dim=1)
         table = self._control("update", counts, **fields)
@@ -195,7 +206,7 @@ class ShardedTDDSTracker(TDDSTracker):
         # Rows sorted by owner, packed as bytes so one collective carries every dtype.
         order = torch.argsort(owner, stable=True)
         wire = logits.dtype if len({row[_COL["dtype"]] for row in table}) == 1 else torch.float32
-        parts = [(idx[order] // W).view(torch.uint8).reshape(-1, 8)]
+        parts = [self.layout.local_row(idx[order]).view(torch.uint8).reshape(-1, 8)]
         if targets is not None:
             parts.append(targets[order].to(torch.int64).view(torch.uint8).reshape(-1, 8))
         parts.append(logits[order].detach().to(wire).contiguous().view(torch.uint8))
@@ -211,11 +222,10 @@ class ShardedTDDSTracker(TDDSTracker):
         local_idx = recv[:, :8].reshape(-1).view(torch.int64)
         local_targets = recv[:, 8:16].reshape(-1).view(torch.int64) if targets is not None else None
         local_logits = recv[:, 8 * (len(parts) - 1):].reshape(-1).view(wire).reshape(-1, self.num_classes)
-        with self._shard_view():
-            super().update(local_logits, local_idx, local_targets)
+        self.local.update(local_logits, local_idx, local_targets)
 
     def _raise_batch_errors(self, table, exc):
-        N, C = self._global_n, self.num_classes
+        N, C = self.num_samples, self.num_classes
         errors = []  # (rank, type, message as the single tracker raises it; None: travels as object)
         for r, row in enumerate(table):
             if row[_COL["status"]]:
@@ -244,71 +254,57 @@ class ShardedTDDSTracker(TDDSTracker):
 
     def end_epoch(self) -> None:
         """Close the epoch on every rank (collective); raises on all ranks or on none."""
-        if self._complete:
+        if self.complete:
             return
-        new = self._counters.to("cpu", copy=True) - self._epoch_start_counters
-        table = self._control("end_epoch", out_of_range=int(new[OUT_OF_RANGE]), nonfinite=int(new[NONFINITE]),
+        new = self.local.epoch_counts()
+        table = self._control("end_epoch", out_of_range=new["out_of_range"], nonfinite=new["nonfinite"],
                               error_mode=self.on_nonfinite == "error")
         out_of_range = sum(row[_COL["out_of_range"]] for row in table)
         nonfinite = sum(row[_COL["nonfinite"]] for row in table)
         if out_of_range:  # unreachable while update() checks ranges eagerly; kept for safety
-            raise ValueError(f"index: {out_of_range} rows of epoch {self._epoch} had dataset indices "
-                             f"outside [0, {self._global_n}) and were skipped; the epoch is not closed")
+            raise ValueError(f"index: {out_of_range} rows of epoch {self.epoch} had dataset indices "
+                             f"outside [0, {self.num_samples}) and were skipped; the epoch is not closed")
         if nonfinite and any(row[_COL["error_mode"]] for row in table):
-            raise ValueError(f"logits: {nonfinite} rows of epoch {self._epoch} (all ranks) had non-finite "
+            raise ValueError(f"logits: {nonfinite} rows of epoch {self.epoch} (all ranks) had non-finite "
                              "values and were ignored; the epoch is not closed (set "
                              "tracker.on_nonfinite = 'skip' on every rank to accept that and call "
                              "end_epoch() again)")
-        with self._shard_view():
-            super().end_epoch()
+        self.local.end_epoch()
 
     # ------------------------------------------------------------------ results (collective)
     @property
     def stats(self) -> dict[str, int]:
         """Counters summed over the ranks (collective: read it on every rank)."""
-        summed = self._gather_rows(self._counters).sum(dim=0).tolist()
-        out = dict(zip(COUNTERS, (int(v) for v in summed)))
-        out["epochs"] = self._epoch
-        out["windows"] = max(0, self._epoch - self.window + 1)
-        return out
+        mine = self.local.stats
+        summed = self._gather_rows(torch.tensor([mine[k] for k in COUNTERS])).sum(dim=0).tolist()
+        return dict(zip(COUNTERS, (int(v) for v in summed)), epochs=mine["epochs"], windows=mine["windows"])
 
     def scores(self) -> torch.Tensor:
         """(N,) float32 scores by dataset index on every rank (collective)."""
-        return self._gather_shards(self._score)
+        return self._gather_shards(self.local.scores())
 
     def baseline_scores(self) -> dict[str, torch.Tensor]:
         """The baselines over all N samples on every rank (collective)."""
-        if self._baselines is None:
+        local = self.local.baseline_state_dict()
+        if local is None:  # the same on every rank: update() agrees on whether targets came
             raise RuntimeError("baseline_scores: no targets were passed to update(), so no baselines were tracked")
-        with self._shard_view():
-            local = super().baseline_scores()
-        out = {k: self._gather_shards(v) for k, v in local.items()}
-        # "Never learned" ranks above the largest forgetting count of the whole dataset, not the shard.
-        learned = self._gather_shards(self._baselines._state["learned"])
-        if "forgetting" in out:
-            f = out["forgetting"]
-            top = f[learned].max() if bool(learned.any()) else f.new_zeros(())
-            out["forgetting"] = torch.where(learned, f, top + 1.0)
-        return out
+        # From the whole dataset's state: "never learned" ranks above the largest forgetting count
+        # of the whole dataset, not of the shard.
+        return scores_of({key: self._gather_shards(local[key]) for key in BASELINE_PER_SAMPLE})
 
     def __repr__(self):
-        return (f"ShardedTDDSTracker(num_samples={self._global_n}, num_classes={self.num_classes}, "
-                f"window={self.window}, decay={self.decay}, trajectory_len={self.trajectory_len}, "
-                f"device='{self.device}', storage_dtype={self.storage_dtype}, backend='{self.backend}', "
-                f"epoch={self._epoch}, complete={self._complete}, rank={self.rank}, "
-                f"world_size={self.world_size}, shard_size={self._local_n})")
+        return (f"ShardedTDDSTracker({self.config.describe()}, device='{self.device}', "
+                f"backend='{self.backend}', epoch={self.epoch}, complete={self.complete}, rank={self.rank}, "
+                f"world_size={self.world_size}, shard_size={self.shard_size})")
 
     # ------------------------------------------------------------------ checkpoints
     def _shard_info(self) -> dict:
-        return {"world_size": self.world_size, "rank": self.rank, "num_samples": self._global_n,
+        return {"world_size": self.world_size, "rank": self.rank, "num_samples": self.num_samples,
                 "ownership": OWNERSHIP, "run_id": self._run_id, "saves": self._saves}
 
     def state_dict(self) -> dict:
         """This rank's shard: a TDDSTracker state dict of the shard plus a "shard" entry."""
-        with self._shard_view():
-            sd = super().state_dict()
-        sd["shard"] = self._shard_info()
-        return sd
+        return {**self.local.state_dict(), "shard": self._shard_info()}
 
     def load_state_dict(self, sd: dict) -> None:
         """Restore this rank's shard from state_dict() (local: checks only that it fits this rank)."""
@@ -321,8 +317,7 @@ class ShardedTDDSTracker(TDDSTracker):
             if info.get(key) != mine[key]:
                 raise ValueError(f"state_dict: shard {key}: tracker has {mine[key]!r}, state dict has "
                                  f"{info.get(key)!r}")
-        with self._shard_view():
-            super().load_state_dict(sd)
+        self.local.load_state_dict({k: v for k, v in sd.items() if k != "shard"})
         self._run_id, self._saves = int(info["run_id"]), int(info["saves"])
 
     def save(self, path) -> None:
@@ -331,13 +326,13 @@ class ShardedTDDSTracker(TDDSTracker):
         self._saves += 1
         exc = None
         try:
-            save_atomic(self.state_dict(), shard_path(path, self.rank, self.world_size))
+            checkpoint.save_atomic(self.state_dict(), shard_path(path, self.rank, self.world_size))
         except Exception as e:  # a full disk on one rank must not leave the others waiting
             exc = e
         self._agree(exc, "save")
 
     @classmethod
-    def load(cls, path, device=None, backend: str = "auto", process_group=None) -> "ShardedTDDSTracker":
+    def load(cls, path, device=None, backend: str = "auto", process_group=None) -> ShardedTDDSTracker:
         """Each rank reads its shard of the checkpoint `path` written by save() (collective).
 
         The world size must equal the one that saved; every rank raises if a shard is missing,
@@ -347,32 +342,28 @@ class ShardedTDDSTracker(TDDSTracker):
             raise ValueError("process_group: expected the process group to load the shards into")
         world, rank = dist.get_world_size(process_group), dist.get_rank(process_group)
         file = shard_path(path, rank, world)
-        sd = exc = None
+        sd = exc = config = None
         try:
             if not file.exists():
                 others = sorted(p.name for p in Path(path).parent.glob(Path(path).name + ".rank*-of-*"))
                 raise FileNotFoundError(f"{file}: no shard for rank {rank} of {world}; found "
                                         f"{others or 'no shards'} (load with the world size that saved)")
-            sd = torch.load(file, map_location="cpu", weights_only=True)
-            _check_header(sd, str(file))
-            if "shard" not in sd:
-                raise ValueError(f"{file}: not a {FORMAT} shard checkpoint")
-            cfg = dict(sd["config"])
-            dtype = getattr(torch, cfg.pop("storage_dtype"), None)
-            if dtype not in STORAGE_DTYPES:
-                raise ValueError(f"{file}: storage_dtype: unsupported {dtype!r}")
-            cfg.update(num_samples=sd["shard"]["num_samples"], storage_dtype=dtype)
+            sd = checkpoint.read(file)
+            if not isinstance(sd.get("shard"), dict):
+                raise ValueError(f"{file}: not a {checkpoint.FORMAT} shard checkpoint")
+            config = TrackerConfig.from_dict(dict(sd.get("config") or {}, num_samples=sd["shard"].get("num_samples")),
+                                             f"{file}: config")
         except Exception as e:
             exc = e
         _agree_group(process_group, exc, "load")  # before the constructor's collective
-        tracker = cls(**cfg, device=device or "cpu", backend=backend,
-                      on_nonfinite=sd.get("on_nonfinite", "error"), process_group=process_group)
+        tracker = cls(**config.to_dict() | {"storage_dtype": config.storage_dtype}, device=device or "cpu",
+                      backend=backend, on_nonfinite=sd.get("on_nonfinite", "error"), process_group=process_group)
         try:
             tracker.load_state_dict(sd)
         except Exception as e:
             exc = e
         tracker._agree(exc, "load")
-        ids = tracker._gather_rows(torch.tensor([tracker._run_id, tracker._saves, tracker._epoch]))
+        ids = tracker._gather_rows(torch.tensor([tracker._run_id, tracker._saves, tracker.epoch]))
         if not bool((ids == ids[0]).all()):
             raise ValueError(f"{path}: the shards do not belong together (run id, save count, epoch "
                              f"per rank: {ids.tolist()}); was a save interrupted?")
@@ -383,105 +374,52 @@ class ShardedTDDSTracker(TDDSTracker):
         """The state a single TDDSTracker would have, assembled on every rank (collective; N·C
         memory on each rank while it lasts). Loadable by TDDSTracker.load_state_dict and by
         load_full_state_dict() at any world size: the way to change the number of ranks."""
-        with self._shard_view():
-            sd = super().state_dict()
-        full = dict(sd)
-        full["config"] = dict(sd["config"], num_samples=self._global_n)
-        for key in ("prev", "seen", "ring", "score"):
-            full[key] = self._gather_shards(getattr(self, "_" + key)).cpu()
-        k = len(COUNTERS)  # summed; the slots after them (the epoch) are the same on every rank
-        for key in ("counters", "epoch_start_counters"):
-            full[key] = torch.cat([self._gather_rows(sd[key][:k]).sum(dim=0).cpu(), sd[key][k:]])
-        full["rows_in_epoch"] = int(self._gather_rows(torch.tensor([self._rows_in_epoch])).sum())
-        # Heuristics of the forgotten-end_epoch warning restart with the next epoch's counts.
-        full["next_dup_check"] = self._global_n
-        if "dup_check_mark" in full:
-            full["dup_check_mark"] = [0, 0]
-        if sd.get("baselines") is not None:
-            b = dict(sd["baselines"])
-            b["config"] = dict(b["config"], num_samples=self._global_n)
-            for key, value in b.items():
-                if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == self._local_n:
-                    b[key] = self._gather_shards(self._baselines._state[key]).cpu()
-            full["baselines"] = b
-        return full
+        mine = self.local.state_dict()
+        # Per-sample tensors travel as padded all_gathers, the small rest as objects; then the
+        # layout merges the shards exactly as merge_shards merges files.
+        small = {k: v for k, v in mine.items() if k not in PER_SAMPLE and k != "baselines"}
+        if mine.get("baselines") is not None:
+            small["baselines"] = {k: v for k, v in mine["baselines"].items() if k not in BASELINE_PER_SAMPLE}
+        shards = [None] * self.world_size
+        dist.all_gather_object(shards, small, group=self.process_group)
+        for key in PER_SAMPLE:
+            for sd, part in zip(shards, self._gather_parts(mine[key])):
+                sd[key] = part.cpu()
+        if mine.get("baselines") is not None:
+            for key in BASELINE_PER_SAMPLE:
+                for sd, part in zip(shards, self._gather_parts(mine["baselines"][key])):
+                    sd["baselines"][key] = part.cpu()
+        return self.layout.merge_states(shards)
 
     def load_full_state_dict(self, sd: dict) -> None:
         """Take this rank's rows of a single tracker's state dict (full_state_dict(), or a
         TDDSTracker's): resumes on any world size. Collective (agrees on errors)."""
         exc = None
         try:
-            _check_header(sd, "state_dict")
+            checkpoint.check_header(sd, "state_dict")
             n = (sd.get("config") or {}).get("num_samples")
-            if n != self._global_n:
-                raise ValueError(f"state_dict: config mismatch: num_samples: tracker has {self._global_n!r}, "
+            if n != self.num_samples:
+                raise ValueError(f"state_dict: config mismatch: num_samples: tracker has {self.num_samples!r}, "
                                  f"state dict has {n!r}")
-            shard = dict(sd)
-            shard["config"] = dict(sd["config"], num_samples=self._local_n)
-            for key in ("prev", "seen", "ring", "score"):
-                if isinstance(sd.get(key), torch.Tensor) and sd[key].dim() >= 1:
-                    shard[key] = sd[key][self.rank :: self.world_size].clone()
-            # Counts live on rank 0 so their sum (stats, end_epoch's checks) stays the same; the
-            # slots after them (the epoch) go to every rank.
-            for key in ("counters", "epoch_start_counters"):
-                if self.rank and isinstance(sd.get(key), torch.Tensor):
-                    shard[key] = sd[key].clone()
-                    shard[key][: len(COUNTERS)] = 0
-            shard["rows_in_epoch"] = int(sd.get("rows_in_epoch", 0)) // self.world_size
-            shard["next_dup_check"] = self._local_n
-            if "dup_check_mark" in sd:
-                shard["dup_check_mark"] = [0, 0]
-            if sd.get("baselines") is not None:
-                b = dict(sd["baselines"])
-                b["config"] = dict(b["config"], num_samples=self._local_n)
-                for key, value in b.items():
-                    if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == self._global_n:
-                        b[key] = value[self.rank :: self.world_size].clone()
-                shard["baselines"] = b
-            with self._shard_view():
-                TDDSTracker.load_state_dict(self, shard)
+            self.local.load_state_dict(self.layout.split_state(sd, self.rank))
         except (TypeError, ValueError, KeyError) as e:
             exc = e
         self._agree(exc, "load_full_state_dict")
+
+
+register_sharded(ShardedTDDSTracker)
 
 
 def merge_shards(path, world_size: int) -> dict:
     """The single-tracker state dict of a sharded checkpoint, read from all its shard files on
     one machine (no process group; N·C memory). Load it with TDDSTracker.load_state_dict to
     score on one machine, or with load_full_state_dict to resume on another world size."""
-    shards = [torch.load(shard_path(path, r, world_size), map_location="cpu", weights_only=True)
-              for r in range(world_size)]
+    shards = [checkpoint.read(shard_path(path, r, world_size)) for r in range(world_size)]
     infos = [sd.get("shard") or {} for sd in shards]
     if [i.get("rank") for i in infos] != list(range(world_size)) or \
             len({(i.get("run_id"), i.get("saves"), sd.get("epoch")) for i, sd in zip(infos, shards)}) != 1:
         raise ValueError(f"{path}: the {world_size} shards do not belong together")
-    n, k = infos[0]["num_samples"], len(COUNTERS)
-
-    def interleave(key, parts):
-        out = parts[0].new_empty((n, *parts[0].shape[1:]))
-        for r, part in enumerate(parts):
-            out[r::world_size] = part
-        return out
-
-    full = {key: value for key, value in shards[0].items() if key != "shard"}
-    full["config"] = dict(full["config"], num_samples=n)
-    for key in ("prev", "seen", "ring", "score"):
-        full[key] = interleave(key, [sd[key] for sd in shards])
-    for key in ("counters", "epoch_start_counters"):  # counts summed, the epoch slot kept
-        full[key] = torch.cat([sum(sd[key][:k] for sd in shards), shards[0][key][k:]])
-    full["rows_in_epoch"] = sum(int(sd["rows_in_epoch"]) for sd in shards)
-    full["next_dup_check"] = n
-    if "dup_check_mark" in full:
-        full["dup_check_mark"] = [0, 0]
-    if full.get("baselines") is not None:
-        b = dict(full["baselines"])
-        b["config"] = dict(b["config"], num_samples=n)
-        local_n = shards[0]["score"].shape[0]
-        for key, value in b.items():
-            if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == local_n:
-                b[key] = interleave(key, [sd["baselines"][key] for sd in shards])
-        full["baselines"] = b
-    return full
+    return ShardLayout(infos[0]["num_samples"], world_size).merge_states(shards)
 
 
 def _agree_group(group, exc, what):

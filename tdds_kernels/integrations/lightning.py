@@ -26,6 +26,7 @@ except ImportError:  # pragma: no cover - depends on what is installed
     import lightning.pytorch as pl
 
 from ..core.tracker import TDDSTracker
+from ..distributed.factory import make_tracker
 
 
 class TDDSCallback(pl.Callback):
@@ -52,13 +53,10 @@ class TDDSCallback(pl.Callback):
     def _build(self, trainer, pl_module):
         # Built when training starts: by then the module sits on its device and DDP is set up.
         group = dist.group.WORLD if trainer.world_size > 1 and dist.is_initialized() else None
-        self.tracker = TDDSTracker(self.num_samples, self.num_classes, device=pl_module.device,
-                                   process_group=group, **self.tracker_kwargs)
+        self.tracker = make_tracker(self.num_samples, self.num_classes, device=pl_module.device,
+                                    process_group=group, **self.tracker_kwargs)
         if self._pending is not None:
-            if group is None:
-                self.tracker.load_state_dict(self._pending)
-            else:
-                self.tracker.load_full_state_dict(self._pending)
+            self.tracker.load_full_state_dict(self._pending)
             self._pending = None
 
     def on_train_start(self, trainer, pl_module):
@@ -95,9 +93,9 @@ class TDDSCallback(pl.Callback):
     def state_dict(self) -> dict:
         if self.tracker is None:  # nothing recorded yet (or restored but not started)
             return {"tracker": self._pending}
-        if hasattr(self.tracker, "full_state_dict"):  # sharded: collective, runs on every rank
-            return {"tracker": self.tracker.full_state_dict()}
-        return {"tracker": self.tracker.state_dict()}
+        # The whole dataset's state (collective when sharded: every rank is here), so any world
+        # size can resume it.
+        return {"tracker": self.tracker.full_state_dict()}
 
     def load_state_dict(self, state_dict: dict) -> None:
         sd = state_dict.get("tracker")
@@ -105,7 +103,5 @@ class TDDSCallback(pl.Callback):
             return
         if self.tracker is None:
             self._pending = sd
-        elif hasattr(self.tracker, "load_full_state_dict"):
-            self.tracker.load_full_state_dict(sd)
         else:
-            self.tracker.load_state_dict(sd)
+            self.tracker.load_full_state_dict(sd)
