@@ -8,9 +8,7 @@ and `score_win{W}_ep{T}.npy` (the scores in that order), plus `scores.npy` by da
 """
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -19,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .core.checkpoint import replace_files
 from .core.selection import ascending_order
 from .core.tracker import TDDSTracker
 
@@ -143,20 +142,7 @@ def score_dump(dump_dir, trajectory_len: int, window: int, decay: float, num_sam
 
 def _write_atomic(arrays: dict[str, np.ndarray], out_dir: Path) -> None:
     """Write every array to a temporary file first, then rename all: no partial outputs."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmps = {}
-    try:
-        for name, arr in arrays.items():
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out_dir)
-            with os.fdopen(fd, "wb") as fh:
-                np.save(fh, arr)
-            tmps[name] = tmp
-        for name, tmp in tmps.items():
-            os.replace(tmp, out_dir / name)
-    finally:
-        for tmp in tmps.values():
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+    replace_files({out_dir / name: (lambda f, arr=arr: np.save(f, arr)) for name, arr in arrays.items()})
 
 
 def add_arguments(parser) -> None:
@@ -192,7 +178,7 @@ def run(args) -> int:
     n, t = scores.shape[0], args.trajectory_len
     if stats["missing"] or stats["duplicates"]:
         print(f"tdds-kernels score: warning: {stats['missing']} (sample, epoch) pairs missing and "
-              f"{stats['duplicates']} duplicate rows over {t} epochs; scored per DESIGN.md (the "
+              f"{stats['duplicates']} duplicate rows over {t} epochs; scored per docs/design.md §3 (the "
               "release would zero-fill missing rows and sum duplicates)", file=sys.stderr)
     order = ascending_order(torch.from_numpy(scores)).numpy()
     mask_name, score_name = output_names(args.window, t)

@@ -6,7 +6,7 @@ import warnings
 import torch
 
 from ..ops import registry
-from ..ops.schema import COUNTERS, DUPLICATES, NONFINITE, OUT_OF_RANGE
+from ..ops.schema import COUNTERS, DUPLICATES
 from . import checkpoint
 from .config import STORAGE_DTYPES, TrackerConfig, check_int, resolve_device  # noqa: F401  (re-exported)
 from .state import TrackerState

@@ -35,24 +35,14 @@ from ..core.config import TrackerConfig
 from ..core.state import PER_SAMPLE
 from ..core.tracker import LOGIT_DTYPES, TDDSTracker, check_batch, register_sharded
 from ..ops.schema import COUNTERS
+from .collectives import _COL, _HEAD, Group, agree_group
 from .layout import OWNERSHIP, ShardLayout
-
-# Columns of the control row every rank contributes to one all_gather per update/end_epoch call.
-_FIELDS = ("kind", "status", "epoch", "has_targets", "dtype", "bad_index", "first_index", "bad_target",
-           "first_target", "out_of_range", "nonfinite", "error_mode")
-_COL = {name: i for i, name in enumerate(_FIELDS)}
-_HEAD = len(_FIELDS)  # then the rows this rank sends to each rank
-_KINDS = {1: "update", 2: "end_epoch"}
 
 
 def shard_path(path, rank: int, world_size: int) -> Path:
     """The file rank `rank` of `world_size` reads and writes for the checkpoint `path`."""
     path = Path(path)
     return path.with_name(f"{path.name}.rank{rank}-of-{world_size}")
-
-
-def _exc_type(name: str):
-    return {"TypeError": TypeError, "ValueError": ValueError}.get(name, RuntimeError)
 
 
 class ShardedTDDSTracker:
@@ -78,10 +68,11 @@ class ShardedTDDSTracker:
         self.local = TDDSTracker(self.layout.shard_size(self.rank), num_classes, window, decay, trajectory_len,
                                  device, storage_dtype, backend, on_nonfinite, debug,
                                  baseline_options=baseline_options)
+        self._group = Group(process_group, self.local.device)
         if dist.get_backend(process_group) == "nccl" and self.device.type != "cuda":
             raise ValueError(f"device: expected a cuda device for an NCCL process group, got {self.device}")
         # Ties the shard files of one run together; rank 0's draw, agreed by the first collective.
-        self._run_id = int(self._gather_rows(torch.tensor([int.from_bytes(os.urandom(7), "little")]))[0, 0])
+        self._run_id = int(self._group.gather_rows(torch.tensor([int.from_bytes(os.urandom(7), "little")]))[0, 0])
         self._saves = 0
 
     # ------------------------------------------------------------------ properties
@@ -107,72 +98,19 @@ class ShardedTDDSTracker:
         self.local.on_nonfinite = value
 
     # ------------------------------------------------------------------ plumbing
-    def _gather_rows(self, row: torch.Tensor) -> torch.Tensor:
-        """(world, *row.shape): every rank's `row`, in rank order (on the tracker's device)."""
-        dtype = row.dtype
-        row = row.to(self.device, torch.uint8 if dtype == torch.bool else dtype).contiguous()  # gloo: no bool
-        out = [torch.empty_like(row) for _ in range(self.world_size)]
-        dist.all_gather(out, row, group=self.process_group)
-        return torch.stack(out).to(dtype)
-
     def _gather_parts(self, local: torch.Tensor) -> list[torch.Tensor]:
         """Every rank's per-sample rows (padded to equal size for the all_gather), in rank order."""
         pad = self.layout.padded_size - local.shape[0]
         if pad:
             local = torch.cat([local, local.new_zeros((pad, *local.shape[1:]))])
-        stacked = self._gather_rows(local)
+        stacked = self._group.gather_rows(local)
         return [stacked[r, : self.layout.shard_size(r)] for r in range(self.world_size)]
 
     def _gather_shards(self, local: torch.Tensor) -> torch.Tensor:
         """The (N, ...) tensor by dataset index from every rank's (local_n, ...) shard."""
         return self.layout.interleave(self._gather_parts(local))
 
-    def _agree(self, exc: BaseException | None, what: str) -> None:
-        """Raise on every rank if `exc` is set on any: the failing rank its own error, the rest
-        the same type and text naming the first failing rank."""
-        flags = self._gather_rows(torch.tensor([exc is not None], dtype=torch.int64))[:, 0].tolist()
-        if not any(flags):
-            return
-        msgs = [None] * self.world_size
-        info = None if exc is None else (type(exc).__name__, str(exc))
-        dist.all_gather_object(msgs, info, group=self.process_group)
-        if exc is not None:
-            raise exc
-        src = flags.index(1)
-        kind, text = msgs[src]
-        raise _exc_type(kind)(f"{what}: rank {src} failed, so no rank went on: {text}")
-
     # ------------------------------------------------------------------ recording
-    @staticmethod
-    def _bad_summary(values: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
-        """[count, first bad value] as device tensors: no host sync until the shared all_gather."""
-        if values.numel() == 0:
-            return values.new_zeros(2, dtype=torch.int64)
-        pos = torch.where(bad, torch.arange(len(bad), device=bad.device), len(bad)).min()
-        first = values.to(torch.int64)[pos.clamp(max=len(bad) - 1)]
-        return torch.stack([bad.sum(), first])
-
-    def _control(self, kind: str, counts=None, **fields) -> list[list[int]]:
-        """All ranks' control rows (the one host sync of a call); raises on every rank, and the
-        same error everywhere, if the ranks are not making the same call in the same epoch."""
-        head = torch.zeros(_HEAD + self.world_size, dtype=torch.int64, device=self.device)
-        head[_COL["kind"]] = 1 if kind == "update" else 2
-        head[_COL["epoch"]] = self.epoch
-        for name, value in fields.items():
-            head[_COL[name]] = value
-        if counts is not None:
-            head[_HEAD:] = counts
-        table = self._gather_rows(head).tolist()
-        calls = [_KINDS[row[_COL["kind"]]] for row in table]
-        if len(set(calls)) > 1:
-            raise RuntimeError(f"{kind}: the ranks made different calls {calls}; every rank must call "
-                               "update() once per step and end_epoch() once per epoch")
-        epochs = [row[_COL["epoch"]] for row in table]
-        if len(set(epochs)) > 1:
-            raise RuntimeError(f"{kind}: the ranks are in different epochs {epochs}; every rank must "
-                               "call end_epoch() once per epoch")
-        return table
-
     def update(self, logits: torch.Tensor, index: torch.Tensor, targets: torch.Tensor | None = None) -> None:
         """Record this rank's batch of the current step; collective: every rank calls it once per step."""
         exc = None
@@ -193,14 +131,16 @@ class ShardedTDDSTracker:
         if exc is None:
             fields["dtype"] = LOGIT_DTYPES.index(logits.dtype)
             idx = index.to(torch.int64)
-            fields["bad_index"], fields["first_index"] = self._bad_summary(idx, (idx < 0) | (idx >= self.num_samples))
+            bad = (idx < 0) | (idx >= self.num_samples)
+            fields["bad_index"], fields["first_index"] = self._group.bad_summary(idx, bad)
             if targets is not None:
                 y = targets.to(torch.int64)
-                fields["bad_target"], fields["first_target"] = self._bad_summary(y, (y < 0) | (y >= self.num_classes))
+                bad = (y < 0) | (y >= self.num_classes)
+                fields["bad_target"], fields["first_target"] = self._group.bad_summary(y, bad)
             owner = self.layout.owner(idx)
             # not bincount: CUDA has no deterministic bincount (use_deterministic_algorithms)
             counts = (owner[None, :] == torch.arange(W, device=owner.device)[:, None]).sum(dim=1)
-        table = self._control("update", counts, **fields)
+        table = self._group.control("update", self.epoch, counts, **fields)
         self._raise_batch_errors(table, exc)
 
         # Rows sorted by owner, packed as bytes so one collective carries every dtype.
@@ -241,7 +181,7 @@ class ShardedTDDSTracker:
             if mine is not None and mine[1] is not None:
                 exc = mine[1](mine[2])
             if any(e[1] is None for e in errors):  # Python-side checks: their messages travel as objects
-                self._agree(exc, "update")
+                self._group.agree(exc, "update")
             if mine is not None:
                 raise exc
             r, kind, text = errors[0]
@@ -257,7 +197,8 @@ class ShardedTDDSTracker:
         if self.complete:
             return
         new = self.local.epoch_counts()
-        table = self._control("end_epoch", out_of_range=new["out_of_range"], nonfinite=new["nonfinite"],
+        table = self._group.control("end_epoch", self.epoch, out_of_range=new["out_of_range"],
+                                    nonfinite=new["nonfinite"],
                               error_mode=self.on_nonfinite == "error")
         out_of_range = sum(row[_COL["out_of_range"]] for row in table)
         nonfinite = sum(row[_COL["nonfinite"]] for row in table)
@@ -276,7 +217,7 @@ class ShardedTDDSTracker:
     def stats(self) -> dict[str, int]:
         """Counters summed over the ranks (collective: read it on every rank)."""
         mine = self.local.stats
-        summed = self._gather_rows(torch.tensor([mine[k] for k in COUNTERS])).sum(dim=0).tolist()
+        summed = self._group.gather_rows(torch.tensor([mine[k] for k in COUNTERS])).sum(dim=0).tolist()
         return dict(zip(COUNTERS, (int(v) for v in summed)), epochs=mine["epochs"], windows=mine["windows"])
 
     def scores(self) -> torch.Tensor:
@@ -329,7 +270,7 @@ class ShardedTDDSTracker:
             checkpoint.save_atomic(self.state_dict(), shard_path(path, self.rank, self.world_size))
         except Exception as e:  # a full disk on one rank must not leave the others waiting
             exc = e
-        self._agree(exc, "save")
+        self._group.agree(exc, "save")
 
     @classmethod
     def load(cls, path, device=None, backend: str = "auto", process_group=None) -> ShardedTDDSTracker:
@@ -355,15 +296,15 @@ class ShardedTDDSTracker:
                                              f"{file}: config")
         except Exception as e:
             exc = e
-        _agree_group(process_group, exc, "load")  # before the constructor's collective
+        agree_group(process_group, exc, "load")  # before the constructor's collective
         tracker = cls(**config.to_dict() | {"storage_dtype": config.storage_dtype}, device=device or "cpu",
                       backend=backend, on_nonfinite=sd.get("on_nonfinite", "error"), process_group=process_group)
         try:
             tracker.load_state_dict(sd)
         except Exception as e:
             exc = e
-        tracker._agree(exc, "load")
-        ids = tracker._gather_rows(torch.tensor([tracker._run_id, tracker._saves, tracker.epoch]))
+        tracker._group.agree(exc, "load")
+        ids = tracker._group.gather_rows(torch.tensor([tracker._run_id, tracker._saves, tracker.epoch]))
         if not bool((ids == ids[0]).all()):
             raise ValueError(f"{path}: the shards do not belong together (run id, save count, epoch "
                              f"per rank: {ids.tolist()}); was a save interrupted?")
@@ -404,7 +345,7 @@ class ShardedTDDSTracker:
             self.local.load_state_dict(self.layout.split_state(sd, self.rank))
         except (TypeError, ValueError, KeyError) as e:
             exc = e
-        self._agree(exc, "load_full_state_dict")
+        self._group.agree(exc, "load_full_state_dict")
 
 
 register_sharded(ShardedTDDSTracker)
@@ -420,18 +361,3 @@ def merge_shards(path, world_size: int) -> dict:
             len({(i.get("run_id"), i.get("saves"), sd.get("epoch")) for i, sd in zip(infos, shards)}) != 1:
         raise ValueError(f"{path}: the {world_size} shards do not belong together")
     return ShardLayout(infos[0]["num_samples"], world_size).merge_states(shards)
-
-
-def _agree_group(group, exc, what):
-    """_agree for code that runs before a tracker exists (CPU tensors need a CPU-capable group)."""
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" else "cpu"
-    flag = torch.tensor([exc is not None], dtype=torch.int64, device=device)
-    dist.all_reduce(flag, group=group)
-    if not int(flag):
-        return
-    msgs = [None] * dist.get_world_size(group)
-    dist.all_gather_object(msgs, None if exc is None else (type(exc).__name__, str(exc)), group=group)
-    if exc is not None:
-        raise exc
-    src = next(i for i, m in enumerate(msgs) if m is not None)
-    raise _exc_type(msgs[src][0])(f"{what}: rank {src} failed, so no rank went on: {msgs[src][1]}")
