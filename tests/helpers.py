@@ -2,6 +2,7 @@
 import warnings
 
 import numpy as np
+import pytest
 import torch
 
 import tdds_kernels as tk
@@ -59,3 +60,30 @@ def random_epochs(rng, n, c, t, p_missing=0.0, p_dup=0.0, p_nonfinite=0.0, max_b
         pieces = np.split(np.arange(idx.size), cuts)
         epochs.append([(logits[p], idx[p].astype(np.int64)) for p in pieces])
     return epochs
+
+
+# ------------------------------------------------------------------ (device, backend) pairs
+CUDA = torch.cuda.is_available()
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    CUDA_BACKENDS = tk.available_backends("cuda") if CUDA else []
+
+
+def backend_cases(include=None, exclude=()):
+    """Every (device, backend) pair as a pytest param with id "device-backend": the CPU backends
+    of this build (triton interpreted), and reference/triton/cuda on a GPU, skipped (never
+    faked) where there is no GPU or the backend is not built. `include`: backend names to keep;
+    `exclude`: ids ("cpu-reference") to leave out."""
+    params = []
+    for device, names, available in (("cpu", ("reference", "cpu", "triton"), CPU_BACKENDS),
+                                     ("cuda", ("reference", "triton", "cuda"), CUDA_BACKENDS)):
+        for name in names:
+            if (include is not None and name not in include) or f"{device}-{name}" in exclude:
+                continue
+            marks = []
+            if device == "cuda" and not CUDA:
+                marks.append(pytest.mark.skip(reason="no CUDA GPU"))
+            elif name not in available:
+                marks.append(pytest.mark.skip(reason=f"backend {name!r} is not available on {device}"))
+            params.append(pytest.param((device, name), id=f"{device}-{name}", marks=marks))
+    return params

@@ -1,0 +1,460 @@
+"""One conformance suite for every (backend, device) pair: each scenario written once.
+
+The pairs (helpers.backend_cases): reference, cpu (C++ extension) and triton (interpreted) on
+CPU; reference, triton and cuda (extension) on a GPU, skipped without one. Op-level scenarios
+compare a backend with the reference op run on CPU copies of the same state (so the reference on
+CUDA is checked too; the CPU reference against itself would be no check, so it takes part only
+where a scenario has its own expected values). Tracker-level scenarios compare every pair with
+the dense float64 restatement (tests/dense.py) and with the release fixtures (tests/fixtures).
+
+Rows that share an index inside one batch: exactly one is applied and a parallel kernel may
+apply any one of them, so comparisons find the row that won and feed the reference that row.
+"""
+import functools
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import tdds_kernels as tk
+from conftest import FIXTURES
+from dense import dense_scores
+from helpers import backend_cases, random_epochs
+from tdds_kernels.ops import registry
+from tdds_kernels.ops.schema import DUPLICATES, EPOCH, EPS, MISSING, NONFINITE, OUT_OF_RANGE
+
+pytestmark = pytest.mark.filterwarnings("ignore:tdds_kernels. using the reference backend")
+
+REF_UPDATE, REF_STEP = torch.ops.tdds.update, torch.ops.tdds.epoch_step
+STORAGE = [torch.float32, torch.bfloat16, torch.float16]
+LOGITS = [torch.float32, torch.float16, torch.bfloat16]
+
+
+class Case:
+    """One (device, backend) pair: its ops, and whether shapes must stay small (interpreted Triton)."""
+
+    def __init__(self, device, backend):
+        self.device, self.backend = device, backend
+        b = registry.resolve(backend, torch.device(device))
+        self.update, self.epoch_step = b.update, b.epoch_step
+        self.small = device == "cpu" and backend == "triton"
+        # Variants of the update launcher that take another code path for the same contract.
+        self.updates = [("default", self.update)]
+        if backend == "triton":
+            import tdds_kernels.ops.triton as tt
+            self.updates.append(("chunk256", functools.partial(tt.update, block=256)))
+
+    def to(self, *tensors):
+        return tuple(t.to(self.device, copy=True) for t in tensors)  # copies: the originals stay the oracle's
+
+
+@pytest.fixture(params=backend_cases())
+def case(request):
+    return Case(*request.param)
+
+
+@pytest.fixture(params=backend_cases(exclude=("cpu-reference",)))
+def other(request):
+    """Every pair but the CPU reference, which is the oracle they are compared with."""
+    return Case(*request.param)
+
+
+# ------------------------------------------------------------------ state and comparison
+def make_state(n, c, w, storage=torch.float32, epoch=1, seed=0):
+    """(prev, seen, ring, score, counters) on CPU: prev holds real cached log-softmax rows; seen
+    mixes never (-1), stale (e-2), the previous epoch (e-1: d is defined) and this epoch (e: a
+    duplicate); ring has NaN holes; counters are non-zero (kernels add to them)."""
+    g = torch.Generator().manual_seed(seed)
+    prev = torch.log(torch.softmax(torch.randn(n, c, generator=g) * 3, dim=1) + EPS).to(storage)
+    choices = torch.tensor([-1, epoch - 2, epoch - 1, epoch], dtype=torch.int32).clamp(min=-1)
+    seen = choices[torch.randint(0, 4, (n,), generator=g)]
+    ring = torch.rand(n, w - 1, generator=g) * 5
+    ring[torch.rand(n, w - 1, generator=g) < 0.3] = float("nan")
+    score = torch.rand(n, generator=g)
+    counters = torch.tensor([3, 5, 7, 11, epoch], dtype=torch.int64)
+    return prev, seen, ring, score, counters
+
+
+def clone(ts):
+    return tuple(t.clone() for t in ts)
+
+
+def cpu(ts):
+    return tuple(t.cpu() for t in ts)
+
+
+def tolerances(storage):
+    # Two float32 implementations of exp/log differ by a few ulp; a reduced storage dtype can
+    # round such a difference to one unit of its last place.
+    return {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.bfloat16: dict(rtol=8e-3, atol=1e-5),
+            torch.float16: dict(rtol=1e-3, atol=1e-5)}[storage]
+
+
+RING_TOL = dict(rtol=1e-5, atol=1e-5)  # d in float32: exp/log rounding and summation order
+
+
+def assert_update_state(out, ref, storage=torch.float32):
+    prev_o, seen_o, ring_o, counters_o = cpu(out)
+    prev_r, seen_r, ring_r, counters_r = cpu(ref)
+    assert torch.equal(seen_o, seen_r), "seen"
+    assert counters_o.tolist() == counters_r.tolist(), "counters"
+    torch.testing.assert_close(prev_o.float(), prev_r.float(), **tolerances(storage), msg=lambda m: f"prev: {m}")
+    torch.testing.assert_close(ring_o, ring_r, equal_nan=True, **RING_TOL, msg=lambda m: f"ring: {m}")
+
+
+def reference_with_winners(logits, index, state, out_prev):
+    """The CPU reference on `state` keeping, of each in-batch duplicate group, the row whose log
+    softmax the backend stored (it may pick any one)."""
+    prev, seen, ring, counters = clone(cpu(state))
+    logits, index, out_prev = logits.cpu(), index.cpu(), out_prev.cpu()
+    idx = index.long()
+    usable = (idx >= 0) & (idx < prev.shape[0]) & torch.isfinite(logits.float()).all(1)
+    lp = torch.log(torch.softmax(logits.float(), 1) + EPS)
+    keep = torch.ones(len(idx), dtype=torch.bool)
+    dropped = 0
+    for n in torch.unique(idx[usable]).tolist():
+        rows = torch.nonzero(usable & (idx == n)).squeeze(1)
+        if len(rows) < 2 or seen[n] == counters[EPOCH]:
+            continue  # no choice to make: a single row, or all of them are duplicates
+        winner = rows[int((lp[rows] - out_prev[n].float()).abs().amax(1).argmin())]
+        keep[rows] = False
+        keep[winner] = True
+        dropped += len(rows) - 1
+    REF_UPDATE(logits[keep], index[keep], prev, seen, ring, counters)
+    counters[DUPLICATES] += dropped
+    return prev, seen, ring, counters
+
+
+def run_update(update, logits, index, state):
+    """(backend state, reference state) after one update of copies of (prev, seen, ring, counters)."""
+    out = clone(state)
+    update(logits, index, *out)
+    return out, reference_with_winners(logits, index, state, out[0])
+
+
+# ------------------------------------------------------------------ update
+@pytest.mark.parametrize("storage", STORAGE)
+@pytest.mark.parametrize("logits_dtype", LOGITS)
+@pytest.mark.parametrize("b,c", [(1, 1), (13, 7), (40, 100), (97, 1271), (5, 32000)])
+def test_update_matches_reference(other, storage, logits_dtype, b, c):
+    if other.small and c * b > 20000 and c != 32000:
+        pytest.skip("interpreted Triton: the wide-row path is covered by C=32000 with few rows")
+    if other.small and c == 32000 and (logits_dtype, storage) not in ((torch.float32, torch.float32),
+                                                                      (torch.float16, torch.float16)):
+        pytest.skip("interpreted Triton: two dtype pairs of the wide rows are enough (each ~15 s)")
+    n = 3 * b + 5
+    for name, update in other.updates:
+        for epoch in (0, 1, 5):
+            prev, seen, ring, _, counters = make_state(n, c, 4, storage, epoch, seed=b + c + epoch)
+            index = torch.randperm(n)[:b]
+            logits = (torch.randn(b, c) * 4).to(logits_dtype)
+            state = other.to(prev, seen, ring, counters)
+            out, ref = run_update(update, *other.to(logits, index), state)
+            assert_update_state(out, ref, storage)
+            untouched = torch.ones(n, dtype=torch.bool)
+            untouched[index] = False  # rows of other samples keep their old values exactly
+            assert torch.equal(out[0].cpu()[untouched], prev[untouched]), name
+            assert torch.equal(out[2].cpu()[untouched].nan_to_num(-1), ring[untouched].nan_to_num(-1)), name
+
+
+@pytest.mark.parametrize("index_dtype", [torch.int64, torch.int32])
+@pytest.mark.parametrize("w", [2, 3, 10])
+def test_edge_rows_and_window_sizes(other, index_dtype, w):
+    # In one batch: a duplicate, out-of-range indices, NaN / +inf / -inf rows whose samples also
+    # have a finite row (applied; the non-finite one never claims the sample), in any order.
+    n, c = 24, 10
+    for name, update in other.updates:
+        state = make_state(n, c, w, epoch=3, seed=w)
+        idx = torch.randperm(n)[:12]
+        z = torch.randn(12, c) * 4
+        idx = torch.cat([idx, idx[:1], torch.tensor([-1, n]), idx[1:4]])
+        z = torch.cat([z, z[:1] + 1, torch.randn(2, c), torch.randn(3, c)])
+        z[-3, c // 2], z[-2, 0], z[-1, c - 1] = float("nan"), float("inf"), float("-inf")
+        perm = torch.randperm(idx.numel())
+        logits, index = other.to(z[perm], idx[perm].to(index_dtype))
+        st = other.to(*state[:3], state[4])
+        out, ref = run_update(update, logits, index, st)
+        assert_update_state(out, ref)
+        new = out[3].cpu() - state[4]
+        assert new[NONFINITE] == 3 and new[OUT_OF_RANGE] == 2, name
+
+
+@pytest.mark.parametrize("c", [5, 1000])
+def test_in_batch_duplicates_apply_exactly_one_row(other, c):
+    # Many copies of few samples: the stored row is exactly one row's log-softmax, never a mix.
+    b = 64 if other.small else 4096 if other.device == "cuda" else 512
+    for epoch in (0, 1):
+        prev, seen, ring, _, counters = make_state(8, c, 3, epoch=epoch, seed=c)
+        index = torch.randint(0, 8, (b,))
+        logits = torch.randn(b, c) * 3
+        out, ref = run_update(other.update, *other.to(logits, index), other.to(prev, seen, ring, counters))
+        assert_update_state(out, ref)
+        lp = torch.log(torch.softmax(logits, 1) + EPS)
+        for s in torch.unique(index).tolist():
+            if seen[s] != epoch:
+                assert (lp[index == s] - out[0][s].cpu()).abs().amax(1).min() < 1e-5
+
+
+def test_duplicates_across_batches_are_counted_and_ignored(case):
+    prev, seen, ring = case.to(*make_state(10, 6, 3, epoch=1)[:3])
+    counters, = case.to(torch.tensor([5, 6, 7, 8, 1]))
+    seen.fill_(0)
+    case.update(*case.to(torch.randn(3, 6), torch.tensor([1, 4, 7])), prev, seen, ring, counters)
+    after_first = clone((prev, seen, ring))
+    case.update(*case.to(torch.randn(3, 6), torch.tensor([4, 7, 2])), prev, seen, ring, counters)
+    assert int(counters[DUPLICATES]) == 5 + 2
+    rows = torch.tensor([1, 4, 7], device=case.device)
+    for a, b in zip(after_first, (prev, seen, ring)):
+        assert torch.equal(a[rows].nan_to_num(-1), b[rows].nan_to_num(-1))
+    assert int(seen[2]) == 1
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("dtype", LOGITS)
+def test_nonfinite_rows_are_skipped_and_do_not_claim(case, bad, dtype):
+    prev, seen, ring, _, _ = make_state(5, 40, 3, epoch=1)
+    seen.fill_(0)
+    counters = torch.tensor([5, 6, 7, 8, 1])
+    prev, seen, ring, counters = case.to(prev, seen, ring, counters)
+    logits = torch.randn(3, 40)
+    logits[1, 17] = bad
+    before = clone((prev, seen, ring))
+    case.update(*case.to(logits.to(dtype), torch.tensor([0, 2, 4])), prev, seen, ring, counters)
+    assert int(counters[NONFINITE]) == 7 + 1 and int(counters[DUPLICATES]) == 5
+    assert seen.tolist() == [1, 0, 0, 0, 1]
+    assert torch.equal(prev[2], before[0][2]) and torch.equal(ring[2].nan_to_num(-1), before[2][2].nan_to_num(-1))
+    # a finite row for that sample later in the epoch is still applied
+    case.update(*case.to(torch.randn(1, 40).to(dtype), torch.tensor([2])), prev, seen, ring, counters)
+    assert int(seen[2]) == 1 and int(counters[DUPLICATES]) == 5
+
+
+def test_out_of_range_rows_are_skipped_and_counted(case):
+    prev, seen, ring, _, counters = case.to(*make_state(5, 6, 3, epoch=1))
+    before = clone((prev, seen, ring))
+    case.update(*case.to(torch.randn(4, 6), torch.tensor([-1, 5, 1000, -(2**40)])), prev, seen, ring, counters)
+    assert int(counters[OUT_OF_RANGE]) == 11 + 4
+    for a, b in zip(before, (prev, seen, ring)):
+        assert torch.equal(a.nan_to_num(-1), b.nan_to_num(-1))
+    case.update(*case.to(torch.randn(2, 6), torch.tensor([-3, 7], dtype=torch.int32)), prev, seen, ring, counters)
+    assert int(counters[OUT_OF_RANGE]) == 11 + 6
+
+
+def test_empty_batch_changes_nothing(case):
+    state = case.to(*make_state(5, 6, 3))
+    out = clone(state)
+    case.update(*case.to(torch.empty(0, 6), torch.empty(0, dtype=torch.long)), out[0], out[1], out[2], out[4])
+    for a, b in zip(out, state):
+        assert torch.equal(a.nan_to_num(-1), b.nan_to_num(-1))
+
+
+@pytest.mark.parametrize("c", [10, 300])
+def test_extreme_logits(other, c):
+    # Huge and tiny magnitudes (p underflows to 0: log(p + 1e-8) = log 1e-8), uniform rows, a
+    # row that is all -inf or all NaN (skipped), fp16's largest values.
+    z = torch.randn(8, c) * 30
+    z[1] = 0.0
+    z[2] = torch.linspace(-1e4, 1e4, c)
+    z[3] = -3e4
+    z[4], z[4, 0] = 65504.0, -65504.0
+    z[5] = float("-inf")
+    z[6] = float("nan")
+    z[7] = 3e38
+    for name, update in other.updates:
+        for dtype in (torch.float32, torch.float16):
+            prev, seen, ring, _, counters = make_state(8, c, 3, epoch=1)
+            seen.fill_(0)  # all recorded last epoch
+            out, ref = run_update(update, *other.to(z.to(dtype), torch.arange(8)),
+                                  other.to(prev, seen, ring, counters))
+            assert_update_state(out, ref)
+
+
+def test_known_transition_and_epoch_zero(case):
+    # p = softmax([0, log 3]) = [1/4, 3/4] after q = [1/2, 1/2]:
+    # d = 1/4 |log(1/4 + eps) - log(1/2 + eps)| + 3/4 |log(3/4 + eps) - log(1/2 + eps)|
+    prev, seen, ring, counters = case.to(torch.log(torch.tensor([[0.5, 0.5]]) + 1e-8),
+                                         torch.tensor([0], dtype=torch.int32), torch.full((1, 2), -7.0),
+                                         torch.tensor([0, 0, 0, 0, 1]))
+    case.update(*case.to(torch.tensor([[0.0, float(np.log(3.0))]]), torch.tensor([0])), prev, seen, ring, counters)
+    d = 0.25 * np.log(2.0) + 0.75 * np.log(1.5)
+    assert ring[0, 0].item() == pytest.approx(d, rel=1e-6) and ring[0, 1].item() == -7.0
+    assert seen.tolist() == [1]
+    # Epoch 0 writes no transition: slot (0 - 1) mod (W - 1) gets NaN, the rest is untouched.
+    prev, seen, ring, counters = case.to(torch.zeros(6, 5), torch.full((6,), -1, dtype=torch.int32),
+                                         torch.full((6, 3), -7.0), torch.zeros(5, dtype=torch.int64))
+    case.update(*case.to(torch.randn(3, 5), torch.tensor([0, 3, 5])), prev, seen, ring, counters)
+    assert seen.tolist() == [0, -1, -1, 0, -1, 0]
+    assert torch.isnan(ring[[0, 3, 5], -1]).all() and (ring[[0, 3, 5], :-1] == -7.0).all()
+    assert (ring[[1, 2, 4]] == -7.0).all()
+    torch.testing.assert_close(prev[[0, 3, 5]].exp().sum(1).cpu(), torch.ones(3))
+
+
+# ------------------------------------------------------------------ epoch step
+@pytest.mark.parametrize("decay", [0.9, 1.0, 0.25])
+@pytest.mark.parametrize("n", [1, 37, 1000])
+@pytest.mark.parametrize("w", [2, 3, 10, 20])
+def test_epoch_step_matches_reference(other, w, n, decay):
+    for epoch in sorted({0, 1, max(0, w - 2), w - 1, w, w + 7}):
+        _, seen, ring, score, counters = make_state(n, 3, w, epoch=epoch, seed=epoch)
+        if n >= 4:  # rows with no, one and exactly two defined d's
+            ring[0] = float("nan")
+            ring[1] = float("nan")
+            ring[1, 0] = 2.0
+            ring[2] = float("nan")
+            ring[2, 0], ring[2, -1] = 3.0, 1.0
+        out = other.to(seen, ring, score, counters)
+        ref = clone((seen, ring, score, counters))
+        other.epoch_step(*out, decay)
+        REF_STEP(*ref, decay)
+        out = cpu(out)
+        assert torch.equal(out[0], ref[0]) and out[3].tolist() == ref[3].tolist()
+        assert int(out[3][EPOCH]) == epoch + 1
+        torch.testing.assert_close(out[1], ref[1], rtol=0, atol=0, equal_nan=True)
+        torch.testing.assert_close(out[2], ref[2], rtol=1e-5, atol=1e-6)
+
+
+def test_epoch_step_known_windows(case):
+    nan = float("nan")
+    # W = 4 (3 slots) at epoch 3: slot 2 is marked for the missing sample, then the window folds.
+    seen, ring, score, counters = case.to(
+        torch.tensor([3, 2, 3, 3], dtype=torch.int32),
+        torch.tensor([[1.0, 2.0, 6.0], [1.0, 3.0, 9.0], [nan, 4.0, nan], [nan, nan, nan]]),
+        torch.ones(4), torch.tensor([0, 0, 0, 0, 3]))
+    case.epoch_step(seen, ring, score, counters, 0.5)
+    r0 = math.sqrt((1 - 3) ** 2 + (2 - 3) ** 2 + (6 - 3) ** 2)  # mean 3
+    expect = torch.tensor([0.5 + 0.5 * r0, 0.5 + 0.5 * math.sqrt(2), 0.5, 0.5])  # sample 1: d's 1, 3
+    torch.testing.assert_close(score.cpu(), expect)
+    assert math.isnan(ring[1, 2]) and ring[0, 2] == 6.0 and counters.tolist() == [0, 1, 0, 0, 4]
+    # W = 5: recorded at epoch 3, no window yet; missing at 4: slot 3 becomes NaN and the window
+    # over the defined [1, 3] has mean 2 and R = sqrt(2); S = β·R from 0.
+    seen, ring, score, counters = case.to(torch.tensor([3], dtype=torch.int32),
+                                          torch.tensor([[1.0, nan, 3.0, 5.0]]), torch.zeros(1),
+                                          torch.tensor([0, 0, 0, 0, 3]))
+    case.epoch_step(seen, ring, score, counters, 0.5)
+    assert score.item() == 0 and counters.tolist() == [0, 0, 0, 0, 4] and ring[0, 2] == 3.0
+    case.epoch_step(seen, ring, score, counters, 0.5)
+    assert torch.isnan(ring[0, 3]) and counters.tolist() == [0, 1, 0, 0, 5]
+    torch.testing.assert_close(score.cpu(), torch.tensor([0.5 * 2.0 ** 0.5]))
+
+
+def test_epoch_step_without_samples_advances_the_epoch(case):
+    _, seen, ring, score, counters = case.to(*make_state(0, 3, 4, epoch=5))
+    case.epoch_step(seen, ring, score, counters, 0.9)
+    assert counters.tolist() == [3, 5, 7, 11, 6]
+
+
+def test_epoch_advances_once_over_many_blocks(case):
+    # The epoch is read and advanced in one launch: every block must see the same e, and e + 1 remain.
+    n = 1_280_000 if case.device == "cuda" else 3_000
+    _, seen, ring, score, counters = make_state(n, 3, 10, epoch=12)
+    out = case.to(seen, ring, score, counters)
+    case.epoch_step(*out, 0.9)
+    ref = clone((seen, ring, score, counters))
+    REF_STEP(*ref, 0.9)
+    out = cpu(out)
+    assert out[3].tolist() == ref[3].tolist() and int(out[3][EPOCH]) == 13
+    torch.testing.assert_close(out[2], ref[2], rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------ op registration
+@pytest.mark.parametrize("storage", [torch.float32, torch.bfloat16])
+def test_opcheck(case, storage):
+    prev, seen, ring, score, counters = case.to(*make_state(8, 5, 3, storage, epoch=0))
+    logits, index = case.to(torch.randn(5, 5), torch.tensor([0, 2, 2, 7, 9]))  # a duplicate, out of range
+    torch.library.opcheck(case.update.default, (logits, index, prev, seen, ring, counters))
+    torch.library.opcheck(case.epoch_step.default, (seen, ring, score, counters, 0.9))
+    counters[EPOCH] = 2
+    torch.library.opcheck(case.update.default, (logits, index, prev, seen, ring, counters))
+    torch.library.opcheck(case.epoch_step.default, (seen, ring, score, counters, 0.9))
+
+
+# ------------------------------------------------------------------ fuzz
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzz_batches(other, data):
+    """Random batch/index patterns: in-batch duplicates, repeats across batches, out-of-range and
+    non-finite rows, any seen state, epoch, window and storage dtype."""
+    n = data.draw(st.integers(1, 40), label="n")
+    c = data.draw(st.sampled_from([1, 3, 16, 33] if other.small else [1, 3, 16, 33, 257, 600]), label="c")
+    w = data.draw(st.integers(2, 6), label="w")
+    epoch = data.draw(st.integers(0, 8), label="epoch")
+    storage = data.draw(st.sampled_from(STORAGE), label="storage")
+    seed = data.draw(st.integers(0, 2**31 - 1), label="seed")
+    prev, seen, ring, _, counters = make_state(n, c, w, storage, epoch, seed)
+    state = other.to(prev, seen, ring, counters)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(data.draw(st.integers(1, 3), label="batches")):
+        b = data.draw(st.integers(0, 40 if other.small else 200), label="b")
+        pool = data.draw(st.integers(1, n + 3), label="pool")  # small pools force duplicates
+        index = torch.randint(-1, pool, (b,), generator=g)
+        logits = torch.randn(b, c, generator=g) * 5
+        if b:
+            logits[torch.rand(b, generator=g) < 0.1, 0] = float("nan")
+        out, ref = run_update(other.update, *other.to(logits, index), state)
+        assert_update_state(out, ref, storage)
+        state = out
+
+
+# ------------------------------------------------------------------ whole trackers
+@pytest.mark.filterwarnings("ignore:TDDSTracker. .* duplicates")
+@pytest.mark.parametrize("storage", STORAGE)
+@pytest.mark.parametrize("w,t", [(3, 5), (4, 4), (5, 9)])  # W = T: a single window
+def test_tracker_matches_dense_oracle(case, storage, w, t):
+    n, c = (20, 7) if case.small else (60, 23)
+    epochs = random_epochs(np.random.default_rng(w * 10 + t), n, c, t, p_missing=0.1, p_dup=0.1, p_nonfinite=0.05)
+    tr = tk.TDDSTracker(n, c, window=w, decay=0.7, trajectory_len=t, storage_dtype=storage, on_nonfinite="skip",
+                        device=case.device, backend=case.backend)
+    for batches in epochs:
+        for logits, index in batches:
+            tr.update(*case.to(torch.from_numpy(logits), torch.from_numpy(index)))
+        tr.end_epoch()
+    assert tr.complete
+    tol = {torch.float32: 2e-5, torch.bfloat16: 0.05, torch.float16: 0.01}[storage]
+    expected = torch.from_numpy(dense_scores(epochs, n, w, 0.7)).float()
+    torch.testing.assert_close(tr.scores().cpu(), expected, rtol=tol, atol=tol)
+    rows = [np.concatenate([i for _, i in b]) for b in epochs]
+    finite = [np.concatenate([np.isfinite(l).all(1) for l, _ in b]) for b in epochs]
+    recorded = sum(np.unique(r[f]).size for r, f in zip(rows, finite))
+    assert tr.stats["missing"] == n * t - recorded
+    assert tr.stats["nonfinite"] == sum(int((~f).sum()) for f in finite)
+    assert tr.stats["duplicates"] == sum(int(f.sum()) for f in finite) - recorded
+
+
+def load_fixture(name):
+    d = FIXTURES / name
+    params = json.loads((d / "params.json").read_text())
+    epochs = [(np.load(d / f"{t}_Output.npy"), np.load(d / f"{t}_Index.npy"))
+              for t in range(params["trajectory_len"])]
+    return params, epochs, np.load(d / "expected_scores.npy")
+
+
+@pytest.mark.parametrize("name", ["small_c10", "medium_c100"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_release_fixtures(case, name, seed):
+    # expected_scores.npy was computed in float64 end to end; the contract's float32 softmax
+    # leaves ~1e-7 absolute error per contribution, so tiny scores get an absolute floor.
+    if case.small and (seed or name == "small_c10"):
+        pytest.skip("interpreted Triton: one fixture in one loader order is enough (small_c10 ~70 s)")
+    params, epochs, expected = load_fixture(name)
+    rng = np.random.default_rng(seed)
+    tracker = tk.TDDSTracker(params["num_samples"], params["num_classes"], window=params["window_size"],
+                             decay=params["decay"], trajectory_len=params["trajectory_len"], device=case.device,
+                             backend=case.backend)
+    for logits, index in epochs:
+        order = rng.permutation(len(index))  # the loader's order must not matter
+        cuts = np.sort(rng.choice(np.arange(1, len(index)), size=rng.integers(1, 12), replace=False))
+        for part in np.split(order, cuts):
+            tracker.update(*case.to(torch.from_numpy(logits[part]), torch.from_numpy(index[part])))
+        tracker.end_epoch()
+    assert tracker.complete
+    scores = tracker.scores().cpu().double()
+    torch.testing.assert_close(scores, torch.from_numpy(expected), rtol=1e-5, atol=2e-6)
+    # Same ranking where scores are not within rounding of each other: the kept sets agree.
+    for frac in (0.3, 0.7, 0.9):
+        a = set(tk.select(scores, prune_fraction=frac).tolist())
+        b = set(tk.select(torch.from_numpy(expected), prune_fraction=frac).tolist())
+        assert len(a ^ b) <= 2, (frac, len(a ^ b))
