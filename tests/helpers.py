@@ -87,3 +87,23 @@ def backend_cases(include=None, exclude=()):
                 marks.append(pytest.mark.skip(reason=f"backend {name!r} is not available on {device}"))
             params.append(pytest.param((device, name), id=f"{device}-{name}", marks=marks))
     return params
+
+
+# ------------------------------------------------------------------ op state
+def make_state(n, c, w, storage=torch.float32, epoch=1, seed=0):
+    """(prev, seen, ring, score, counters) on CPU: prev holds real cached log-softmax rows; seen
+    mixes never (-1), stale (e-2), the previous epoch (e-1: d is defined) and this epoch (e: a
+    duplicate); ring has NaN holes; counters are non-zero (kernels add to them)."""
+    g = torch.Generator().manual_seed(seed)
+    prev = torch.log(torch.softmax(torch.randn(n, c, generator=g) * 3, dim=1) + 1e-8).to(storage)
+    choices = torch.tensor([-1, epoch - 2, epoch - 1, epoch], dtype=torch.int32).clamp(min=-1)
+    seen = choices[torch.randint(0, 4, (n,), generator=g)]
+    ring = torch.rand(n, w - 1, generator=g) * 5
+    ring[torch.rand(n, w - 1, generator=g) < 0.3] = float("nan")
+    score = torch.rand(n, generator=g)
+    counters = torch.tensor([3, 5, 7, 11, epoch], dtype=torch.int64)
+    return prev, seen, ring, score, counters
+
+
+def clone(ts):
+    return tuple(t.clone() for t in ts)

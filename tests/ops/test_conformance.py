@@ -11,6 +11,7 @@ Rows that share an index inside one batch: exactly one is applied and a parallel
 apply any one of them, so comparisons find the row that won and feed the reference that row.
 """
 import functools
+import itertools
 import json
 import math
 
@@ -21,11 +22,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tdds_kernels as tk
+from tdds_kernels.ops import registry
+from tdds_kernels.ops.schema import DUPLICATES, EPOCH, EPS, NONFINITE, OUT_OF_RANGE
+
 from conftest import FIXTURES
 from dense import dense_scores
-from helpers import backend_cases, random_epochs
-from tdds_kernels.ops import registry
-from tdds_kernels.ops.schema import DUPLICATES, EPOCH, EPS, MISSING, NONFINITE, OUT_OF_RANGE
+from helpers import backend_cases, clone, make_state, random_epochs
 
 pytestmark = pytest.mark.filterwarnings("ignore:tdds_kernels. using the reference backend")
 
@@ -64,25 +66,6 @@ def other(request):
 
 
 # ------------------------------------------------------------------ state and comparison
-def make_state(n, c, w, storage=torch.float32, epoch=1, seed=0):
-    """(prev, seen, ring, score, counters) on CPU: prev holds real cached log-softmax rows; seen
-    mixes never (-1), stale (e-2), the previous epoch (e-1: d is defined) and this epoch (e: a
-    duplicate); ring has NaN holes; counters are non-zero (kernels add to them)."""
-    g = torch.Generator().manual_seed(seed)
-    prev = torch.log(torch.softmax(torch.randn(n, c, generator=g) * 3, dim=1) + EPS).to(storage)
-    choices = torch.tensor([-1, epoch - 2, epoch - 1, epoch], dtype=torch.int32).clamp(min=-1)
-    seen = choices[torch.randint(0, 4, (n,), generator=g)]
-    ring = torch.rand(n, w - 1, generator=g) * 5
-    ring[torch.rand(n, w - 1, generator=g) < 0.3] = float("nan")
-    score = torch.rand(n, generator=g)
-    counters = torch.tensor([3, 5, 7, 11, epoch], dtype=torch.int64)
-    return prev, seen, ring, score, counters
-
-
-def clone(ts):
-    return tuple(t.clone() for t in ts)
-
-
 def cpu(ts):
     return tuple(t.cpu() for t in ts)
 
@@ -187,11 +170,11 @@ def test_edge_rows_and_window_sizes(other, index_dtype, w):
 def test_in_batch_duplicates_apply_exactly_one_row(other, c):
     # Many copies of few samples: the stored row is exactly one row's log-softmax, never a mix.
     b = 64 if other.small else 4096 if other.device == "cuda" else 512
-    for epoch in (0, 1):
+    for (_, update), epoch in itertools.product(other.updates, (0, 1)):
         prev, seen, ring, _, counters = make_state(8, c, 3, epoch=epoch, seed=c)
         index = torch.randint(0, 8, (b,))
         logits = torch.randn(b, c) * 3
-        out, ref = run_update(other.update, *other.to(logits, index), other.to(prev, seen, ring, counters))
+        out, ref = run_update(update, *other.to(logits, index), other.to(prev, seen, ring, counters))
         assert_update_state(out, ref)
         lp = torch.log(torch.softmax(logits, 1) + EPS)
         for s in torch.unique(index).tolist():
@@ -263,7 +246,7 @@ def test_extreme_logits(other, c):
     z[5] = float("-inf")
     z[6] = float("nan")
     z[7] = 3e38
-    for name, update in other.updates:
+    for _, update in other.updates:
         for dtype in (torch.float32, torch.float16):
             prev, seen, ring, _, counters = make_state(8, c, 3, epoch=1)
             seen.fill_(0)  # all recorded last epoch

@@ -1,0 +1,24 @@
+"""The op schemas: one text for every backend, written once, with the mutated arguments marked."""
+import pytest
+import torch
+
+from tdds_kernels.ops import registry, schema
+
+from helpers import backend_cases
+
+
+@pytest.mark.parametrize("pair", backend_cases())
+def test_schemas_identical_across_backends(pair):
+    device, backend = pair
+    b = registry.resolve(backend, torch.device(device))
+    assert schema.schema_of(b.update.default) == schema.UPDATE_SCHEMA
+    assert schema.schema_of(b.epoch_step.default) == schema.EPOCH_STEP_SCHEMA
+
+
+def test_mutated_arguments_are_marked():
+    args = torch.ops.tdds.update.default._schema.arguments
+    assert [a.name for a in args if a.alias_info is not None and a.alias_info.is_write] == \
+        ["prev", "seen", "ring", "counters"]
+    args = torch.ops.tdds.epoch_step.default._schema.arguments
+    assert [a.name for a in args if a.alias_info is not None and a.alias_info.is_write] == \
+        ["ring", "score", "counters"]
