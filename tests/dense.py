@@ -1,4 +1,4 @@
-"""An independent, dense restatement of TDDS with DESIGN.md's semantics, for the tests.
+"""An independent, dense restatement of TDDS with the semantics of docs/design.md §3, for the tests.
 
 All epochs are held in memory as Python lists and the formula is evaluated sample by sample in
 float64 (from float32 softmax, as the contract says), sharing no code with tdds_kernels.

@@ -7,7 +7,7 @@ one kernel per device key, so backends that share a device are sibling ops of on
     tdds::update_triton / tdds::epoch_step_triton    Triton (CUDA; CPU under TRITON_INTERPRET=1)
     tdds::update_ext / tdds::epoch_step_ext          C++ extension: CPU kernel and CUDA kernel
 
-State (DESIGN.md §2), mutated in place:
+State (docs/design.md §2), mutated in place:
     prev     (N, C)   storage dtype  log(p + 1e-8) of the last recorded row (cached log: d needs
                                      only the new p, its log and this; one log per element saved)
     seen     (N,)     int32          last epoch the sample was recorded in, -1 never

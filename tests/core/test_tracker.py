@@ -1,4 +1,4 @@
-"""TDDSTracker semantics (DESIGN.md §3) on every CPU backend, against a dense restatement."""
+"""TDDSTracker semantics (docs/design.md §3) on every CPU backend, against a dense restatement."""
 import math
 import warnings
 
