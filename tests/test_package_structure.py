@@ -1,0 +1,95 @@
+"""The package's layers stay layers: no import cycle, every import points down, modules stay small.
+
+    ops (the op contract)  <  core (tracker, state, config, checkpoints)  <  distributed  <  the
+    application (CLI commands, offline scorer, demo, integrations)
+
+Imports are read from the source (function-level ones included), so a lazy import that climbs a
+layer counts as much as a top-level one.
+"""
+import ast
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+PACKAGE = REPO / "tdds_kernels"
+LAYERS = {"ops": 0, "core": 1, "data": 1, "distributed": 2}  # everything else: the application (3)
+MAX_LINES = 400
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def imports_of(name: str) -> set[str]:
+    """The package modules `name` imports (by its source), resolved to modules that exist."""
+    path = MODULES[name]
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            # `from pkg import mod` imports the module; `from mod import name` the module mod
+            targets = [f"{mod}.{a.name}" if f"{mod}.{a.name}" in MODULES else mod for a in node.names]
+        else:
+            continue
+        for t in targets:
+            if t in MODULES and t != name and t != "tdds_kernels":
+                out.add(t)
+    return out
+
+
+GRAPH = {name: imports_of(name) for name in MODULES}
+
+
+def layer(name: str) -> int:
+    parts = name.split(".")
+    return LAYERS.get(parts[1], 3) if len(parts) > 1 else 3
+
+
+def test_no_import_cycle():
+    state, path = {}, []
+
+    def visit(m):
+        state[m] = "open"
+        path.append(m)
+        for n in sorted(GRAPH[m]):
+            if state.get(n) == "open":
+                pytest.fail("import cycle: " + " -> ".join(path[path.index(n):] + [n]))
+            if n not in state:
+                visit(n)
+        path.pop()
+        state[m] = "done"
+
+    for m in sorted(GRAPH):
+        if m not in state:
+            visit(m)
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_imports_point_down(name):
+    up = sorted(n for n in GRAPH[name] if layer(n) > layer(name))
+    assert not up, f"{name} (layer {layer(name)}) imports from a higher layer: {up}"
+
+
+def test_the_layers_exist_and_the_graph_is_read():
+    assert {"tdds_kernels.ops.schema", "tdds_kernels.core.tracker", "tdds_kernels.distributed.sharded"} <= set(MODULES)
+    assert "tdds_kernels.ops.registry" in GRAPH["tdds_kernels.core.tracker"]
+    assert "tdds_kernels.core.tracker" in GRAPH["tdds_kernels.distributed.sharded"]
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_modules_stay_small(name):
+    lines = len(MODULES[name].read_text().splitlines())
+    assert lines <= MAX_LINES, f"{MODULES[name]}: {lines} lines (split it by what it does)"
