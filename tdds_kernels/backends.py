@@ -72,6 +72,17 @@ def unavailable_reason(name: str, device: torch.device) -> str | None:
     return f"unknown backend {name!r}; expected one of {('auto',) + NAMES}"
 
 
+def _auto_reason(name: str, device: torch.device) -> str | None:
+    """unavailable_reason, and also: auto never picks the Triton interpreter for CUDA tensors
+    (it copies every tensor to the host; it is a test tool, asked for only by name)."""
+    reason = unavailable_reason(name, device)
+    if reason is None and name == "triton" and device.type == "cuda":
+        from . import triton as _triton
+        if _triton.INTERPRETED:
+            return "TRITON_INTERPRET=1 made the kernels interpreted; auto does not use them on CUDA"
+    return reason
+
+
 _warned_fallback: set[str] = set()
 
 
@@ -81,10 +92,10 @@ def resolve(name: str, device: torch.device) -> Backend:
     if name == "auto":
         order = AUTO_ORDER.get(device.type, ("reference",))
         for candidate in order:
-            if unavailable_reason(candidate, device) is None:
+            if _auto_reason(candidate, device) is None:
                 if candidate == "reference" and len(order) > 1 and device.type not in _warned_fallback:
                     _warned_fallback.add(device.type)
-                    why = "; ".join(f"{c}: {unavailable_reason(c, device)}" for c in order[:-1])
+                    why = "; ".join(f"{c}: {_auto_reason(c, device)}" for c in order[:-1])
                     warnings.warn(f"tdds_kernels: using the reference backend on {device.type} ({why})",
                                   stacklevel=3)
                 return _backend(candidate)

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from . import backends
+from ._host_counters import HostSnapshots
 from ._ops import COUNTERS, DUPLICATES, NONFINITE, NUM_SLOTS, OUT_OF_RANGE
 
 FORMAT = "tdds_kernels.TDDSTracker"
@@ -93,6 +94,7 @@ class TDDSTracker:
         self._rows_in_epoch = 0
         self._next_dup_check = num_samples
         self._dup_check_mark = (0, 0)  # (rows, duplicates) of this epoch at the last check
+        self._host_counters = HostSnapshots()  # counters copies for that check (no CUDA sync)
         self._complete = False
         # tdds_kernels.baselines.BaselineScores, made on the first update with targets; like the
         # TDDS state it records only the first trajectory_len epochs.
@@ -189,15 +191,20 @@ class TDDSTracker:
                 self._check_forgotten_end_epoch()
 
     def _check_forgotten_end_epoch(self):
-        # Runs once per N rows of an epoch (one sync each): if nearly every row since the last
-        # check was a duplicate, the loop most likely forgot end_epoch(). Repeated augmentation
-        # spreads its duplicates over the epoch and stays far below the threshold.
+        # Runs once per N rows of an epoch: if nearly every row since the last check was a
+        # duplicate, the loop most likely forgot end_epoch(). Repeated augmentation spreads its
+        # duplicates over the epoch and stays far below the threshold. No sync on CUDA: it reads
+        # the newest counters copy that has landed (one check late), see _host_counters.
         self._next_dup_check += self.num_samples
-        dups = int(self._counters[DUPLICATES]) - int(self._epoch_start_counters[DUPLICATES])
+        got = self._host_counters.take(self._counters, (self._epoch, self._rows_in_epoch))
         rows0, dups0 = self._dup_check_mark
-        self._dup_check_mark = (self._rows_in_epoch, dups)
-        if dups - dups0 >= 0.9 * (self._rows_in_epoch - rows0):
-            warnings.warn(f"TDDSTracker: {dups - dups0} of the last {self._rows_in_epoch - rows0} rows "
+        if got is None or got[0][0] != self._epoch or got[0][1] <= rows0:  # none, or stale
+            return
+        (_, rows), counters = got
+        dups = int(counters[DUPLICATES]) - int(self._epoch_start_counters[DUPLICATES])
+        self._dup_check_mark = (rows, dups)
+        if dups - dups0 >= 0.9 * (rows - rows0):
+            warnings.warn(f"TDDSTracker: {dups - dups0} of the last {rows - rows0} rows "
                           f"recorded in epoch {self._epoch} were duplicates of samples already "
                           "recorded in it; did you forget end_epoch()?", RuntimeWarning, stacklevel=3)
 
