@@ -33,8 +33,8 @@ PY=${PYTHON:-python3}
 command -v "$PY" >/dev/null 2>&1 || PY=python
 
 STAGES_ORDER=(env triton_tests build ext_tests sanitize bench_ops train_step)
-declare -A BUDGET=([env]=15 [triton_tests]=100 [build]=110 [ext_tests]=60 [sanitize]=70
-                   [bench_ops]=80 [train_step]=45)
+declare -A BUDGET=([env]=10 [triton_tests]=90 [build]=90 [ext_tests]=60 [sanitize]=70
+                   [bench_ops]=100 [train_step]=60)
 total=0
 for s in "${STAGES_ORDER[@]}"; do
   v="GPU_CHECK_BUDGET_$s"  # a shorter budget (tests); never more than the 480 s in all
@@ -134,13 +134,13 @@ stage_sanitize() {
   local rc=0
   for tool in memcheck racecheck; do
     echo "---- compute-sanitizer --tool $tool"
-    timeout --kill-after=3 30 compute-sanitizer --tool "$tool" --error-exitcode 9 --target-processes all \
+    timeout --kill-after=3 $(((BUDGET_S - 12) / 2)) compute-sanitizer --tool "$tool" --error-exitcode 9 --target-processes all \
       "$PY" benchmarks/sanitize_run.py || rc=1
   done
   return $rc
 }
 stage_bench_ops() {
-  "$PY" benchmarks/bench_ops.py --device cuda --budget-s $((BUDGET_S - 10)) --out "$RESULTS/ops_$card.md"
+  "$PY" benchmarks/bench_ops.py --device cuda --budget-s $((BUDGET_S - 25)) --out "$RESULTS/ops_$card.md"
 }
 stage_train_step() {
   "$PY" benchmarks/bench_train_step.py --device cuda --budget-s $((BUDGET_S - 5)) \
