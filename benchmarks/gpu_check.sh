@@ -100,7 +100,11 @@ export ROOT PY RESULTS card PYTHONUNBUFFERED=1 PYTHONPATH="$ROOT${PYTHONPATH:+:$
 export TRITON_INTERPRET=0  # tests/conftest.py would leave it unset on a GPU machine; be explicit
 
 # ------------------------------------------------------------------ the stages' commands
-run_pytest() { "$PY" -m pytest -v -rfEs -p no:cacheprovider "$@"; }
+run_pytest() {  # 4 workers where pytest-xdist is there: Triton compiles dominate, in parallel
+  local par=()
+  "$PY" -c "import xdist" 2>/dev/null && par=(-n 4)
+  "$PY" -m pytest -v -rfEs -p no:cacheprovider "${par[@]}" "$@"
+}
 stage_env() {
   local rc=0
   nvidia-smi || rc=1

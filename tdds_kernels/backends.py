@@ -4,6 +4,21 @@
     triton     tdds::update_triton / ..._triton           CUDA; CPU only under TRITON_INTERPRET=1
     cpu        tdds::update_ext / ..._ext (CPU kernel)    C++ extension, CPU trackers
     cuda       tdds::update_ext / ..._ext (CUDA kernel)   C++ extension built with CUDA
+
+On CUDA, "auto" takes triton, then cuda, then reference, and never the Triton interpreter
+(TRITON_INTERPRET=1 is a CPU test tool; by name, backend="triton" still accepts it).
+
+Host syncs on CUDA (tests/test_cuda_runtime.py checks each under sync debug mode "error"):
+    never     triton and cuda: update and epoch_step, and TDDSTracker.update with them, including
+              its once-per-N-rows forgotten-end_epoch check (tdds_kernels/_host_counters.py);
+              so they can be captured in a CUDA graph and run under torch.compile without breaks
+    per call  reference update (nonzero and boolean indexing: data-dependent shapes); its
+              epoch_step does not sync
+    per call  TDDSTracker.update(..., targets=...) (the baselines select rows with nonzero), and
+              update with debug=True (index range check)
+    per epoch TDDSTracker.end_epoch (reads the counters to raise on skipped rows)
+    on demand stats, scores() copied to the host, state_dict / save; the sharded tracker's update
+              (a control collective every step)
 """
 from __future__ import annotations
 
