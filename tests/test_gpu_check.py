@@ -106,6 +106,20 @@ def test_only_runs_the_named_stages_in_order(tmp_path):
     assert [line.split()[0] for line in lines] == ["env", "bench_ops"]
 
 
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="this machine has nvidia-smi: the stages would really run")
+def test_real_stages_without_gpu_fail_rather_than_pass(tmp_path):
+    # The real stage commands, forced past the GPU detection on a machine without one: each
+    # must fail (no skipped-only test run, no CPU benchmark, counts as a pass).
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("torch sees a CUDA device: the stages would really run")
+    r, _ = run({"OUT": str(tmp_path), "GPU_CHECK_FAKE_GPU": "1"}, timeout=400)
+    assert r.returncode == len(STAGES), r.stdout[-3000:]
+    lines = (tmp_path / "summary_testmode.txt").read_text().splitlines()
+    assert [line.split()[0] for line in lines] == STAGES
+    assert all("result=ok" not in line and "injected" not in line for line in lines)
+
+
 def test_budget_over_eight_minutes_is_refused():
     r, _ = run({"GPU_CHECK_BUDGET_env": "200", "GPU_CHECK_FAKE_GPU": "1"})
     assert r.returncode == 64 and "480" in r.stderr
