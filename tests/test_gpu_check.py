@@ -64,11 +64,11 @@ def test_failing_build_does_not_stop_the_next_stages(tmp_path):
     out = tmp_path / "out"
     stages_dir = tmp_path / "stages"
     env = {"OUT": str(out), "GPU_CHECK_FAKE_GPU": "1", "GPU_CHECK_STAGES_DIR": str(stages_dir),
-           "GPU_CHECK_BUDGET_ext_tests": "7"}
+           "GPU_CHECK_BUDGET_ext_tests": "8"}
     for s in STAGES:
         env[f"GPU_CHECK_CMD_{s}"] = f"echo ran {s} with budget $BUDGET_S"
     env["GPU_CHECK_CMD_build"] = "echo compiling; echo 'error: nvcc exploded' >&2; exit 3"
-    env["GPU_CHECK_CMD_ext_tests"] = "echo started; sleep 60"  # outlives its 7 s budget
+    env["GPU_CHECK_CMD_ext_tests"] = "echo started; sleep 60"  # outlives its 8 s budget
     r, secs = run(env, timeout=120)
     assert r.returncode == 2, r.stdout + r.stderr  # build and ext_tests failed
     assert secs < 30  # the sleeping stage was cut at its budget
