@@ -108,7 +108,8 @@ run_pytest() {  # 4 workers where pytest-xdist is there: Triton compiles dominat
     echo "gpu_check: torch sees no CUDA device, so the CUDA tests would only skip: not run"; return 1
   fi
   log=$(mktemp)
-  "$PY" -m pytest -v -rfEs -p no:cacheprovider "${par[@]}" "$@" 2>&1 | tee "$log"
+  # tee -i: on the budget's SIGINT, tee stays to pass on the summary pytest prints as it stops.
+  "$PY" -m pytest -v -rfEs -p no:cacheprovider "${par[@]}" "$@" 2>&1 | tee -i "$log"
   rc=${PIPESTATUS[0]}
   # Every selected test skipped (no GPU seen, say) is not a pass.
   if [ "$rc" -eq 0 ] && ! tail -n 3 "$log" | grep -qE '[0-9]+ passed'; then
