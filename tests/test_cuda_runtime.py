@@ -69,7 +69,8 @@ def test_compiled_triton_is_what_runs_on_cuda():
         pytest.skip("TRITON_INTERPRET=1 was set explicitly")
     import tdds_kernels.triton as tt
     assert not tt.INTERPRETED
-    assert tk.TDDSTracker(8, 3, window=2, device=DEV).backend == "triton"
+    # Triton imports and compiles here, so auto has a fast backend (whichever AUTO_ORDER puts first).
+    assert tk.TDDSTracker(8, 3, window=2, device=DEV).backend in FAST
 
 
 # ------------------------------------------------------------------ host syncs
