@@ -45,3 +45,13 @@ def test_named_files_exist():
     assert paths, "README should link its docs and examples"
     missing = sorted(p for p in paths if not (root / p).exists())
     assert not missing, f"README names files that do not exist: {missing}"
+
+
+def test_short_and_its_make_targets_exist():
+    text = README.read_text()
+    assert len(text.splitlines()) <= 200, "README.md: keep it a five-minute read; details go to docs/"
+    makefile = (README.parent / "Makefile").read_text()
+    targets = set(re.findall(r"^([\w-]+):", makefile, re.M))
+    named = set(re.findall(r"`make (\w+)`|^make (\w+)", text, re.M))
+    named = {a or b for a, b in named}
+    assert {"demo", "test"} <= named and named <= targets, (named, targets)
