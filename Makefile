@@ -43,9 +43,10 @@ install:
 demo: install
 	$(PY) -m tdds_kernels demo --out demo_out
 
+# VIRTUAL_ENV points CMake's Python (which locates torch's CMake files) at PY's environment.
 test: install
 	$(PY) -m pytest -q
-	bash scripts/ci_ctest.sh
+	VIRTUAL_ENV="$$($(PY) -c 'import sys; print(sys.prefix)')" bash scripts/ci_ctest.sh
 
 bench: install
 	$(PY) benchmarks/bench_offline.py
