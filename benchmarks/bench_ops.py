@@ -6,6 +6,11 @@ reference functions, and reports the bytes the op must move over its time as GB/
 fraction of a device-to-device copy measured in the same run, with speedups over the eager
 and compiled reference.
 
+On CUDA every time comes from CUDA events. The calls of a round are timed twice: launched one
+by one from Python as a training loop would ("eager"), and replayed from a CUDA graph that
+captured the same calls ("graph", the triton and cuda backends only: the reference syncs, so
+it cannot be captured). The difference is the host's launch overhead per call.
+
 Bytes the op must move (one read or write each):
     update      B·C·|logits| + B·|index| + 2·B·C·|storage| (prev read and written)
                 + 8·B (seen read and written) + 4·B (ring write)
@@ -15,7 +20,11 @@ epoch, distinct indices); every timed epoch step folds a window with no sample m
 CUDA, starts with a cold L2.
 
     python benchmarks/bench_ops.py --device cuda --out benchmarks/results/ops_h200.md
+    python benchmarks/bench_ops.py --device cuda --budget-s 90   # stops starting cases at 90 s
     python benchmarks/bench_ops.py --device cpu --preset cpu      # a few minutes on 2 cores
+
+On CUDA the default matrix is B in {256, 1024, 8192} x C in {10, 100, 1000, 32000} x logits
+{float32, bfloat16} x storage {float32, float16}: 48 update cases, fp32/fp32 first.
 """
 from __future__ import annotations
 
@@ -54,7 +63,8 @@ ROUNDS = 3
 def per_call_seconds(fn, calls, device, reset=None, rounds=None, flush=None):
     """Best over rounds of (time of fn(0..calls-1)) / calls, after one untimed warm-up round
     (compiles, allocates); reset() runs untimed before each round, so each sees the same state.
-    With flush (CUDA only), each call is timed alone by events after flush() evicts the L2."""
+    On CUDA a round is timed by CUDA events around its launches; with flush (CUDA only), each
+    call is timed alone by events after flush() evicts the L2."""
     best = math.inf
     for r in range(1 + (rounds or ROUNDS)):
         if reset is not None:
@@ -70,6 +80,14 @@ def per_call_seconds(fn, calls, device, reset=None, rounds=None, flush=None):
                 end.record()
             sync(device)
             t = sum(start.elapsed_time(end) for start, end in events) / 1e3
+        elif device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for k in range(calls):
+                fn(k)
+            end.record()
+            sync(device)
+            t = start.elapsed_time(end) / 1e3
         else:
             t0 = time.perf_counter()
             for k in range(calls):
@@ -79,6 +97,56 @@ def per_call_seconds(fn, calls, device, reset=None, rounds=None, flush=None):
         if r:
             best = min(best, t / calls)
     return best
+
+
+def graph_seconds(fn, calls, device, reset=None, rounds=None, flush=None):
+    """As per_call_seconds on CUDA, with the calls captured once in a CUDA graph and replayed:
+    the device time without the host's launch overhead. fn must already have run (compiled)."""
+    graphs = []
+    # torch.cuda.graph captures on its own side stream and joins it back afterwards.
+    if flush is None:  # the whole round in one graph
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            for k in range(calls):
+                fn(k)
+        graphs.append(g)
+    else:  # one graph per call, each replayed after an L2 flush
+        for k in range(calls):
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                fn(k)
+            graphs.append(g)
+    best = math.inf
+    for r in range(1 + (rounds or ROUNDS)):
+        if reset is not None:
+            reset()
+        sync(device)
+        t = 0.0
+        if flush is None:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            graphs[0].replay()
+            end.record()
+            sync(device)
+            t = start.elapsed_time(end) / 1e3
+        else:
+            events = []
+            for g in graphs:
+                flush()
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                g.replay()
+                end.record()
+                events.append((start, end))
+            sync(device)
+            t = sum(start.elapsed_time(end) for start, end in events) / 1e3
+        if r:
+            best = min(best, t / calls)
+    del graphs
+    return best
+
+
+CAPTURABLE = ("triton", "cuda")  # the reference syncs (nonzero): a capture would fail
 
 
 def copy_bandwidth(device, nbytes):
@@ -93,8 +161,8 @@ def contenders(device, compile_ref):
     """name → (update fn, epoch_step fn) with the op signatures."""
     out = {}
     for name in backends.available(device):
-        if name == "triton" and device.type == "cpu":
-            continue  # the interpreter: correctness only
+        if name == "triton" and (device.type == "cpu" or backends._auto_reason(name, device)):
+            continue  # the interpreter (on CPU, or TRITON_INTERPRET=1 on CUDA): correctness only
         b = backends.resolve(name, device)
         out[name if name != "reference" else "reference (eager)"] = (b.update, b.epoch_step)
     if compile_ref:
@@ -113,7 +181,22 @@ def fit_samples(n, c, storage, budget_bytes, batch):
     return max(batch, min(n, budget_bytes // per_sample))
 
 
-def bench_update(device, fns, b, c, n_req, window, storage, zdt, budget, max_calls, copy_bps):
+def timed(rows, row, device, fn, calls, reset, flush=None, capturable=False):
+    """Append `row` with its eager time t (and graph time tg where capturable on CUDA)."""
+    try:
+        row["t"] = per_call_seconds(fn, calls, device, reset=reset, flush=flush)
+    except Exception as exc:  # e.g. out of memory in the reference's temporaries
+        rows.append(dict(row, error=f"{type(exc).__name__}: {exc}"[:80]))
+        return
+    if capturable and device.type == "cuda":
+        try:
+            row["tg"] = graph_seconds(fn, calls, device, reset=reset, flush=flush)
+        except Exception as exc:
+            row["graph_error"] = f"{type(exc).__name__}: {exc}"[:60]
+    rows.append(row)
+
+
+def bench_update(device, fns, b, c, n_req, window, storage, zdt, budget, max_calls):
     n = fit_samples(n_req, c, storage, budget, b)
     calls = max(1, min(max_calls, n // b))
     prev = torch.empty(n, c, dtype=storage, device=device).uniform_(-18.0, 0.0)
@@ -131,18 +214,14 @@ def bench_update(device, fns, b, c, n_req, window, storage, zdt, budget, max_cal
     for name, (update, _) in fns.items():
         def run(k, update=update):
             update(logits[k % n_logits], index[k], prev, seen, ring, counters)
-        try:
-            t = per_call_seconds(run, calls, device, reset=lambda: seen.zero_())
-        except Exception as exc:  # e.g. out of memory in the reference's temporaries
-            rows.append(dict(op="update", backend=name, error=f"{type(exc).__name__}: {exc}"[:80]))
-            continue
-        rows.append(dict(op="update", B=b, C=c, N=n, backend=name, t=t, gbps=nbytes / t / 1e9,
-                         frac=nbytes / t / copy_bps))
+        row = dict(op="update", B=b, C=c, N=n, logits=dtype_name(zdt), storage=dtype_name(storage),
+                   backend=name, nbytes=nbytes)
+        timed(rows, row, device, run, calls, reset=lambda: seen.zero_(), capturable=name in CAPTURABLE)
     del prev, logits
     return rows
 
 
-def bench_epoch_step(device, fns, n, window, max_calls, copy_bps, decay=0.9):
+def bench_epoch_step(device, fns, n, window, max_calls, decay=0.9):
     w1 = window - 1
     calls = max_calls
     seen = torch.full((n,), w1, dtype=torch.int32, device=device)  # nobody missing
@@ -165,26 +244,31 @@ def bench_epoch_step(device, fns, n, window, max_calls, copy_bps, decay=0.9):
         def run(k, step=step):
             step(seen, ring, score, counters[k], decay)
         reset()
-        try:
-            t = per_call_seconds(run, calls, device, reset=reset,
-                                 flush=None if scratch is None else scratch.zero_)
-        except Exception as exc:
-            rows.append(dict(op="epoch step", backend=name, error=f"{type(exc).__name__}: {exc}"[:80]))
-            continue
-        rows.append(dict(op="epoch step", B="", C="", N=n, backend=name, t=t,
-                         gbps=nbytes / t / 1e9, frac=nbytes / t / copy_bps))
+        row = dict(op="epoch step", B="", C="", N=n, logits="", storage="", backend=name, nbytes=nbytes)
+        timed(rows, row, device, run, calls, reset=reset, flush=None if scratch is None else scratch.zero_,
+              capturable=name in CAPTURABLE)
     return rows
 
 
-def add_speedups(rows):
-    """× eager and × compile of the reference, within each (op, B, C, N) group."""
+def dtype_name(dt):
+    return str(dt).replace("torch.", "")
+
+
+def add_speedups(rows, copy_bps):
+    """GB/s and fraction of copy per row; × eager and × compile of the reference (eager times),
+    within each (op, B, C, N, logits, storage) group."""
     groups = {}
+    key = ("op", "B", "C", "N", "logits", "storage")
     for r in rows:
         if "t" in r:
-            groups.setdefault((r["op"], r["B"], r["C"], r["N"]), {})[r["backend"]] = r["t"]
+            groups.setdefault(tuple(r[k] for k in key), {})[r["backend"]] = r["t"]
+            r["gbps"] = r["nbytes"] / r["t"] / 1e9
+            r["frac"] = r["nbytes"] / r["t"] / copy_bps
+            if "tg" in r:
+                r["frac_graph"] = r["nbytes"] / r["tg"] / copy_bps
     for r in rows:
         if "t" in r:
-            g = groups[(r["op"], r["B"], r["C"], r["N"])]
+            g = groups[tuple(r[k] for k in key)]
             for col, base in (("x_eager", "reference (eager)"), ("x_compile", "reference (compile)")):
                 r[col] = g[base] / r["t"] if base in g else None
 
@@ -196,18 +280,35 @@ def device_name(device):
            f"({torch.get_num_threads()} torch threads)"
 
 
-def table(rows, header):
+def table(rows, header, device_type):
     def f(v, fmt):
         return "" if v is None or v == "" else format(v, fmt)
-    lines = header + ["", "| op | B | C | N | backend | time (µs) | GB/s | of copy | × eager ref | × compiled ref |",
-                      "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
+    graph = device_type == "cuda"
+    cols = ["op", "B", "C", "N", "logits", "storage", "backend", "time (µs)"]
+    cols += ["graph (µs)", "launch (µs)"] if graph else []
+    cols += ["GB/s", "of copy"] + (["of copy (graph)"] if graph else []) + ["× eager ref", "× compiled ref"]
+    lines = header + ["", "| " + " | ".join(cols) + " |",
+                      "|" + "|".join("---" if c in ("op", "backend", "logits", "storage") else "---:"
+                                     for c in cols) + "|"]
     for r in rows:
-        if "error" in r:
-            lines.append(f"| {r['op']} | | | | {r['backend']} | failed: {r['error']} | | | | |")
+        n = f"{r['N']:,}" if isinstance(r.get("N"), int) else ""
+        lead = [r["op"], str(r.get("B", "")), str(r.get("C", "")), n, r.get("logits", ""),
+                r.get("storage", ""), r["backend"]]
+        if "error" in r or "skipped" in r:
+            why = f"failed: {r['error']}" if "error" in r else r["skipped"]
+            lines.append("| " + " | ".join(lead + [why] + [""] * (len(cols) - len(lead) - 1)) + " |")
             continue
-        lines.append(f"| {r['op']} | {r['B']} | {r['C']} | {r['N']:,} | {r['backend']} | "
-                     f"{r['t'] * 1e6:,.1f} | {r['gbps']:.1f} | {r['frac']:.0%} | "
-                     f"{f(r.get('x_eager'), '.2f')} | {f(r.get('x_compile'), '.2f')} |")
+        vals = [f"{r['t'] * 1e6:,.1f}"]
+        if graph:
+            if "tg" in r:
+                vals += [f"{r['tg'] * 1e6:,.1f}", f"{(r['t'] - r['tg']) * 1e6:,.1f}"]
+            else:
+                vals += ["failed" if "graph_error" in r else "", ""]
+        vals += [f"{r['gbps']:.1f}", f"{r['frac']:.0%}"]
+        if graph:
+            vals += [f"{r['frac_graph']:.0%}" if "frac_graph" in r else ""]
+        vals += [f(r.get("x_eager"), ".2f"), f(r.get("x_compile"), ".2f")]
+        lines.append("| " + " | ".join(lead + vals) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -220,75 +321,125 @@ def main(argv=None):
     ap.add_argument("--samples", type=int, default=None, help="N for the update (capped by memory)")
     ap.add_argument("--epoch-samples", default=None, help="Ns for the epoch step, comma-separated")
     ap.add_argument("--window", type=int, default=10)
-    ap.add_argument("--storage", default="float32", choices=["float32", "bfloat16", "float16"])
-    ap.add_argument("--logits-dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--storage", default=None,
+                    help="storage dtypes, comma-separated, of float32, bfloat16, float16 "
+                         "(default: float32,float16 on cuda, float32 on cpu)")
+    ap.add_argument("--logits-dtype", default=None,
+                    help="logits dtypes, comma-separated, of float32, bfloat16, float16 "
+                         "(default: float32,bfloat16 on cuda, float32 on cpu)")
     ap.add_argument("--memory-gb", type=float, default=None,
                     help="budget for prev (default: 40%% of free GPU memory; 2 GB on CPU)")
-    ap.add_argument("--calls", type=int, default=None, help="calls per timed round (default 50 cuda, 5 cpu)")
+    ap.add_argument("--calls", type=int, default=None, help="calls per timed round (default 20 cuda, 5 cpu)")
     ap.add_argument("--rounds", type=int, default=None, help="timed rounds, best kept (default 3 cuda, 5 cpu)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile of the reference")
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help="start no new case after this many seconds; the rest are listed as not run")
     ap.add_argument("--out", default=None, help="write the markdown table here")
     a = ap.parse_args(argv)
+    t_start = time.monotonic()
 
     device = torch.device(a.device)
     if device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
-    shapes, n_update, n_steps = PRESETS[a.preset or ("full" if device.type == "cuda" else "cpu")]
+    cuda = device.type == "cuda"
+    shapes, n_update, n_steps = PRESETS[a.preset or ("full" if cuda else "cpu")]
     if a.shapes:
         shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")]
     n_update = a.samples or n_update
     if a.epoch_samples:
         n_steps = [int(v) for v in a.epoch_samples.split(",")]
-    storage, zdt = getattr(torch, a.storage), getattr(torch, a.logits_dtype)
+    allowed = ("float32", "bfloat16", "float16")
+
+    def dtypes(arg, default, what):
+        names = (arg or default).split(",")
+        for v in names:
+            if v not in allowed:
+                ap.error(f"--{what}: expected a comma-separated list of {allowed}, got {v!r}")
+        return [getattr(torch, v) for v in names]
+
+    logits_dtypes = dtypes(a.logits_dtype, "float32,bfloat16" if cuda else "float32", "logits-dtype")
+    storages = dtypes(a.storage, "float32,float16" if cuda else "float32", "storage")
     if a.memory_gb is not None:
         budget = int(a.memory_gb * 1e9)
-    elif device.type == "cuda":
+    elif cuda:
         budget = int(0.4 * torch.cuda.mem_get_info(device)[0])
     else:
         budget = int(2e9)
-    calls = a.calls or (50 if device.type == "cuda" else 5)
+    calls = a.calls or (20 if cuda else 5)
     global ROUNDS
-    ROUNDS = a.rounds or (3 if device.type == "cuda" else 5)
+    ROUNDS = a.rounds or (3 if cuda else 5)
     if a.threads:
         torch.set_num_threads(a.threads)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fns = contenders(device, not a.no_compile)
-    copy_bps = copy_bandwidth(device, 1 << (30 if device.type == "cuda" else 28))
+    copy_bps = copy_bandwidth(device, 1 << (30 if cuda else 28))
     try:
         import triton
         triton_version = triton.__version__
     except ImportError:
         triton_version = "not installed"
+    timing = ("CUDA events; graph = the same calls replayed from one CUDA graph, launch = time − graph"
+              if cuda else "wall clock")
     header = [
         f"Device: {device_name(device)}; torch {torch.__version__}, triton {triton_version}; "
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC.",
-        f"Copy bandwidth (read + write, same run): {copy_bps / 1e9:.1f} GB/s. Logits {a.logits_dtype}, "
-        f"storage {a.storage}, W = {a.window}; time per call, best of {ROUNDS} rounds of {calls} calls.",
+        f"Copy bandwidth (read + write, same run): {copy_bps / 1e9:.1f} GB/s. W = {a.window}; time per "
+        f"call ({timing}), best of {ROUNDS} rounds of up to {calls} calls.",
         f"Backends available on {device.type}: {', '.join(backends.available(device))}.",
     ]
+    # fp32/fp32 first, over every shape, then the epoch steps, then the other dtype pairs: a run
+    # cut short by --budget-s keeps the most useful part.
+    pairs = [(z, st) for z in logits_dtypes for st in storages]
+    pairs.sort(key=lambda p: (p[0] != torch.float32) + (p[1] != torch.float32))
+    cases = [("update", (b, c, z, st)) for b, c in shapes for z, st in pairs[:1]]
+    cases += [("epoch step", n) for n in n_steps]
+    cases += [("update", (b, c, z, st)) for z, st in pairs[1:] for b, c in shapes]
+    # torch.compile of the reference costs the most time (a compile per dtype pair), so every
+    # case runs first without it and then, budget permitting, again for it alone.
+    compiled = {k: v for k, v in fns.items() if k == "reference (compile)"}
+    others = {k: v for k, v in fns.items() if k not in compiled}
+    jobs = [(i, op, job, others) for i, (op, job) in enumerate(cases)]
+    jobs += [(i, op, job, compiled) for i, (op, job) in enumerate(cases)] if compiled else []
     rows = []
 
     def report(final=False):
-        # Rewritten after every shape: a run cut short still leaves its table.
-        add_speedups(rows)
-        text = table(rows, header + ([] if final else ["", "(partial: the run did not finish)"]))
+        # Rewritten after every case: a run cut short still leaves its table.
+        add_speedups(rows, copy_bps)
+        ordered = sorted(rows, key=lambda r: r["case"])  # stable: contenders keep their order
+        text = table(ordered, header + ([] if final else ["", "(partial: the run did not finish)"]),
+                     device.type)
         if a.out:
             os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
             with open(a.out, "w") as fh:
                 fh.write(text)
         return text
 
-    for b, c in shapes:
-        rows += bench_update(device, fns, b, c, n_update, a.window, storage, zdt, budget, calls, copy_bps)
-        print(f"update B={b} C={c}: " + ", ".join(
-            f"{r['backend']} {r['t'] * 1e6:.0f} µs" if "t" in r else f"{r['backend']} failed"
-            for r in rows[-len(fns):]), flush=True)
-        report()
-    for n in n_steps:
-        rows += bench_epoch_step(device, fns, n, a.window, calls, copy_bps)
+    for case, op, job, contenders_now in jobs:
+        if a.budget_s is not None and time.monotonic() - t_start > a.budget_s:
+            why = f"not run: --budget-s {a.budget_s:g} reached"
+            who = ", ".join(contenders_now)
+            if op == "update":
+                b, c, z, st = job
+                rows.append(dict(case=case, op=op, B=b, C=c, N="", logits=dtype_name(z),
+                                 storage=dtype_name(st), backend=who, skipped=why))
+            else:
+                rows.append(dict(case=case, op=op, B="", C="", N=job, logits="", storage="",
+                                 backend=who, skipped=why))
+            continue
+        if op == "update":
+            b, c, z, st = job
+            new = bench_update(device, contenders_now, b, c, n_update, a.window, st, z, budget, calls)
+            print(f"update B={b} C={c} {dtype_name(z)}/{dtype_name(st)}: " + ", ".join(
+                f"{r['backend']} {r['t'] * 1e6:.0f} µs" + (f" (graph {r['tg'] * 1e6:.0f})" if "tg" in r else "")
+                if "t" in r else f"{r['backend']} failed" for r in new), flush=True)
+        else:
+            new = bench_epoch_step(device, contenders_now, job, a.window, calls)
+        for r in new:
+            r["case"] = case
+        rows += new
         report()
     print(report(final=True))
 

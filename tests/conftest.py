@@ -1,13 +1,18 @@
-# Triton kernels run on CPU tensors only under the interpreter, and the flag must be set before
-# any @triton.jit function is defined, so it is set here, before tdds_kernels is imported.
+# Triton kernels run on CPU tensors only under the interpreter, and the flag is read when each
+# @triton.jit function is defined, so it is decided here, before tdds_kernels is imported.
+# With a CUDA device the compiled kernels are what must be tested (and what `auto` picks), so
+# the interpreter is the default only on machines without one; an explicit TRITON_INTERPRET
+# in the environment always wins.
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pathlib  # noqa: E402
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"  # the release-format conformance fixtures, in the repository

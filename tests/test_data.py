@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -17,3 +18,28 @@ def test_indexed_dataset_yields_index_last():
 def test_indexed_dataset_wraps_plain_samples():
     ds = tk.IndexedDataset([torch.tensor(5.0), torch.tensor(6.0)])
     assert ds[1] == (torch.tensor(6.0), 1)
+
+
+def test_indexed_dataset_lists_become_tuples_with_the_index():
+    x, y = torch.randn(6, 2), torch.arange(6)
+    ds = tk.IndexedDataset([[x[i], y[i]] for i in range(6)])
+    xi, yi, i = ds[4]
+    assert torch.equal(xi, x[4]) and yi == 4 and i == 4
+    xb, yb, ib = next(iter(DataLoader(ds, batch_size=3, shuffle=True, generator=torch.Generator().manual_seed(1))))
+    assert torch.equal(xb, x[ib]) and torch.equal(yb, y[ib])
+
+
+def test_indexed_dataset_dicts_gain_an_index_key():
+    x = torch.randn(5, 3)
+    ds = tk.IndexedDataset([{"input": x[i], "label": i % 2} for i in range(5)])
+    item = ds[3]
+    assert set(item) == {"input", "label", "index"} and item["index"] == 3 and torch.equal(item["input"], x[3])
+    batch = next(iter(DataLoader(ds, batch_size=5, shuffle=True, generator=torch.Generator().manual_seed(2))))
+    assert torch.equal(batch["input"], x[batch["index"]]) and torch.equal(batch["label"], batch["index"] % 2)
+    assert "index" not in ds.dataset[3], "the wrapped sample must not be modified"
+
+
+def test_indexed_dataset_refuses_to_overwrite_an_index_key():
+    ds = tk.IndexedDataset([{"index": 7, "x": 0.0}])
+    with pytest.raises(KeyError, match="already has an 'index' key"):
+        ds[0]

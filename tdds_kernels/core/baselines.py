@@ -105,7 +105,11 @@ class BaselineScores:
                        for name, (dtype, ring, fill) in TENSORS.items()}
 
     def update(self, logits, index, targets, seen, epoch: int) -> None:
-        """Record the first usable row of each sample not yet recorded in `epoch` (see module doc)."""
+        """Record the first usable row of each sample not yet recorded in `epoch` (see module doc).
+
+        Syncs the host on CUDA (nonzero and boolean indexing pick the rows), so a tracker fed
+        targets syncs once per update whatever its backend, and torch.compile(fullgraph=True)
+        breaks here."""
         check_targets(targets, logits)
         y = targets.to(torch.long)
         y_ok = (y >= 0) & (y < self.num_classes)

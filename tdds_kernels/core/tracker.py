@@ -8,6 +8,7 @@ import torch
 from ..ops import registry
 from ..ops.schema import COUNTERS, DUPLICATES
 from . import checkpoint
+from .host_counters import HostSnapshots
 from .config import STORAGE_DTYPES, TrackerConfig, check_int, resolve_device  # noqa: F401  (re-exported)
 from .state import TrackerState
 
@@ -89,6 +90,7 @@ class TDDSTracker(metaclass=_Constructor):
         self.device = resolve_device(device)
         self._backend = registry.resolve(backend, self.device)
         self._state = TrackerState(self.config, self.device)
+        self._host_counters = HostSnapshots()  # counters copies for the check below (no CUDA sync)
         # tdds_kernels.core.baselines.BaselineScores, made on the first update with targets; like
         # the TDDS state it records only the first trajectory_len epochs.
         self._baselines = None
@@ -182,16 +184,21 @@ class TDDSTracker(metaclass=_Constructor):
                 self._check_forgotten_end_epoch()
 
     def _check_forgotten_end_epoch(self):
-        # Runs once per N rows of an epoch (one sync each): if nearly every row since the last
-        # check was a duplicate, the loop most likely forgot end_epoch(). Repeated augmentation
-        # spreads its duplicates over the epoch and stays far below the threshold.
+        # Runs once per N rows of an epoch: if nearly every row since the last check was a
+        # duplicate, the loop most likely forgot end_epoch(). Repeated augmentation spreads its
+        # duplicates over the epoch and stays far below the threshold. No sync on CUDA: it reads
+        # the newest counters copy that has landed (one check late), see host_counters.
         st = self._state
         st.next_dup_check += self.num_samples
-        dups = int(st.counters[DUPLICATES]) - int(st.epoch_start_counters[DUPLICATES])
+        got = self._host_counters.take(st.counters, (st.epoch, st.rows_in_epoch))
         rows0, dups0 = st.dup_check_mark
-        st.dup_check_mark = (st.rows_in_epoch, dups)
-        if dups - dups0 >= 0.9 * (st.rows_in_epoch - rows0):
-            warnings.warn(f"TDDSTracker: {dups - dups0} of the last {st.rows_in_epoch - rows0} rows "
+        if got is None or got[0][0] != st.epoch or got[0][1] <= rows0:  # none, or stale
+            return
+        (_, rows), counters = got
+        dups = int(counters[DUPLICATES]) - int(st.epoch_start_counters[DUPLICATES])
+        st.dup_check_mark = (rows, dups)
+        if dups - dups0 >= 0.9 * (rows - rows0):
+            warnings.warn(f"TDDSTracker: {dups - dups0} of the last {rows - rows0} rows "
                           f"recorded in epoch {st.epoch} were duplicates of samples already "
                           "recorded in it; did you forget end_epoch()?", RuntimeWarning, stacklevel=3)
 

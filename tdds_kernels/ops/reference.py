@@ -33,7 +33,10 @@ def contribution(p: torch.Tensor, log_p: torch.Tensor, log_q: torch.Tensor) -> t
 
 
 def update(logits, index, prev, seen, ring, counters) -> None:
-    """Record one batch of epoch e = counters[EPOCH] (docs/design.md §3); no host sync."""
+    """Record one batch of epoch e = counters[EPOCH] (docs/design.md §3).
+
+    Syncs the host on CUDA: picking the applied rows (nonzero, boolean indexing) gives tensors
+    whose shape depends on the data. The triton and cuda backends do not sync."""
     n_samples = prev.shape[0]
     epoch = counters[EPOCH].to(torch.int32)  # 0-d, on the state's device
     idx = index.to(torch.long)

@@ -4,6 +4,21 @@
     triton     tdds::update_triton / ..._triton           CUDA; CPU only under TRITON_INTERPRET=1
     cpu        tdds::update_ext / ..._ext (CPU kernel)    C++ extension, CPU trackers
     cuda       tdds::update_ext / ..._ext (CUDA kernel)   C++ extension built with CUDA
+
+On CUDA, "auto" takes triton, then cuda, then reference, and never the Triton interpreter
+(TRITON_INTERPRET=1 is a CPU test tool; by name, backend="triton" still accepts it).
+
+Host syncs on CUDA (tests/test_cuda_runtime.py checks each under sync debug mode "error"):
+    never     triton and cuda: update and epoch_step, and TDDSTracker.update with them, including
+              its once-per-N-rows forgotten-end_epoch check (tdds_kernels/core/host_counters.py);
+              so they can be captured in a CUDA graph and run under torch.compile without breaks
+    per call  reference update (nonzero and boolean indexing: data-dependent shapes); its
+              epoch_step does not sync
+    per call  TDDSTracker.update(..., targets=...) (the baselines select rows with nonzero), and
+              update with debug=True (index range check)
+    per epoch TDDSTracker.end_epoch (reads the counters to raise on skipped rows)
+    on demand stats, scores() copied to the host, state_dict / save; the sharded tracker's update
+              (a control collective every step)
 """
 from __future__ import annotations
 
@@ -72,6 +87,17 @@ def unavailable_reason(name: str, device: torch.device) -> str | None:
     return f"unknown backend {name!r}; expected one of {('auto',) + NAMES}"
 
 
+def _auto_reason(name: str, device: torch.device) -> str | None:
+    """unavailable_reason, and also: auto never picks the Triton interpreter for CUDA tensors
+    (it copies every tensor to the host; it is a test tool, asked for only by name)."""
+    reason = unavailable_reason(name, device)
+    if reason is None and name == "triton" and device.type == "cuda":
+        from . import triton as _triton
+        if _triton.INTERPRETED:
+            return "TRITON_INTERPRET=1 made the kernels interpreted; auto does not use them on CUDA"
+    return reason
+
+
 _warned_fallback: set[str] = set()
 
 
@@ -81,10 +107,10 @@ def resolve(name: str, device: torch.device) -> Backend:
     if name == "auto":
         order = AUTO_ORDER.get(device.type, ("reference",))
         for candidate in order:
-            if unavailable_reason(candidate, device) is None:
+            if _auto_reason(candidate, device) is None:
                 if candidate == "reference" and len(order) > 1 and device.type not in _warned_fallback:
                     _warned_fallback.add(device.type)
-                    why = "; ".join(f"{c}: {unavailable_reason(c, device)}" for c in order[:-1])
+                    why = "; ".join(f"{c}: {_auto_reason(c, device)}" for c in order[:-1])
                     warnings.warn(f"tdds_kernels: using the reference backend on {device.type} ({why})",
                                   stacklevel=3)
                 return _backend(candidate)

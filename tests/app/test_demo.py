@@ -36,7 +36,11 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     assert result["config"]["command"].startswith("tdds-kernels demo --dataset digits --epochs 4")
     table = (out / "results.md").read_text()
     assert table.count("\n| ") == 1 + len(strategies) and "prune 90%" in table
-    assert table in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert table in printed
+    note = printed.rstrip().splitlines()[-1]
+    assert note.startswith("note: --quick is a smoke test") and "too small a run to conclude" in note
+    assert table.startswith(note), "results.md must carry the smoke-test note too"
     assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
