@@ -110,3 +110,26 @@ def test_resume_in_fresh_process_is_bit_identical(tmp_path, backend, stop):
     whole = tk.TDDSTracker(20, 6, window=3, decay=0.8, trajectory_len=8, backend=backend)
     feed(whole, random_epochs(np.random.default_rng(11), 20, 6, 8, p_missing=0.2, p_dup=0.2))
     assert torch.equal(resumed, whole.scores())
+
+
+CHECKPOINTS = REPO / "tests" / "fixtures" / "checkpoints"
+
+
+def test_format_1_checkpoint_from_before_the_redesign_loads(tmp_path):
+    # Written by the flat-package code (format version 1): bf16 storage, baselines, an open epoch.
+    old = torch.load(CHECKPOINTS / "v1_single.pt", weights_only=True)
+    expected = torch.load(CHECKPOINTS / "v1_single.expected.pt", weights_only=True)
+    tr = tk.TDDSTracker.load(CHECKPOINTS / "v1_single.pt", backend="reference")
+    assert tr.epoch == expected["epoch"] == 4 and not tr.complete and tr.on_nonfinite == "skip"
+    assert tr.storage_dtype == torch.bfloat16 and tr.stats == expected["stats"]
+    assert torch.equal(tr.scores(), expected["scores"])
+    for name, values in expected["baselines"].items():
+        torch.testing.assert_close(tr.baseline_scores()[name], values, rtol=0, atol=0, equal_nan=True)
+    # What it writes back is the same format: the same entries, the same tensors.
+    tr.save(tmp_path / "again.pt")
+    again = torch.load(tmp_path / "again.pt", weights_only=True)
+    assert again.keys() == old.keys() and again["config"] == old["config"]
+    for key, value in old.items():
+        if isinstance(value, torch.Tensor):
+            torch.testing.assert_close(again[key], value, rtol=0, atol=0, equal_nan=True, msg=key)
+    assert again["baselines"].keys() == old["baselines"].keys()
