@@ -8,8 +8,8 @@ import torch
 from ..ops import registry
 from ..ops.schema import COUNTERS, DUPLICATES
 from . import checkpoint
-from .host_counters import HostSnapshots
 from .config import STORAGE_DTYPES, TrackerConfig, check_int, resolve_device  # noqa: F401  (re-exported)
+from .host_counters import HostSnapshots
 from .state import TrackerState
 
 LOGIT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)

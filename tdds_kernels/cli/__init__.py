@@ -15,7 +15,7 @@ run `tdds-kernels COMMAND --help` for a command's options."""
 def _version() -> str:
     import torch
 
-    from . import __version__
+    from .. import __version__
     return f"tdds-kernels {__version__} (torch {torch.__version__})"
 
 
@@ -26,10 +26,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "offline, or run the train-score-prune demo.")
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from . import offline
-    offline.add_arguments(sub.add_parser(
+    from . import score
+    score.add_arguments(sub.add_parser(
         "score", help="score a folder of per-epoch logit dumps (drop-in for the release's script)"))
-    from . import demo
+    from .. import demo
     demo.add_arguments(sub.add_parser(
         "demo", help="train, score and prune MNIST-1D; compare coresets against random"))
     return parser
