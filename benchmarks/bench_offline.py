@@ -134,8 +134,8 @@ def main():
         lines.append(f"| (import floor: `import torch, numpy, tdds_kernels.cli`) | {floor[0]:.2f} | "
                      f"{floor[1]:.0f} | | | | |")
         lines.append("")
-        lines.append("Whole processes, best of %d runs each; every scorer's scores agree with the "
-                     "release-style loop within rtol 1e-5." % args.repeats)
+        lines.append(f"Whole processes, best of {args.repeats} runs each; every scorer's scores agree with the "
+                     "release-style loop within rtol 1e-5.")
         table = "\n".join(lines)
         print(table)
         if args.out:

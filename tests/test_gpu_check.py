@@ -106,7 +106,8 @@ def test_only_runs_the_named_stages_in_order(tmp_path):
     assert [line.split()[0] for line in lines] == ["env", "bench_ops"]
 
 
-@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="this machine has nvidia-smi: the stages would really run")
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None,
+                    reason="this machine has nvidia-smi: the stages would really run")
 def test_real_stages_without_gpu_fail_rather_than_pass(tmp_path):
     # The real stage commands, forced past the GPU detection on a machine without one: each
     # must fail (no skipped-only test run, no CPU benchmark, counts as a pass).

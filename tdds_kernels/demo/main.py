@@ -39,7 +39,7 @@ def _fractions(text: str) -> list[float]:
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated fractions, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected comma-separated fractions, got {text!r}") from None
     if not values or not all(0.0 <= v < 1.0 for v in values):
         raise argparse.ArgumentTypeError(f"expected fractions in [0, 1), got {text!r}")
     return sorted(values)
@@ -155,7 +155,7 @@ def run(args) -> int:
     if args.quick:
         _apply_quick(args)
     for name, value, low in (("--epochs", args.epochs, 1), ("--seeds", args.seeds, 1),
-                             ("--window", args.window, 2), ("--batch-size", args.batch_size, 1)):
+                             ("--window", args.window, 3), ("--batch-size", args.batch_size, 1)):
         if value < low:
             print(f"tdds-kernels demo: {name}: expected >= {low}, got {value}", file=sys.stderr)
             return 2

@@ -20,7 +20,7 @@ def parse(argv):
 
 def test_quick_demo_end_to_end(tmp_path, capsys):
     out = tmp_path / "out"
-    args = parse(["--quick", "--dataset", "digits", "--epochs", "4", "-T", "3", "-W", "2", "--seeds", "2",
+    args = parse(["--quick", "--dataset", "digits", "--epochs", "4", "-T", "3", "-W", "3", "--seeds", "2",
                   "--prune-fractions", "0.5,0.9",
                   "--strategies", "tdds,tdds-ccs,tdds-balanced,aum,tdds-weighted",
                   "--backend", "reference", "--no-progress", "--out", str(out)])

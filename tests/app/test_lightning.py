@@ -70,7 +70,8 @@ def test_checkpoint_resume_matches_an_uninterrupted_run(tmp_path):
     trainer(2, tmp_path / "b", callbacks=[first, ckpt]).fit(Tiny(), loader())
     assert first.tracker.epoch == 2
     resumed = make_callback()
-    trainer(T, tmp_path / "b", callbacks=[resumed], enable_checkpointing=False).fit(Tiny(), loader(), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    trainer(T, tmp_path / "b", callbacks=[resumed], enable_checkpointing=False).fit(
+        Tiny(), loader(), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
     assert resumed.tracker.epoch == T
     torch.testing.assert_close(resumed.scores, full_cb.scores, rtol=1e-6, atol=1e-7)
 
@@ -94,7 +95,8 @@ class Recording(TDDSCallback):
 
     def on_train_end(self, trainer, pl_module):
         super().on_train_end(trainer, pl_module)
-        torch.save({"scores": self.scores, "seen": pl_module.seen, "shard": getattr(self.tracker, "shard_size", self.tracker.num_samples)},
+        shard = getattr(self.tracker, "shard_size", self.tracker.num_samples)  # a single tracker: all
+        torch.save({"scores": self.scores, "seen": pl_module.seen, "shard": shard},
                    self.out / f"rank{trainer.global_rank}.pt")
 
 

@@ -66,7 +66,8 @@ def test_load_state_dict_names_mismatch_and_changes_nothing(change, match):
 
 def test_load_rejects_bad_files(tmp_path):
     sd = _tracker().state_dict()
-    for key, value, match in [("version", 99, "format version"), ("format", "x", "not a tdds_kernels.TDDSTracker checkpoint"),
+    for key, value, match in [("version", 99, "format version"),
+                              ("format", "x", "not a tdds_kernels.TDDSTracker checkpoint"),
                               ("ring", torch.zeros(7, 5), "ring: expected shape")]:
         bad = dict(sd, **{key: value})
         torch.save(bad, tmp_path / "bad.pt")

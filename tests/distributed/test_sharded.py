@@ -179,7 +179,8 @@ def scenario_bad_batch(rank, world, pg, tmp):
             msg = expect_error(lambda: sharded.update(x, i, y), kind, text)
             assert msg == text, name  # exactly the single tracker's error
         else:
-            expect_error(lambda: sharded.update(good_x, good_i, torch.zeros(4, dtype=torch.int64) if y is not None else None),
+            good_y = torch.zeros(4, dtype=torch.int64) if y is not None else None
+            expect_error(lambda: sharded.update(good_x, good_i, good_y),
                          kind, f"rank {bad_rank} failed, so no rank went on: {text}")
     # Two ranks bad at once: each gets its own error.
     if rank == 0:

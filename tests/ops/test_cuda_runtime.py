@@ -70,7 +70,7 @@ def test_compiled_triton_is_what_runs_on_cuda():
     import tdds_kernels.ops.triton as tt
     assert not tt.INTERPRETED
     # Triton imports and compiles here, so auto has a fast backend (whichever AUTO_ORDER puts first).
-    assert tk.TDDSTracker(8, 3, window=2, device=DEV).backend in FAST
+    assert tk.TDDSTracker(8, 3, window=3, device=DEV).backend in FAST
 
 
 # ------------------------------------------------------------------ host syncs
@@ -149,7 +149,7 @@ def test_forgotten_end_epoch_still_warns_on_cuda(name):
     # warning comes one check (N rows) later than on CPU, but it comes.
     ops_or_skip(name)
     n = 64
-    tr = tk.TDDSTracker(n, 10, window=2, trajectory_len=None, device=DEV, backend=name)
+    tr = tk.TDDSTracker(n, 10, window=3, trajectory_len=None, device=DEV, backend=name)
     z, index = torch.randn(n, 10, device=DEV), torch.arange(n, device=DEV)
     tr.update(z, index)  # check 1: starts a copy
     torch.cuda.synchronize()
@@ -177,7 +177,7 @@ def test_reference_backend_syncs():
 def test_update_with_targets_syncs(name):
     # Documented: the baselines (update(..., targets=...)) select rows with nonzero: a sync.
     ops_or_skip(name)
-    tr = tk.TDDSTracker(16, 10, window=2, device=DEV, backend=name)
+    tr = tk.TDDSTracker(16, 10, window=3, device=DEV, backend=name)
     z, index = torch.randn(8, 10, device=DEV), torch.arange(8, device=DEV)
     tr.update(z, index)
     with no_sync(), pytest.raises(RuntimeError, match="synchroniz"):
