@@ -66,7 +66,8 @@ def main(argv=None):
     ap.add_argument("--output-dir", default="hf_tdds_out")
     ap.add_argument("--save-steps", type=int, help="checkpoint every K optimizer steps (default: none)")
     ap.add_argument("--stop-at-step", type=int, help="stop after this step, as if the run crashed")
-    ap.add_argument("--resume", action="store_true", help="resume from the last checkpoint")
+    ap.add_argument("--resume", nargs="?", const=True, default=None,
+                    help="resume from the last checkpoint, or from the checkpoint folder given")
     ap.add_argument("--out", help="write the scores here (torch.save)")
     ap.add_argument("--no-eval", action="store_true", help="no evaluation at epoch ends")
     args = ap.parse_args(argv)
@@ -85,7 +86,7 @@ def main(argv=None):
 
     trainer = TDDSTrainer(model=tiny_bert(), args=targs, train_dataset=train_set, eval_dataset=Tokens(48, seed=1),
                           compute_metrics=accuracy, callbacks=callbacks)
-    trainer.train(resume_from_checkpoint=True if args.resume else None)
+    trainer.train(resume_from_checkpoint=args.resume)
     if args.stop_at_step:
         print(f"stopped at step {trainer.state.global_step}")
         return trainer, cb
