@@ -1,0 +1,67 @@
+"""Accelerate: TrackerState through save_state / load_state resumes bit-exactly on 1 and 2
+processes (examples/accelerate_example.py; 2 processes under torchrun, gloo on loopback)."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("accelerate")
+
+from tdds_kernels import TDDSTracker  # noqa: E402
+from tdds_kernels.integrations.accelerate import TrackerState  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "accelerate_example.py"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "PYTHONWARNINGS": "ignore",
+       "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+
+
+def run(*args, world=1, cwd=None):
+    launch = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}"]
+              if world > 1 else [sys.executable])
+    proc = subprocess.run([str(c) for c in [*launch, EXAMPLE, "--epochs", "4", *args]], env=ENV, cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+    teardown_only = "terminate called without an active exception" in proc.stderr and (
+        "stats:" in proc.stdout or "stopped at" in proc.stdout)  # see test_examples.run
+    assert proc.returncode == 0 or teardown_only, f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+@pytest.mark.parametrize("world, stop, save_every", [(1, 30, 10),   # epoch 1 of 20 steps, half done
+                                                     (1, 40, 20),   # epoch 1's last step
+                                                     (2, 16, 4)])   # epoch 1 of 10 steps, 6 done
+def test_resume_matches_an_uninterrupted_run(tmp_path, world, stop, save_every):
+    out = run("--out", tmp_path / "full.pt", world=world)
+    assert "'duplicates': 0, 'missing': 0" in out
+    assert "stopped at step" in run("--ckpt", tmp_path / "ck", "--stop-at-step", stop, "--save-every", save_every,
+                                    world=world)
+    steps_per_epoch = 200 // 10 // world
+    out = run("--ckpt", tmp_path / "ck", "--out", tmp_path / "resumed.pt", world=world)
+    assert f"resumed at epoch 1, step {stop - steps_per_epoch}" in out
+    assert "'duplicates': 0, 'missing': 0" in out
+    full = torch.load(tmp_path / "full.pt")
+    assert full.abs().sum() > 0 and torch.equal(torch.load(tmp_path / "resumed.pt"), full)
+
+
+def test_tracker_state_round_trip_and_bad_argument():
+    a = TDDSTracker(6, 3, window=2, trajectory_len=4)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        a.update(torch.randn(6, 3, generator=g), torch.arange(6))
+        a.end_epoch()
+    a.update(torch.randn(3, 3, generator=g), torch.arange(3))  # an open epoch travels too
+    b = TDDSTracker(6, 3, window=2, trajectory_len=4)
+    TrackerState(b).load_state_dict(TrackerState(a).state_dict())
+    for key, value in a.state_dict().items():
+        if isinstance(value, torch.Tensor):
+            torch.testing.assert_close(b.state_dict()[key], value, rtol=0, atol=0, equal_nan=True, msg=key)
+        else:
+            assert b.state_dict()[key] == value, key
+    with pytest.raises(TypeError, match="tracker: expected a TDDSTracker"):
+        TrackerState({})
