@@ -33,20 +33,29 @@ def run(*args, world=1, cwd=None):
     return proc.stdout
 
 
-@pytest.mark.parametrize("world, stop, save_every", [(1, 30, 10),   # epoch 1 of 20 steps, half done
-                                                     (1, 40, 20),   # epoch 1's last step
-                                                     (2, 16, 4)])   # epoch 1 of 10 steps, 6 done
-def test_resume_matches_an_uninterrupted_run(tmp_path, world, stop, save_every):
+def check_resumes(tmp_path, world, cases):
     out = run("--out", tmp_path / "full.pt", world=world)
     assert "'duplicates': 0, 'missing': 0" in out
-    assert "stopped at step" in run("--ckpt", tmp_path / "ck", "--stop-at-step", stop, "--save-every", save_every,
-                                    world=world)
-    steps_per_epoch = 200 // 10 // world
-    out = run("--ckpt", tmp_path / "ck", "--out", tmp_path / "resumed.pt", world=world)
-    assert f"resumed at epoch 1, step {stop - steps_per_epoch}" in out
-    assert "'duplicates': 0, 'missing': 0" in out
     full = torch.load(tmp_path / "full.pt")
-    assert full.abs().sum() > 0 and torch.equal(torch.load(tmp_path / "resumed.pt"), full)
+    assert full.abs().sum() > 0
+    steps_per_epoch = 200 // 10 // world
+    for stop, save_every in cases:
+        ck = tmp_path / f"ck{stop}"
+        assert "stopped at step" in run("--ckpt", ck, "--stop-at-step", stop, "--save-every", save_every, world=world)
+        out = run("--ckpt", ck, "--out", tmp_path / "resumed.pt", world=world)
+        assert f"resumed at epoch 1, step {stop - steps_per_epoch}" in out
+        assert "'duplicates': 0, 'missing': 0" in out
+        assert torch.equal(torch.load(tmp_path / "resumed.pt"), full), stop
+
+
+def test_one_process_resume_matches_an_uninterrupted_run(tmp_path):
+    # Epoch 1 (20 steps) half done; epoch 1's last step (saved before end_epoch).
+    check_resumes(tmp_path, 1, [(30, 10), (40, 20)])
+
+
+def test_two_processes_resume_matches_an_uninterrupted_run(tmp_path):
+    # Epoch 1 of 10 steps per process, 6 done.
+    check_resumes(tmp_path, 2, [(16, 4)])
 
 
 def test_tracker_state_round_trip_and_bad_argument():
