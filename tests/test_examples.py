@@ -58,6 +58,15 @@ def test_lightning_example(tmp_path):
 
 @pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="transformers not installed")
 def test_hf_trainer(tmp_path):
+    # Resumes and 2 ranks: tests/test_hf.py.
     out = run(sys.executable, EXAMPLES / "hf_trainer.py", "--epochs", "3", "--output-dir", tmp_path / "out",
               cwd=tmp_path, timeout=300)
-    assert "kept 500" in out
+    assert "kept 48" in out and "'duplicates': 0, 'missing': 0" in out
+
+
+@pytest.mark.skipif(importlib.util.find_spec("accelerate") is None, reason="accelerate not installed")
+def test_accelerate_example(tmp_path):
+    # Resumes and 2 processes: tests/test_accelerate.py.
+    out = run(sys.executable, EXAMPLES / "accelerate_example.py", "--epochs", "3", "--out", tmp_path / "s.pt",
+              cwd=tmp_path)
+    assert "kept 100 of 200" in out and torch.load(tmp_path / "s.pt").shape == (200,)
