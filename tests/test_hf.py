@@ -57,6 +57,32 @@ def test_records_every_training_row_once_and_never_eval(full, tmp_path):
     assert [round(h["epoch"]) for h in trainer.state.log_history if "eval_accuracy" in h] == [1, 2, 3, 4]
 
 
+def test_predict_and_metrics_see_plain_labels_and_record_nothing(full):
+    trainer, cb = full
+    before = cb.tracker.stats
+    eval_set = add_index(ex.Tokens(48, seed=1))  # an index column in eval data is dropped, not used
+    seen = {}
+
+    def metrics(pred):
+        seen["label_ids"] = pred.label_ids
+        return {}
+
+    trainer.compute_metrics = metrics
+    out = trainer.predict(eval_set)
+    assert out.predictions.shape == (48, ex.CLASSES) and out.label_ids.shape == (48,)
+    assert seen["label_ids"].shape == (48,)  # labels alone: no index riding along as a label
+    assert cb.tracker.stats == before
+
+
+def test_targets_track_the_baselines(tmp_path):
+    args = ex.TrainingArguments(output_dir=str(tmp_path), num_train_epochs=3, per_device_train_batch_size=8,
+                                save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True)
+    cb = TDDSCallback(96, ex.CLASSES, targets_key="labels", window=3, trajectory_len=3)
+    ex.TDDSTrainer(model=ex.tiny_bert(), args=args, train_dataset=add_index(ex.Tokens()), callbacks=[cb]).train()
+    base = cb.tracker.baseline_scores()
+    assert base and all(v.shape == (96,) for v in base.values())
+
+
 def test_matches_a_tracker_fed_an_independent_record(tmp_path):
     # The model itself records (input_ids, logits) of its training forwards; input_ids identify
     # the sample (asserted unique), so a plain tracker can be fed the same rows.

@@ -121,8 +121,11 @@ class TDDSCallback(TrainerCallback):
             if not checkpoint_exists(path, device=device, process_group=group):
                 raise FileNotFoundError(
                     f"TDDSCallback: resuming from step {state.global_step}, but {path} (the tracker saved "
-                    "with that checkpoint) is missing; without it the scores would start mid-run. Resume "
-                    "from a checkpoint written with this callback, or train from scratch")
+                    "with that checkpoint) is missing" + (f" for some of the {dist.get_world_size()} ranks "
+                    "(a sharded run writes one file per rank, tdds.pt.rank{r}-of-{W}: resume with the "
+                    "number of processes that saved)" if group is not None else "") + "; without it the "
+                    "scores would start mid-run. Resume from a checkpoint written with this callback, or "
+                    "train from scratch")
             self.tracker = load_tracker(path, device=device, process_group=group,
                                         backend=self.tracker_kwargs.get("backend", "auto"))
             self._check_config(path)
@@ -159,7 +162,8 @@ class TDDSCallback(TrainerCallback):
             self.tracker.end_epoch()
         if self.tracker.complete or self.tracker.epoch != done:
             return
-        rows = self.tracker.state_dict()["rows_in_epoch"]  # this rank's rows (all ranks warn alike)
+        # This rank's rows of the open epoch (no public accessor yet; state_dict() would copy N x C).
+        rows = self.tracker._rows_in_epoch
         if rows and args.ignore_data_skip:
             warnings.warn(
                 f"TDDSCallback: the checkpoint at step {state.global_step} holds epoch {done} open with "
