@@ -154,13 +154,14 @@ def final_state(sd: dict) -> dict:
 
 def expand_final_state(sd: dict) -> dict:
     """A loadable state dict from final_state(): the recording state refilled with its initial
-    values (unused by a complete tracker); any other state dict is returned as it is."""
+    values (unused by a complete tracker) as broadcast views, so loading allocates no N x C
+    temporary; any other state dict is returned as it is."""
     if not isinstance(sd, dict) or not sd.get("final"):
         return sd
     cfg = sd["config"]
     n, c, w = cfg["num_samples"], cfg["num_classes"], cfg["window"]
     out = {k: v for k, v in sd.items() if k != "final"}
-    out["prev"] = torch.zeros(n, c, dtype=getattr(torch, cfg["storage_dtype"]))
-    out["ring"] = torch.full((n, w - 1), float("nan"))
-    out["seen"] = torch.full((n,), -1, dtype=torch.int32)
+    out["prev"] = torch.zeros((), dtype=getattr(torch, cfg["storage_dtype"])).expand(n, c)
+    out["ring"] = torch.tensor(float("nan")).expand(n, w - 1)
+    out["seen"] = torch.tensor(-1, dtype=torch.int32).expand(n)
     return out
