@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -52,8 +53,12 @@ def test_ddp_torchrun_resume_matches_an_uninterrupted_run(tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec("pytorch_lightning") is None, reason="pytorch-lightning not installed")
 def test_lightning_example(tmp_path):
     out = run(sys.executable, EXAMPLES / "lightning_example.py", "--epochs", "3", "--out", tmp_path / "s.pt",
-              cwd=tmp_path)
-    assert "kept 500" in out and torch.load(tmp_path / "s.pt").shape == (1000,)
+              "--release-dir", tmp_path / "rel", "--retrain-epochs", "1", cwd=tmp_path)
+    assert "kept 500" in out and "retrained 1 epochs on 500 samples" in out
+    scores = torch.load(tmp_path / "s.pt")
+    assert scores.shape == (1000,)
+    mask = np.load(tmp_path / "rel" / "data_mask_win3_ep3.npy")
+    np.testing.assert_array_equal(np.load(tmp_path / "rel" / "score_win3_ep3.npy"), scores.numpy()[mask])
 
 
 @pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="transformers not installed")
