@@ -70,10 +70,12 @@ def main(argv=None):
                     help="resume from the last checkpoint, or from the checkpoint folder given")
     ap.add_argument("--out", help="write the scores here (torch.save)")
     ap.add_argument("--no-eval", action="store_true", help="no evaluation at epoch ends")
+    ap.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
     args = ap.parse_args(argv)
 
     targs = TrainingArguments(output_dir=args.output_dir, num_train_epochs=args.epochs,
                               per_device_train_batch_size=8, learning_rate=1e-3, seed=0,
+                              gradient_accumulation_steps=args.grad_accum,
                               save_strategy="steps" if args.save_steps else "no", save_steps=args.save_steps or 500,
                               eval_strategy="no" if args.no_eval else "epoch", per_device_eval_batch_size=16, report_to=[],
                               logging_strategy="no", use_cpu=not torch.cuda.is_available(), disable_tqdm=True)

@@ -126,6 +126,16 @@ def test_resume_matches_an_uninterrupted_run(full, tmp_path, save_steps, stop):
     assert torch.equal(cb.scores, full[1].scores)
 
 
+def test_resume_with_gradient_accumulation(tmp_path):
+    # 2 batches per optimizer step: 6 steps per epoch; step 9 is half of epoch 1 (24 batches in).
+    _, full = run(tmp_path, "full", "--grad-accum", 2)
+    run(tmp_path, "r", "--grad-accum", 2, "--save-steps", 3, "--stop-at-step", 9)
+    saved = torch.load(tmp_path / "r" / "checkpoint-9" / "tdds.pt", weights_only=True)
+    assert saved["epoch"] == 1 and saved["rows_in_epoch"] == 48
+    _, cb = run(tmp_path, "r", "--grad-accum", 2, "--save-steps", 3, "--resume")
+    assert full.scores.abs().sum() > 0 and torch.equal(cb.scores, full.scores)
+
+
 def test_resume_without_a_tracker_file_raises(tmp_path):
     run(tmp_path, "r", "--save-steps", 6, "--stop-at-step", 6)
     os.remove(tmp_path / "r" / "checkpoint-6" / "tdds.pt")
