@@ -70,6 +70,7 @@ def main(argv=None):
                     help="resume from the last checkpoint, or from the checkpoint folder given")
     ap.add_argument("--out", help="write the scores here (torch.save)")
     ap.add_argument("--no-eval", action="store_true", help="no evaluation at epoch ends")
+    ap.add_argument("--trajectory-len", type=int, help="epochs scored (default: all of them)")
     ap.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
     args = ap.parse_args(argv)
 
@@ -80,7 +81,7 @@ def main(argv=None):
                               eval_strategy="no" if args.no_eval else "epoch", per_device_eval_batch_size=16, report_to=[],
                               logging_strategy="no", use_cpu=not torch.cuda.is_available(), disable_tqdm=True)
     train_set = add_index(Tokens())                   # items get "index": i
-    cb = TDDSCallback(len(train_set), CLASSES, window=3, trajectory_len=args.epochs)
+    cb = TDDSCallback(len(train_set), CLASSES, window=3, trajectory_len=args.trajectory_len or args.epochs)
     callbacks = [cb] + ([StopAt(args.stop_at_step)] if args.stop_at_step else [])
 
     def accuracy(pred):  # a stock compute_metrics: label_ids stays the labels alone

@@ -136,6 +136,26 @@ def test_resume_with_gradient_accumulation(tmp_path):
     assert full.scores.abs().sum() > 0 and torch.equal(cb.scores, full.scores)
 
 
+def test_checkpoints_after_completion_drop_the_recording_state(tmp_path):
+    # trajectory_len 3 of 5 epochs: the tracker completes when epoch 2 ends (after step 36), so
+    # the checkpoints at steps 48 and 60 come after completion.
+    real = ex.TDDSCallback
+    ex.TDDSCallback = lambda n, c, **kw: real(n, c, **{**kw, "trajectory_len": 3})
+    try:
+        _, done = run(tmp_path, "r", "--epochs", 5, "--save-steps", 12, "--stop-at-step", 60)
+        folder = tmp_path / "r" / "checkpoint-48"
+        assert sorted(p.name for p in folder.glob("tdds*")) == ["tdds.final.pt"]
+        assert sorted(p.name for p in (tmp_path / "r" / "checkpoint-36").glob("tdds*")) == ["tdds.pt"]
+        final = torch.load(folder / "tdds.final.pt", weights_only=True)
+        assert final["complete"] and not {"prev", "ring", "seen"} & final.keys()
+        assert (folder / "tdds.final.pt").stat().st_size < (tmp_path / "r" / "checkpoint-36" / "tdds.pt").stat().st_size
+        _, cb = run(tmp_path, "r48", "--epochs", 5, "--resume", folder)
+    finally:
+        ex.TDDSCallback = real
+    assert cb.tracker.complete and cb.tracker.stats == done.tracker.stats
+    assert done.scores.abs().sum() > 0 and torch.equal(cb.scores, done.scores)
+
+
 def test_resume_without_a_tracker_file_raises(tmp_path):
     run(tmp_path, "r", "--save-steps", 6, "--stop-at-step", 6)
     os.remove(tmp_path / "r" / "checkpoint-6" / "tdds.pt")
@@ -163,8 +183,7 @@ def test_add_index_and_bad_arguments():
 
 
 def torchrun(tmp_path, *args):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", EXAMPLE,
-           "--epochs", "4", *args]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", EXAMPLE, *args]
     proc = subprocess.run([str(c) for c in cmd], env=ENV, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     teardown_only = "terminate called without an active exception" in proc.stderr and (
         "stats:" in proc.stdout or "stopped at" in proc.stdout)  # see test_examples.run
@@ -173,16 +192,19 @@ def torchrun(tmp_path, *args):
 
 
 def test_two_ranks_resume_matches_an_uninterrupted_run(tmp_path):
-    # 96 samples on 2 ranks x 8 per batch: 6 steps per epoch. Step 8 is in the middle of epoch 1,
-    # step 12 is epoch 1's last step (a checkpoint written before on_epoch_end).
-    out = torchrun(tmp_path, "--output-dir", "full", "--out", "full.pt")
+    # 96 samples on 2 ranks x 8 per batch: 6 steps per epoch, 5 epochs, 3 scored. The full run's
+    # own checkpoints are resumed: step 8 is in the middle of epoch 1, step 12 is epoch 1's last
+    # step (written before on_epoch_end), step 20 comes after completion (at step 18).
+    out = torchrun(tmp_path, "--epochs", 5, "--trajectory-len", 3, "--output-dir", "full", "--save-steps", 4,
+                   "--out", "full.pt")
     assert "'duplicates': 0, 'missing': 0" in out
     full = torch.load(tmp_path / "full.pt")
     assert full.abs().sum() > 0
-    torchrun(tmp_path, "--output-dir", "r", "--save-steps", 4, "--stop-at-step", 12)
-    assert sorted(p.name for p in (tmp_path / "r" / "checkpoint-8").glob("tdds.pt*")) == \
-        ["tdds.pt.rank0-of-2", "tdds.pt.rank1-of-2"]
-    for stop in (8, 12):
-        torchrun(tmp_path, "--output-dir", f"r{stop}", "--resume", tmp_path / "r" / f"checkpoint-{stop}",
-                 "--out", f"r{stop}.pt")
-        assert torch.equal(torch.load(tmp_path / f"r{stop}.pt"), full), stop
+    ck = tmp_path / "full"
+    assert sorted(p.name for p in (ck / "checkpoint-8").glob("tdds*")) == ["tdds.pt.rank0-of-2", "tdds.pt.rank1-of-2"]
+    assert sorted(p.name for p in (ck / "checkpoint-20").glob("tdds*")) == \
+        ["tdds.final.pt.rank0-of-2", "tdds.final.pt.rank1-of-2"]
+    for step in (8, 12, 20):
+        torchrun(tmp_path, "--epochs", 5, "--trajectory-len", 3, "--output-dir", f"r{step}",
+                 "--resume", ck / f"checkpoint-{step}", "--out", f"r{step}.pt")
+        assert torch.equal(torch.load(tmp_path / f"r{step}.pt"), full), step

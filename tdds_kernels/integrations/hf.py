@@ -38,10 +38,36 @@ import torch
 import torch.distributed as dist
 from transformers import Trainer, TrainerCallback
 
-from ..tracker import TDDSTracker
+from ..tracker import TDDSTracker, save_atomic
+from ._final import expand_final_state, final_state
 from .loop import checkpoint_exists, load_tracker
 
 CHECKPOINT_FILE = "tdds.pt"
+
+
+def _final_path(path: str) -> str:
+    # A complete tracker's checkpoint (no N x C state) goes under its own name, so its existence
+    # alone says which loader to use.
+    root, ext = os.path.splitext(path)
+    return root + ".final" + ext
+
+
+def _rank_file(path: str, group):
+    if group is None:
+        return path
+    from ..distributed import shard_path
+    return shard_path(path, dist.get_rank(group), dist.get_world_size(group))
+
+
+def _agree(group, exc, device):
+    """Raise on every rank if `exc` is set on any (a failed write must not strand the others)."""
+    if group is not None:
+        failed = torch.tensor([int(exc is not None)], device=device)
+        dist.all_reduce(failed, op=dist.ReduceOp.MAX, group=group)
+        if exc is None and failed.item():
+            raise RuntimeError("TDDSCallback: another rank failed to write its tracker checkpoint")
+    if exc is not None:
+        raise exc
 
 
 def _tracker_device(device) -> torch.device:
@@ -118,6 +144,15 @@ class TDDSCallback(TrainerCallback):
         if state.global_step > 0:  # resumed: the tracker saved with that checkpoint
             folder = self.resume_dir or os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
             path = os.path.join(folder, self.checkpoint_file)
+            final = _final_path(path)
+            if checkpoint_exists(final, device=device, process_group=group):
+                # A complete tracker: scores, stats and config only; recording is over.
+                self.tracker = TDDSTracker(self.num_samples, self.num_classes, device=device,
+                                           process_group=group, **self.tracker_kwargs)
+                sd = torch.load(_rank_file(final, group), map_location="cpu", weights_only=True)
+                self.tracker.load_state_dict(expand_final_state(sd))
+                self.resume_dir = None
+                return
             if not checkpoint_exists(path, device=device, process_group=group):
                 raise FileNotFoundError(
                     f"TDDSCallback: resuming from step {state.global_step}, but {path} (the tracker saved "
@@ -181,7 +216,17 @@ class TDDSCallback(TrainerCallback):
         # Every rank runs callbacks; a sharded tracker writes one file per rank (collective).
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         os.makedirs(folder, exist_ok=True)
-        self.tracker.save(os.path.join(folder, self.checkpoint_file))
+        path = os.path.join(folder, self.checkpoint_file)
+        if not self.tracker.complete:
+            self.tracker.save(path)
+            return
+        # Complete: scores and stats are final, so the N x C recording state stays out.
+        group, exc = getattr(self.tracker, "process_group", None), None
+        try:
+            save_atomic(final_state(self.tracker.state_dict()), _rank_file(_final_path(path), group))
+        except Exception as e:
+            exc = e
+        _agree(group, exc, self.tracker.device)
 
     def on_train_end(self, args, state, control, **kwargs):
         self.scores = self.tracker.scores().cpu()  # collective when sharded: every rank is here
