@@ -156,6 +156,26 @@ def test_checkpoints_after_completion_drop_the_recording_state(tmp_path):
     assert done.scores.abs().sum() > 0 and torch.equal(cb.scores, done.scores)
 
 
+def test_a_datasets_dataset_with_a_text_column_gives_the_same_scores(full, tmp_path, monkeypatch):
+    # The same samples as a datasets.Dataset: remove_unused_columns (on by default) drops the raw
+    # "text" column from the dataset itself and keeps "index".
+    datasets = pytest.importorskip("datasets")
+    real = ex.Tokens
+
+    def as_dataset(*args, **kwargs):
+        t = real(*args, **kwargs)
+        return datasets.Dataset.from_dict({"input_ids": t.ids.tolist(), "attention_mask": [[1] * ex.SEQ] * len(t),
+                                           "labels": t.y.tolist(), "text": [f"sample {i}" for i in range(len(t))]}
+                                          ).with_format("torch")
+
+    monkeypatch.setattr(ex, "Tokens", as_dataset)
+    _, cb = run(tmp_path, "ds")
+    assert "index" in ex.add_index(as_dataset()).column_names
+    assert torch.equal(cb.scores, full[1].scores)
+    with pytest.raises(ValueError, match="already has a 'index' column"):
+        ex.add_index(ex.add_index(as_dataset()))
+
+
 def test_resume_without_a_tracker_file_raises(tmp_path):
     run(tmp_path, "r", "--save-steps", 6, "--stop-at-step", 6)
     os.remove(tmp_path / "r" / "checkpoint-6" / "tdds.pt")
