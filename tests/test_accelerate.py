@@ -1,5 +1,6 @@
 """Accelerate: TrackerState through save_state / load_state resumes bit-exactly on 1 and 2
-processes (examples/accelerate_example.py; 2 processes under torchrun, gloo on loopback)."""
+processes (examples/accelerate_example.py: 1 process in this one, 2 under torchrun with gloo on
+loopback)."""
 from __future__ import annotations
 
 import importlib.util
@@ -22,9 +23,30 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "PYTHON
        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
 
 
+spec = importlib.util.spec_from_file_location("accelerate_example", EXAMPLE)
+example = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(example)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny model: threads only contend on the shared CI cores.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def run(*args, world=1, cwd=None):
-    launch = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}"]
-              if world > 1 else [sys.executable])
+    if world == 1:  # in this process: no start-up cost
+        import contextlib
+        import io
+
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            example.main(["--epochs", "4", *map(str, args)])
+        return out.getvalue()
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}"]
     proc = subprocess.run([str(c) for c in [*launch, EXAMPLE, "--epochs", "4", *args]], env=ENV, cwd=cwd,
                           capture_output=True, text=True, timeout=120)
     teardown_only = "terminate called without an active exception" in proc.stderr and (
