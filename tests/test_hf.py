@@ -200,6 +200,9 @@ def test_add_index_and_bad_arguments():
         TDDSCallback(10, 2, device="cpu")
     with pytest.raises(ValueError, match="window"):
         TDDSCallback(10, 2, window=1)
+    with pytest.raises(ValueError, match="num_samples: expected an int >= 1, got 0"):
+        TDDSCallback(0, 2)
+    TDDSCallback(10, 2, backend="cuda")  # checked on the training device, not here
 
 
 def torchrun(tmp_path, *args):

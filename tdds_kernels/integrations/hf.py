@@ -109,7 +109,12 @@ class TDDSCallback(TrainerCallback):
                  **tracker_kwargs):
         if "device" in tracker_kwargs or "process_group" in tracker_kwargs:
             raise ValueError("device / process_group: set by the callback from the TrainingArguments")
-        TDDSTracker(num_samples, num_classes, **tracker_kwargs)  # validate now, not at train time
+        # Validate the arguments now rather than at train time, on a one-sample tracker (the real
+        # one is N x C); the backend is checked when the tracker is built on the training device.
+        for name, value in (("num_samples", num_samples), ("num_classes", num_classes)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
+        TDDSTracker(1, num_classes, **{k: v for k, v in tracker_kwargs.items() if k != "backend"})
         self.num_samples, self.num_classes = num_samples, num_classes
         self.index_key, self.targets_key = index_key, targets_key
         self.logits_fn = logits_fn or default_logits
