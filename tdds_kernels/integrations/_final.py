@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import torch
 
-
 # What a complete tracker no longer needs: updates are no-ops once it is complete, so the
 # per-sample recording state (prev: N x C, ring, seen) can go; score, counters (stats) and the
 # baselines stay.

@@ -36,7 +36,7 @@ except ImportError:  # pragma: no cover - depends on what is installed
     import lightning.pytorch as pl
 
 from ..tracker import TDDSTracker
-from ._final import expand_final_state, final_state  # noqa: F401  (re-exported)
+from ._final import expand_final_state, final_state
 
 
 class TDDSCallback(pl.Callback):
