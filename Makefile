@@ -37,7 +37,7 @@ install:
 	@mkdir -p $(dir $(TORCH_CONSTRAINT)) && $(PY) -c 'import torch; print("torch==" + torch.__version__)' > $(TORCH_CONSTRAINT)
 	@echo "make install: building the C++ extension (tdds_kernels._C) and installing the package;"
 	@echo "              the compile takes about 2 minutes on 2 CPU cores (pip prints 'still running...')"
-	$(PIP) -e ".[demo,test,lightning]" --no-build-isolation -c $(TORCH_CONSTRAINT)
+	$(PIP) -e ".[demo,test,lightning,hf]" --no-build-isolation -c $(TORCH_CONSTRAINT)
 	@echo "make install: done; backends on CPU: $$($(PY) -c 'import tdds_kernels as tk; print(", ".join(tk.available_backends("cpu")))' 2>/dev/null)"
 
 demo: install

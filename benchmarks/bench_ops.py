@@ -1,6 +1,6 @@
 """Op benchmark: tdds update and epoch step, every backend available on the device.
 
-For each shape, times every backend of `tdds_kernels.backends.available(device)` (the Triton
+For each shape, times every backend of `tdds_kernels.ops.registry.available(device)` (the Triton
 interpreter excluded: it is a test tool), the eager reference and torch.compile of the
 reference functions, and reports the bytes the op must move over its time as GB/s and as a
 fraction of a device-to-device copy measured in the same run, with speedups over the eager

@@ -1,10 +1,12 @@
 """TDDS scores from PyTorch Lightning with tdds_kernels.integrations.lightning.TDDSCallback.
 
-    python examples/lightning_example.py [--epochs 6] [--devices 2]
+    python examples/lightning_example.py [--epochs 6] [--devices 2] [--release-dir out] [--retrain-epochs 2]
 
 training_step returns the logits and the dataset indices next to the loss; the callback records
 them, closes an epoch per training epoch, shards its state under DDP (--devices > 1 runs
 strategy="ddp" on CPU processes) and rides in Lightning's checkpoints (resume with ckpt_path).
+Then the scores go to the retraining run: the release's mask / score files (--release-dir) and
+a model trained on the kept half (--retrain-epochs).
 """
 import argparse
 
@@ -16,6 +18,7 @@ import pytorch_lightning as pl
 
 import tdds_kernels as tk
 from tdds_kernels.integrations.lightning import TDDSCallback
+from tdds_kernels.retrain import kept_subset, write_release_files
 
 
 def synthetic(n=1000, classes=10, dim=16, noise=0.1, seed=0):
@@ -46,6 +49,8 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--devices", type=int, default=1)
     ap.add_argument("--out", default=None, help="torch.save the scores here (rank 0)")
+    ap.add_argument("--release-dir", help="write data_mask_win{W}_ep{T}.npy / score_win{W}_ep{T}.npy here")
+    ap.add_argument("--retrain-epochs", type=int, default=0, help="train a fresh model on the kept half")
     args = ap.parse_args(argv)
 
     pl.seed_everything(0, verbose=False)
@@ -57,11 +62,27 @@ def main(argv=None):
                          logger=False, enable_progress_bar=False, enable_model_summary=False,
                          enable_checkpointing=False)
     trainer.fit(Classifier(), loader)
+    kept = tk.select(tdds.scores, prune_fraction=0.5)  # the same on every rank
+    if args.release_dir:
+        write_release_files(tdds.tracker, args.release_dir)  # collective under DDP; rank 0 writes
     if trainer.is_global_zero:
-        kept = tk.select(tdds.scores, prune_fraction=0.5)
         print(f"scores {tuple(tdds.scores.shape)}, kept {len(kept)}; {tdds.tracker!r}")
         if args.out:
             torch.save(tdds.scores, args.out)
+    if args.retrain_epochs:
+        pruned = DataLoader(kept_subset(data, kept), batch_size=32, shuffle=True)  # (x, y) batches
+        retrain = pl.Trainer(max_epochs=args.retrain_epochs, accelerator="cpu", devices=args.devices,
+                             strategy="ddp" if args.devices > 1 else "auto", logger=False,
+                             enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+        retrain.fit(Retrained(), pruned)
+        if retrain.is_global_zero:
+            print(f"retrained {args.retrain_epochs} epochs on {len(pruned.dataset)} samples")
+
+
+class Retrained(Classifier):
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self.net(x), y)
 
 
 if __name__ == "__main__":

@@ -138,15 +138,27 @@ def score_dump(dump_dir, trajectory_len: int, window: int, decay: float, num_sam
     return tracker.scores().cpu().numpy(), tracker.stats
 
 
-def write_release_outputs(scores, out_dir, window: int, trajectory_len: int) -> tuple[str, str, str]:
-    """Write the release's files for (N,) `scores` by dataset index into `out_dir`, all or none:
-    data_mask_win{W}_ep{T}.npy (ascending order), score_win{W}_ep{T}.npy (the scores in that
-    order) and scores.npy. Returns the three names."""
-    scores = torch.as_tensor(scores).detach().cpu().to(torch.float32)
-    order = ascending_order(scores).numpy()
-    scores = scores.numpy()
+def release_arrays(scores, window: int, trajectory_len: int) -> dict[str, np.ndarray]:
+    """The release's files for (N,) scores by dataset index: {file name: array}. The mask is the
+    ascending argsort of the scores (the release's order), the score file the scores in it."""
+    scores = torch.as_tensor(scores).detach().cpu()
+    if scores.dim() != 1 or not scores.dtype.is_floating_point:
+        raise TypeError(f"scores: expected a 1-D float tensor, got {scores.dim()}-D {scores.dtype}")
+    scores = scores.to(torch.float32)
+    order = ascending_order(scores)
     mask_name, score_name = output_names(window, trajectory_len)
-    arrays = {mask_name: order.astype(np.int64), score_name: scores[order], "scores.npy": scores}
-    # Every file to a temporary one first, then all renamed: no partial outputs.
+    return {mask_name: order.numpy().astype(np.int64), score_name: scores[order].numpy(),
+            "scores.npy": scores.numpy()}
+
+
+def write_arrays(arrays: dict[str, np.ndarray], out_dir) -> None:
+    """np.save every array into `out_dir` under its name, all or none (temporary files, then renames)."""
     replace_files({Path(out_dir) / name: (lambda f, arr=arr: np.save(f, arr)) for name, arr in arrays.items()})
-    return mask_name, score_name, "scores.npy"
+
+
+def write_release_outputs(scores, out_dir, window: int, trajectory_len: int) -> tuple[str, ...]:
+    """Write release_arrays(scores, window, trajectory_len) into `out_dir`, all or none; returns
+    the file names (mask, scores in mask order, scores.npy)."""
+    arrays = release_arrays(scores, window, trajectory_len)
+    write_arrays(arrays, out_dir)
+    return tuple(arrays)

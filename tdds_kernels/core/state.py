@@ -29,6 +29,9 @@ TENSORS = {
     "epoch_start_counters": (lambda c: ((NUM_SLOTS,), torch.int64), 0),
 }
 PER_SAMPLE = ("prev", "seen", "ring", "score")  # rows by dataset index
+# What a complete tracker no longer reads (its updates are no-ops): a final checkpoint may drop
+# these per-sample tensors (prev: N x C) and keep score, counters (stats) and baselines.
+RECORDING = ("prev", "ring", "seen")
 # Under a change of layout: the first len(COUNTERS) slots of these add up over shards (the
 # slots after them, the epoch, are the same everywhere); rows_in_epoch adds up too.
 SUMMED_COUNTERS = ("counters", "epoch_start_counters")

@@ -138,6 +138,11 @@ class TDDSTracker(metaclass=_Constructor):
         out["windows"] = max(0, self.epoch - self.window + 1)
         return out
 
+    @property
+    def rows_in_epoch(self) -> int:
+        """Rows passed to update() in the open epoch (host count; rows of a skipped update too)."""
+        return self._state.rows_in_epoch
+
     def epoch_counts(self) -> dict[str, int]:
         """The counters recorded in the open epoch so far (one host sync)."""
         new = self._state.counters.to("cpu", copy=True) - self._state.epoch_start_counters

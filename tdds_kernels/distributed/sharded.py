@@ -88,6 +88,7 @@ class ShardedTDDSTracker:
     epoch = property(lambda self: self.local.epoch)
     complete = property(lambda self: self.local.complete)
     shard_size = property(lambda self: self.local.num_samples)
+    rows_in_epoch = property(lambda self: self.local.rows_in_epoch)  # rows this rank's shard received
 
     @property
     def on_nonfinite(self) -> str:

@@ -13,9 +13,19 @@
 Under DDP (one process per device) the state is sharded over the ranks (tdds_kernels.distributed):
 each rank holds ≈ 1/world of it and every rank gets the full scores. The callback's state rides in
 Lightning checkpoints: it is stored as a single tracker's state (any world size can resume it) and
-restored with the trainer's state.
+restored with the trainer's state. Once the tracker is complete, checkpoints carry only what the
+scores and stats need (no N x C state: see `final_state`).
+
+Resume is exact from checkpoints taken at an epoch's end (``ModelCheckpoint`` with its default
+``every_n_epochs=1``, also when it saves at validation end before the epoch closes). From a
+checkpoint taken in the middle of an epoch (``every_n_train_steps``), Lightning with a plain
+DataLoader restarts that epoch's data from its first batch and runs only the steps left: the
+samples of the first batches are recorded a second time (duplicates; their first record is kept)
+and those of the epoch's last batches are not recorded in it (missing). The callback warns then.
 """
 from __future__ import annotations
+
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -27,6 +37,7 @@ except ImportError:  # pragma: no cover - depends on what is installed
 
 from ..core.tracker import TDDSTracker
 from ..distributed.factory import make_tracker
+from ._final import expand_final_state, final_state
 
 
 class TDDSCallback(pl.Callback):
@@ -45,6 +56,7 @@ class TDDSCallback(pl.Callback):
         self.tracker: TDDSTracker | None = None
         self.scores: torch.Tensor | None = None  # (N,) CPU copy, set when fit ends (every rank)
         self._pending: dict | None = None  # a checkpoint's state, loaded once the tracker exists
+        self._restored_rows: int | None = None  # rows of the open epoch in the restored checkpoint
 
     @property
     def state_key(self) -> str:
@@ -66,6 +78,16 @@ class TDDSCallback(pl.Callback):
         # ModelCheckpoint at validation end) resumes at the next epoch: close the pending one.
         while self.tracker.epoch < trainer.current_epoch and not self.tracker.complete:
             self.tracker.end_epoch()
+        rows, self._restored_rows = self._restored_rows, None
+        if rows and not self.tracker.complete and self.tracker.epoch == trainer.current_epoch:
+            warnings.warn(
+                f"TDDSCallback: the checkpoint was taken in the middle of epoch {self.tracker.epoch} "
+                f"({rows} rows recorded). Unless the train DataLoader restores its position (a stateful "
+                "loader), Lightning restarts that epoch's data from its first batch and runs only the "
+                "steps left: samples of the first batches are recorded again (counted as duplicates, "
+                "the first record kept) and samples of the epoch's last batches go unrecorded in it "
+                "(missing), so the scores differ from an uninterrupted run. Resume from a checkpoint "
+                "taken at an epoch's end for exact scores", RuntimeWarning, stacklevel=2)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if outputs is None:
@@ -92,16 +114,21 @@ class TDDSCallback(pl.Callback):
 
     def state_dict(self) -> dict:
         if self.tracker is None:  # nothing recorded yet (or restored but not started)
-            return {"tracker": self._pending}
+            p = self._pending
+            return {"tracker": final_state(p) if p is not None and p["complete"] else p}
         # The whole dataset's state (collective when sharded: every rank is here), so any world
         # size can resume it.
-        return {"tracker": self.tracker.full_state_dict()}
+        sd = self.tracker.full_state_dict()
+        return {"tracker": final_state(sd) if sd["complete"] else sd}
 
     def load_state_dict(self, state_dict: dict) -> None:
         sd = state_dict.get("tracker")
         if sd is None:
             return
+        sd = expand_final_state(sd)
+        self._restored_rows = 0 if sd["complete"] else int(sd.get("rows_in_epoch", 0))
         if self.tracker is None:
             self._pending = sd
         else:
             self.tracker.load_full_state_dict(sd)
+

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -52,12 +53,25 @@ def test_ddp_torchrun_resume_matches_an_uninterrupted_run(tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec("pytorch_lightning") is None, reason="pytorch-lightning not installed")
 def test_lightning_example(tmp_path):
     out = run(sys.executable, EXAMPLES / "lightning_example.py", "--epochs", "3", "--out", tmp_path / "s.pt",
-              cwd=tmp_path)
-    assert "kept 500" in out and torch.load(tmp_path / "s.pt").shape == (1000,)
+              "--release-dir", tmp_path / "rel", "--retrain-epochs", "1", cwd=tmp_path)
+    assert "kept 500" in out and "retrained 1 epochs on 500 samples" in out
+    scores = torch.load(tmp_path / "s.pt")
+    assert scores.shape == (1000,)
+    mask = np.load(tmp_path / "rel" / "data_mask_win3_ep3.npy")
+    np.testing.assert_array_equal(np.load(tmp_path / "rel" / "score_win3_ep3.npy"), scores.numpy()[mask])
 
 
 @pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="transformers not installed")
 def test_hf_trainer(tmp_path):
+    # Resumes and 2 ranks: tests/test_hf.py.
     out = run(sys.executable, EXAMPLES / "hf_trainer.py", "--epochs", "3", "--output-dir", tmp_path / "out",
               cwd=tmp_path, timeout=300)
-    assert "kept 500" in out
+    assert "kept 48" in out and "'duplicates': 0, 'missing': 0" in out
+
+
+@pytest.mark.skipif(importlib.util.find_spec("accelerate") is None, reason="accelerate not installed")
+def test_accelerate_example(tmp_path):
+    # Resumes and 2 processes: tests/test_accelerate.py.
+    out = run(sys.executable, EXAMPLES / "accelerate_example.py", "--epochs", "3", "--out", tmp_path / "s.pt",
+              cwd=tmp_path)
+    assert "kept 100 of 200" in out and torch.load(tmp_path / "s.pt").shape == (200,)

@@ -76,6 +76,52 @@ def test_checkpoint_resume_matches_an_uninterrupted_run(tmp_path):
     torch.testing.assert_close(resumed.scores, full_cb.scores, rtol=1e-6, atol=1e-7)
 
 
+class StopAt(pl.Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            trainer.should_stop = True
+
+
+def test_mid_epoch_checkpoint_warns_and_resume_does_what_it_says(tmp_path):
+    # 5 steps per epoch; step 7 is epoch 1 after 2 batches (16 rows).
+    ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=7, save_top_k=-1)
+    trainer(T, tmp_path / "b", callbacks=[make_callback(), ckpt, StopAt(7)]).fit(Tiny(), loader())
+    (path,) = (tmp_path / "ckpt").iterdir()
+    resumed = make_callback()
+    with pytest.warns(RuntimeWarning, match=r"middle of epoch 1 \(16 rows recorded\)"):
+        trainer(T, tmp_path / "b", callbacks=[resumed], enable_checkpointing=False).fit(Tiny(), loader(), ckpt_path=path)
+    # As warned: epoch 1 restarts at its first batch and runs the 3 steps left, so batches 0-1
+    # are recorded twice and batches 3-4 not at all.
+    stats = resumed.tracker.stats
+    assert (stats["duplicates"], stats["missing"]) == (16, 16)
+
+
+def test_complete_tracker_checkpoints_drop_the_recording_state(tmp_path):
+    import io
+
+    ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_epochs=1)
+    cb = make_callback()
+    trainer(T, tmp_path / "a", callbacks=[cb, ckpt]).fit(Tiny(), loader())
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["callbacks"][cb.state_key]["tracker"]
+    assert saved["complete"] and not {"prev", "ring", "seen"} & saved.keys()
+
+    def size(obj):
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        return buf.tell()
+
+    assert size(cb.tracker.state_dict()) - size(saved) >= N * C * 4  # prev alone is N x C float32
+    # Training on from it: the tracker stays complete, with the same scores and stats.
+    resumed = make_callback()
+    trainer(T + 1, tmp_path / "a", callbacks=[resumed], enable_checkpointing=False).fit(
+        Tiny(), loader(), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    assert resumed.tracker.complete and resumed.tracker.stats == cb.tracker.stats
+    assert torch.equal(resumed.scores, cb.scores)
+
+
 def test_missing_keys_raise_clearly(tmp_path):
     class NoIndex(Tiny):
         def training_step(self, batch, batch_idx):

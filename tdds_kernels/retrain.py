@@ -1,0 +1,85 @@
+"""From scores to the retraining run: the kept samples as a Subset or a sampler, and the
+release's mask / score files written from a tracker.
+
+    kept = tk.select(tracker.scores(), prune_fraction=0.5)
+    loader = DataLoader(kept_subset(train_set, kept), batch_size=128, shuffle=True)
+    # or, keeping the dataset as it is:
+    loader = DataLoader(train_set, batch_size=128, sampler=kept_sampler(kept, seed=0))
+    write_release_files(tracker, "out/")   # data_mask_win{W}_ep{T}.npy, score_win{W}_ep{T}.npy, scores.npy
+
+Under DDP, wrap the Subset in a DistributedSampler as usual: every rank selects the same
+indices from the same (collective) scores.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.utils.data import Sampler, Subset, SubsetRandomSampler
+
+from .core.tracker import TDDSTracker
+from .distributed.sharded import ShardedTDDSTracker
+from .offline import release_arrays, write_arrays
+
+
+def _kept_list(kept, num_samples: int | None) -> list[int]:
+    kept = torch.as_tensor(kept)
+    if kept.dim() != 1 or kept.dtype.is_floating_point or kept.dtype == torch.bool:
+        raise TypeError(f"kept: expected a 1-D tensor of dataset indices (what select() returns), got "
+                        f"{kept.dim()}-D {kept.dtype}")
+    kept = kept.cpu().to(torch.int64)
+    if kept.numel():
+        lo, hi = int(kept.min()), int(kept.max())
+        if lo < 0 or (num_samples is not None and hi >= num_samples):
+            raise ValueError(f"kept: expected indices in [0, {num_samples}), got [{lo}, {hi}]")
+        if torch.unique(kept).numel() != kept.numel():
+            raise ValueError("kept: expected each dataset index once, got repeats")
+    return kept.tolist()
+
+
+def kept_subset(dataset, kept) -> Subset:
+    """``torch.utils.data.Subset`` of the kept samples: `kept` are dataset indices, as from select()."""
+    return Subset(dataset, _kept_list(kept, len(dataset)))
+
+
+class _InOrder(Sampler):
+    def __init__(self, indices):
+        self.indices = indices
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+
+def kept_sampler(kept, shuffle: bool = True, seed: int | None = 0, num_samples: int | None = None) -> Sampler:
+    """A sampler over the kept dataset indices, for ``DataLoader(dataset, sampler=...)``: shuffled
+    each epoch (from `seed`; None draws from torch's global RNG) or in the given order.
+    `num_samples` (the dataset size), when given, range-checks the indices."""
+    indices = _kept_list(kept, num_samples)
+    if not shuffle:
+        return _InOrder(indices)
+    generator = None if seed is None else torch.Generator().manual_seed(seed)
+    return SubsetRandomSampler(indices, generator=generator)
+
+
+def write_release_files(tracker: TDDSTracker, out_dir, allow_incomplete: bool = False) -> list[Path] | None:
+    """Write ``data_mask_win{W}_ep{T}.npy``, ``score_win{W}_ep{T}.npy`` and ``scores.npy`` (as the
+    offline scorer does) from a tracker, atomically. The tracker must be complete unless
+    `allow_incomplete` (then T is the epochs recorded so far). Collective for a sharded tracker:
+    call on every rank; rank 0 writes and returns the paths, the others return None."""
+    if not isinstance(tracker, (TDDSTracker, ShardedTDDSTracker)):
+        raise TypeError(f"tracker: expected a TDDSTracker, got {type(tracker).__name__}")
+    if not tracker.complete and not allow_incomplete:
+        raise ValueError(f"tracker: expected a complete tracker (trajectory_len={tracker.trajectory_len} "
+                         f"epochs), got {tracker.epoch} epochs recorded; pass allow_incomplete=True to "
+                         "write the scores so far")
+    scores = tracker.scores()  # collective when sharded
+    if getattr(tracker, "rank", 0) != 0:
+        return None
+    epochs = tracker.trajectory_len if tracker.complete else tracker.epoch
+    arrays = release_arrays(scores, tracker.window, epochs)
+    out_dir = Path(out_dir)
+    write_arrays(arrays, out_dir)
+    return [out_dir / name for name in arrays]
