@@ -29,7 +29,7 @@ def test_an_installed_torch_is_kept(tmp_path):
     assert "PIP-INSTALL torch" not in proc.stdout
     # Resolving the extras is held to that torch.
     assert (tmp_path / "constraint.txt").read_text().strip() == f"torch=={torch.__version__}"
-    assert f'PIP-INSTALL -e .[demo,test,lightning] --no-build-isolation -c {tmp_path / "constraint.txt"}' \
+    assert f'PIP-INSTALL -e .[demo,test,lightning,hf] --no-build-isolation -c {tmp_path / "constraint.txt"}' \
         in proc.stdout
 
 
