@@ -136,12 +136,12 @@ def test_cpu_backend_strided_indices(index_dtype, threads):
     # Indices of one residue class (what one DistributedSampler rank sees) with duplicates:
     # the split by sample must still cover every row once.
     update, epoch_step = ext_ops("cpu")
-    n = 256
+    n = 512
     batches = []
     g = torch.Generator().manual_seed(3)
-    for e in range(4):
-        index = (torch.arange(0, n, 4).repeat(8))[torch.randperm(512, generator=g)]
-        batches.append((torch.randn(512, 40, generator=g) * 3, index))
+    for e in range(4):  # 2048 rows of 40 classes: several tasks
+        index = (torch.arange(0, n, 4).repeat(16))[torch.randperm(2048, generator=g)]
+        batches.append((torch.randn(2048, 40, generator=g) * 3, index))
     ref = reference_run(batches, n, torch.float32)
     threads(4)
     out = run(update, epoch_step, batches, n, torch.float32, "cpu", index_dtype=index_dtype)
@@ -176,12 +176,13 @@ def program_order(request, monkeypatch):
     return request.param, ran
 
 
-@pytest.mark.parametrize("c, block", [(10, None), (300, 128)], ids=["C10", "C300-chunked"])
-@pytest.mark.parametrize("storage", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("c, block, storage", [(10, None, torch.float32), (10, None, torch.bfloat16),
+                                               (300, 128, torch.float32)],
+                         ids=["C10-f32", "C10-bf16", "C300-chunked-f32"])
 def test_triton_first_occurrence_wins_in_any_program_order(program_order, c, block, storage):
     import tdds_kernels.triton as tt
     order, ran = program_order
-    n, copies = 12, 16
+    n, copies = 12, 8
     batches = scenario(n, copies, c, 4, seed=2)
     ref = reference_run(batches, n, storage)
     out = run(tt.update, tt.epoch_step, batches, n, storage, "cpu", **({"block": block} if block else {}))
