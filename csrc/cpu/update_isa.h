@@ -119,6 +119,7 @@ void update_rows_t(const UpdateArgs& a, const int64_t* rows, int64_t count, Upda
   const float inf = std::numeric_limits<float>::infinity();
 
   const int64_t row_bytes = C * static_cast<int64_t>(sizeof(S));
+  const int64_t logit_bytes = C * static_cast<int64_t>(sizeof(T));
   for (int64_t k = 0; k < count; ++k) {
     // The prev rows are gathered at random from an (N, C) table far larger than the caches, so
     // the hardware prefetcher only ramps up inside each row; fetching the cache lines of the
@@ -129,6 +130,12 @@ void update_rows_t(const UpdateArgs& a, const int64_t* rows, int64_t count, Upda
       if (m >= 0 && m < a.N) {
         const char* r = reinterpret_cast<const char*>(prev + m * C);
         for (int64_t o = 0; o < row_bytes; o += 64) __builtin_prefetch(r + o, /*rw=*/1, /*locality=*/3);
+        // A task's logits rows are scattered over the batch too (every tasks-th row or so),
+        // so the streamer that covered consecutive rows no longer does: fetch them as well.
+        if (rows) {
+          const char* z = reinterpret_cast<const char*>(logits + ahead * C);
+          for (int64_t o = 0; o < logit_bytes; o += 64) __builtin_prefetch(z + o, /*rw=*/0, /*locality=*/3);
+        }
       }
     }
     const int64_t i = rows ? rows[k] : k;
