@@ -33,7 +33,11 @@ def contribution(p: torch.Tensor, log_p: torch.Tensor, log_q: torch.Tensor) -> t
 
 
 def update(logits, index, prev, seen, ring, counters) -> None:
-    """Record one batch of epoch e = counters[EPOCH] (DESIGN.md §3); no host sync."""
+    """Record one batch of epoch e = counters[EPOCH] (DESIGN.md §3); no host sync.
+
+    Of the usable rows (index in range, logits finite) of a sample, the first in batch order is
+    applied if the sample was not recorded earlier in the epoch; every other usable row is a
+    duplicate. Every backend must pick that same row, whatever its execution order."""
     n_samples = prev.shape[0]
     epoch = counters[EPOCH].to(torch.int32)  # 0-d, on the state's device
     idx = index.to(torch.long)
