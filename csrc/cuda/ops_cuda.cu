@@ -13,6 +13,7 @@
 #include <torch/library.h>
 
 #include <cstdint>
+#include <optional>
 
 #include "../ops.h"
 
@@ -157,7 +158,8 @@ void launch_update(const at::Tensor& logits, const at::Tensor& index, const at::
   // Stable sort on the current stream: equal indices keep batch order, so the head of each run
   // is its first row. Device-side, no host sync; the temporaries go back to the caching
   // allocator, which keeps them reserved until the kernel below has run on this stream.
-  const auto [sorted, order] = at::sort(index, /*stable=*/true, /*dim=*/0, /*descending=*/false);
+  const auto [sorted, order] =
+      at::sort(index, /*stable=*/std::optional<bool>(true), /*dim=*/0, /*descending=*/false);
   const unsigned blocks = static_cast<unsigned>((B + kWarpsPerBlock - 1) / kWarpsPerBlock);
   update_kernel<T, S, I><<<blocks, kWarpsPerBlock * kWarp, 0, stream>>>(
       static_cast<const T*>(logits.data_ptr()), static_cast<const I*>(sorted.data_ptr()),
