@@ -130,9 +130,10 @@ void update_rows_t(const UpdateArgs& a, const int64_t* rows, int64_t count, Upda
       if (m >= 0 && m < a.N) {
         const char* r = reinterpret_cast<const char*>(prev + m * C);
         for (int64_t o = 0; o < row_bytes; o += 64) __builtin_prefetch(r + o, /*rw=*/1, /*locality=*/3);
-        // A task's logits rows are scattered over the batch too (every tasks-th row or so),
-        // so the streamer that covered consecutive rows no longer does: fetch them as well.
-        if (rows) {
+        // Where the list jumps over the batch (the rows of repeated samples, split by sample)
+        // the hardware streamer that covers consecutive logits rows does not follow: fetch the
+        // row as well. Measured: this helps there, and costs ~5% on consecutive rows.
+        if (rows && ahead != rows[k] + kPrefetchRows) {
           const char* z = reinterpret_cast<const char*>(logits + ahead * C);
           for (int64_t o = 0; o < logit_bytes; o += 64) __builtin_prefetch(z + o, /*rw=*/0, /*locality=*/3);
         }
