@@ -33,14 +33,17 @@ struct StepArgs {
   float keep, add;      // score = keep * score + add * R
 };
 
-// Rows [begin, end) of one call; one definition per ISA (DEFAULT, AVX2, AVX512).
-using UpdateRowsFn = void (*)(const UpdateArgs&, int64_t begin, int64_t end, UpdateCounts&);
+// The update of the batch rows rows[0..count) (rows == nullptr: rows 0..count-1), visited in
+// that order; one definition per ISA (DEFAULT, AVX2, AVX512). Every row of a sample that
+// appears in the list must appear in batch order, and no other call running at the same time
+// may hold a row of that sample (ops_cpu.cpp partitions the batch by sample).
+using UpdateRowsFn = void (*)(const UpdateArgs&, const int64_t* rows, int64_t count, UpdateCounts&);
 using StepRowsFn = int64_t (*)(const StepArgs&, int64_t begin, int64_t end);  // returns # missing
 
 namespace cpu {
-void update_rows_DEFAULT(const UpdateArgs&, int64_t, int64_t, UpdateCounts&);
-void update_rows_AVX2(const UpdateArgs&, int64_t, int64_t, UpdateCounts&);
-void update_rows_AVX512(const UpdateArgs&, int64_t, int64_t, UpdateCounts&);
+void update_rows_DEFAULT(const UpdateArgs&, const int64_t*, int64_t, UpdateCounts&);
+void update_rows_AVX2(const UpdateArgs&, const int64_t*, int64_t, UpdateCounts&);
+void update_rows_AVX512(const UpdateArgs&, const int64_t*, int64_t, UpdateCounts&);
 int64_t epoch_step_rows_DEFAULT(const StepArgs&, int64_t, int64_t);
 int64_t epoch_step_rows_AVX2(const StepArgs&, int64_t, int64_t);
 int64_t epoch_step_rows_AVX512(const StepArgs&, int64_t, int64_t);

@@ -1,8 +1,10 @@
 // CUDA kernels of tdds::update_ext / tdds::epoch_step_ext.
 //
 // Only the headers the kernels need: ATen/cuda/CUDAContext.h would pull in cuBLAS/cuSPARSE
-// headers, which a bare toolkit (and the CPU torch wheel's compile check) lacks.
+// headers, which a bare toolkit (and the CPU torch wheel's compile check) lacks. at::sort comes
+// from its per-op header (ATen/ops/sort.h), not from ATen/ATen.h.
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/sort.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -11,6 +13,7 @@
 #include <torch/library.h>
 
 #include <cstdint>
+#include <optional>
 
 #include "../ops.h"
 
@@ -32,70 +35,83 @@ __device__ __forceinline__ void count(int64_t* counters, int slot, int64_t v) {
   atomicAdd(reinterpret_cast<unsigned long long*>(counters + slot), static_cast<unsigned long long>(v));
 }
 
-// One warp per row of logits. The epoch is read from counters[kEpoch] on the device (no host
-// sync); bad indices are skipped and counted (the tracker raises at end_epoch).
+// One warp per position of the batch sorted by sample index (sorted: the indices, stably
+// sorted, so equal indices keep batch order; order: their batch positions). The warp at the
+// first position of a run of equal indices processes the whole run in batch order: the first
+// usable (finite) row is applied if the sample was not recorded yet this epoch, every other
+// usable row is a duplicate; warps inside a run exit at once. So the applied row is the lowest
+// batch position among the usable rows whatever order the warps run in, and seen/prev/ring of a
+// sample are touched by one warp only (no atomics on them). The epoch is read from
+// counters[kEpoch] on the device (no host sync); bad indices are skipped and counted (the
+// tracker raises at end_epoch).
 template <typename T, typename S, typename I>
-__global__ void update_kernel(const T* __restrict__ logits, const I* __restrict__ index, S* __restrict__ prev,
-                              int32_t* __restrict__ seen, float* __restrict__ ring, int64_t* __restrict__ counters,
-                              int64_t B, int64_t C, int64_t N, int64_t W1) {
+__global__ void update_kernel(const T* __restrict__ logits, const I* __restrict__ sorted,
+                              const int64_t* __restrict__ order, S* __restrict__ prev, int32_t* __restrict__ seen,
+                              float* __restrict__ ring, int64_t* __restrict__ counters, int64_t B, int64_t C, int64_t N,
+                              int64_t W1) {
   const int lane = threadIdx.x % kWarp;
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
-  if (i >= B) return;  // whole warps exit together
-  const int32_t epoch = static_cast<int32_t>(counters[kEpoch]);
-  const int64_t n = static_cast<int64_t>(index[i]);
+  const int64_t pos = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
+  if (pos >= B) return;  // whole warps exit together
+  const int64_t n = static_cast<int64_t>(sorted[pos]);
+  if (pos > 0 && static_cast<int64_t>(sorted[pos - 1]) == n) return;  // the run's head handles it
+  int64_t end = pos + 1;  // the run is [pos, end)
+  while (end < B && static_cast<int64_t>(sorted[end]) == n) ++end;
   if (n < 0 || n >= N) {
-    if (lane == 0) count(counters, kOutOfRange, 1);
+    if (lane == 0) count(counters, kOutOfRange, end - pos);
     return;
   }
-  const T* x = logits + i * C;
+  const int32_t epoch = static_cast<int32_t>(counters[kEpoch]);
+  const int32_t old = seen[n];
+  bool fresh = old != epoch;  // no row of n applied yet this epoch
+  const bool with_d = epoch >= 1 && old == epoch - 1;  // d_{e-1} needs a record in epoch e - 1
+  int64_t duplicates = 0, nonfinite = 0;
+  for (int64_t k = pos; k < end; ++k) {
+    const T* x = logits + order[k] * C;
 
-  // 1. row max; x - x is NaN exactly for inf/NaN, so `bad` flags a non-finite row
-  float m = -INFINITY, bad = 0.f;
-  for (int64_t c = lane; c < C; c += kWarp) {
-    const float v = static_cast<float>(x[c]);
-    m = fmaxf(m, v);
-    bad += v - v;
-  }
-  m = warp_max(m);
-  if (isnan(warp_sum(bad))) {
-    if (lane == 0) count(counters, kNonfinite, 1);
-    return;
-  }
-
-  // 2. claim the sample: exactly one row per sample and epoch wins the compare-and-swap
-  int32_t old = 0;
-  int won = 0;
-  if (lane == 0) {
-    old = seen[n];
-    while (old != epoch && !won) {
-      const int32_t got = atomicCAS(seen + n, old, epoch);
-      won = got == old;
-      old = got;
+    // 1. row max; x - x is NaN exactly for inf/NaN, so `bad` flags a non-finite row
+    float m = -INFINITY, bad = 0.f;
+    for (int64_t c = lane; c < C; c += kWarp) {
+      const float v = static_cast<float>(x[c]);
+      m = fmaxf(m, v);
+      bad += v - v;
     }
-    if (!won) count(counters, kDuplicates, 1);
-  }
-  won = __shfl_sync(0xffffffffu, won, 0);
-  old = __shfl_sync(0xffffffffu, old, 0);
-  if (!won) return;
+    m = warp_max(m);
+    if (isnan(warp_sum(bad))) {  // skipped: the sample stays unrecorded by this row
+      ++nonfinite;
+      continue;
+    }
+    // 2. the first usable row of the sample in the epoch wins (values are warp-uniform)
+    if (!fresh) {
+      ++duplicates;
+      continue;
+    }
+    fresh = false;
 
-  // 3. softmax denominator
-  float s = 0.f;
-  for (int64_t c = lane; c < C; c += kWarp) s += expf(static_cast<float>(x[c]) - m);
-  const float inv = 1.f / warp_sum(s);
+    // 3. softmax denominator
+    float s = 0.f;
+    for (int64_t c = lane; c < C; c += kWarp) s += expf(static_cast<float>(x[c]) - m);
+    const float inv = 1.f / warp_sum(s);
 
-  // 4. p, log(p + eps), d against the cached log, and the new cached log (re-reading x and
-  // recomputing exp is cheaper than staging the row: the kernel is memory-bound)
-  const bool with_d = epoch >= 1 && old == epoch - 1;
-  S* q = prev + n * C;
-  float d = 0.f;
-  for (int64_t c = lane; c < C; c += kWarp) {
-    const float p = expf(static_cast<float>(x[c]) - m) * inv;
-    const float lp = logf(p + kEps);
-    if (with_d) d += fabsf(p * (lp - static_cast<float>(q[c])));
-    q[c] = static_cast<S>(lp);
+    // 4. p, log(p + eps), d against the cached log, and the new cached log (re-reading x and
+    // recomputing exp is cheaper than staging the row: the kernel is memory-bound)
+    S* q = prev + n * C;
+    float d = 0.f;
+    for (int64_t c = lane; c < C; c += kWarp) {
+      const float p = expf(static_cast<float>(x[c]) - m) * inv;
+      const float lp = logf(p + kEps);
+      if (with_d) d += fabsf(p * (lp - static_cast<float>(q[c])));
+      q[c] = static_cast<S>(lp);
+    }
+    d = warp_sum(d);
+    if (lane == 0) {
+      ring[n * W1 + ring_slot(epoch, W1)] = with_d ? d : NAN;
+      seen[n] = epoch;
+    }
   }
-  d = warp_sum(d);
-  if (lane == 0) ring[n * W1 + ring_slot(epoch, W1)] = with_d ? d : NAN;
+  if (lane == 0) {  // integer sums: the same whatever order the warps add them in
+    if (duplicates) count(counters, kDuplicates, duplicates);
+    if (nonfinite) count(counters, kNonfinite, nonfinite);
+  }
 }
 
 // One thread per sample: mark a missing sample's transition undefined, fold the window.
@@ -139,10 +155,15 @@ template <typename T, typename S, typename I>
 void launch_update(const at::Tensor& logits, const at::Tensor& index, const at::Tensor& prev, const at::Tensor& seen,
                    const at::Tensor& ring, const at::Tensor& counters, cudaStream_t stream) {
   const int64_t B = logits.size(0);
+  // Stable sort on the current stream: equal indices keep batch order, so the head of each run
+  // is its first row. Device-side, no host sync; the temporaries go back to the caching
+  // allocator, which keeps them reserved until the kernel below has run on this stream.
+  const auto [sorted, order] =
+      at::sort(index, /*stable=*/std::optional<bool>(true), /*dim=*/0, /*descending=*/false);
   const unsigned blocks = static_cast<unsigned>((B + kWarpsPerBlock - 1) / kWarpsPerBlock);
   update_kernel<T, S, I><<<blocks, kWarpsPerBlock * kWarp, 0, stream>>>(
-      static_cast<const T*>(logits.data_ptr()), static_cast<const I*>(index.data_ptr()),
-      static_cast<S*>(prev.data_ptr()), seen.data_ptr<int32_t>(), ring.data_ptr<float>(),
+      static_cast<const T*>(logits.data_ptr()), static_cast<const I*>(sorted.data_ptr()),
+      order.data_ptr<int64_t>(), static_cast<S*>(prev.data_ptr()), seen.data_ptr<int32_t>(), ring.data_ptr<float>(),
       counters.data_ptr<int64_t>(), B, logits.size(1), prev.size(0), ring.size(1));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

@@ -1,6 +1,7 @@
 // C++ checks of the CPU kernels against values worked out by hand or in double precision,
 // called through the dispatcher as a C++ trainer would. Run by ctest (CMakeLists.txt).
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <cmath>
@@ -105,6 +106,45 @@ void test_epoch_step_window() {
   EXPECT(counters[4].item<int64_t>() == 5);
 }
 
+// A batch big enough for several tasks, with samples that occur once, samples that occur many
+// times (first copies non-finite), and out-of-range rows: the result does not depend on the
+// number of threads (1, 2 or 4: every split visits a sample's rows in batch order, in one task),
+// and the first finite copy of each sample is the one applied. Under ASan this also covers the
+// occurrence table and the row lists of ops_cpu.cpp.
+void test_threads_give_one_result() {
+  const int64_t B = 4096, C = 24, N = 3000;
+  auto index = at::randint(0, 200, {B}, at::kLong);                // many copies of 200 samples
+  index.slice(0, 0, 1000).copy_(at::randperm(2800).slice(0, 0, 1000) + 200);  // 1000 samples once
+  index = index.index_select(0, at::randperm(B));
+  index[17] = -1;
+  index[99] = N + 5;
+  auto logits = at::randn({B, C}) * 3;
+  for (int64_t s = 0; s < 200; s += 7) {  // first copy of every 7th repeated sample: a NaN
+    auto rows = at::nonzero(index == s);
+    if (rows.size(0) > 1) logits[rows[0][0].item<int64_t>()][3] = NAN;
+  }
+  std::vector<at::Tensor> results;
+  const int before = at::get_num_threads();
+  for (int threads : {1, 2, 4}) {
+    at::set_num_threads(threads);
+    auto prev = at::zeros({N, C});
+    auto seen = at::zeros({N}, at::kInt);
+    auto ring = at::full({N, 3}, -7.f);
+    auto counters = counters_at(1);
+    update(logits, index, prev, seen, ring, counters);
+    results.push_back(at::cat({prev.flatten(), seen.to(at::kFloat), ring.flatten(), counters.to(at::kFloat)}));
+  }
+  at::set_num_threads(before);
+  EXPECT(at::equal(results[0], results[1]) && at::equal(results[0], results[2]));
+  auto prev = results[0].slice(0, 0, N * C).view({N, C});
+  auto lp = at::log(at::softmax(logits, 1) + 1e-8f);
+  for (int64_t s = 0; s < 200; ++s) {
+    auto rows = at::nonzero((index == s) & at::isfinite(logits).all(1));
+    if (rows.size(0) == 0) continue;
+    EXPECT(at::allclose(prev[s], lp[rows[0][0].item<int64_t>()], 1e-5, 1e-6));
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -112,6 +152,7 @@ int main() {
   test_known_transition();
   for (auto storage : {at::kFloat, at::kBFloat16, at::kHalf}) test_wide_rows_and_counters(storage);
   test_epoch_step_window();
+  test_threads_give_one_result();
   if (failures) {
     std::fprintf(stderr, "%d check(s) failed\n", failures);
     return 1;

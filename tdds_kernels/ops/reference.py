@@ -35,6 +35,10 @@ def contribution(p: torch.Tensor, log_p: torch.Tensor, log_q: torch.Tensor) -> t
 def update(logits, index, prev, seen, ring, counters) -> None:
     """Record one batch of epoch e = counters[EPOCH] (docs/design.md §3).
 
+    Of the usable rows (index in range, logits finite) of a sample, the first in batch order is
+    applied if the sample was not recorded earlier in the epoch; every other usable row is a
+    duplicate. Every backend must pick that same row, whatever its execution order.
+
     Syncs the host on CUDA: picking the applied rows (nonzero, boolean indexing) gives tensors
     whose shape depends on the data. The triton and cuda backends do not sync."""
     n_samples = prev.shape[0]

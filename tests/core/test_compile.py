@@ -124,11 +124,11 @@ target = GPUTarget("cuda", 90, 32)
 for z, p in (("fp32", "fp32"), ("bf16", "bf16"), ("fp16", "fp16")):
     for c in (10, 1000, 32000):
         block, single, warps = _config(c)
-        sig = {"logits_ptr": "*" + z, "logits_stride": "i64", "index_ptr": "*i64",
-               "prev_ptr": "*" + p, "seen_ptr": "*i32", "ring_ptr": "*fp32",
-               "counters_ptr": "*i64", "N": "i32", "C": "i32", "W1": "i32",
+        sig = {"logits_ptr": "*" + z, "logits_stride": "i64", "sorted_ptr": "*i64",
+               "order_ptr": "*i64", "prev_ptr": "*" + p, "seen_ptr": "*i32", "ring_ptr": "*fp32",
+               "counters_ptr": "*i64", "B": "i32", "N": "i32", "C": "i32", "W1": "i32",
                "SINGLE": "constexpr", "BLOCK": "constexpr"}
-        k = triton.compile(ASTSource(_update_kernel, sig, {(10,): single, (11,): block}),
+        k = triton.compile(ASTSource(_update_kernel, sig, {(12,): single, (13,): block}),
                            target=target, options={"num_warps": warps})
         assert "ld.local" not in k.asm["ptx"], ("local memory", z, p, c)
 sig = {"seen_ptr": "*i32", "ring_ptr": "*fp32", "score_ptr": "*fp32", "counters_ptr": "*i64",

@@ -1,11 +1,18 @@
-"""tdds::update_triton: one program per batch row, the whole per-row update fused.
+"""tdds::update_triton: one program per position of the batch sorted by sample index.
 
 Per row b with sample n = index[b], in epoch e = counters[EPOCH] (DESIGN.md §3):
     p = softmax(z_b) in float32,  ℓ = log(p + ε)
     d = Σ_c |p_c · (ℓ_c − prev[n, c])|       (prev caches log(p_prev + ε), see _ops.py)
     ring[n, (e−1) mod (W−1)] = d if seen[n] was e−1 else NaN;  prev[n] = ℓ;  seen[n] = e
+Of several usable (in-range, finite) rows of one sample in an epoch, exactly the first in batch
+order is applied, whatever order the programs run in: the launcher sorts the B indices stably
+on the device (torch.sort(stable=True): equal indices keep batch order, no host sync), and the
+program at the first position of a run of equal indices handles the whole run, in order; the
+programs inside a run exit at once. No program touches another's seen/prev/ring rows, so seen
+needs no atomic claim; only the counters (integer sums: order-free) use atomic adds.
 Traffic per applied row: the logits once (twice only when C exceeds one block: the second pass
-re-reads a row that is still in L2), prev[n] read once and written once, a few scalars.
+re-reads a row that is still in L2), prev[n] read once and written once, a few scalars, plus
+the sort (a few small kernels over the B indices).
 """
 from __future__ import annotations
 
@@ -44,83 +51,105 @@ def _to_storage(x, ptr):
 
 
 @triton.jit
-def _update_kernel(logits_ptr, logits_stride, index_ptr, prev_ptr, seen_ptr, ring_ptr,
-                   counters_ptr, N, C, W1, SINGLE: tl.constexpr, BLOCK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
+def _update_kernel(logits_ptr, logits_stride, sorted_ptr, order_ptr, prev_ptr, seen_ptr, ring_ptr,
+                   counters_ptr, B, N, C, W1, SINGLE: tl.constexpr, BLOCK: tl.constexpr):
+    # sorted_ptr: the batch's indices sorted stably; order_ptr: their batch positions (int64).
+    pos = tl.program_id(0).to(tl.int64)
+    n = tl.load(sorted_ptr + pos).to(tl.int64)
+    before = tl.load(sorted_ptr + tl.maximum(pos - 1, 0)).to(tl.int64)
+    head = (pos == 0) | (before != n)  # first position of a run of equal indices
     # The epoch lives on the device (no host sync, no recompiles): a runtime value, not a flag.
     epoch = tl.load(counters_ptr + _EPOCH).to(tl.int32)
     slot = (epoch - 1 + W1) % W1  # (e − 1) mod (W − 1); at e = 0 a NaN goes to slot W − 2
-    n = tl.load(index_ptr + row).to(tl.int64)
     in_range = (n >= 0) & (n < N)
-    z_row = logits_ptr + row * logits_stride  # int64 offsets: N·C passes 2^31 at ImageNet shape
-    prev_row = prev_ptr + n * C
+    prev_row = prev_ptr + n * C  # int64 offsets: N·C passes 2^31 at ImageNet shape
     cols = tl.arange(0, BLOCK)
+    old = tl.load(seen_ptr + n, mask=in_range & head, other=0)
+    # d_{e−1} needs a record in epoch e − 1; `fresh`: no row of n applied yet this epoch.
+    had_prev = (old == epoch - 1) & (epoch >= 1)
+    fresh = in_range & head & (old != epoch)
+    n_dup = tl.zeros((), tl.int32)
+    n_bad = tl.zeros((), tl.int32)
+    n_oor = tl.zeros((), tl.int32)
 
-    # Pass 1: m = max z, s = Σ exp(z − m), and the count of non-finite z (|z| < inf is false for
-    # ±inf and NaN; no libdevice isfinite). Such a row is skipped; its values are zeroed so that
-    # no inf − inf arithmetic happens. Padding lanes are −inf: exp gives 0.
-    if SINGLE:
-        mask = cols < C
-        z = tl.load(z_row + cols, mask=mask, other=0.0).to(tl.float32)
-        ok = tl.abs(z) < float("inf")
-        bad = tl.sum((mask & ~ok).to(tl.int32), 0)
-        z = tl.where(ok, z, 0.0)
-        zm = tl.where(mask, z, float("-inf"))
-        m = tl.max(zm, 0)
-        s = tl.sum(tl.exp(zm - m), 0)
-    else:
-        m = tl.full((), float("-inf"), tl.float32)
-        s = tl.zeros((), tl.float32)
-        bad = tl.zeros((), tl.int32)
-        for start in range(0, C, BLOCK):
-            c = start + cols
-            mask = c < C
-            z = tl.load(z_row + c, mask=mask, other=0.0).to(tl.float32)
+    # The run's rows in batch order: the first usable one is applied if n is fresh, every other
+    # usable one is a duplicate. Positions inside a run skip the loop (head is false).
+    k = pos
+    todo = head
+    while todo:
+        row = tl.load(order_ptr + k)
+        z_row = logits_ptr + row * logits_stride
+        # Pass 1: m = max z, s = Σ exp(z − m), and the count of non-finite z (|z| < inf is false
+        # for ±inf and NaN; no libdevice isfinite). Such a row is skipped; its values are zeroed
+        # so that no inf − inf arithmetic happens. Padding lanes are −inf: exp gives 0. An
+        # out-of-range row is only counted: its logits are not read.
+        # Row masks gated by a per-row flag are written tl.where(flag, mask, False): the
+        # interpreter (Triton 3.9) types `block & scalar` as int32, which tl.load then rejects.
+        if SINGLE:
+            mask = cols < C
+            z = tl.load(z_row + cols, mask=tl.where(in_range, mask, False), other=0.0).to(tl.float32)
             ok = tl.abs(z) < float("inf")
-            bad += tl.sum((mask & ~ok).to(tl.int32), 0)
+            bad = tl.sum((mask & ~ok).to(tl.int32), 0)
             z = tl.where(ok, z, 0.0)
             zm = tl.where(mask, z, float("-inf"))
-            m_new = tl.maximum(m, tl.max(zm, 0))  # online softmax: rescale s to the new max
-            s = s * tl.exp(m - m_new) + tl.sum(tl.exp(zm - m_new), 0)
-            m = m_new
+            m = tl.max(zm, 0)
+            s = tl.sum(tl.exp(zm - m), 0)
+        else:
+            m = tl.full((), float("-inf"), tl.float32)
+            s = tl.zeros((), tl.float32)
+            bad = tl.zeros((), tl.int32)
+            for start in range(0, C, BLOCK):
+                c = start + cols
+                mask = c < C
+                z = tl.load(z_row + c, mask=tl.where(in_range, mask, False), other=0.0).to(tl.float32)
+                ok = tl.abs(z) < float("inf")
+                bad += tl.sum((mask & ~ok).to(tl.int32), 0)
+                z = tl.where(ok, z, 0.0)
+                zm = tl.where(mask, z, float("-inf"))
+                m_new = tl.maximum(m, tl.max(zm, 0))  # online softmax: rescale s to the new max
+                s = s * tl.exp(m - m_new) + tl.sum(tl.exp(zm - m_new), 0)
+                m = m_new
+        usable = in_range & (bad == 0)
+        apply = usable & fresh
+        has_d = apply & had_prev
+        inv_s = 1.0 / s
 
-    # Claim seen[n] atomically: of several rows with the same n (in this batch or earlier in
-    # the epoch) exactly one sees an old value != e; the others are duplicates and touch nothing.
-    # Non-finite rows never claim, so they leave the sample missing.
-    usable = in_range & (bad == 0)
-    old = tl.atomic_xchg(seen_ptr + n, epoch, mask=usable)
-    claimed = usable & (old != epoch)
-    inv_s = 1.0 / s
-
-    # Pass 2: p, ℓ, d against prev[n] (read only when d is defined), then prev[n] = ℓ.
-    # Row masks gated by a per-row flag are written tl.where(flag, mask, False): the interpreter
-    # (Triton 3.9) types `block & scalar` as int32, which tl.load then rejects as a mask.
-    d = tl.zeros((), tl.float32)
-    has_d = claimed & (old == epoch - 1) & (epoch >= 1)  # d needs a record in epoch e − 1
-    if SINGLE:
-        p = tl.exp(zm - m) * inv_s  # padding lanes: p = 0
-        lp = tl.log(p + _EPS)
-        q = tl.load(prev_row + cols, mask=tl.where(has_d, mask, False), other=0.0).to(tl.float32)
-        d = tl.sum(tl.where(mask, tl.abs(p * (lp - q)), 0.0), 0)
-        tl.store(prev_row + cols, _to_storage(lp, prev_ptr), mask=tl.where(claimed, mask, False))
-    else:
-        for start in range(0, C, BLOCK):
-            c = start + cols
-            mask = c < C
-            z = tl.load(z_row + c, mask=mask, other=0.0).to(tl.float32)
-            z = tl.where((tl.abs(z) < float("inf")) & mask, z, float("-inf"))
-            p = tl.exp(z - m) * inv_s  # padding lanes: p = 0; a skipped row's values: anything
+        # Pass 2 (applied row only): p, ℓ, d against prev[n] (read only when d is defined),
+        # then prev[n] = ℓ.
+        d = tl.zeros((), tl.float32)
+        if SINGLE:
+            p = tl.exp(zm - m) * inv_s  # padding lanes: p = 0
             lp = tl.log(p + _EPS)
-            q = tl.load(prev_row + c, mask=tl.where(has_d, mask, False), other=0.0).to(tl.float32)
-            d += tl.sum(tl.where(mask, tl.abs(p * (lp - q)), 0.0), 0)
-            tl.store(prev_row + c, _to_storage(lp, prev_ptr), mask=tl.where(claimed, mask, False))
-    tl.store(ring_ptr + n * W1 + slot, tl.where(has_d, d, float("nan")), mask=claimed)
+            q = tl.load(prev_row + cols, mask=tl.where(has_d, mask, False), other=0.0).to(tl.float32)
+            d = tl.sum(tl.where(mask, tl.abs(p * (lp - q)), 0.0), 0)
+            tl.store(prev_row + cols, _to_storage(lp, prev_ptr), mask=tl.where(apply, mask, False))
+        else:
+            for start in range(0, C, BLOCK):
+                c = start + cols
+                mask = c < C
+                z = tl.load(z_row + c, mask=tl.where(apply, mask, False), other=0.0).to(tl.float32)
+                z = tl.where((tl.abs(z) < float("inf")) & mask, z, float("-inf"))
+                p = tl.exp(z - m) * inv_s  # padding lanes: p = 0; a skipped row's values: anything
+                lp = tl.log(p + _EPS)
+                q = tl.load(prev_row + c, mask=tl.where(has_d, mask, False), other=0.0).to(tl.float32)
+                d += tl.sum(tl.where(mask, tl.abs(p * (lp - q)), 0.0), 0)
+                tl.store(prev_row + c, _to_storage(lp, prev_ptr), mask=tl.where(apply, mask, False))
+        tl.store(ring_ptr + n * W1 + slot, tl.where(has_d, d, float("nan")), mask=apply)
+        tl.store(seen_ptr + n, epoch, mask=apply)
 
-    # Counters: an atomic only for the rare row that is skipped.
-    tl.atomic_add(counters_ptr + _OUT_OF_RANGE, (~in_range).to(tl.int64), mask=~in_range)
-    tl.atomic_add(counters_ptr + _NONFINITE, (bad > 0).to(tl.int64), mask=in_range & (bad > 0))
-    dup = usable & (old == epoch)
-    tl.atomic_add(counters_ptr + _DUPLICATES, dup.to(tl.int64), mask=dup)
+        fresh = fresh & ~apply
+        n_dup += (usable & ~apply).to(tl.int32)
+        n_bad += (in_range & (bad > 0)).to(tl.int32)
+        n_oor += (~in_range).to(tl.int32)
+        k += 1
+        todo = k < B
+        if todo:
+            todo = tl.load(sorted_ptr + k).to(tl.int64) == n
+
+    # Counters: one masked atomic add per kind, only where this run had such rows.
+    tl.atomic_add(counters_ptr + _DUPLICATES, n_dup.to(tl.int64), mask=n_dup > 0)
+    tl.atomic_add(counters_ptr + _NONFINITE, n_bad.to(tl.int64), mask=n_bad > 0)
+    tl.atomic_add(counters_ptr + _OUT_OF_RANGE, n_oor.to(tl.int64), mask=n_oor > 0)
 
 
 def device_of(t: torch.Tensor):
@@ -149,9 +178,11 @@ def update(logits: torch.Tensor, index: torch.Tensor, prev: torch.Tensor, seen: 
     if logits.stride(1) != 1:
         logits = logits.contiguous()
     block, single, num_warps = _config(num_classes, block)
+    # Stable: equal indices keep batch order, so the head of each run is its first row. On the
+    # device, with no host sync.
+    sorted_index, order = torch.sort(index, stable=True)
     with device_of(logits):
         _update_kernel[(batch,)](
-            logits, logits.stride(0), index, prev, seen, ring, counters,
-            prev.shape[0], num_classes, ring.shape[1], SINGLE=single, BLOCK=block,
+            logits, logits.stride(0), sorted_index, order, prev, seen, ring, counters,
+            batch, prev.shape[0], num_classes, ring.shape[1], SINGLE=single, BLOCK=block,
             num_warps=num_warps)
-

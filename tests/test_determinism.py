@@ -1,0 +1,213 @@
+"""One result whatever the execution order: the first usable occurrence of a sample wins.
+
+Within an epoch the first occurrence of a sample counts; among the rows of one batch with the
+same index, exactly the one at the lowest batch position among the usable rows (index in range,
+logits finite) is applied, in every backend, whatever the threads (C++ `cpu`), programs
+(Triton) or warps (CUDA) do. The reference (`first_occurrences` after filtering usable, fresh
+rows) states the rule; every backend must give its `seen` and counters bit for bit and its
+prev/ring/score within fp32 rounding, and repeated runs must agree with each other bit for bit.
+
+The scenario makes a wrong winner show: every sample appears many times per batch with
+different logits per copy, the first copies of some samples are non-finite (so the winner is a
+later row), some rows are out of range, and some samples have only non-finite copies in an
+epoch (missing). Triton runs under TRITON_INTERPRET=1 with the interpreter's program order
+reversed and shuffled (on a GPU the scheduler picks the order).
+"""
+import numpy as np
+import pytest
+import torch
+
+from tdds_kernels import _ops, backends
+from tdds_kernels._ops import EPOCH
+
+DECAY = 0.9
+WINDOW = 3  # W − 1 = 2 ring slots: windows fold from epoch 2 on, so 5 epochs fold 3 times
+# prev holds log(p + 1e-8) in the storage dtype: a kernel's fp32 log may round to the
+# neighbouring bf16 value, and d (ring, score) inherits that from the next epoch on.
+TOL = {
+    torch.float32: dict(prev=dict(atol=2e-6, rtol=2e-6), ring=dict(atol=1e-5, rtol=1e-5)),
+    torch.bfloat16: dict(prev=dict(atol=1e-5, rtol=8e-3), ring=dict(atol=2e-3, rtol=2e-3)),
+}
+
+
+def scenario(n, copies, c, epochs, seed):
+    """Per epoch one batch of n·copies rows (+ 6 out-of-range rows): each sample `copies` times
+    in shuffled order, different logits per copy. Every 4th sample's first two copies in batch
+    order are non-finite (a NaN, a +inf); sample 1 + epoch has only non-finite copies."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for e in range(epochs):
+        index = torch.arange(n).repeat(copies)[torch.randperm(n * copies, generator=g)]
+        index = torch.cat([index, torch.tensor([-1, n, n + 7, -(2**40), n, -1])])
+        index = index[torch.randperm(len(index), generator=g)]
+        logits = torch.randn(len(index), c, generator=g) * 3
+        for s in range(0, n, 4):
+            first, second = torch.nonzero(index == s).squeeze(1)[:2].tolist()
+            logits[first, c // 2] = float("nan")
+            logits[second, 0] = float("inf")
+        logits[index == (1 + e) % n, -1] = -float("inf")
+        out.append((logits, index))
+    return out
+
+
+def fresh_state(n, c, storage, device):
+    prev = torch.zeros(n, c, dtype=storage, device=device)
+    seen = torch.full((n,), -1, dtype=torch.int32, device=device)
+    ring = torch.full((n, WINDOW - 1), float("nan"), device=device)
+    score = torch.zeros(n, device=device)
+    counters = torch.zeros(_ops.NUM_SLOTS, dtype=torch.int64, device=device)
+    return prev, seen, ring, score, counters
+
+
+def run(update, epoch_step, batches, n, storage, device, index_dtype=torch.int64, **kw):
+    prev, seen, ring, score, counters = fresh_state(n, batches[0][0].shape[1], storage, device)
+    for logits, index in batches:
+        update(logits.to(device), index.to(device, index_dtype), prev, seen, ring, counters, **kw)
+        epoch_step(seen, ring, score, counters, DECAY)
+    return prev, seen, ring, score, counters
+
+
+def reference_run(batches, n, storage):
+    return run(torch.ops.tdds.update, torch.ops.tdds.epoch_step, batches, n, storage, "cpu")
+
+
+def assert_matches_reference(out, ref, storage):
+    prev, seen, ring, score, counters = (t.cpu() for t in out)
+    r_prev, r_seen, r_ring, r_score, r_counters = ref
+    assert counters.tolist() == r_counters.tolist()
+    assert torch.equal(seen, r_seen)
+    tol = TOL[storage]
+    torch.testing.assert_close(prev.float(), r_prev.float(), **tol["prev"])
+    torch.testing.assert_close(ring, r_ring, equal_nan=True, **tol["ring"])
+    torch.testing.assert_close(score, r_score, **tol["ring"])
+
+
+def assert_identical(a, b):
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=0, atol=0, equal_nan=True)
+
+
+def test_scenario_has_winners_that_are_not_the_first_row():
+    # The test below is only as strong as its batches: copies whose logits differ, a non-finite
+    # first copy for some samples, samples with no finite copy, and out-of-range rows.
+    (logits, index), = scenario(64, 128, 100, 1, seed=0)
+    finite = torch.isfinite(logits).all(1)
+    in_range = (index >= 0) & (index < 64)
+    assert (~in_range).sum() == 6 and (in_range & ~finite).sum() == 2 * 16 + 128
+    first_rows = [int(torch.nonzero(index == s)[0]) for s in range(64)]
+    assert not finite[first_rows].all()
+    assert (logits[index == 5][0] != logits[index == 5][1]).any()
+
+
+# -------------------------------------------------------------------------- C++ cpu backend
+def ext_ops(device):
+    reason = backends.unavailable_reason(device, torch.device(device))
+    if reason is not None:
+        pytest.skip(reason)
+    return torch.ops.tdds.update_ext, torch.ops.tdds.epoch_step_ext
+
+
+@pytest.fixture
+def threads():
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("storage", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_cpu_backend_first_occurrence_wins_on_every_run(storage, threads):
+    update, epoch_step = ext_ops("cpu")
+    n, copies, c = 64, 128, 100
+    batches = scenario(n, copies, c, 5, seed=1)
+    ref = reference_run(batches, n, storage)
+    # More threads than cores: the OS interleaves them, so a claim race would show.
+    threads(4)
+    runs = [run(update, epoch_step, batches, n, storage, "cpu") for _ in range(8)]
+    for out in runs:
+        assert_matches_reference(out, ref, storage)
+        assert_identical(out, runs[0])
+    # The per-row arithmetic does not depend on which task runs a row: one thread, same bits.
+    threads(1)
+    assert_identical(run(update, epoch_step, batches, n, storage, "cpu"), runs[0])
+
+
+@pytest.mark.parametrize("index_dtype", [torch.int64, torch.int32])
+def test_cpu_backend_strided_indices(index_dtype, threads):
+    # Indices of one residue class (what one DistributedSampler rank sees) with duplicates:
+    # the split by sample must still cover every row once.
+    update, epoch_step = ext_ops("cpu")
+    n = 512
+    batches = []
+    g = torch.Generator().manual_seed(3)
+    for e in range(4):  # 2048 rows of 40 classes: several tasks
+        index = (torch.arange(0, n, 4).repeat(16))[torch.randperm(2048, generator=g)]
+        batches.append((torch.randn(2048, 40, generator=g) * 3, index))
+    ref = reference_run(batches, n, torch.float32)
+    threads(4)
+    out = run(update, epoch_step, batches, n, torch.float32, "cpu", index_dtype=index_dtype)
+    assert_matches_reference(out, ref, torch.float32)
+
+
+# --------------------------------------------------------------- Triton, any program order
+@pytest.fixture(params=["forward", "reverse", "shuffled"])
+def program_order(request, monkeypatch):
+    """Run the interpreter's programs in the given order along grid axis 0.
+
+    Triton 3.9's interpreter (triton/runtime/interpreter.py, GridExecutor.__call__) loops
+    `for x in range(grid[0])` and calls interpreter_builder.set_grid_idx(x, y, z) before each
+    program; tl.program_id reads what it set. Remapping x there permutes the programs."""
+    if backends.unavailable_reason("triton", torch.device("cpu")) is not None:
+        pytest.skip("the Triton interpreter is not in use (TRITON_INTERPRET=1 not set)")
+    from triton.runtime import interpreter
+    builder = interpreter.interpreter_builder
+    original = builder.set_grid_idx
+    ran = []
+
+    def permuted(x, y, z):
+        count = builder.grid_dim[0]
+        if request.param == "reverse":
+            x = count - 1 - x
+        elif request.param == "shuffled":
+            x = int(np.random.default_rng(count).permutation(count)[x])
+        ran.append(x)
+        original(x, y, z)
+
+    monkeypatch.setattr(builder, "set_grid_idx", permuted)
+    return request.param, ran
+
+
+@pytest.mark.parametrize("c, block, storage", [(10, None, torch.float32), (10, None, torch.bfloat16),
+                                               (300, 128, torch.float32)],
+                         ids=["C10-f32", "C10-bf16", "C300-chunked-f32"])
+def test_triton_first_occurrence_wins_in_any_program_order(program_order, c, block, storage):
+    import tdds_kernels.triton as tt
+    order, ran = program_order
+    n, copies = 12, 8
+    batches = scenario(n, copies, c, 4, seed=2)
+    ref = reference_run(batches, n, storage)
+    out = run(tt.update, tt.epoch_step, batches, n, storage, "cpu", **({"block": block} if block else {}))
+    # the patch took effect: the first launch (an update of `rows` programs) ran in that order
+    rows = n * copies + 6
+    expected = {"forward": list(range(rows)), "reverse": list(range(rows))[::-1]}
+    assert sorted(ran[:rows]) == list(range(rows))
+    assert ran[:rows] == expected[order] if order in expected else ran[:rows] != sorted(ran[:rows])
+    assert_matches_reference(out, ref, storage)
+
+
+# ------------------------------------------------------------------------ CUDA devices
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_cuda_first_occurrence_wins_on_every_run(backend):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    reason = backends.unavailable_reason(backend, torch.device("cuda"))
+    if reason is not None:
+        pytest.skip(reason)
+    ops = backends.resolve(backend, torch.device("cuda"))
+    n, copies, c = 64, 128, 1000
+    storage = torch.float32
+    batches = scenario(n, copies, c, 5, seed=1)
+    ref = reference_run(batches, n, storage)
+    runs = [run(ops.update, ops.epoch_step, batches, n, storage, "cuda") for _ in range(8)]
+    for out in runs:
+        assert_matches_reference(out, ref, storage)
+        assert_identical(out, runs[0])
