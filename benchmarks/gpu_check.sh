@@ -132,8 +132,8 @@ stage_env() {
 }
 stage_triton_tests() {
   # No extension is built yet: its tests skip here (backend unavailable) and run in ext_tests.
-  run_pytest tests/ops/test_conformance.py tests/ops/test_schema.py tests/core/test_compile.py \
-    tests/ops/test_cuda_runtime.py -k cuda
+  run_pytest tests/ops/test_conformance.py tests/ops/test_schema.py tests/ops/test_determinism.py \
+    tests/core/test_compile.py tests/ops/test_cuda_runtime.py -k cuda
 }
 stage_build() {
   local arch
@@ -145,7 +145,7 @@ stage_build() {
 }
 stage_ext_tests() {
   TDDS_REQUIRE_EXT=1 run_pytest tests/ops/test_extension_cuda.py tests/ops/test_cuda_runtime.py \
-    tests/ops/test_conformance.py tests/ops/test_schema.py -k "cuda and not triton"
+    tests/ops/test_conformance.py tests/ops/test_schema.py tests/ops/test_determinism.py -k "cuda and not triton"
 }
 stage_sanitize() {
   local rc=0

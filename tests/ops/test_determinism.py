@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from tdds_kernels import _ops, backends
-from tdds_kernels._ops import EPOCH
+from tdds_kernels.ops import registry as backends
+from tdds_kernels.ops import schema as _ops
+from tdds_kernels.ops.schema import EPOCH
 
 DECAY = 0.9
 WINDOW = 3  # W − 1 = 2 ring slots: windows fold from epoch 2 on, so 5 epochs fold 3 times
@@ -180,7 +181,7 @@ def program_order(request, monkeypatch):
                                                (300, 128, torch.float32)],
                          ids=["C10-f32", "C10-bf16", "C300-chunked-f32"])
 def test_triton_first_occurrence_wins_in_any_program_order(program_order, c, block, storage):
-    import tdds_kernels.triton as tt
+    import tdds_kernels.ops.triton as tt
     order, ran = program_order
     n, copies = 12, 8
     batches = scenario(n, copies, c, 4, seed=2)
