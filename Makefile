@@ -12,7 +12,7 @@ TORCH_SPEC ?= torch==2.13.0
 TRITON_SPEC ?= triton==3.9.0
 TORCH_CONSTRAINT ?= build/torch-constraint.txt
 
-.PHONY: install demo test bench
+.PHONY: install demo test bench lint
 
 install:
 	@if $(PY) -c "import torch" 2>/dev/null; then \
@@ -44,10 +44,18 @@ demo: install
 	$(PY) -m tdds_kernels demo --out demo_out
 
 # VIRTUAL_ENV points CMake's Python (which locates torch's CMake files) at PY's environment.
-test: install
+test: install lint
 	$(PY) -m pytest -q
 	VIRTUAL_ENV="$$($(PY) -c 'import sys; print(sys.prefix)')" bash scripts/ci_ctest.sh
 
 bench: install
 	$(PY) benchmarks/bench_offline.py
 	$(PY) benchmarks/bench_ops.py --device cpu
+
+# Style, checked by `make test` (and so by CI): ruff for Python, clang-format for csrc/. The
+# clang-format binary comes from the PyPI wheel in the test extra, beside PY.
+CLANG_FORMAT ?= $(shell $(PY) -c 'import os, sys; print(os.path.join(os.path.dirname(sys.executable), "clang-format"))')
+lint:
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(CLANG_FORMAT) --dry-run --Werror $$(git ls-files 'csrc/*.h' 'csrc/*.cpp' 'csrc/*.cu')

@@ -9,6 +9,7 @@ release-style loop (rtol 1e-5).
 
     python benchmarks/bench_offline.py [--n 50000] [--out benchmarks/results/offline_<machine>.md]
 """
+
 import argparse
 import os
 import platform
@@ -43,8 +44,9 @@ def make_dump(folder: Path, n, c, t, seed=0):
 def run_process(cmd):
     """Run cmd; return (wall seconds, peak RSS in MiB) of that process alone."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(os.environ, PYTHONWARNINGS="ignore")
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     err = proc.stderr.read().decode()
@@ -57,6 +59,7 @@ def run_process(cmd):
 def copy_bandwidth_gbs(nbytes=256 << 20, repeats=5):
     """Read+write bytes per second of a large torch copy on this machine (best of repeats)."""
     import torch
+
     src = torch.empty(nbytes // 4, dtype=torch.float32).fill_(1.0)
     dst = torch.empty_like(src)
     best = float("inf")
@@ -101,41 +104,72 @@ def main():
         common = [str(args.t), str(args.w), str(args.beta)]
         release_out = tmp / "release_scores.npy"
         rows = []
-        best = min((run_process([sys.executable, str(HERE / "release_style.py"), str(tmp), *common,
-                                 str(release_out)]) for _ in range(args.repeats)), key=lambda r: r[0])
+        best = min(
+            (
+                run_process([sys.executable, str(HERE / "release_style.py"), str(tmp), *common, str(release_out)])
+                for _ in range(args.repeats)
+            ),
+            key=lambda r: r[0],
+        )
         rows.append(("release-style loop (all epochs in RAM)", *best))
         reference = np.load(release_out)
         for backend in args.backends.split(","):
             out = tmp / f"out_{backend}"
-            cmd = [sys.executable, "-m", "tdds_kernels", "score", str(tmp), "-T", str(args.t),
-                   "-W", str(args.w), "-b", str(args.beta), "--out", str(out), "--backend", backend,
-                   "--no-progress"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "tdds_kernels",
+                "score",
+                str(tmp),
+                "-T",
+                str(args.t),
+                "-W",
+                str(args.w),
+                "-b",
+                str(args.beta),
+                "--out",
+                str(out),
+                "--backend",
+                backend,
+                "--no-progress",
+            ]
             best = min((run_process(cmd) for _ in range(args.repeats)), key=lambda r: r[0])
             got = np.load(out / "scores.npy")
-            np.testing.assert_allclose(got, reference, rtol=1e-5, atol=1e-6,
-                                       err_msg=f"backend {backend} disagrees with the release-style loop")
+            np.testing.assert_allclose(
+                got, reference, rtol=1e-5, atol=1e-6, err_msg=f"backend {backend} disagrees with the release-style loop"
+            )
             rows.append((f"tdds-kernels score --backend {backend}", *best))
         # The interpreter + torch import alone (~1.2 s, ~220 MiB here) bounds every whole-process
         # number; report it, and memory above it, so the working-set ratio is visible too.
-        floor = min((run_process([sys.executable, "-c", "import torch, numpy, tdds_kernels.cli"])
-                     for _ in range(args.repeats)), key=lambda r: r[0])
+        floor = min(
+            (run_process([sys.executable, "-c", "import torch, numpy, tdds_kernels.cli"]) for _ in range(args.repeats)),
+            key=lambda r: r[0],
+        )
         bw = copy_bandwidth_gbs()
         logit_bytes = args.n * args.c * 4 * args.t
         base_t, base_m = rows[0][1], rows[0][2]
-        lines = [f"# Offline scoring, N={args.n}, C={args.c}, T={args.t}, W={args.w}, beta={args.beta}",
-                 "", f"Machine: {machine_name()}; torch copy bandwidth measured in this run: {bw:.1f} GB/s "
-                 "(read+write).", "",
-                 "| scorer | wall (s) | peak RSS (MiB) | speedup vs release | peak RSS vs release | "
-                 "RSS above import vs release | logits read rate / copy bandwidth |",
-                 "|---|---|---|---|---|---|---|"]
+        lines = [
+            f"# Offline scoring, N={args.n}, C={args.c}, T={args.t}, W={args.w}, beta={args.beta}",
+            "",
+            f"Machine: {machine_name()}; torch copy bandwidth measured in this run: {bw:.1f} GB/s (read+write).",
+            "",
+            "| scorer | wall (s) | peak RSS (MiB) | speedup vs release | peak RSS vs release | "
+            "RSS above import vs release | logits read rate / copy bandwidth |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for name, wall, rss in rows:
-            lines.append(f"| {name} | {wall:.2f} | {rss:.0f} | {base_t / wall:.2f}x | {rss / base_m:.3f} | "
-                         f"{(rss - floor[1]) / (base_m - floor[1]):.3f} | {logit_bytes / wall / 1e9 / bw:.1%} |")
-        lines.append(f"| (import floor: `import torch, numpy, tdds_kernels.cli`) | {floor[0]:.2f} | "
-                     f"{floor[1]:.0f} | | | | |")
+            lines.append(
+                f"| {name} | {wall:.2f} | {rss:.0f} | {base_t / wall:.2f}x | {rss / base_m:.3f} | "
+                f"{(rss - floor[1]) / (base_m - floor[1]):.3f} | {logit_bytes / wall / 1e9 / bw:.1%} |"
+            )
+        lines.append(
+            f"| (import floor: `import torch, numpy, tdds_kernels.cli`) | {floor[0]:.2f} | {floor[1]:.0f} | | | | |"
+        )
         lines.append("")
-        lines.append(f"Whole processes, best of {args.repeats} runs each; every scorer's scores agree with the "
-                     "release-style loop within rtol 1e-5.")
+        lines.append(
+            f"Whole processes, best of {args.repeats} runs each; every scorer's scores agree with the "
+            "release-style loop within rtol 1e-5."
+        )
         table = "\n".join(lines)
         print(table)
         if args.out:

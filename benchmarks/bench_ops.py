@@ -26,6 +26,7 @@ CUDA, starts with a cold L2.
 On CUDA the default matrix is B in {256, 1024, 8192} x C in {10, 100, 1000, 32000} x logits
 {float32, bfloat16} x storage {float32, float16}: 48 update cases, fp32/fp32 first.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,7 @@ from tdds_kernels.ops import registry as backends
 from tdds_kernels.ops.schema import EPOCH, NUM_SLOTS
 
 PRESETS = {  # (update (B, C) shapes, N for update, epoch step Ns)
-    "full": ([(b, c) for b in (256, 1024, 8192) for c in (10, 100, 1000, 32000)], 1_280_000,
-             [100_000, 1_280_000]),
+    "full": ([(b, c) for b in (256, 1024, 8192) for c in (10, 100, 1000, 32000)], 1_280_000, [100_000, 1_280_000]),
     "cpu": ([(256, 10), (1024, 100), (4096, 1000)], 100_000, [100_000, 1_280_000]),
     "tiny": ([(64, 10)], 2_000, [2_000]),  # smoke test of the harness itself
 }
@@ -71,8 +71,9 @@ def per_call_seconds(fn, calls, device, reset=None, rounds=None, flush=None):
             reset()
         sync(device)
         if flush is not None and device.type == "cuda":
-            events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-                      for _ in range(calls)]
+            events = [
+                (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(calls)
+            ]
             for k, (start, end) in enumerate(events):
                 flush()
                 start.record()
@@ -170,8 +171,10 @@ def contenders(device, compile_ref):
         # Graph breaks are allowed (update's first-occurrence rule has data-dependent shapes).
         torch._logging.set_logs(dynamo=logging.ERROR, inductor=logging.ERROR)
         # dynamic=True: one compile serves every shape (per-shape compiles would dominate the run).
-        out["reference (compile)"] = (torch.compile(reference.update, dynamic=True),
-                                      torch.compile(reference.epoch_step, dynamic=True))
+        out["reference (compile)"] = (
+            torch.compile(reference.update, dynamic=True),
+            torch.compile(reference.epoch_step, dynamic=True),
+        )
     return out
 
 
@@ -205,20 +208,22 @@ def bench_update(device, fns, b, c, n_req, window, storage, zdt, budget, max_cal
     counters = torch.zeros(NUM_SLOTS, dtype=torch.int64, device=device)
     counters[EPOCH] = 1  # every row was recorded in epoch 0: d is computed
     perm = torch.randperm(n, device=device)
-    index = [perm[k * b:(k + 1) * b] for k in range(calls)]
+    index = [perm[k * b : (k + 1) * b] for k in range(calls)]
     # Enough distinct logits buffers that they are not all cache-resident (≥ 256 MB cycled).
     n_logits = max(1, min(calls, math.ceil(256e6 / (b * c * zdt.itemsize))))
     logits = [torch.randn(b, c, device=device).mul_(3).to(zdt) for _ in range(n_logits)]
     nbytes = b * c * zdt.itemsize + b * 8 + 2 * b * c * storage.itemsize + 12 * b
     rows = []
     for name, (update, _) in fns.items():
+
         def run(k, update=update):
             update(logits[k % n_logits], index[k], prev, seen, ring, counters)
-        row = dict(op="update", B=b, C=c, N=n, logits=dtype_name(zdt), storage=dtype_name(storage),
-                   backend=name, nbytes=nbytes)
+
+        row = dict(
+            op="update", B=b, C=c, N=n, logits=dtype_name(zdt), storage=dtype_name(storage), backend=name, nbytes=nbytes
+        )
         timed(rows, row, device, run, calls, reset=lambda: seen.zero_(), capturable=name in CAPTURABLE)
-    del prev, logits
-    return rows
+    return rows  # prev and the logits buffers are freed here, before the next shape allocates
 
 
 def bench_epoch_step(device, fns, n, window, max_calls, decay=0.9):
@@ -241,12 +246,22 @@ def bench_epoch_step(device, fns, n, window, max_calls, decay=0.9):
     scratch = torch.empty(64 << 20, dtype=torch.int32, device=device) if device.type == "cuda" else None
     rows = []
     for name, (_, step) in fns.items():
+
         def run(k, step=step):
             step(seen, ring, score, counters[k], decay)
+
         reset()
         row = dict(op="epoch step", B="", C="", N=n, logits="", storage="", backend=name, nbytes=nbytes)
-        timed(rows, row, device, run, calls, reset=reset, flush=None if scratch is None else scratch.zero_,
-              capturable=name in CAPTURABLE)
+        timed(
+            rows,
+            row,
+            device,
+            run,
+            calls,
+            reset=reset,
+            flush=None if scratch is None else scratch.zero_,
+            capturable=name in CAPTURABLE,
+        )
     return rows
 
 
@@ -276,24 +291,36 @@ def add_speedups(rows, copy_bps):
 def device_name(device):
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores " \
-           f"({torch.get_num_threads()} torch threads)"
+    return (
+        f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores "
+        f"({torch.get_num_threads()} torch threads)"
+    )
 
 
 def table(rows, header, device_type):
     def f(v, fmt):
         return "" if v is None or v == "" else format(v, fmt)
+
     graph = device_type == "cuda"
     cols = ["op", "B", "C", "N", "logits", "storage", "backend", "time (µs)"]
     cols += ["graph (µs)", "launch (µs)"] if graph else []
     cols += ["GB/s", "of copy"] + (["of copy (graph)"] if graph else []) + ["× eager ref", "× compiled ref"]
-    lines = header + ["", "| " + " | ".join(cols) + " |",
-                      "|" + "|".join("---" if c in ("op", "backend", "logits", "storage") else "---:"
-                                     for c in cols) + "|"]
+    lines = header + [
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|" + "|".join("---" if c in ("op", "backend", "logits", "storage") else "---:" for c in cols) + "|",
+    ]
     for r in rows:
         n = f"{r['N']:,}" if isinstance(r.get("N"), int) else ""
-        lead = [r["op"], str(r.get("B", "")), str(r.get("C", "")), n, r.get("logits", ""),
-                r.get("storage", ""), r["backend"]]
+        lead = [
+            r["op"],
+            str(r.get("B", "")),
+            str(r.get("C", "")),
+            n,
+            r.get("logits", ""),
+            r.get("storage", ""),
+            r["backend"],
+        ]
         if "error" in r or "skipped" in r:
             why = f"failed: {r['error']}" if "error" in r else r["skipped"]
             lines.append("| " + " | ".join(lead + [why] + [""] * (len(cols) - len(lead) - 1)) + " |")
@@ -315,26 +342,38 @@ def table(rows, header, device_type):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                    help="shape set (default: full on cuda, cpu on cpu)")
+    ap.add_argument(
+        "--preset", choices=sorted(PRESETS), default=None, help="shape set (default: full on cuda, cpu on cpu)"
+    )
     ap.add_argument("--shapes", default=None, help="update shapes as BxC,BxC (overrides preset)")
     ap.add_argument("--samples", type=int, default=None, help="N for the update (capped by memory)")
     ap.add_argument("--epoch-samples", default=None, help="Ns for the epoch step, comma-separated")
     ap.add_argument("--window", type=int, default=10)
-    ap.add_argument("--storage", default=None,
-                    help="storage dtypes, comma-separated, of float32, bfloat16, float16 "
-                         "(default: float32,float16 on cuda, float32 on cpu)")
-    ap.add_argument("--logits-dtype", default=None,
-                    help="logits dtypes, comma-separated, of float32, bfloat16, float16 "
-                         "(default: float32,bfloat16 on cuda, float32 on cpu)")
-    ap.add_argument("--memory-gb", type=float, default=None,
-                    help="budget for prev (default: 40%% of free GPU memory; 2 GB on CPU)")
+    ap.add_argument(
+        "--storage",
+        default=None,
+        help="storage dtypes, comma-separated, of float32, bfloat16, float16 "
+        "(default: float32,float16 on cuda, float32 on cpu)",
+    )
+    ap.add_argument(
+        "--logits-dtype",
+        default=None,
+        help="logits dtypes, comma-separated, of float32, bfloat16, float16 "
+        "(default: float32,bfloat16 on cuda, float32 on cpu)",
+    )
+    ap.add_argument(
+        "--memory-gb", type=float, default=None, help="budget for prev (default: 40%% of free GPU memory; 2 GB on CPU)"
+    )
     ap.add_argument("--calls", type=int, default=None, help="calls per timed round (default 20 cuda, 5 cpu)")
     ap.add_argument("--rounds", type=int, default=None, help="timed rounds, best kept (default 3 cuda, 5 cpu)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile of the reference")
-    ap.add_argument("--budget-s", type=float, default=None,
-                    help="start no new case after this many seconds; the rest are listed as not run")
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="start no new case after this many seconds; the rest are listed as not run",
+    )
     ap.add_argument("--out", default=None, help="write the markdown table here")
     a = ap.parse_args(argv)
     t_start = time.monotonic()
@@ -378,11 +417,15 @@ def main(argv=None):
     copy_bps = copy_bandwidth(device, 1 << (30 if cuda else 28))
     try:
         import triton
+
         triton_version = triton.__version__
     except ImportError:
         triton_version = "not installed"
-    timing = ("CUDA events; graph = the same calls replayed from one CUDA graph, launch = time − graph"
-              if cuda else "wall clock")
+    timing = (
+        "CUDA events; graph = the same calls replayed from one CUDA graph, launch = time − graph"
+        if cuda
+        else "wall clock"
+    )
     header = [
         f"Device: {device_name(device)}; torch {torch.__version__}, triton {triton_version}; "
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC.",
@@ -409,8 +452,7 @@ def main(argv=None):
         # Rewritten after every case: a run cut short still leaves its table.
         add_speedups(rows, copy_bps)
         ordered = sorted(rows, key=lambda r: r["case"])  # stable: contenders keep their order
-        text = table(ordered, header + ([] if final else ["", "(partial: the run did not finish)"]),
-                     device.type)
+        text = table(ordered, header + ([] if final else ["", "(partial: the run did not finish)"]), device.type)
         if a.out:
             os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
             with open(a.out, "w") as fh:
@@ -423,18 +465,35 @@ def main(argv=None):
             who = ", ".join(contenders_now)
             if op == "update":
                 b, c, z, st = job
-                rows.append(dict(case=case, op=op, B=b, C=c, N="", logits=dtype_name(z),
-                                 storage=dtype_name(st), backend=who, skipped=why))
+                rows.append(
+                    dict(
+                        case=case,
+                        op=op,
+                        B=b,
+                        C=c,
+                        N="",
+                        logits=dtype_name(z),
+                        storage=dtype_name(st),
+                        backend=who,
+                        skipped=why,
+                    )
+                )
             else:
-                rows.append(dict(case=case, op=op, B="", C="", N=job, logits="", storage="",
-                                 backend=who, skipped=why))
+                rows.append(dict(case=case, op=op, B="", C="", N=job, logits="", storage="", backend=who, skipped=why))
             continue
         if op == "update":
             b, c, z, st = job
             new = bench_update(device, contenders_now, b, c, n_update, a.window, st, z, budget, calls)
-            print(f"update B={b} C={c} {dtype_name(z)}/{dtype_name(st)}: " + ", ".join(
-                f"{r['backend']} {r['t'] * 1e6:.0f} µs" + (f" (graph {r['tg'] * 1e6:.0f})" if "tg" in r else "")
-                if "t" in r else f"{r['backend']} failed" for r in new), flush=True)
+            print(
+                f"update B={b} C={c} {dtype_name(z)}/{dtype_name(st)}: "
+                + ", ".join(
+                    f"{r['backend']} {r['t'] * 1e6:.0f} µs" + (f" (graph {r['tg'] * 1e6:.0f})" if "tg" in r else "")
+                    if "t" in r
+                    else f"{r['backend']} failed"
+                    for r in new
+                ),
+                flush=True,
+            )
         else:
             new = bench_epoch_step(device, contenders_now, job, a.window, calls)
         for r in new:

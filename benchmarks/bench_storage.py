@@ -15,6 +15,7 @@ variation that pruning already lives with).
 
     python benchmarks/bench_storage.py --out benchmarks/results/storage.md
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,19 +45,32 @@ def state_bytes(n, c, w, storage):
 def train_and_track(n, c, epochs, window, seed, data_seed, batch=128, hidden=256, backend="reference"):
     """Trains an MLP for `epochs`; every batch's logits go to one tracker per storage dtype.
     Returns {storage name: final scores (N,) float64 numpy}."""
-    x, y = make_classification(n_samples=n, n_features=64, n_informative=32, n_redundant=8,
-                               n_classes=c, n_clusters_per_class=2, class_sep=1.5, flip_y=0.1,
-                               random_state=data_seed)
+    x, y = make_classification(
+        n_samples=n,
+        n_features=64,
+        n_informative=32,
+        n_redundant=8,
+        n_classes=c,
+        n_clusters_per_class=2,
+        class_sep=1.5,
+        flip_y=0.1,
+        random_state=data_seed,
+    )
     x, y = torch.tensor(x, dtype=torch.float32), torch.tensor(y)
     torch.manual_seed(seed)
-    model = torch.nn.Sequential(torch.nn.Linear(x.shape[1], hidden), torch.nn.ReLU(),
-                                torch.nn.Linear(hidden, hidden), torch.nn.ReLU(),
-                                torch.nn.Linear(hidden, c))
+    model = torch.nn.Sequential(
+        torch.nn.Linear(x.shape[1], hidden),
+        torch.nn.ReLU(),
+        torch.nn.Linear(hidden, hidden),
+        torch.nn.ReLU(),
+        torch.nn.Linear(hidden, c),
+    )
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
-    trackers = {name: tk.TDDSTracker(n, c, window=window, decay=0.9, trajectory_len=epochs,
-                                     storage_dtype=dt, backend=backend)
-                for name, dt in STORAGE.items()}
+    trackers = {
+        name: tk.TDDSTracker(n, c, window=window, decay=0.9, trajectory_len=epochs, storage_dtype=dt, backend=backend)
+        for name, dt in STORAGE.items()
+    }
     for _ in range(epochs):
         for idx in torch.randperm(n).split(batch):
             logits = model(x[idx])
@@ -112,11 +126,15 @@ def main(argv=None):
         total = state_bytes(IMAGENET["n"], IMAGENET["c"], IMAGENET["w"], dt)
         prev = IMAGENET["n"] * IMAGENET["c"] * dt.itemsize
         lines.append(f"| {name} | {prev / gib:.2f} GB | {total / gib:.2f} GB | {total / full:.2f} |")
-    lines += ["", "Fidelity of the final scores against float32 storage (T = "
-              f"{a.epochs}, W = {a.window}, β = 0.9; N = {a.samples:,} samples of synthetic "
-              "classification data with 10% flipped labels, 3-layer MLP trained with SGD).", "",
-              "| C | train acc | storage | Spearman | kept overlap 30% | 70% | 90% | max abs. diff / max score |",
-              "|---:|---:|---|---:|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "Fidelity of the final scores against float32 storage (T = "
+        f"{a.epochs}, W = {a.window}, β = 0.9; N = {a.samples:,} samples of synthetic "
+        "classification data with 10% flipped labels, 3-layer MLP trained with SGD).",
+        "",
+        "| C | train acc | storage | Spearman | kept overlap 30% | 70% | 90% | max abs. diff / max score |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|",
+    ]
     for c in (int(v) for v in a.classes.split(",")):
         t0 = time.perf_counter()
         scores, acc = train_and_track(a.samples, c, a.epochs, a.window, seed=0, data_seed=c)
@@ -124,8 +142,10 @@ def main(argv=None):
         rows = [(name, fidelity(scores["float32"], scores[name])) for name in ("bfloat16", "float16")]
         rows.append(("float32, another training seed (scale)", fidelity(scores["float32"], other["float32"])))
         for name, r in rows:
-            lines.append(f"| {c} | {acc:.1%} | {name} | {r['spearman']:.6f} | {r[0.3]:.2%} | "
-                         f"{r[0.7]:.2%} | {r[0.9]:.2%} | {r['maxrel']:.1e} |")
+            lines.append(
+                f"| {c} | {acc:.1%} | {name} | {r['spearman']:.6f} | {r[0.3]:.2%} | "
+                f"{r[0.7]:.2%} | {r[0.9]:.2%} | {r['maxrel']:.1e} |"
+            )
         print(f"C={c}: {time.perf_counter() - t0:.0f} s", flush=True)
     text = "\n".join(lines) + "\n"
     print(text)

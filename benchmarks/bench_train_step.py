@@ -14,6 +14,7 @@ torchvision missing: --model resnet50 (the default) prints why and exits 0 witho
 --model small runs a small CNN defined here instead, labelled as such in every line it writes
 (a smoke test of the harness, not the figure users care about).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,11 @@ class SmallCNN(nn.Module):
         super().__init__()
         layers, ch = [], 3
         for out in (32, 64, 128, 256):
-            layers += [nn.Conv2d(ch, out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(out),
-                       nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(ch, out, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(out),
+                nn.ReLU(inplace=True),
+            ]
             ch = out
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(ch, num_classes)
@@ -51,8 +55,10 @@ class SmallCNN(nn.Module):
 def make_model(name, num_classes):
     if name == "resnet50":
         import torchvision
-        return torchvision.models.resnet50(weights=None, num_classes=num_classes), \
-            f"torchvision {torchvision.__version__} ResNet-50 (random init)"
+
+        return torchvision.models.resnet50(
+            weights=None, num_classes=num_classes
+        ), f"torchvision {torchvision.__version__} ResNet-50 (random init)"
     return SmallCNN(num_classes), "SMALL FALLBACK CNN (not ResNet-50: torchvision absent or --model small)"
 
 
@@ -109,8 +115,10 @@ def main(argv=None):
         try:
             import torchvision  # noqa: F401
         except ImportError:
-            print("bench_train_step: skipped: torchvision is not installed (needed for ResNet-50); "
-                  "--model small runs a small CNN defined here instead")
+            print(
+                "bench_train_step: skipped: torchvision is not installed (needed for ResNet-50); "
+                "--model small runs a small CNN defined here instead"
+            )
             return 0
     steps = a.steps or (20 if cuda else 3)
     warmup = a.warmup if a.warmup is not None else (5 if cuda else 1)
@@ -122,9 +130,15 @@ def main(argv=None):
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.randn(a.batch, 3, a.size, a.size, device=device).to(memory_format=torch.channels_last)
     y = torch.randint(0, a.classes, (a.batch,), device=device)
-    tracker = tk.TDDSTracker(a.samples, a.classes, device=device, backend=a.backend,
-                             storage_dtype=getattr(torch, a.storage), trajectory_len=None,
-                             on_nonfinite="skip")  # a diverging random model must not stop the timing
+    tracker = tk.TDDSTracker(
+        a.samples,
+        a.classes,
+        device=device,
+        backend=a.backend,
+        storage_dtype=getattr(torch, a.storage),
+        trajectory_len=None,
+        on_nonfinite="skip",
+    )  # a diverging random model must not stop the timing
     order = torch.randperm(a.samples, device=device)
     cursor = [0]
     last_logits = [None]
@@ -134,7 +148,7 @@ def main(argv=None):
         # but the first occurrence rule then just counts duplicates: same work per row).
         start = cursor[0] % max(1, a.samples - a.batch)
         cursor[0] += a.batch
-        return order[start:start + a.batch]
+        return order[start : start + a.batch]
 
     def step(track):
         index = next_index()

@@ -4,6 +4,7 @@ Loads all T epochs' logits, scatters them to dataset order (index_add, as the re
 keeps all T softmax matrices, and for each window recomputes its W−1 contributions from them.
 Usage: python benchmarks/release_style.py DUMP_DIR T W BETA OUT.npy
 """
+
 import sys
 
 import numpy as np
@@ -20,8 +21,13 @@ def main(dump_dir, t_len, window, beta, out):
         probs.append(torch.softmax(full, dim=1))
     score = torch.zeros(probs[0].shape[0])
     for k in range(t_len - window + 1):
-        d = torch.stack([(probs[j + 1] * (torch.log(probs[j + 1] + 1e-8) - torch.log(probs[j] + 1e-8)))
-                         .abs().sum(dim=1) for j in range(k, k + window - 1)], dim=1)
+        d = torch.stack(
+            [
+                (probs[j + 1] * (torch.log(probs[j + 1] + 1e-8) - torch.log(probs[j] + 1e-8))).abs().sum(dim=1)
+                for j in range(k, k + window - 1)
+            ],
+            dim=1,
+        )
         r = (d - d.mean(dim=1, keepdim=True)).square().sum(dim=1).sqrt()
         score = (1 - beta) * score + beta * r
     np.save(out, score.numpy())

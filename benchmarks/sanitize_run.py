@@ -9,6 +9,7 @@ copy, so a kernel that writes wrong values (not only out of bounds) also fails t
     compute-sanitizer --tool memcheck --error-exitcode 9 python benchmarks/sanitize_run.py
     python benchmarks/sanitize_run.py --backend triton      # the Triton kernels instead
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,7 +40,8 @@ def batch(n, b, c, epoch, dtype, index_dtype, device, gen):
     nonfinite = torch.rand(b, generator=gen) < 0.05
     cols = torch.randint(0, c, (int(nonfinite.sum()),), generator=gen)
     z[nonfinite.nonzero().squeeze(1), cols] = torch.tensor([float("nan"), float("inf"), -float("inf")])[
-        torch.randint(0, 3, (cols.numel(),), generator=gen)]
+        torch.randint(0, 3, (cols.numel(),), generator=gen)
+    ]
     return z.to(device, dtype), index.to(device, index_dtype)
 
 
@@ -75,13 +77,19 @@ def main(argv=None):
             ref.epoch_step(theirs[1], theirs[2], theirs[3], theirs[4], decay)
         # Duplicates of one batch carry different logits here, so which row wins matters: the
         # documented rule (first in batch order) is what every backend must give.
-        ok = (torch.equal(mine[1], theirs[1]) and torch.equal(mine[4], theirs[4])
-              and torch.allclose(mine[3], theirs[3], rtol=1e-4, atol=1e-5)
-              and torch.allclose(mine[2], theirs[2], rtol=1e-4, atol=1e-5, equal_nan=True))
+        ok = (
+            torch.equal(mine[1], theirs[1])
+            and torch.equal(mine[4], theirs[4])
+            and torch.allclose(mine[3], theirs[3], rtol=1e-4, atol=1e-5)
+            and torch.allclose(mine[2], theirs[2], rtol=1e-4, atol=1e-5, equal_nan=True)
+        )
         failures += not ok
-        print(f"N={n} B={b} C={c} logits={str(zdt)[6:]} storage={str(storage)[6:]} index={str(idt)[6:]}: "
-              f"epochs={int(mine[4][EPOCH])} counters={mine[4].tolist()} "
-              f"{'matches the reference' if ok else 'DIFFERS from the reference'}", flush=True)
+        print(
+            f"N={n} B={b} C={c} logits={str(zdt)[6:]} storage={str(storage)[6:]} index={str(idt)[6:]}: "
+            f"epochs={int(mine[4][EPOCH])} counters={mine[4].tolist()} "
+            f"{'matches the reference' if ok else 'DIFFERS from the reference'}",
+            flush=True,
+        )
     if failures:
         sys.exit(f"sanitize_run: {failures} case(s) differ from the reference")
     print(f"sanitize_run: {a.backend} on {device}: {len(cases)} cases, all match the reference")

@@ -15,8 +15,8 @@ struct UpdateArgs {
   int32_t* seen;       // (N,)
   float* ring;         // (N, W1) contiguous
   int64_t B, C, N, W1;
-  int64_t epoch;      // counters[EPOCH], read by the host wrapper
-  int64_t slot;       // ring slot of d_{epoch-1} (ring_slot in ops.h)
+  int64_t epoch;  // counters[EPOCH], read by the host wrapper
+  int64_t slot;   // ring slot of d_{epoch-1} (ring_slot in ops.h)
   Dt logits_dt, prev_dt;
   bool index_i64;
 };
@@ -30,7 +30,7 @@ struct StepArgs {
   float* ring;          // (N, W1) contiguous
   float* score;         // (N,)
   int64_t N, W1, epoch, slot;
-  float keep, add;      // score = keep * score + add * R
+  float keep, add;  // score = keep * score + add * R
 };
 
 // The update of the batch rows rows[0..count) (rows == nullptr: rows 0..count-1), visited in

@@ -9,8 +9,8 @@ namespace {
 // Both ops only mutate their (x!) arguments in place, so shape propagation (Meta/fake tensors,
 // torch.compile, opcheck) has nothing to do. Registered here so that loading the library alone
 // (Python `import tdds_kernels._C` or a C++ trainer linking it) is complete.
-void update_meta(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                 const at::Tensor&) {}
+void update_meta(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                 const at::Tensor&, const at::Tensor&) {}
 void epoch_step_meta(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double) {}
 }  // namespace
 }  // namespace tdds

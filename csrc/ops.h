@@ -6,23 +6,32 @@
 namespace tdds {
 
 // Identical text to tdds_kernels/_ops.py UPDATE_SCHEMA / EPOCH_STEP_SCHEMA (a test compares them).
-#define TDDS_UPDATE_SCHEMA                                                               \
+#define TDDS_UPDATE_SCHEMA                                                            \
   "(Tensor logits, Tensor index, Tensor(a!) prev, Tensor(b!) seen, Tensor(c!) ring, " \
   "Tensor(d!) counters) -> ()"
-#define TDDS_EPOCH_STEP_SCHEMA                                                            \
+#define TDDS_EPOCH_STEP_SCHEMA \
   "(Tensor seen, Tensor(a!) ring, Tensor(b!) score, Tensor(c!) counters, float decay) -> ()"
 
 // Slots of the counters tensor (tdds_kernels/_ops.py COUNTERS, then EPOCH): cumulative counts,
 // then the epoch being recorded, which lives on the device so that no kernel needs a host sync
 // and a captured/compiled step stays valid across epochs; epoch_step advances it.
-enum Slot : int64_t { kDuplicates = 0, kMissing = 1, kNonfinite = 2, kOutOfRange = 3, kEpoch = 4, kNumSlots = 5 };
+enum Slot : int64_t {
+  kDuplicates = 0,
+  kMissing = 1,
+  kNonfinite = 2,
+  kOutOfRange = 3,
+  kEpoch = 4,
+  kNumSlots = 5
+};
 
 constexpr float kEps = 1e-8f;  // the release's epsilon inside log(p + eps)
 
 // Ring slot of transition d_{e-1}: (e - 1) mod (W - 1), non-negative like Python's %. At e = 0
 // it is the last slot, which gets NaN there and is overwritten before any window reads it
 // (the reference does the same, so every backend leaves identical state).
-C10_HOST_DEVICE inline int64_t ring_slot(int64_t epoch, int64_t w1) { return ((epoch - 1) % w1 + w1) % w1; }
+C10_HOST_DEVICE inline int64_t ring_slot(int64_t epoch, int64_t w1) {
+  return ((epoch - 1) % w1 + w1) % w1;
+}
 
 inline bool is_float_type(at::ScalarType t) {
   return t == at::kFloat || t == at::kHalf || t == at::kBFloat16;
@@ -45,7 +54,8 @@ inline void check_update(const at::Tensor& logits, const at::Tensor& index, cons
               prev.sizes(), " ", prev.scalar_type());
   const int64_t n = prev.size(0);
   TORCH_CHECK(seen.dim() == 1 && seen.size(0) == n && seen.scalar_type() == at::kInt && seen.is_contiguous(),
-              "update_ext: seen must be a contiguous (N,) int32 tensor, got ", seen.sizes(), " ", seen.scalar_type());
+              "update_ext: seen must be a contiguous (N,) int32 tensor, got ", seen.sizes(), " ",
+              seen.scalar_type());
   TORCH_CHECK(ring.dim() == 2 && ring.size(0) == n && ring.size(1) >= 1 && ring.scalar_type() == at::kFloat &&
                   ring.is_contiguous(),
               "update_ext: ring must be a contiguous (N, W-1) float32 tensor, got ", ring.sizes(), " ",
@@ -69,9 +79,10 @@ inline void check_epoch_step(const at::Tensor& seen, const at::Tensor& ring, con
                   ring.is_contiguous(),
               "epoch_step_ext: ring must be a contiguous (N, W-1) float32 tensor, got ", ring.sizes(), " ",
               ring.scalar_type());
-  TORCH_CHECK(score.dim() == 1 && score.size(0) == n && score.scalar_type() == at::kFloat && score.is_contiguous(),
-              "epoch_step_ext: score must be a contiguous (N,) float32 tensor, got ", score.sizes(), " ",
-              score.scalar_type());
+  TORCH_CHECK(
+      score.dim() == 1 && score.size(0) == n && score.scalar_type() == at::kFloat && score.is_contiguous(),
+      "epoch_step_ext: score must be a contiguous (N,) float32 tensor, got ", score.sizes(), " ",
+      score.scalar_type());
   TORCH_CHECK(counters.dim() == 1 && counters.size(0) == kNumSlots && counters.scalar_type() == at::kLong &&
                   counters.is_contiguous(),
               "epoch_step_ext: counters must be a contiguous (5,) int64 tensor, got ", counters.sizes(), " ",

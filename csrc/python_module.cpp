@@ -3,7 +3,7 @@
 #include <Python.h>
 
 PyMODINIT_FUNC PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "tdds C++/CUDA ops (torch.ops.tdds.*_ext)",
-                                          -1, nullptr};
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C",
+                                          "tdds C++/CUDA ops (torch.ops.tdds.*_ext)", -1, nullptr};
   return PyModule_Create(&module_def);
 }

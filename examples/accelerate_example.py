@@ -8,6 +8,7 @@
 Needs `accelerate` (the `hf` extra). Synthetic blobs, a small MLP, SGD; a checkpoint every
 --save-every optimizer steps (mid-epoch ones included).
 """
+
 import argparse
 import os
 
@@ -47,8 +48,9 @@ def main(argv=None):
 
     # A seedable sampler: each epoch's order depends on the seed and the epoch only, so a resumed
     # run sees the batches an uninterrupted one would.
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(),
-                              dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(), dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True)
+    )
     set_seed(0)
     g = torch.Generator().manual_seed(0)
     y = torch.randint(0, C, (N,), generator=g)

@@ -10,6 +10,7 @@ tracker.end_epoch once per epoch. At each epoch end every rank writes its tracke
 the model and optimizer, so a rerun continues where the last completed epoch left off. Uses NCCL
 on GPUs, gloo on CPU.
 """
+
 import argparse
 import os
 
@@ -86,8 +87,10 @@ def main(argv=None):
             # The weights are named by epoch count and the tracker points at one of them: a crash
             # between the two saves leaves a tracker that still matches the weights it names.
             if rank == 0:
-                torch.save({"model": net.state_dict(), "opt": opt.state_dict()},
-                           os.path.join(args.ckpt, f"model-{epoch + 1}.pt"))
+                torch.save(
+                    {"model": net.state_dict(), "opt": opt.state_dict()},
+                    os.path.join(args.ckpt, f"model-{epoch + 1}.pt"),
+                )
             dist.barrier()
             tracker.save(tracker_path)  # one file per rank; returns once all are written
             if rank == 0 and os.path.exists(old := os.path.join(args.ckpt, f"model-{epoch}.pt")):

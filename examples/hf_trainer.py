@@ -9,6 +9,7 @@ Needs `transformers` and `accelerate` (the `hf` extra). The data is synthetic to
 whose label depends on a few marker tokens, with some labels flipped; each item is a dict with
 a raw "text" entry too, which the Trainer's default remove_unused_columns=True drops.
 """
+
 import argparse
 
 import torch
@@ -34,8 +35,12 @@ class Tokens(Dataset):
         return len(self.y)
 
     def __getitem__(self, i):
-        return {"input_ids": self.ids[i], "attention_mask": torch.ones(SEQ, dtype=torch.int64),
-                "labels": self.y[i], "text": f"sample {i}"}
+        return {
+            "input_ids": self.ids[i],
+            "attention_mask": torch.ones(SEQ, dtype=torch.int64),
+            "labels": self.y[i],
+            "text": f"sample {i}",
+        }
 
 
 def tiny_bert():
@@ -43,9 +48,17 @@ def tiny_bert():
     # No dropout: the Trainer snapshots the RNG when it saves a checkpoint, and evaluation at an
     # epoch's end draws from the global RNG afterwards, so after a resume from an epoch-end step
     # checkpoint the dropout masks (not the TDDS recording) would differ from an uninterrupted run.
-    cfg = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=SEQ, num_labels=CLASSES,
-                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    cfg = BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=SEQ,
+        num_labels=CLASSES,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     return BertForSequenceClassification(cfg)
 
 
@@ -66,29 +79,50 @@ def main(argv=None):
     ap.add_argument("--output-dir", default="hf_tdds_out")
     ap.add_argument("--save-steps", type=int, help="checkpoint every K optimizer steps (default: none)")
     ap.add_argument("--stop-at-step", type=int, help="stop after this step, as if the run crashed")
-    ap.add_argument("--resume", nargs="?", const=True, default=None,
-                    help="resume from the last checkpoint, or from the checkpoint folder given")
+    ap.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=None,
+        help="resume from the last checkpoint, or from the checkpoint folder given",
+    )
     ap.add_argument("--out", help="write the scores here (torch.save)")
     ap.add_argument("--no-eval", action="store_true", help="no evaluation at epoch ends")
     ap.add_argument("--trajectory-len", type=int, help="epochs scored (default: all of them)")
     ap.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
     args = ap.parse_args(argv)
 
-    targs = TrainingArguments(output_dir=args.output_dir, num_train_epochs=args.epochs,
-                              per_device_train_batch_size=8, learning_rate=1e-3, seed=0,
-                              gradient_accumulation_steps=args.grad_accum,
-                              save_strategy="steps" if args.save_steps else "no", save_steps=args.save_steps or 500,
-                              eval_strategy="no" if args.no_eval else "epoch", per_device_eval_batch_size=16, report_to=[],
-                              logging_strategy="no", use_cpu=not torch.cuda.is_available(), disable_tqdm=True)
-    train_set = add_index(Tokens())                   # items get "index": i
+    targs = TrainingArguments(
+        output_dir=args.output_dir,
+        num_train_epochs=args.epochs,
+        per_device_train_batch_size=8,
+        learning_rate=1e-3,
+        seed=0,
+        gradient_accumulation_steps=args.grad_accum,
+        save_strategy="steps" if args.save_steps else "no",
+        save_steps=args.save_steps or 500,
+        eval_strategy="no" if args.no_eval else "epoch",
+        per_device_eval_batch_size=16,
+        report_to=[],
+        logging_strategy="no",
+        use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=True,
+    )
+    train_set = add_index(Tokens())  # items get "index": i
     cb = TDDSCallback(len(train_set), CLASSES, window=3, trajectory_len=args.trajectory_len or args.epochs)
     callbacks = [cb] + ([StopAt(args.stop_at_step)] if args.stop_at_step else [])
 
     def accuracy(pred):  # a stock compute_metrics: label_ids stays the labels alone
         return {"accuracy": float((pred.predictions.argmax(-1) == pred.label_ids).mean())}
 
-    trainer = TDDSTrainer(model=tiny_bert(), args=targs, train_dataset=train_set, eval_dataset=Tokens(48, seed=1),
-                          compute_metrics=accuracy, callbacks=callbacks)
+    trainer = TDDSTrainer(
+        model=tiny_bert(),
+        args=targs,
+        train_dataset=train_set,
+        eval_dataset=Tokens(48, seed=1),
+        compute_metrics=accuracy,
+        callbacks=callbacks,
+    )
     trainer.train(resume_from_checkpoint=args.resume)
     if args.stop_at_step:
         print(f"stopped at step {trainer.state.global_step}")

@@ -8,13 +8,13 @@ strategy="ddp" on CPU processes) and rides in Lightning's checkpoints (resume wi
 Then the scores go to the retraining run: the release's mask / score files (--release-dir) and
 a model trained on the kept half (--retrain-epochs).
 """
+
 import argparse
 
+import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
-
-import pytorch_lightning as pl
 
 import tdds_kernels as tk
 from tdds_kernels.integrations.lightning import TDDSCallback
@@ -57,10 +57,17 @@ def main(argv=None):
     data = synthetic()
     loader = DataLoader(tk.IndexedDataset(data), batch_size=32, shuffle=True)
     tdds = TDDSCallback(num_samples=len(data), num_classes=10, window=3, trajectory_len=args.epochs)
-    trainer = pl.Trainer(max_epochs=args.epochs, accelerator="cpu", devices=args.devices,
-                         strategy="ddp" if args.devices > 1 else "auto", callbacks=[tdds],
-                         logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         enable_checkpointing=False)
+    trainer = pl.Trainer(
+        max_epochs=args.epochs,
+        accelerator="cpu",
+        devices=args.devices,
+        strategy="ddp" if args.devices > 1 else "auto",
+        callbacks=[tdds],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
     trainer.fit(Classifier(), loader)
     kept = tk.select(tdds.scores, prune_fraction=0.5)  # the same on every rank
     if args.release_dir:
@@ -71,9 +78,16 @@ def main(argv=None):
             torch.save(tdds.scores, args.out)
     if args.retrain_epochs:
         pruned = DataLoader(kept_subset(data, kept), batch_size=32, shuffle=True)  # (x, y) batches
-        retrain = pl.Trainer(max_epochs=args.retrain_epochs, accelerator="cpu", devices=args.devices,
-                             strategy="ddp" if args.devices > 1 else "auto", logger=False,
-                             enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+        retrain = pl.Trainer(
+            max_epochs=args.retrain_epochs,
+            accelerator="cpu",
+            devices=args.devices,
+            strategy="ddp" if args.devices > 1 else "auto",
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+        )
         retrain.fit(Retrained(), pruned)
         if retrain.is_global_zero:
             print(f"retrained {args.retrain_epochs} epochs on {len(pruned.dataset)} samples")

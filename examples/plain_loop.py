@@ -5,6 +5,7 @@
 A small synthetic 10-class problem with 10% flipped labels trains on CPU in a few seconds. The
 tracker sees each batch's logits with the batch's dataset indices (IndexedDataset adds them).
 """
+
 import argparse
 
 import torch
@@ -37,8 +38,7 @@ def main(argv=None):
     loader = DataLoader(tk.IndexedDataset(data), batch_size=64, shuffle=True)
     model = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    tracker = tk.TDDSTracker(num_samples=len(data), num_classes=10, window=args.window,
-                             trajectory_len=args.epochs)
+    tracker = tk.TDDSTracker(num_samples=len(data), num_classes=10, window=args.window, trajectory_len=args.epochs)
 
     for epoch in range(args.epochs):
         for x, y, idx in loader:
@@ -53,8 +53,10 @@ def main(argv=None):
 
     scores = tracker.scores()
     kept = tk.select(scores, prune_fraction=args.prune)
-    print(f"kept {len(kept)} of {len(data)} samples; flipped labels among them: "
-          f"{flipped[kept].float().mean():.1%} (dataset: {flipped.float().mean():.1%})")
+    print(
+        f"kept {len(kept)} of {len(data)} samples; flipped labels among them: "
+        f"{flipped[kept].float().mean():.1%} (dataset: {flipped.float().mean():.1%})"
+    )
     print("stats:", tracker.stats)
     if args.out:
         torch.save(scores, args.out)

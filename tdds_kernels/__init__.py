@@ -6,6 +6,7 @@ Layers, each importing only from those before it:
     distributed/  the sharded tracker: layout of the samples over ranks, collectives, the factory
     offline.py, cli/, demo/, integrations/   the application: dump scoring, commands, trainers
 """
+
 from .core.baselines import keep_scores
 from .core.selection import importance_weights, select, select_coreset
 from .core.tracker import TDDSTracker
@@ -17,6 +18,17 @@ from .ops import reference  # noqa: F401  (registers the reference ops tdds::upd
 from .ops.registry import available as available_backends
 
 __version__ = "0.1.0"
-__all__ = ["TDDSTracker", "ShardedTDDSTracker", "make_tracker", "load_tracker", "merge_shards", "select",
-           "select_coreset", "importance_weights", "keep_scores", "IndexedDataset", "available_backends",
-           "__version__"]
+__all__ = [
+    "TDDSTracker",
+    "ShardedTDDSTracker",
+    "make_tracker",
+    "load_tracker",
+    "merge_shards",
+    "select",
+    "select_coreset",
+    "importance_weights",
+    "keep_scores",
+    "IndexedDataset",
+    "available_backends",
+    "__version__",
+]

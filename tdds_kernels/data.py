@@ -1,4 +1,5 @@
 """Dataset wrapper that hands the dataset index to the training loop."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -30,7 +31,9 @@ class IndexedDataset(Dataset):
             return (*sample, i)
         if isinstance(sample, Mapping):
             if "index" in sample:
-                raise KeyError(f"IndexedDataset: sample {i} already has an 'index' key; expected "
-                               "a dict without one (the wrapper adds it)")
+                raise KeyError(
+                    f"IndexedDataset: sample {i} already has an 'index' key; expected "
+                    "a dict without one (the wrapper adds it)"
+                )
             return {**sample, "index": i}
         return (sample, i)

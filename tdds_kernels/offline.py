@@ -6,6 +6,7 @@ is memory-mapped and fed in batches, so peak memory is O(N·C) whatever T is. Ou
 release names and orders them: `data_mask_win{W}_ep{T}.npy` (ascending argsort of the scores)
 and `score_win{W}_ep{T}.npy` (the scores in that order), plus `scores.npy` by dataset index.
 """
+
 from __future__ import annotations
 
 import sys
@@ -60,8 +61,7 @@ def scan(dump_dir, trajectory_len: int, num_samples: int | None = None):
         out_path, idx_path = dump_dir / f"{t}_Output.npy", dump_dir / f"{t}_Index.npy"
         out, idx = _open(out_path, "logits"), _open(idx_path, "index")
         if out.ndim != 2 or out.dtype.kind != "f":
-            raise DumpError(f"{out_path}: expected a 2-D float array (rows, classes), got "
-                            f"{out.ndim}-D {out.dtype}")
+            raise DumpError(f"{out_path}: expected a 2-D float array (rows, classes), got {out.ndim}-D {out.dtype}")
         if idx.ndim != 1 or idx.dtype.kind not in "iu":
             raise DumpError(f"{idx_path}: expected a 1-D integer array, got {idx.ndim}-D {idx.dtype}")
         if idx.shape[0] != out.shape[0]:
@@ -92,8 +92,7 @@ def _read_rows(path: Path, rows: int):
     """
     with open(path, "rb") as f:
         version = np.lib.format.read_magic(f)
-        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                       else np.lib.format.read_array_header_2_0)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, fortran, dtype = read_header(f)
         if fortran and len(shape) > 1:
             raise DumpError(f"{path}: Fortran-ordered arrays are not supported")
@@ -103,23 +102,41 @@ def _read_rows(path: Path, rows: int):
             block = buf[: min(rows, shape[0] - start)]
             got = f.readinto(memoryview(block.reshape(-1)).cast("B"))
             if got != block.size * dtype.itemsize:
-                raise DumpError(f"{path}: truncated file ({start + got // max(1, row_items * dtype.itemsize)}"
-                                f" of {shape[0]} rows readable)")
+                raise DumpError(
+                    f"{path}: truncated file ({start + got // max(1, row_items * dtype.itemsize)}"
+                    f" of {shape[0]} rows readable)"
+                )
             yield block
 
 
-def score_dump(dump_dir, trajectory_len: int, window: int, decay: float, num_samples=None,
-               backend: str = "auto", on_nonfinite: str = "error", progress: bool = False):
+def score_dump(
+    dump_dir,
+    trajectory_len: int,
+    window: int,
+    decay: float,
+    num_samples=None,
+    backend: str = "auto",
+    on_nonfinite: str = "error",
+    progress: bool = False,
+):
     """Score a dump folder; returns (scores float32 (N,), tracker.stats)."""
     files, n, c = scan(dump_dir, trajectory_len, num_samples)
-    tracker = TDDSTracker(n, c, window=window, decay=decay, trajectory_len=trajectory_len,
-                          backend=backend, on_nonfinite=on_nonfinite)
+    tracker = TDDSTracker(
+        n, c, window=window, decay=decay, trajectory_len=trajectory_len, backend=backend, on_nonfinite=on_nonfinite
+    )
     rows = max(1, ROWS_PER_BATCH_ELEMENTS // c)
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(total=sum(f.rows for f in files), unit="row", unit_scale=True, desc="scoring",
-                   file=sys.stderr, dynamic_ncols=True)
+
+        bar = tqdm(
+            total=sum(f.rows for f in files),
+            unit="row",
+            unit_scale=True,
+            desc="scoring",
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
     try:
         for f in files:
             for out, idx in zip(_read_rows(f.output, rows), _read_rows(f.index, rows)):
@@ -147,8 +164,7 @@ def release_arrays(scores, window: int, trajectory_len: int) -> dict[str, np.nda
     scores = scores.to(torch.float32)
     order = ascending_order(scores)
     mask_name, score_name = output_names(window, trajectory_len)
-    return {mask_name: order.numpy().astype(np.int64), score_name: scores[order].numpy(),
-            "scores.npy": scores.numpy()}
+    return {mask_name: order.numpy().astype(np.int64), score_name: scores[order].numpy(), "scores.npy": scores.numpy()}
 
 
 def write_arrays(arrays: dict[str, np.ndarray], out_dir) -> None:

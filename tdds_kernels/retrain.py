@@ -10,6 +10,7 @@ release's mask / score files written from a tracker.
 Under DDP, wrap the Subset in a DistributedSampler as usual: every rank selects the same
 indices from the same (collective) scores.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,8 +26,9 @@ from .offline import release_arrays, write_arrays
 def _kept_list(kept, num_samples: int | None) -> list[int]:
     kept = torch.as_tensor(kept)
     if kept.dim() != 1 or kept.dtype.is_floating_point or kept.dtype == torch.bool:
-        raise TypeError(f"kept: expected a 1-D tensor of dataset indices (what select() returns), got "
-                        f"{kept.dim()}-D {kept.dtype}")
+        raise TypeError(
+            f"kept: expected a 1-D tensor of dataset indices (what select() returns), got {kept.dim()}-D {kept.dtype}"
+        )
     kept = kept.cpu().to(torch.int64)
     if kept.numel():
         lo, hi = int(kept.min()), int(kept.max())
@@ -72,9 +74,11 @@ def write_release_files(tracker: TDDSTracker, out_dir, allow_incomplete: bool = 
     if not isinstance(tracker, (TDDSTracker, ShardedTDDSTracker)):
         raise TypeError(f"tracker: expected a TDDSTracker, got {type(tracker).__name__}")
     if not tracker.complete and not allow_incomplete:
-        raise ValueError(f"tracker: expected a complete tracker (trajectory_len={tracker.trajectory_len} "
-                         f"epochs), got {tracker.epoch} epochs recorded; pass allow_incomplete=True to "
-                         "write the scores so far")
+        raise ValueError(
+            f"tracker: expected a complete tracker (trajectory_len={tracker.trajectory_len} "
+            f"epochs), got {tracker.epoch} epochs recorded; pass allow_incomplete=True to "
+            "write the scores so far"
+        )
     scores = tracker.scores()  # collective when sharded
     if getattr(tracker, "rank", 0) != 0:
         return None

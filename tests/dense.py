@@ -3,6 +3,7 @@
 All epochs are held in memory as Python lists and the formula is evaluated sample by sample in
 float64 (from float32 softmax, as the contract says), sharing no code with tdds_kernels.
 """
+
 import math
 
 import numpy as np
@@ -45,7 +46,7 @@ def dense_scores(epochs, num_samples, window, decay, trajectory_len=None):
             d.append(float(np.sum(np.abs(p[t + 1] * (p_log - q_log)))))
         s = 0.0
         for k in range(t_len - window + 1):
-            vals = [v for v in d[k:k + window - 1] if v is not None]
+            vals = [v for v in d[k : k + window - 1] if v is not None]
             if len(vals) >= 2:
                 m = sum(vals) / len(vals)
                 r = math.sqrt(sum((v - m) ** 2 for v in vals))

@@ -1,4 +1,5 @@
 """Shared test utilities: backends to parametrize over, feeding epochs, snapshots of state."""
+
 import warnings
 
 import numpy as np
@@ -40,8 +41,7 @@ def assert_same_state(a, b):
             assert a[k] == b[k], k
 
 
-def random_epochs(rng, n, c, t, p_missing=0.0, p_dup=0.0, p_nonfinite=0.0, max_batch=7,
-                  scale=3.0):
+def random_epochs(rng, n, c, t, p_missing=0.0, p_dup=0.0, p_nonfinite=0.0, max_batch=7, scale=3.0):
     """Random epochs in shuffled, randomly split batches, with missing/duplicate/non-finite rows.
 
     Logits drift over epochs like training (a per-sample random walk), so d varies.
@@ -75,8 +75,10 @@ def backend_cases(include=None, exclude=()):
     faked) where there is no GPU or the backend is not built. `include`: backend names to keep;
     `exclude`: ids ("cpu-reference") to leave out."""
     params = []
-    for device, names, available in (("cpu", ("reference", "cpu", "triton"), CPU_BACKENDS),
-                                     ("cuda", ("reference", "triton", "cuda"), CUDA_BACKENDS)):
+    for device, names, available in (
+        ("cpu", ("reference", "cpu", "triton"), CPU_BACKENDS),
+        ("cuda", ("reference", "triton", "cuda"), CUDA_BACKENDS),
+    ):
         for name in names:
             if (include is not None and name not in include) or f"{device}-{name}" in exclude:
                 continue

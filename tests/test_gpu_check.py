@@ -1,12 +1,13 @@
 """benchmarks/gpu_check.sh on a machine without a GPU: its quick refusal, and its stage logic
 with injected stage commands (GPU_CHECK_FAKE_GPU=1). Nothing here runs a GPU stage or
 produces a GPU result; the status lines of such a run say TEST MODE."""
+
 import os
 import pathlib
 import shutil
 import subprocess
-import tarfile
 import sys
+import tarfile
 import time
 
 import pytest
@@ -14,16 +15,18 @@ import pytest
 SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
 STAGES = ["env", "triton_tests", "build", "ext_tests", "sanitize", "bench_ops", "train_step"]
 
-pytestmark = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
-                                reason="needs bash and coreutils timeout")
+pytestmark = pytest.mark.skipif(
+    shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and coreutils timeout"
+)
 
 
 def run(env_extra, *args, timeout=60):
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPU_CHECK_") and k != "OUT"}
     env.update(env_extra)
     t0 = time.monotonic()
-    r = subprocess.run(["bash", str(SCRIPT), *args], env=env, capture_output=True, text=True, check=False,
-                       timeout=timeout)
+    r = subprocess.run(
+        ["bash", str(SCRIPT), *args], env=env, capture_output=True, text=True, check=False, timeout=timeout
+    )
     return r, time.monotonic() - t0
 
 
@@ -63,8 +66,12 @@ def test_budgets_listed_and_within_eight_minutes():
 def test_failing_build_does_not_stop_the_next_stages(tmp_path):
     out = tmp_path / "out"
     stages_dir = tmp_path / "stages"
-    env = {"OUT": str(out), "GPU_CHECK_FAKE_GPU": "1", "GPU_CHECK_STAGES_DIR": str(stages_dir),
-           "GPU_CHECK_BUDGET_ext_tests": "8"}
+    env = {
+        "OUT": str(out),
+        "GPU_CHECK_FAKE_GPU": "1",
+        "GPU_CHECK_STAGES_DIR": str(stages_dir),
+        "GPU_CHECK_BUDGET_ext_tests": "8",
+    }
     for s in STAGES:
         env[f"GPU_CHECK_CMD_{s}"] = f"echo ran {s} with budget $BUDGET_S"
     env["GPU_CHECK_CMD_build"] = "echo compiling; echo 'error: nvcc exploded' >&2; exit 3"
@@ -106,12 +113,14 @@ def test_only_runs_the_named_stages_in_order(tmp_path):
     assert [line.split()[0] for line in lines] == ["env", "bench_ops"]
 
 
-@pytest.mark.skipif(shutil.which("nvidia-smi") is not None,
-                    reason="this machine has nvidia-smi: the stages would really run")
+@pytest.mark.skipif(
+    shutil.which("nvidia-smi") is not None, reason="this machine has nvidia-smi: the stages would really run"
+)
 def test_real_stages_without_gpu_fail_rather_than_pass(tmp_path):
     # The real stage commands, forced past the GPU detection on a machine without one: each
     # must fail (no skipped-only test run, no CPU benchmark, counts as a pass).
     import torch
+
     if torch.cuda.is_available():
         pytest.skip("torch sees a CUDA device: the stages would really run")
     r, _ = run({"OUT": str(tmp_path), "GPU_CHECK_FAKE_GPU": "1"}, timeout=400)
@@ -129,36 +138,89 @@ def test_budget_over_eight_minutes_is_refused():
 # ------------------------------------------------------------------ the scripts its stages run
 def run_script(args, tmp_path, timeout=300):
     env = dict(os.environ, PYTHONPATH=str(SCRIPT.parents[1]))
-    return subprocess.run([sys.executable, *args], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def test_bench_ops_cpu_smoke(tmp_path):
     out = tmp_path / "ops.md"
-    r = run_script([str(SCRIPT.parent / "bench_ops.py"), "--device", "cpu", "--preset", "tiny", "--calls", "2",
-                    "--rounds", "1", "--no-compile", "--storage", "float32,float16", "--out", str(out)], tmp_path)
+    r = run_script(
+        [
+            str(SCRIPT.parent / "bench_ops.py"),
+            "--device",
+            "cpu",
+            "--preset",
+            "tiny",
+            "--calls",
+            "2",
+            "--rounds",
+            "1",
+            "--no-compile",
+            "--storage",
+            "float32,float16",
+            "--out",
+            str(out),
+        ],
+        tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     text = out.read_text()
     assert "partial" not in text and "Copy bandwidth" in text
     rows = [line for line in text.splitlines() if line.startswith("| update")]
-    assert {(row.split("|")[7].strip(), row.split("|")[6].strip()) for row in rows} == \
-        {("reference (eager)", "float32"), ("reference (eager)", "float16")} | \
-        ({("cpu", "float32"), ("cpu", "float16")} if "cpu" in text.split("Backends available on cpu:")[1] else set())
+    assert {(row.split("|")[7].strip(), row.split("|")[6].strip()) for row in rows} == {
+        ("reference (eager)", "float32"),
+        ("reference (eager)", "float16"),
+    } | ({("cpu", "float32"), ("cpu", "float16")} if "cpu" in text.split("Backends available on cpu:")[1] else set())
 
 
 def test_bench_ops_budget_lists_what_did_not_run(tmp_path):
     out = tmp_path / "ops.md"
-    r = run_script([str(SCRIPT.parent / "bench_ops.py"), "--device", "cpu", "--preset", "tiny", "--no-compile",
-                    "--budget-s", "0", "--out", str(out)], tmp_path)
+    r = run_script(
+        [
+            str(SCRIPT.parent / "bench_ops.py"),
+            "--device",
+            "cpu",
+            "--preset",
+            "tiny",
+            "--no-compile",
+            "--budget-s",
+            "0",
+            "--out",
+            str(out),
+        ],
+        tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert out.read_text().count("not run: --budget-s 0 reached") == 2  # one update case, one epoch step
 
 
 def test_bench_train_step_smoke(tmp_path):
     out = tmp_path / "train_step.md"
-    r = run_script([str(SCRIPT.parent / "bench_train_step.py"), "--device", "cpu", "--model", "small", "--batch", "4",
-                    "--size", "32", "--samples", "500", "--classes", "10", "--steps", "2", "--warmup", "1",
-                    "--out", str(out)], tmp_path)
+    r = run_script(
+        [
+            str(SCRIPT.parent / "bench_train_step.py"),
+            "--device",
+            "cpu",
+            "--model",
+            "small",
+            "--batch",
+            "4",
+            "--size",
+            "32",
+            "--samples",
+            "500",
+            "--classes",
+            "10",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--out",
+            str(out),
+        ],
+        tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     text = out.read_text()
     assert text.startswith("SMOKE TEST WITH A SMALL FALLBACK CNN, NOT RESNET-50.")
@@ -169,10 +231,12 @@ def test_bench_train_step_skips_without_torchvision(tmp_path):
     pytest.importorskip("torch")
     try:
         import torchvision  # noqa: F401
+
         pytest.skip("torchvision is installed")
     except ImportError:
         pass
-    r = run_script([str(SCRIPT.parent / "bench_train_step.py"), "--device", "cpu", "--out", str(tmp_path / "t.md")],
-                   tmp_path)
+    r = run_script(
+        [str(SCRIPT.parent / "bench_train_step.py"), "--device", "cpu", "--out", str(tmp_path / "t.md")], tmp_path
+    )
     assert r.returncode == 0 and "skipped: torchvision is not installed" in r.stdout
     assert not (tmp_path / "t.md").exists()

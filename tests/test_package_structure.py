@@ -6,6 +6,7 @@
 Imports are read from the source (function-level ones included), so a lazy import that climbs a
 layer counts as much as a top-level one.
 """
+
 import ast
 from pathlib import Path
 
@@ -66,7 +67,7 @@ def test_no_import_cycle():
         path.append(m)
         for n in sorted(GRAPH[m]):
             if state.get(n) == "open":
-                pytest.fail("import cycle: " + " -> ".join(path[path.index(n):] + [n]))
+                pytest.fail("import cycle: " + " -> ".join(path[path.index(n) :] + [n]))
             if n not in state:
                 visit(n)
         path.pop()

@@ -1,5 +1,6 @@
 """The README's quick start runs as written (on CPU) and ends with a non-trivial selection; the
 files and commands the README names exist."""
+
 import re
 from pathlib import Path
 
@@ -13,7 +14,7 @@ MARKER = "<!-- quick start: tests/test_readme.py runs this block -->"
 def quick_start_code() -> str:
     text = README.read_text()
     assert MARKER in text, "README.md lost the quick-start marker"
-    block = re.search(r"```python\n(.*?)```", text[text.index(MARKER):], re.S)
+    block = re.search(r"```python\n(.*?)```", text[text.index(MARKER) :], re.S)
     assert block, "no ```python block after the quick-start marker"
     return block.group(1)
 

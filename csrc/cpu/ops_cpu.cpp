@@ -48,18 +48,30 @@ Dt dt_of(at::ScalarType t) {
   return t == at::kFloat ? Dt::f32 : t == at::kHalf ? Dt::f16 : Dt::bf16;
 }
 
-void update_cpu(const at::Tensor& logits, const at::Tensor& index, const at::Tensor& prev, const at::Tensor& seen,
-                const at::Tensor& ring, const at::Tensor& counters) {
+void update_cpu(const at::Tensor& logits, const at::Tensor& index, const at::Tensor& prev,
+                const at::Tensor& seen, const at::Tensor& ring, const at::Tensor& counters) {
   check_update(logits, index, prev, seen, ring, counters);
   const int64_t B = logits.size(0), C = logits.size(1);
   if (B == 0) return;
   int64_t* ctr = counters.data_ptr<int64_t>();
   const int64_t epoch = ctr[kEpoch];
-  TORCH_CHECK(epoch >= 0 && epoch < INT32_MAX, "update_ext: counters[EPOCH] must be in [0, 2^31 - 1), got ", epoch);
+  TORCH_CHECK(epoch >= 0 && epoch < INT32_MAX, "update_ext: counters[EPOCH] must be in [0, 2^31 - 1), got ",
+              epoch);
   static const UpdateRowsFn rows_fn = pick_update_rows();
-  const UpdateArgs args{logits.data_ptr(), index.data_ptr(), prev.data_ptr(), seen.data_ptr<int32_t>(),
-                        ring.data_ptr<float>(), B, C, prev.size(0), ring.size(1), epoch, ring_slot(epoch, ring.size(1)),
-                        dt_of(logits.scalar_type()), dt_of(prev.scalar_type()), index.scalar_type() == at::kLong};
+  const UpdateArgs args{logits.data_ptr(),
+                        index.data_ptr(),
+                        prev.data_ptr(),
+                        seen.data_ptr<int32_t>(),
+                        ring.data_ptr<float>(),
+                        B,
+                        C,
+                        prev.size(0),
+                        ring.size(1),
+                        epoch,
+                        ring_slot(epoch, ring.size(1)),
+                        dt_of(logits.scalar_type()),
+                        dt_of(prev.scalar_type()),
+                        index.scalar_type() == at::kLong};
   // Rows of one sample must be visited by one thread, in batch order: then the first finite
   // row wins and the kernel needs no atomics on seen[] (nor on prev/ring). Tasks: one per
   // thread, fewer for small batches (about 32k elements each, so small batches don't pay for
@@ -100,8 +112,10 @@ void update_cpu(const at::Tensor& logits, const at::Tensor& index, const at::Ten
       slot_of[b] = static_cast<int32_t>(h);
     }
   };
-  if (args.index_i64) tally(index.data_ptr<int64_t>());
-  else tally(index.data_ptr<int32_t>());
+  if (args.index_i64)
+    tally(index.data_ptr<int64_t>());
+  else
+    tally(index.data_ptr<int32_t>());
 
   // Task of each row: 0..tasks-1 in phase 1, tasks..2*tasks-1 in phase 2; then a stable
   // counting sort of the row positions by task (batch order within each task).
@@ -109,7 +123,8 @@ void update_cpu(const at::Tensor& logits, const at::Tensor& index, const at::Ten
   std::vector<int64_t> start(2 * tasks + 1, 0), rows(B);
   for (int64_t b = 0; b < B; ++b) {
     const int32_t h = slot_of[b];
-    owner[b] = static_cast<int32_t>(h >= 0 && occurs[h] > 1 ? tasks + task_of(keys[h], tasks) : b * tasks / B);
+    owner[b] =
+        static_cast<int32_t>(h >= 0 && occurs[h] > 1 ? tasks + task_of(keys[h], tasks) : b * tasks / B);
     ++start[owner[b] + 1];
   }
   for (int64_t t = 0; t < 2 * tasks; ++t) start[t + 1] += start[t];
@@ -128,17 +143,25 @@ void update_cpu(const at::Tensor& logits, const at::Tensor& index, const at::Ten
   for (const UpdateCounts& c : counts) add_counts(ctr, c);
 }
 
-void epoch_step_cpu(const at::Tensor& seen, const at::Tensor& ring, const at::Tensor& score, const at::Tensor& counters,
-                    double decay) {
+void epoch_step_cpu(const at::Tensor& seen, const at::Tensor& ring, const at::Tensor& score,
+                    const at::Tensor& counters, double decay) {
   check_epoch_step(seen, ring, score, counters);
   static const StepRowsFn rows_fn = pick_step_rows();
   int64_t* ctr = counters.data_ptr<int64_t>();
   const int64_t epoch = ctr[kEpoch], W1 = ring.size(1);
   // float like the reference: (1 - decay) * S + decay * R
-  const StepArgs args{seen.data_ptr<int32_t>(), ring.data_ptr<float>(), score.data_ptr<float>(), seen.size(0), W1,
-                      epoch, ring_slot(epoch, W1), static_cast<float>(1.0 - decay), static_cast<float>(decay)};
+  const StepArgs args{seen.data_ptr<int32_t>(),
+                      ring.data_ptr<float>(),
+                      score.data_ptr<float>(),
+                      seen.size(0),
+                      W1,
+                      epoch,
+                      ring_slot(epoch, W1),
+                      static_cast<float>(1.0 - decay),
+                      static_cast<float>(decay)};
   std::atomic<int64_t> missing{0};
-  at::parallel_for(0, args.N, 4096, [&](int64_t begin, int64_t end) { missing += rows_fn(args, begin, end); });
+  at::parallel_for(0, args.N, 4096,
+                   [&](int64_t begin, int64_t end) { missing += rows_fn(args, begin, end); });
   ctr[kMissing] += missing.load();
   ctr[kEpoch] += 1;
 }

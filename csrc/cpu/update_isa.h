@@ -46,7 +46,10 @@ struct Io {
   }
   static void store(T* p, int64_t n, const Vec& a, const Vec& b) {
     auto v = at::vec::convert_from_float<T>(a, b);
-    if (n >= kStep) v.store(p); else v.store(p, n);
+    if (n >= kStep)
+      v.store(p);
+    else
+      v.store(p, n);
   }
 };
 template <>
@@ -205,15 +208,20 @@ void update_rows_t(const UpdateArgs& a, const int64_t* rows, int64_t count, Upda
 
 template <typename T, typename S>
 void by_index(const UpdateArgs& a, const int64_t* rows, int64_t count, UpdateCounts& c) {
-  if (a.index_i64) update_rows_t<T, S, int64_t>(a, rows, count, c);
-  else update_rows_t<T, S, int32_t>(a, rows, count, c);
+  if (a.index_i64)
+    update_rows_t<T, S, int64_t>(a, rows, count, c);
+  else
+    update_rows_t<T, S, int32_t>(a, rows, count, c);
 }
 template <typename T>
 void by_storage(const UpdateArgs& a, const int64_t* rows, int64_t count, UpdateCounts& c) {
   switch (a.prev_dt) {
-    case Dt::f32: return by_index<T, float>(a, rows, count, c);
-    case Dt::f16: return by_index<T, c10::Half>(a, rows, count, c);
-    case Dt::bf16: return by_index<T, c10::BFloat16>(a, rows, count, c);
+    case Dt::f32:
+      return by_index<T, float>(a, rows, count, c);
+    case Dt::f16:
+      return by_index<T, c10::Half>(a, rows, count, c);
+    case Dt::bf16:
+      return by_index<T, c10::BFloat16>(a, rows, count, c);
   }
 }
 
@@ -292,9 +300,12 @@ void TDDS_CONCAT(update_rows_, CPU_CAPABILITY)(const UpdateArgs& a, const int64_
                                                UpdateCounts& c) {
   using namespace CPU_CAPABILITY;
   switch (a.logits_dt) {
-    case Dt::f32: return by_storage<float>(a, rows, count, c);
-    case Dt::f16: return by_storage<c10::Half>(a, rows, count, c);
-    case Dt::bf16: return by_storage<c10::BFloat16>(a, rows, count, c);
+    case Dt::f32:
+      return by_storage<float>(a, rows, count, c);
+    case Dt::f16:
+      return by_storage<c10::Half>(a, rows, count, c);
+    case Dt::bf16:
+      return by_storage<c10::BFloat16>(a, rows, count, c);
   }
 }
 

@@ -46,15 +46,15 @@ __device__ __forceinline__ void count(int64_t* counters, int slot, int64_t v) {
 // tracker raises at end_epoch).
 template <typename T, typename S, typename I>
 __global__ void update_kernel(const T* __restrict__ logits, const I* __restrict__ sorted,
-                              const int64_t* __restrict__ order, S* __restrict__ prev, int32_t* __restrict__ seen,
-                              float* __restrict__ ring, int64_t* __restrict__ counters, int64_t B, int64_t C, int64_t N,
-                              int64_t W1) {
+                              const int64_t* __restrict__ order, S* __restrict__ prev,
+                              int32_t* __restrict__ seen, float* __restrict__ ring,
+                              int64_t* __restrict__ counters, int64_t B, int64_t C, int64_t N, int64_t W1) {
   const int lane = threadIdx.x % kWarp;
   const int64_t pos = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
   if (pos >= B) return;  // whole warps exit together
   const int64_t n = static_cast<int64_t>(sorted[pos]);
   if (pos > 0 && static_cast<int64_t>(sorted[pos - 1]) == n) return;  // the run's head handles it
-  int64_t end = pos + 1;  // the run is [pos, end)
+  int64_t end = pos + 1;                                              // the run is [pos, end)
   while (end < B && static_cast<int64_t>(sorted[end]) == n) ++end;
   if (n < 0 || n >= N) {
     if (lane == 0) count(counters, kOutOfRange, end - pos);
@@ -62,7 +62,7 @@ __global__ void update_kernel(const T* __restrict__ logits, const I* __restrict_
   }
   const int32_t epoch = static_cast<int32_t>(counters[kEpoch]);
   const int32_t old = seen[n];
-  bool fresh = old != epoch;  // no row of n applied yet this epoch
+  bool fresh = old != epoch;                           // no row of n applied yet this epoch
   const bool with_d = epoch >= 1 && old == epoch - 1;  // d_{e-1} needs a record in epoch e - 1
   int64_t duplicates = 0, nonfinite = 0;
   for (int64_t k = pos; k < end; ++k) {
@@ -116,8 +116,8 @@ __global__ void update_kernel(const T* __restrict__ logits, const I* __restrict_
 
 // One thread per sample: mark a missing sample's transition undefined, fold the window.
 __global__ void epoch_step_kernel(const int32_t* __restrict__ seen, float* __restrict__ ring,
-                                  float* __restrict__ score, int64_t* __restrict__ counters, int64_t N, int64_t W1,
-                                  float keep, float add) {
+                                  float* __restrict__ score, int64_t* __restrict__ counters, int64_t N,
+                                  int64_t W1, float keep, float add) {
   const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t epoch = counters[kEpoch];
   int missing = 0;
@@ -149,11 +149,14 @@ __global__ void epoch_step_kernel(const int32_t* __restrict__ seen, float* __res
 }
 
 // A separate launch on the same stream: every block above has read the epoch before it moves.
-__global__ void advance_epoch_kernel(int64_t* counters) { counters[kEpoch] += 1; }
+__global__ void advance_epoch_kernel(int64_t* counters) {
+  counters[kEpoch] += 1;
+}
 
 template <typename T, typename S, typename I>
-void launch_update(const at::Tensor& logits, const at::Tensor& index, const at::Tensor& prev, const at::Tensor& seen,
-                   const at::Tensor& ring, const at::Tensor& counters, cudaStream_t stream) {
+void launch_update(const at::Tensor& logits, const at::Tensor& index, const at::Tensor& prev,
+                   const at::Tensor& seen, const at::Tensor& ring, const at::Tensor& counters,
+                   cudaStream_t stream) {
   const int64_t B = logits.size(0);
   // Stable sort on the current stream: equal indices keep batch order, so the head of each run
   // is its first row. Device-side, no host sync; the temporaries go back to the caching
@@ -163,42 +166,50 @@ void launch_update(const at::Tensor& logits, const at::Tensor& index, const at::
   const unsigned blocks = static_cast<unsigned>((B + kWarpsPerBlock - 1) / kWarpsPerBlock);
   update_kernel<T, S, I><<<blocks, kWarpsPerBlock * kWarp, 0, stream>>>(
       static_cast<const T*>(logits.data_ptr()), static_cast<const I*>(sorted.data_ptr()),
-      order.data_ptr<int64_t>(), static_cast<S*>(prev.data_ptr()), seen.data_ptr<int32_t>(), ring.data_ptr<float>(),
-      counters.data_ptr<int64_t>(), B, logits.size(1), prev.size(0), ring.size(1));
+      order.data_ptr<int64_t>(), static_cast<S*>(prev.data_ptr()), seen.data_ptr<int32_t>(),
+      ring.data_ptr<float>(), counters.data_ptr<int64_t>(), B, logits.size(1), prev.size(0), ring.size(1));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <typename T, typename S>
-void by_index(const at::Tensor& l, const at::Tensor& i, const at::Tensor& p, const at::Tensor& s, const at::Tensor& r,
-              const at::Tensor& c, cudaStream_t st) {
-  if (i.scalar_type() == at::kLong) launch_update<T, S, int64_t>(l, i, p, s, r, c, st);
-  else launch_update<T, S, int32_t>(l, i, p, s, r, c, st);
+void by_index(const at::Tensor& l, const at::Tensor& i, const at::Tensor& p, const at::Tensor& s,
+              const at::Tensor& r, const at::Tensor& c, cudaStream_t st) {
+  if (i.scalar_type() == at::kLong)
+    launch_update<T, S, int64_t>(l, i, p, s, r, c, st);
+  else
+    launch_update<T, S, int32_t>(l, i, p, s, r, c, st);
 }
 template <typename T>
-void by_storage(const at::Tensor& l, const at::Tensor& i, const at::Tensor& p, const at::Tensor& s, const at::Tensor& r,
-                const at::Tensor& c, cudaStream_t st) {
+void by_storage(const at::Tensor& l, const at::Tensor& i, const at::Tensor& p, const at::Tensor& s,
+                const at::Tensor& r, const at::Tensor& c, cudaStream_t st) {
   switch (p.scalar_type()) {
-    case at::kFloat: return by_index<T, float>(l, i, p, s, r, c, st);
-    case at::kHalf: return by_index<T, c10::Half>(l, i, p, s, r, c, st);
-    default: return by_index<T, c10::BFloat16>(l, i, p, s, r, c, st);
+    case at::kFloat:
+      return by_index<T, float>(l, i, p, s, r, c, st);
+    case at::kHalf:
+      return by_index<T, c10::Half>(l, i, p, s, r, c, st);
+    default:
+      return by_index<T, c10::BFloat16>(l, i, p, s, r, c, st);
   }
 }
 
-void update_cuda(const at::Tensor& logits, const at::Tensor& index, const at::Tensor& prev, const at::Tensor& seen,
-                 const at::Tensor& ring, const at::Tensor& counters) {
+void update_cuda(const at::Tensor& logits, const at::Tensor& index, const at::Tensor& prev,
+                 const at::Tensor& seen, const at::Tensor& ring, const at::Tensor& counters) {
   check_update(logits, index, prev, seen, ring, counters);
   if (logits.size(0) == 0) return;
   const c10::cuda::CUDAGuard guard(logits.device());
   const cudaStream_t st = c10::cuda::getCurrentCUDAStream(logits.device().index()).stream();
   switch (logits.scalar_type()) {
-    case at::kFloat: return by_storage<float>(logits, index, prev, seen, ring, counters, st);
-    case at::kHalf: return by_storage<c10::Half>(logits, index, prev, seen, ring, counters, st);
-    default: return by_storage<c10::BFloat16>(logits, index, prev, seen, ring, counters, st);
+    case at::kFloat:
+      return by_storage<float>(logits, index, prev, seen, ring, counters, st);
+    case at::kHalf:
+      return by_storage<c10::Half>(logits, index, prev, seen, ring, counters, st);
+    default:
+      return by_storage<c10::BFloat16>(logits, index, prev, seen, ring, counters, st);
   }
 }
 
-void epoch_step_cuda(const at::Tensor& seen, const at::Tensor& ring, const at::Tensor& score, const at::Tensor& counters,
-                     double decay) {
+void epoch_step_cuda(const at::Tensor& seen, const at::Tensor& ring, const at::Tensor& score,
+                     const at::Tensor& counters, double decay) {
   check_epoch_step(seen, ring, score, counters);
   const c10::cuda::CUDAGuard guard(seen.device());
   const cudaStream_t st = c10::cuda::getCurrentCUDAStream(seen.device().index()).stream();
@@ -206,8 +217,9 @@ void epoch_step_cuda(const at::Tensor& seen, const at::Tensor& ring, const at::T
   constexpr int kThreads = 256;
   if (N > 0) {
     epoch_step_kernel<<<static_cast<unsigned>((N + kThreads - 1) / kThreads), kThreads, 0, st>>>(
-        seen.data_ptr<int32_t>(), ring.data_ptr<float>(), score.data_ptr<float>(), counters.data_ptr<int64_t>(), N,
-        ring.size(1), static_cast<float>(1.0 - decay), static_cast<float>(decay));
+        seen.data_ptr<int32_t>(), ring.data_ptr<float>(), score.data_ptr<float>(),
+        counters.data_ptr<int64_t>(), N, ring.size(1), static_cast<float>(1.0 - decay),
+        static_cast<float>(decay));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   advance_epoch_kernel<<<1, 1, 0, st>>>(counters.data_ptr<int64_t>());

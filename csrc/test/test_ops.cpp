@@ -13,12 +13,12 @@ namespace {
 
 int failures = 0;
 
-#define EXPECT(cond)                                                  \
-  do {                                                               \
-    if (!(cond)) {                                                   \
+#define EXPECT(cond)                                                                \
+  do {                                                                              \
+    if (!(cond)) {                                                                  \
       std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-      ++failures;                                                    \
-    }                                                                \
+      ++failures;                                                                   \
+    }                                                                               \
   } while (0)
 
 bool close(double a, double b, double rtol = 1e-5, double atol = 1e-6) {
@@ -27,9 +27,8 @@ bool close(double a, double b, double rtol = 1e-5, double atol = 1e-6) {
 
 using T = const at::Tensor&;
 void update(T logits, T index, T prev, T seen, T ring, T counters) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("tdds::update_ext", "")
-                       .typed<void(T, T, T, T, T, T)>();
+  static auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("tdds::update_ext", "").typed<void(T, T, T, T, T, T)>();
   op.call(logits, index, prev, seen, ring, counters);
 }
 void epoch_step(T seen, T ring, T score, T counters, double decay) {
@@ -51,7 +50,8 @@ void test_known_transition() {
   auto seen = at::zeros({1}, at::kInt);
   auto ring = at::full({1, 2}, -7.f);
   auto counters = counters_at(1);
-  update(at::tensor({0.f, std::log(3.f)}).reshape({1, 2}), at::tensor({int64_t{0}}), prev, seen, ring, counters);
+  update(at::tensor({0.f, std::log(3.f)}).reshape({1, 2}), at::tensor({int64_t{0}}), prev, seen, ring,
+         counters);
   const double d = 0.25 * std::log(2.0) + 0.75 * std::log(1.5);
   EXPECT(close(ring[0][0].item<float>(), d, 1e-6));
   EXPECT(ring[0][1].item<float>() == -7.f);
@@ -74,7 +74,8 @@ void test_wide_rows_and_counters(at::ScalarType storage) {
   auto ring = at::full({N, 3}, -7.f);
   auto counters = counters_at(1);
   update(logits, index, prev, seen, ring, counters);
-  EXPECT(counters[0].item<int64_t>() == 1 && counters[2].item<int64_t>() == 1 && counters[3].item<int64_t>() == 1);
+  EXPECT(counters[0].item<int64_t>() == 1 && counters[2].item<int64_t>() == 1 &&
+         counters[3].item<int64_t>() == 1);
   EXPECT(counters[1].item<int64_t>() == 0 && counters[4].item<int64_t>() == 1);
   auto x = logits.to(at::kDouble);
   auto lp = at::log(at::softmax(x, 1) + 1e-8);
@@ -113,7 +114,7 @@ void test_epoch_step_window() {
 // occurrence table and the row lists of ops_cpu.cpp.
 void test_threads_give_one_result() {
   const int64_t B = 4096, C = 24, N = 3000;
-  auto index = at::randint(0, 200, {B}, at::kLong);                // many copies of 200 samples
+  auto index = at::randint(0, 200, {B}, at::kLong);                           // many copies of 200 samples
   index.slice(0, 0, 1000).copy_(at::randperm(2800).slice(0, 0, 1000) + 200);  // 1000 samples once
   index = index.index_select(0, at::randperm(B));
   index[17] = -1;
@@ -132,7 +133,8 @@ void test_threads_give_one_result() {
     auto ring = at::full({N, 3}, -7.f);
     auto counters = counters_at(1);
     update(logits, index, prev, seen, ring, counters);
-    results.push_back(at::cat({prev.flatten(), seen.to(at::kFloat), ring.flatten(), counters.to(at::kFloat)}));
+    results.push_back(
+        at::cat({prev.flatten(), seen.to(at::kFloat), ring.flatten(), counters.to(at::kFloat)}));
   }
   at::set_num_threads(before);
   EXPECT(at::equal(results[0], results[1]) && at::equal(results[0], results[2]));

@@ -1,4 +1,5 @@
 """`tdds-kernels` command line: `score` (offline scoring of dump folders) and `demo`."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,22 +17,28 @@ def _version() -> str:
     import torch
 
     from .. import __version__
+
     return f"tdds-kernels {__version__} (torch {torch.__version__})"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="tdds-kernels", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="tdds-kernels",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="TDDS (Temporal Dual-Depth Scoring) dataset pruning: score logit dumps "
-                    "offline, or run the train-score-prune demo.")
+        "offline, or run the train-score-prune demo.",
+    )
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     from . import score
-    score.add_arguments(sub.add_parser(
-        "score", help="score a folder of per-epoch logit dumps (drop-in for the release's script)"))
+
+    score.add_arguments(
+        sub.add_parser("score", help="score a folder of per-epoch logit dumps (drop-in for the release's script)")
+    )
     from .. import demo
-    demo.add_arguments(sub.add_parser(
-        "demo", help="train, score and prune MNIST-1D; compare coresets against random"))
+
+    demo.add_arguments(sub.add_parser("demo", help="train, score and prune MNIST-1D; compare coresets against random"))
     return parser
 
 

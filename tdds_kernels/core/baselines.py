@@ -26,6 +26,7 @@ p_e = softmax(z_e) in float32 and y the target class:
 Samples never recorded get NaN in el2n / aum (nothing was measured) and are ranked as never
 learned by forgetting. Each quantity is O(N) state (dyn_unc: O(N·window)), independent of epochs.
 """
+
 from __future__ import annotations
 
 import torch
@@ -75,8 +76,9 @@ def check_targets(targets, logits) -> None:
     if not isinstance(targets, torch.Tensor):
         raise TypeError(f"targets: expected a torch.Tensor, got {type(targets).__name__}")
     if targets.dim() != 1 or targets.shape[0] != logits.shape[0]:
-        raise ValueError(f"targets: expected shape ({logits.shape[0]},) to match logits' rows, "
-                         f"got {tuple(targets.shape)}")
+        raise ValueError(
+            f"targets: expected shape ({logits.shape[0]},) to match logits' rows, got {tuple(targets.shape)}"
+        )
     if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
         raise TypeError(f"targets: expected an integer dtype, got {targets.dtype}")
     if targets.device != logits.device:
@@ -91,18 +93,22 @@ class BaselineScores:
     each sample was recorded), so the same rows count for both.
     """
 
-    def __init__(self, num_samples: int, num_classes: int, device="cpu", window: int = 5,
-                 el2n_epoch: int | None = None):
+    def __init__(
+        self, num_samples: int, num_classes: int, device="cpu", window: int = 5, el2n_epoch: int | None = None
+    ):
         if isinstance(window, bool) or not isinstance(window, int) or window < 2:
             raise ValueError(f"window: expected an int >= 2, got {window!r}")
-        if el2n_epoch is not None and (isinstance(el2n_epoch, bool) or not isinstance(el2n_epoch, int)
-                                       or el2n_epoch < 0):
+        if el2n_epoch is not None and (
+            isinstance(el2n_epoch, bool) or not isinstance(el2n_epoch, int) or el2n_epoch < 0
+        ):
             raise ValueError(f"el2n_epoch: expected None or an int >= 0, got {el2n_epoch!r}")
         self.num_samples, self.num_classes = num_samples, num_classes
         self.window, self.el2n_epoch = window, el2n_epoch
         self.device = torch.device(device)
-        self._state = {name: torch.full((num_samples, *(window,) * ring), fill, dtype=dtype, device=self.device)
-                       for name, (dtype, ring, fill) in TENSORS.items()}
+        self._state = {
+            name: torch.full((num_samples, *(window,) * ring), fill, dtype=dtype, device=self.device)
+            for name, (dtype, ring, fill) in TENSORS.items()
+        }
 
     def update(self, logits, index, targets, seen, epoch: int) -> None:
         """Record the first usable row of each sample not yet recorded in `epoch` (see module doc).
@@ -115,8 +121,10 @@ class BaselineScores:
         y_ok = (y >= 0) & (y < self.num_classes)
         # A sync per step on CUDA would cost more than the check is worth: bad rows are skipped there.
         if self.device.type == "cpu" and not bool(y_ok.all()):
-            raise ValueError(f"targets: expected class labels in [0, {self.num_classes}), got "
-                             f"{int((~y_ok).sum())} outside it (first: {int(y[~y_ok][0])})")
+            raise ValueError(
+                f"targets: expected class labels in [0, {self.num_classes}), got "
+                f"{int((~y_ok).sum())} outside it (first: {int(y[~y_ok][0])})"
+            )
         idx = index.to(torch.long)
         x = logits.to(torch.float32)
         in_range = (idx >= 0) & (idx < self.num_samples)
@@ -163,12 +171,20 @@ class BaselineScores:
 
     # ------------------------------------------------------------------ checkpoints
     def _config(self) -> dict:
-        return {"num_samples": self.num_samples, "num_classes": self.num_classes,
-                "window": self.window, "el2n_epoch": self.el2n_epoch}
+        return {
+            "num_samples": self.num_samples,
+            "num_classes": self.num_classes,
+            "window": self.window,
+            "el2n_epoch": self.el2n_epoch,
+        }
 
     def state_dict(self) -> dict:
-        return {"format": FORMAT, "version": FORMAT_VERSION, "config": self._config(),
-                **{k: v.cpu().clone() for k, v in self._state.items()}}
+        return {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "config": self._config(),
+            **{k: v.cpu().clone() for k, v in self._state.items()},
+        }
 
     def load_state_dict(self, sd: dict) -> None:
         """Restore from state_dict(); raises naming the mismatch and changes nothing if it doesn't fit.
@@ -182,16 +198,17 @@ class BaselineScores:
         cfg = sd.get("config") or {}
         for key in ("num_samples", "num_classes"):
             if cfg.get(key) != getattr(self, key):
-                raise ValueError(f"baselines state_dict: {key}: expected {getattr(self, key)!r}, "
-                                 f"got {cfg.get(key)!r}")
-        other = BaselineScores(self.num_samples, self.num_classes, "meta", cfg.get("window"),
-                               cfg.get("el2n_epoch"))  # validates the options; allocates nothing
+                raise ValueError(f"baselines state_dict: {key}: expected {getattr(self, key)!r}, got {cfg.get(key)!r}")
+        other = BaselineScores(
+            self.num_samples, self.num_classes, "meta", cfg.get("window"), cfg.get("el2n_epoch")
+        )  # validates the options; allocates nothing
         for key, ref in other._state.items():
             t = sd.get(key)
             if not isinstance(t, torch.Tensor) or t.shape != ref.shape or t.dtype != ref.dtype:
                 got = (tuple(t.shape), t.dtype) if isinstance(t, torch.Tensor) else type(t).__name__
-                raise ValueError(f"baselines state_dict: {key}: expected shape {tuple(ref.shape)} "
-                                 f"dtype {ref.dtype}, got {got}")
+                raise ValueError(
+                    f"baselines state_dict: {key}: expected shape {tuple(ref.shape)} dtype {ref.dtype}, got {got}"
+                )
         self.window, self.el2n_epoch = other.window, other.el2n_epoch
         self._state = {k: sd[k].to(self.device, copy=True) for k in other._state}
 

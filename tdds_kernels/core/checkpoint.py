@@ -5,6 +5,7 @@ A tracker checkpoint is a torch.save'd dict: {"format": FORMAT, "version": FORMA
 plus a "shard" entry for one rank's file of a sharded tracker. Files are read with
 weights_only=True: a checkpoint is data, never code.
 """
+
 from __future__ import annotations
 
 import os

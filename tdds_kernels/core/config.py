@@ -4,6 +4,7 @@ Used by the tracker's constructor, its repr, its checkpoints (to_dict / from_dic
 Runtime choices that do not change the scores (device, backend, on_nonfinite, debug) are not
 part of it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -51,9 +52,11 @@ class TrackerConfig:
         set_("num_classes", check_int("num_classes", self.num_classes, 1))
         window = check_int("window", self.window, 2)
         if window == 2:
-            raise ValueError("window: expected an int >= 3, got 2 (a window of 2 epochs holds one "
-                             "transition, whose deviation from its own mean is always 0: every score "
-                             "would be 0)")
+            raise ValueError(
+                "window: expected an int >= 3, got 2 (a window of 2 epochs holds one "
+                "transition, whose deviation from its own mean is always 0: every score "
+                "would be 0)"
+            )
         set_("window", window)
         if self.trajectory_len is not None:
             t = check_int("trajectory_len", self.trajectory_len, 1)
@@ -81,8 +84,7 @@ class TrackerConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown, missing = sorted(set(d) - names), sorted(n for n in ("num_samples", "num_classes") if n not in d)
         if unknown or missing:
-            raise ValueError(f"{where}: expected the keys {sorted(names)}, got unknown {unknown}, "
-                             f"missing {missing}")
+            raise ValueError(f"{where}: expected the keys {sorted(names)}, got unknown {unknown}, missing {missing}")
         d = dict(d)
         if "storage_dtype" in d:
             name = d["storage_dtype"]
@@ -98,8 +100,9 @@ class TrackerConfig:
     def mismatches(self, other: dict) -> list[str]:
         """How a checkpoint's config dict differs from this one, one entry per key."""
         mine = self.to_dict()
-        return [f"{k}: tracker has {mine[k]!r}, state dict has {other.get(k)!r}"
-                for k in mine if other.get(k) != mine[k]]
+        return [
+            f"{k}: tracker has {mine[k]!r}, state dict has {other.get(k)!r}" for k in mine if other.get(k) != mine[k]
+        ]
 
     def describe(self) -> str:
         """The fields as repr shows them: num_samples=..., ..., storage_dtype=torch.float32."""
@@ -113,14 +116,17 @@ def resolve_device(device) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device: expected a torch.device or a string like 'cpu' or 'cuda:0', got "
-                         f"{device!r} ({str(exc).splitlines()[0]})") from None
+        raise ValueError(
+            f"device: expected a torch.device or a string like 'cpu' or 'cuda:0', got "
+            f"{device!r} ({str(exc).splitlines()[0]})"
+        ) from None
     if dev.type == "cpu":
         return torch.device("cpu")  # cpu:0 (torchrun, Accelerate, HF) is the same CPU
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device: expected a device this machine has, got {str(dev)!r} "
-                             "(torch.cuda.is_available() is False)")
+            raise ValueError(
+                f"device: expected a device this machine has, got {str(dev)!r} (torch.cuda.is_available() is False)"
+            )
         index = torch.cuda.current_device() if dev.index is None else dev.index
         if not 0 <= index < torch.cuda.device_count():
             raise ValueError(f"device: expected cuda:0..cuda:{torch.cuda.device_count() - 1}, got {str(dev)!r}")

@@ -9,6 +9,7 @@ event says it has landed (event.query() does not wait). On CPU the copy is immed
 So on CUDA the heuristic sees the counters one check late (N rows later), never stalls, and
 skips a check while the previous copy is still in flight.
 """
+
 from __future__ import annotations
 
 import torch

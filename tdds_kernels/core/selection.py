@@ -1,4 +1,5 @@
 """Turning scores into coresets: TDDS keeps the highest scores."""
+
 from __future__ import annotations
 
 import torch
@@ -33,8 +34,10 @@ def ascending_order(scores) -> torch.Tensor:
 def num_kept(n: int, prune_fraction=None, keep_fraction=None) -> int:
     """How many of n samples a fraction keeps: n − int(prune·n) as the release, or round(keep·n)."""
     if (prune_fraction is None) == (keep_fraction is None):
-        raise ValueError("select: expected exactly one of prune_fraction and keep_fraction, got "
-                         f"prune_fraction={prune_fraction!r}, keep_fraction={keep_fraction!r}")
+        raise ValueError(
+            "select: expected exactly one of prune_fraction and keep_fraction, got "
+            f"prune_fraction={prune_fraction!r}, keep_fraction={keep_fraction!r}"
+        )
     if prune_fraction is not None:
         if not 0.0 <= float(prune_fraction) < 1.0:
             raise ValueError(f"prune_fraction: expected a fraction in [0, 1), got {prune_fraction!r}")
@@ -119,13 +122,16 @@ def class_balanced(scores, labels, prune_fraction=None, keep_fraction=None) -> t
     k = num_kept(s.numel(), prune_fraction, keep_fraction)
     classes, sizes = torch.unique(y, return_counts=True)
     quota = _proportional_quota(sizes, k)
-    kept = [torch.nonzero(y == c).squeeze(1)[descending_order(s[y == c])[:q]]
-            for c, q in zip(classes.tolist(), quota.tolist())]
+    kept = [
+        torch.nonzero(y == c).squeeze(1)[descending_order(s[y == c])[:q]]
+        for c, q in zip(classes.tolist(), quota.tolist())
+    ]
     return torch.sort(torch.cat(kept)).values
 
 
-def ccs(scores, prune_fraction=None, keep_fraction=None, hard_cut: float = 0.1, bins: int = 50,
-        seed: int = 0) -> torch.Tensor:
+def ccs(
+    scores, prune_fraction=None, keep_fraction=None, hard_cut: float = 0.1, bins: int = 50, seed: int = 0
+) -> torch.Tensor:
     """Coverage-centric coreset selection (Zheng et al., ICLR 2023).
 
     1. Drop the `hard_cut` fraction of the N samples with the highest scores (the hardest; at
@@ -163,8 +169,9 @@ def ccs(scores, prune_fraction=None, keep_fraction=None, hard_cut: float = 0.1, 
 STRATEGIES = ("top", "random", "class_balanced", "ccs")
 
 
-def select_coreset(strategy: str, scores=None, labels=None, prune_fraction=None, keep_fraction=None,
-                   seed: int = 0, **options) -> torch.Tensor:
+def select_coreset(
+    strategy: str, scores=None, labels=None, prune_fraction=None, keep_fraction=None, seed: int = 0, **options
+) -> torch.Tensor:
     """One entry for every strategy: kept dataset indices (int64, ascending).
 
     `scores` is required except for "random" (which only needs its length, from scores or

@@ -12,6 +12,7 @@ epoch that drive the forgotten-end_epoch() warning. The per-sample tensors (firs
 are the ones a sharded tracker splits by dataset index; PER_SAMPLE, SUMMED and RESET below say
 how each entry of the state dict behaves under a change of layout (tdds_kernels.distributed.layout).
 """
+
 from __future__ import annotations
 
 import torch
@@ -67,8 +68,13 @@ class TrackerState:
     def to_dict(self) -> dict:
         """Tensors as CPU copies, scalars as Python values (the keys of a tracker's state dict)."""
         out = {name: getattr(self, name).cpu().clone() for name in TENSORS}
-        out.update(epoch=self.epoch, complete=self.complete, rows_in_epoch=self.rows_in_epoch,
-                   next_dup_check=self.next_dup_check, dup_check_mark=list(self.dup_check_mark))
+        out.update(
+            epoch=self.epoch,
+            complete=self.complete,
+            rows_in_epoch=self.rows_in_epoch,
+            next_dup_check=self.next_dup_check,
+            dup_check_mark=list(self.dup_check_mark),
+        )
         return out
 
     @staticmethod
@@ -81,16 +87,22 @@ class TrackerState:
                 got = (tuple(t.shape), t.dtype) if isinstance(t, torch.Tensor) else type(t).__name__
                 raise ValueError(f"{where}: {name}: expected shape {shape} dtype {dtype}, got {got}")
         try:
-            scalars = {"epoch": int(sd["epoch"]), "complete": bool(sd["complete"]),
-                       "rows_in_epoch": int(sd["rows_in_epoch"]), "next_dup_check": int(sd["next_dup_check"]),
-                       "dup_check_mark": tuple(int(v) for v in sd["dup_check_mark"])}
+            scalars = {
+                "epoch": int(sd["epoch"]),
+                "complete": bool(sd["complete"]),
+                "rows_in_epoch": int(sd["rows_in_epoch"]),
+                "next_dup_check": int(sd["next_dup_check"]),
+                "dup_check_mark": tuple(int(v) for v in sd["dup_check_mark"]),
+            }
         except KeyError as exc:
             raise ValueError(f"{where}: missing entry {exc.args[0]!r}") from None
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{where}: a scalar entry is not a number ({exc})") from None
         if scalars["epoch"] < 0 or len(scalars["dup_check_mark"]) != 2:
-            raise ValueError(f"{where}: epoch / dup_check_mark: expected an epoch >= 0 and a pair, got "
-                             f"{scalars['epoch']!r}, {scalars['dup_check_mark']!r}")
+            raise ValueError(
+                f"{where}: epoch / dup_check_mark: expected an epoch >= 0 and a pair, got "
+                f"{scalars['epoch']!r}, {scalars['dup_check_mark']!r}"
+            )
         return scalars
 
     def load_dict(self, sd: dict, where: str = "state_dict") -> None:

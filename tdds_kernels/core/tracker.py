@@ -1,4 +1,5 @@
 """TDDSTracker: the streaming TDDS state, its epochs, counters and checkpoints (docs/design.md §2–4)."""
+
 from __future__ import annotations
 
 import warnings
@@ -33,8 +34,9 @@ class _Constructor(type):
         if process_group is None:
             return super().__call__(*args, **kwargs)
         if _sharded_constructor is None:
-            raise NotImplementedError("process_group: sharded tracking needs tdds_kernels.distributed, "
-                                      "which failed to import")
+            raise NotImplementedError(
+                "process_group: sharded tracking needs tdds_kernels.distributed, which failed to import"
+            )
         return _sharded_constructor(*args, process_group=process_group, **kwargs)
 
 
@@ -55,19 +57,19 @@ def check_batch(logits, index, num_classes: int, device: torch.device) -> None:
     if logits.dim() != 2:
         raise ValueError(f"logits: expected shape (B, {num_classes}), got {tuple(logits.shape)}")
     if logits.shape[1] != num_classes:
-        raise ValueError(f"logits: expected {num_classes} classes (shape (B, {num_classes})),"
-                         f" got {logits.shape[1]} (shape {tuple(logits.shape)})")
+        raise ValueError(
+            f"logits: expected {num_classes} classes (shape (B, {num_classes})),"
+            f" got {logits.shape[1]} (shape {tuple(logits.shape)})"
+        )
     if logits.dtype not in LOGIT_DTYPES:
         raise TypeError(f"logits: expected dtype float32, float16 or bfloat16, got {logits.dtype}")
     if index.dim() != 1 or index.shape[0] != logits.shape[0]:
-        raise ValueError(f"index: expected shape ({logits.shape[0]},) to match logits' rows, "
-                         f"got {tuple(index.shape)}")
+        raise ValueError(f"index: expected shape ({logits.shape[0]},) to match logits' rows, got {tuple(index.shape)}")
     if index.dtype not in INDEX_DTYPES:
         raise TypeError(f"index: expected dtype int64 or int32, got {index.dtype}")
     for name, t in (("logits", logits), ("index", index)):
         if t.device.type != device.type or (t.device.index or 0) != (device.index or 0):
-            raise ValueError(f"{name}: expected a tensor on {device} (the tracker's device), "
-                             f"got one on {t.device}")
+            raise ValueError(f"{name}: expected a tensor on {device} (the tracker's device), got one on {t.device}")
 
 
 class TDDSTracker(metaclass=_Constructor):
@@ -80,10 +82,20 @@ class TDDSTracker(metaclass=_Constructor):
     tdds_kernels.distributed.ShardedTDDSTracker instead (same API, state split over the ranks).
     """
 
-    def __init__(self, num_samples: int, num_classes: int, window: int = 10, decay: float = 0.9,
-                 trajectory_len: int | None = 30, device="cpu", storage_dtype=torch.float32,
-                 backend: str = "auto", on_nonfinite: str = "error", debug: bool = False,
-                 baseline_options: dict | None = None):
+    def __init__(
+        self,
+        num_samples: int,
+        num_classes: int,
+        window: int = 10,
+        decay: float = 0.9,
+        trajectory_len: int | None = 30,
+        device="cpu",
+        storage_dtype=torch.float32,
+        backend: str = "auto",
+        on_nonfinite: str = "error",
+        debug: bool = False,
+        baseline_options: dict | None = None,
+    ):
         self.config = TrackerConfig(num_samples, num_classes, window, decay, trajectory_len, storage_dtype)
         self.on_nonfinite = on_nonfinite
         self.debug = bool(debug)
@@ -97,6 +109,7 @@ class TDDSTracker(metaclass=_Constructor):
         self.baseline_options = dict(baseline_options or {})
         if self.baseline_options:  # validate now rather than at the first update with targets
             from .baselines import BaselineScores
+
             BaselineScores(1, num_classes, "cpu", **self.baseline_options)
 
     # ------------------------------------------------------------------ properties
@@ -149,16 +162,20 @@ class TDDSTracker(metaclass=_Constructor):
         return dict(zip(COUNTERS, new.tolist()))
 
     def __repr__(self):
-        return (f"TDDSTracker({self.config.describe()}, device='{self.device}', "
-                f"backend='{self.backend}', epoch={self.epoch}, complete={self.complete})")
+        return (
+            f"TDDSTracker({self.config.describe()}, device='{self.device}', "
+            f"backend='{self.backend}', epoch={self.epoch}, complete={self.complete})"
+        )
 
     # ------------------------------------------------------------------ recording
     def _check_range(self, index):
         bad = (index < 0) | (index >= self.num_samples)
         if bool(bad.any()):
             first = int(index[bad][0])
-            raise ValueError(f"index: expected dataset indices in [0, {self.num_samples}), got "
-                             f"{int(bad.sum())} outside it (first: {first})")
+            raise ValueError(
+                f"index: expected dataset indices in [0, {self.num_samples}), got "
+                f"{int(bad.sum())} outside it (first: {first})"
+            )
 
     def update(self, logits: torch.Tensor, index: torch.Tensor, targets: torch.Tensor | None = None) -> None:
         """Record one batch of the current epoch: logits (B, C) and dataset indices (B,).
@@ -177,12 +194,13 @@ class TDDSTracker(metaclass=_Constructor):
         if targets is not None:
             if self._baselines is None:
                 from .baselines import BaselineScores
-                self._baselines = BaselineScores(self.num_samples, self.num_classes, self.device,
-                                                 **self.baseline_options)
+
+                self._baselines = BaselineScores(
+                    self.num_samples, self.num_classes, self.device, **self.baseline_options
+                )
             # Before the TDDS op: it reads `seen` to apply the same first-occurrence rule.
             self._baselines.update(logits.detach(), index, targets, st.seen, st.epoch)
-        self._backend.update(logits.detach().contiguous(), index.contiguous(), st.prev, st.seen, st.ring,
-                             st.counters)
+        self._backend.update(logits.detach().contiguous(), index.contiguous(), st.prev, st.seen, st.ring, st.counters)
         if not compiling:  # host-side bookkeeping stays out of compiled graphs (no guards on it)
             st.rows_in_epoch += logits.shape[0]
             if st.rows_in_epoch >= st.next_dup_check:
@@ -203,9 +221,13 @@ class TDDSTracker(metaclass=_Constructor):
         dups = int(counters[DUPLICATES]) - int(st.epoch_start_counters[DUPLICATES])
         st.dup_check_mark = (rows, dups)
         if dups - dups0 >= 0.9 * (rows - rows0):
-            warnings.warn(f"TDDSTracker: {dups - dups0} of the last {rows - rows0} rows "
-                          f"recorded in epoch {st.epoch} were duplicates of samples already "
-                          "recorded in it; did you forget end_epoch()?", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"TDDSTracker: {dups - dups0} of the last {rows - rows0} rows "
+                f"recorded in epoch {st.epoch} were duplicates of samples already "
+                "recorded in it; did you forget end_epoch()?",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     def end_epoch(self) -> None:
         """Close the current epoch: mark missing samples and fold a completed window into S."""
@@ -214,13 +236,17 @@ class TDDSTracker(metaclass=_Constructor):
             return
         new = self.epoch_counts()
         if new["out_of_range"]:
-            raise ValueError(f"index: {new['out_of_range']} rows of epoch {st.epoch} had dataset "
-                             f"indices outside [0, {self.num_samples}) and were skipped; the epoch is "
-                             "not closed (use debug=True to raise at the offending update)")
+            raise ValueError(
+                f"index: {new['out_of_range']} rows of epoch {st.epoch} had dataset "
+                f"indices outside [0, {self.num_samples}) and were skipped; the epoch is "
+                "not closed (use debug=True to raise at the offending update)"
+            )
         if new["nonfinite"] and self.on_nonfinite == "error":
-            raise ValueError(f"logits: {new['nonfinite']} rows of epoch {st.epoch} had non-finite "
-                             "values and were ignored; the epoch is not closed (set "
-                             "tracker.on_nonfinite = 'skip' to accept that and call end_epoch() again)")
+            raise ValueError(
+                f"logits: {new['nonfinite']} rows of epoch {st.epoch} had non-finite "
+                "values and were ignored; the epoch is not closed (set "
+                "tracker.on_nonfinite = 'skip' to accept that and call end_epoch() again)"
+            )
         if self._baselines is not None:
             self._baselines.end_epoch(st.seen, st.epoch)
         self._backend.epoch_step(st.seen, st.ring, st.score, st.counters, self.decay)
@@ -247,15 +273,21 @@ class TDDSTracker(metaclass=_Constructor):
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
         """Everything needed to resume bit-identically; tensors are CPU copies."""
-        return {**checkpoint.header(), "config": self.config.to_dict(), "on_nonfinite": self.on_nonfinite,
-                **self._state.to_dict(),
-                "baselines": None if self._baselines is None else self._baselines.state_dict()}
+        return {
+            **checkpoint.header(),
+            "config": self.config.to_dict(),
+            "on_nonfinite": self.on_nonfinite,
+            **self._state.to_dict(),
+            "baselines": None if self._baselines is None else self._baselines.state_dict(),
+        }
 
     def load_state_dict(self, sd: dict) -> None:
         """Restore a state_dict; raises (naming what mismatched) and changes nothing if it doesn't fit."""
         if isinstance(sd, dict) and sd.get("shard") is not None:
-            raise ValueError("state_dict: this is one shard of a sharded tracker; load it with "
-                             "process_group=..., or merge the shards (tdds_kernels.distributed.merge_shards)")
+            raise ValueError(
+                "state_dict: this is one shard of a sharded tracker; load it with "
+                "process_group=..., or merge the shards (tdds_kernels.distributed.merge_shards)"
+            )
         checkpoint.check_header(sd, "state_dict")
         diffs = self.config.mismatches(sd.get("config") or {})
         if diffs:
@@ -267,8 +299,8 @@ class TDDSTracker(metaclass=_Constructor):
         baselines = None
         if sd.get("baselines") is not None:
             from .baselines import BaselineScores
-            baselines = BaselineScores(self.num_samples, self.num_classes, self.device,
-                                       **self.baseline_options)
+
+            baselines = BaselineScores(self.num_samples, self.num_classes, self.device, **self.baseline_options)
             baselines.load_state_dict(sd["baselines"])  # validates before anything changes
         self._state.load_dict(sd)  # checked above: cannot fail half-way
         self._baselines = baselines
@@ -288,8 +320,11 @@ class TDDSTracker(metaclass=_Constructor):
         """A tracker restored from save(); `device` defaults to CPU."""
         sd = checkpoint.read(path)
         config = TrackerConfig.from_dict(sd.get("config"), f"{path}: config")
-        tracker = cls(**config.to_dict() | {"storage_dtype": config.storage_dtype}, device=device or "cpu",
-                      backend=backend, on_nonfinite=sd.get("on_nonfinite", "error"))
+        tracker = cls(
+            **config.to_dict() | {"storage_dtype": config.storage_dtype},
+            device=device or "cpu",
+            backend=backend,
+            on_nonfinite=sd.get("on_nonfinite", "error"),
+        )
         tracker.load_state_dict(sd)
         return tracker
-

@@ -1,4 +1,5 @@
 """`python -m tdds_kernels.demo`: the demo without the rest of the command line."""
+
 import argparse
 import sys
 

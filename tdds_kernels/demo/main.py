@@ -1,4 +1,5 @@
 """The demo's command line and its loop: one scoring run on the full data, then the coreset runs."""
+
 from __future__ import annotations
 
 import argparse
@@ -11,7 +12,8 @@ from pathlib import Path
 import torch
 
 from ..core import selection
-from ..core.baselines import NAMES as BASELINES, keep_scores
+from ..core.baselines import NAMES as BASELINES
+from ..core.baselines import keep_scores
 from ..core.tracker import TDDSTracker
 from . import data, report
 from .train import accuracy, train
@@ -31,7 +33,8 @@ def parse_strategy(name: str) -> tuple[str, str]:
     if score not in SCORES or method not in METHODS or (score == "random" and method != "top"):
         raise argparse.ArgumentTypeError(
             f"strategy {name!r}: expected 'random' or SCORE[-METHOD] with SCORE in {SCORES[1:]} and "
-            f"METHOD in {tuple(METHODS)}")
+            f"METHOD in {tuple(METHODS)}"
+        )
     return score, method
 
 
@@ -76,9 +79,12 @@ examples:
   tdds-kernels demo --quick --out quick/  # a smoke test: too small to conclude from
   tdds-kernels demo --strategies tdds,el2n,aum,dyn_unc --seeds 3"""
 
+
 def quick_note(train_samples: int, epochs: int, seeds: int) -> str:
-    return (f"note: --quick is a smoke test ({train_samples} training samples, {epochs} epochs, "
-            f"{seeds} seeds): too small a run to conclude from; run without --quick for the study.")
+    return (
+        f"note: --quick is a smoke test ({train_samples} training samples, {epochs} epochs, "
+        f"{seeds} seeds): too small a run to conclude from; run without --quick for the study."
+    )
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -96,31 +102,53 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description, parser.epilog = DESCRIPTION, EPILOG
     add = parser.add_argument
     add("--dataset", choices=data.DATASETS, default="mnist1d")
-    add("--num-samples", type=int, default=None,
-        help="MNIST-1D: total generated, 80%% train (None: 25000 → 20k/5k); digits: a subsample")
+    add(
+        "--num-samples",
+        type=int,
+        default=None,
+        help="MNIST-1D: total generated, 80%% train (None: 25000 → 20k/5k); digits: a subsample",
+    )
     add("--epochs", type=int, default=30, help="epochs of every run (full-data and coreset)")
     add("--seeds", type=int, default=5, help="coreset runs per strategy and fraction (>= 3 advised)")
     add("--trajectory-len", "-T", type=int, default=10, help="TDDS T: epochs scored")
     add("--window", "-W", type=int, default=5, help="TDDS W (also Dyn-Unc's window)")
     add("--decay", type=float, default=0.9, help="TDDS β")
     add("--prune-fractions", type=_fractions, default=[0.5, 0.7, 0.9], help="comma-separated")
-    add("--strategies", type=_strategies, default=list(DEFAULT_STRATEGIES),
-        help="comma-separated SCORE[-METHOD]: SCORE in " + ", ".join(SCORES) + "; METHOD in "
-             + ", ".join(METHODS) + " (weighted = top-k plus the release's score-weighted loss)")
-    add("--shift", type=int, default=None,
-        help="random-shift augmentation in positions (None: 4 for mnist1d, 1 for digits)")
+    add(
+        "--strategies",
+        type=_strategies,
+        default=list(DEFAULT_STRATEGIES),
+        help="comma-separated SCORE[-METHOD]: SCORE in "
+        + ", ".join(SCORES)
+        + "; METHOD in "
+        + ", ".join(METHODS)
+        + " (weighted = top-k plus the release's score-weighted loss)",
+    )
+    add(
+        "--shift",
+        type=int,
+        default=None,
+        help="random-shift augmentation in positions (None: 4 for mnist1d, 1 for digits)",
+    )
     add("--no-augment", action="store_true", help="no shift augmentation")
     add("--ccs-hard-cut", type=float, default=0.1, help="CCS: hardest fraction dropped first")
     add("--ccs-bins", type=int, default=50, help="CCS: score strata")
     add("--batch-size", type=int, default=100)
     add("--lr", type=float, default=0.1)
     add("--backend", default="auto", help="TDDSTracker backend (auto: the fastest available)")
-    add("--threads", type=int, default=1,
+    add(
+        "--threads",
+        type=int,
+        default=1,
         help="torch threads; this model is too small to gain from more, and on a shared machine "
-             "2 threads ran 15x slower than 1")
-    add("--quick", action="store_true",
+        "2 threads ran 15x slower than 1",
+    )
+    add(
+        "--quick",
+        action="store_true",
         help=f"smoke-test-sized run ({', '.join(f'{k}={v}' for k, v in QUICK.items())}) for the "
-             "options not given; its numbers are too small a run to conclude from")
+        "options not given; its numbers are too small a run to conclude from",
+    )
     add("--out", type=Path, default=Path("demo_out"), help="folder for results.{json,md} and plot.png")
     add("--no-progress", action="store_true")
     parser.set_defaults(run=run, _parser=parser)
@@ -154,14 +182,21 @@ def run(args) -> int:
     command = _command(args)
     if args.quick:
         _apply_quick(args)
-    for name, value, low in (("--epochs", args.epochs, 1), ("--seeds", args.seeds, 1),
-                             ("--window", args.window, 3), ("--batch-size", args.batch_size, 1)):
+    for name, value, low in (
+        ("--epochs", args.epochs, 1),
+        ("--seeds", args.seeds, 1),
+        ("--window", args.window, 3),
+        ("--batch-size", args.batch_size, 1),
+    ):
         if value < low:
             print(f"tdds-kernels demo: {name}: expected >= {low}, got {value}", file=sys.stderr)
             return 2
     if not args.window <= args.trajectory_len <= args.epochs:
-        print(f"tdds-kernels demo: expected window <= trajectory-len <= epochs, got W={args.window}, "
-              f"T={args.trajectory_len}, epochs={args.epochs}", file=sys.stderr)
+        print(
+            f"tdds-kernels demo: expected window <= trajectory-len <= epochs, got W={args.window}, "
+            f"T={args.trajectory_len}, epochs={args.epochs}",
+            file=sys.stderr,
+        )
         return 2
     torch.set_num_threads(max(1, args.threads))
     t_start = time.time()
@@ -173,14 +208,37 @@ def run(args) -> int:
     total = args.epochs * (n + args.seeds * len(strategies) * kept_total)
 
     from tqdm.auto import tqdm
-    bar = tqdm(total=total, unit="sample", unit_scale=True, disable=args.no_progress,
-               desc="full-data run (scoring)", dynamic_ncols=True)
+
+    bar = tqdm(
+        total=total,
+        unit="sample",
+        unit_scale=True,
+        disable=args.no_progress,
+        desc="full-data run (scoring)",
+        dynamic_ncols=True,
+    )
     with warnings.catch_warnings():  # "using the reference backend": fine at this size
         warnings.simplefilter("ignore", UserWarning)
-        tracker = TDDSTracker(n, ds.num_classes, window=args.window, decay=args.decay,
-                              trajectory_len=args.trajectory_len, backend=args.backend)
-    model = train(ds.x, ds.y, ds.num_classes, args.epochs, seed=0, shift=shift,
-                  batch_size=args.batch_size, lr=args.lr, tracker=tracker, on_epoch=bar.update)
+        tracker = TDDSTracker(
+            n,
+            ds.num_classes,
+            window=args.window,
+            decay=args.decay,
+            trajectory_len=args.trajectory_len,
+            backend=args.backend,
+        )
+    model = train(
+        ds.x,
+        ds.y,
+        ds.num_classes,
+        args.epochs,
+        seed=0,
+        shift=shift,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        tracker=tracker,
+        on_epoch=bar.update,
+    )
     full_acc = accuracy(model, ds.x_test, ds.y_test)
     scores = {"tdds": tracker.scores()}
     scores.update({k: keep_scores(k, v) for k, v in tracker.baseline_scores().items()})
@@ -192,18 +250,33 @@ def run(args) -> int:
                 bar.set_description(f"seed {seed} prune {f:.0%} {name}")
                 strategy = "random" if score == "random" else METHODS[method]
                 options = {"hard_cut": args.ccs_hard_cut, "bins": args.ccs_bins} if method == "ccs" else {}
-                kept = selection.select_coreset(strategy, scores.get(score), ds.y, prune_fraction=f,
-                                                seed=seed, **options)
+                kept = selection.select_coreset(
+                    strategy, scores.get(score), ds.y, prune_fraction=f, seed=seed, **options
+                )
                 weights = selection.importance_weights(scores[score])[kept] if method == "weighted" else None
-                m = train(ds.x[kept], ds.y[kept], ds.num_classes, args.epochs, seed=seed, shift=shift,
-                          batch_size=args.batch_size, lr=args.lr, weights=weights, on_epoch=bar.update)
+                m = train(
+                    ds.x[kept],
+                    ds.y[kept],
+                    ds.num_classes,
+                    args.epochs,
+                    seed=seed,
+                    shift=shift,
+                    batch_size=args.batch_size,
+                    lr=args.lr,
+                    weights=weights,
+                    on_epoch=bar.update,
+                )
                 acc[name][f].append(accuracy(m, ds.x_test, ds.y_test))
     bar.close()
 
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-              if not k.startswith("_") and k not in ("run", "no_progress")}
-    config.update(shift=shift, train_samples=n, test_samples=len(ds.y_test),
-                  threads=torch.get_num_threads(), command=command)
+    config = {
+        k: (str(v) if isinstance(v, Path) else v)
+        for k, v in vars(args).items()
+        if not k.startswith("_") and k not in ("run", "no_progress")
+    }
+    config.update(
+        shift=shift, train_samples=n, test_samples=len(ds.y_test), threads=torch.get_num_threads(), command=command
+    )
     result = report.summarize(acc, full_acc, config, seconds=time.time() - t_start)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -1,4 +1,5 @@
 """The demo's recipe: a small 1D CNN with batch norm, SGD (Nesterov) with a cosine schedule."""
+
 from __future__ import annotations
 
 import torch
@@ -8,12 +9,19 @@ import torch.nn.functional as F
 
 def make_model(in_channels: int, num_classes: int, width: int = 32) -> nn.Module:
     """3 conv layers with batch norm, global average pooling, a linear head (~9k parameters)."""
+
     def block(cin, cout, k, stride):
         return [nn.Conv1d(cin, cout, k, stride=stride, padding=k // 2), nn.BatchNorm1d(cout), nn.ReLU()]
+
     wide = width * 3 // 2
-    return nn.Sequential(*block(in_channels, width, 5, 1), *block(width, width, 3, 2),
-                         *block(width, wide, 3, 2), nn.AdaptiveAvgPool1d(1), nn.Flatten(),
-                         nn.Linear(wide, num_classes))
+    return nn.Sequential(
+        *block(in_channels, width, 5, 1),
+        *block(width, width, 3, 2),
+        *block(width, wide, 3, 2),
+        nn.AdaptiveAvgPool1d(1),
+        nn.Flatten(),
+        nn.Linear(wide, num_classes),
+    )
 
 
 def random_shift(x: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Tensor:
@@ -23,8 +31,20 @@ def random_shift(x: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Ten
     return F.pad(x, (shift, shift)).unfold(2, length, 1)[torch.arange(b), :, offset]
 
 
-def train(x, y, num_classes: int, epochs: int, seed: int, shift: int = 0, batch_size: int = 100,
-          lr: float = 0.1, weight_decay: float = 5e-4, tracker=None, weights=None, on_epoch=None):
+def train(
+    x,
+    y,
+    num_classes: int,
+    epochs: int,
+    seed: int,
+    shift: int = 0,
+    batch_size: int = 100,
+    lr: float = 0.1,
+    weight_decay: float = 5e-4,
+    tracker=None,
+    weights=None,
+    on_epoch=None,
+):
     """Train a fresh model on (x, y); returns it in eval mode.
 
     `tracker`: fed every batch's training logits with dataset indices and targets (the full-data
@@ -34,15 +54,14 @@ def train(x, y, num_classes: int, epochs: int, seed: int, shift: int = 0, batch_
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model = make_model(x.shape[1], num_classes)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True,
-                          weight_decay=weight_decay)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
     steps = epochs * -(-len(x) // batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     model.train()
     for _ in range(epochs):
         perm = torch.randperm(len(x), generator=gen)
         for i in range(0, len(x), batch_size):
-            idx = perm[i:i + batch_size]
+            idx = perm[i : i + batch_size]
             xb = random_shift(x[idx], shift, gen) if shift else x[idx]
             out = model(xb)
             loss = F.cross_entropy(out, y[idx])
@@ -63,6 +82,8 @@ def train(x, y, num_classes: int, epochs: int, seed: int, shift: int = 0, batch_
 
 @torch.no_grad()
 def accuracy(model, x, y, batch_size: int = 2000) -> float:
-    correct = sum(int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
-                  for i in range(0, len(x), batch_size))
+    correct = sum(
+        int((model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum())
+        for i in range(0, len(x), batch_size)
+    )
     return correct / len(y)

@@ -1,12 +1,20 @@
 """Sharded TDDS state over torch.distributed: ``TDDSTracker(..., process_group=pg)``.
 
-    layout    ShardLayout: owner and local row of a sample, shard sizes, split/merge of a state
-    sharded   ShardedTDDSTracker (holds a TDDSTracker for its shard), merge_shards
-    factory   make_tracker / load_tracker / checkpoint_exists: single or sharded, decided once
+layout    ShardLayout: owner and local row of a sample, shard sizes, split/merge of a state
+sharded   ShardedTDDSTracker (holds a TDDSTracker for its shard), merge_shards
+factory   make_tracker / load_tracker / checkpoint_exists: single or sharded, decided once
 """
+
 from .factory import checkpoint_exists, load_tracker, make_tracker
 from .layout import ShardLayout
 from .sharded import ShardedTDDSTracker, merge_shards, shard_path
 
-__all__ = ["ShardedTDDSTracker", "ShardLayout", "merge_shards", "shard_path", "make_tracker", "load_tracker",
-           "checkpoint_exists"]
+__all__ = [
+    "ShardedTDDSTracker",
+    "ShardLayout",
+    "merge_shards",
+    "shard_path",
+    "make_tracker",
+    "load_tracker",
+    "checkpoint_exists",
+]

@@ -1,14 +1,27 @@
 """The collectives of a sharded tracker: gathers in rank order, agreement on errors, the control
 row every rank contributes once per update/end_epoch call. Failures on one rank raise on every
 rank, so no rank is left waiting in a collective."""
+
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
 
 # Columns of the control row every rank contributes to one all_gather per update/end_epoch call.
-_FIELDS = ("kind", "status", "epoch", "has_targets", "dtype", "bad_index", "first_index", "bad_target",
-           "first_target", "out_of_range", "nonfinite", "error_mode")
+_FIELDS = (
+    "kind",
+    "status",
+    "epoch",
+    "has_targets",
+    "dtype",
+    "bad_index",
+    "first_index",
+    "bad_target",
+    "first_target",
+    "out_of_range",
+    "nonfinite",
+    "error_mode",
+)
 _COL = {name: i for i, name in enumerate(_FIELDS)}
 _HEAD = len(_FIELDS)  # then the rows this rank sends to each rank
 _KINDS = {1: "update", 2: "end_epoch"}
@@ -72,12 +85,15 @@ class Group:
         table = self.gather_rows(head).tolist()
         calls = [_KINDS[row[_COL["kind"]]] for row in table]
         if len(set(calls)) > 1:
-            raise RuntimeError(f"{kind}: the ranks made different calls {calls}; every rank must call "
-                               "update() once per step and end_epoch() once per epoch")
+            raise RuntimeError(
+                f"{kind}: the ranks made different calls {calls}; every rank must call "
+                "update() once per step and end_epoch() once per epoch"
+            )
         epochs = [row[_COL["epoch"]] for row in table]
         if len(set(epochs)) > 1:
-            raise RuntimeError(f"{kind}: the ranks are in different epochs {epochs}; every rank must "
-                               "call end_epoch() once per epoch")
+            raise RuntimeError(
+                f"{kind}: the ranks are in different epochs {epochs}; every rank must call end_epoch() once per epoch"
+            )
         return table
 
 

@@ -4,6 +4,7 @@ A process group (given, or the default one when torch.distributed runs with more
 means a ShardedTDDSTracker over it; anything else a TDDSTracker. The same loop code then works
 under ``python train.py`` and ``torchrun --nproc_per_node=K train.py``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

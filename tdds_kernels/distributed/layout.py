@@ -10,6 +10,7 @@ and which restart is declared by tdds_kernels.core.state and tdds_kernels.core.b
 guessed here. merge_shards (files), ShardedTDDSTracker.full_state_dict (a collective) and
 load_full_state_dict all go through these two functions.
 """
+
 from __future__ import annotations
 
 import dataclasses

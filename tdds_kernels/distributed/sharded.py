@@ -20,6 +20,7 @@ Per step every rank calls ``update`` once (an empty batch is fine), as DDP loops
 decision on the epoch's errors. ``scores()``, ``stats`` and ``baseline_scores()`` are collective
 (call them on every rank); ``save``/``load`` write and read one file per rank (``shard_path``).
 """
+
 from __future__ import annotations
 
 import os
@@ -49,10 +50,21 @@ class ShardedTDDSTracker:
     """A TDDSTracker's API over the ranks of `process_group`: this rank's shard lives in
     ``self.local`` (a TDDSTracker), the ownership in ``self.layout`` (module docstring)."""
 
-    def __init__(self, num_samples: int, num_classes: int, window: int = 10, decay: float = 0.9,
-                 trajectory_len: int | None = 30, device="cpu", storage_dtype=torch.float32,
-                 backend: str = "auto", on_nonfinite: str = "error", debug: bool = False,
-                 process_group=None, baseline_options: dict | None = None):
+    def __init__(
+        self,
+        num_samples: int,
+        num_classes: int,
+        window: int = 10,
+        decay: float = 0.9,
+        trajectory_len: int | None = 30,
+        device="cpu",
+        storage_dtype=torch.float32,
+        backend: str = "auto",
+        on_nonfinite: str = "error",
+        debug: bool = False,
+        process_group=None,
+        baseline_options: dict | None = None,
+    ):
         if process_group is None:
             raise ValueError("process_group: expected a torch.distributed process group, got None")
         if not dist.is_available() or not dist.is_initialized():
@@ -62,12 +74,24 @@ class ShardedTDDSTracker:
         self.world_size = dist.get_world_size(process_group)
         self.rank = dist.get_rank(process_group)
         if self.config.num_samples < self.world_size:
-            raise ValueError(f"num_samples: expected >= the world size ({self.world_size}) so every "
-                             f"rank owns a sample, got {num_samples}")
+            raise ValueError(
+                f"num_samples: expected >= the world size ({self.world_size}) so every "
+                f"rank owns a sample, got {num_samples}"
+            )
         self.layout = ShardLayout(self.config.num_samples, self.world_size)
-        self.local = TDDSTracker(self.layout.shard_size(self.rank), num_classes, window, decay, trajectory_len,
-                                 device, storage_dtype, backend, on_nonfinite, debug,
-                                 baseline_options=baseline_options)
+        self.local = TDDSTracker(
+            self.layout.shard_size(self.rank),
+            num_classes,
+            window,
+            decay,
+            trajectory_len,
+            device,
+            storage_dtype,
+            backend,
+            on_nonfinite,
+            debug,
+            baseline_options=baseline_options,
+        )
         self._group = Group(process_group, self.local.device)
         if dist.get_backend(process_group) == "nccl" and self.device.type != "cuda":
             raise ValueError(f"device: expected a cuda device for an NCCL process group, got {self.device}")
@@ -155,14 +179,17 @@ class ShardedTDDSTracker:
         row_bytes = send.shape[1]
         recv_counts = [table[src][_HEAD + self.rank] for src in range(W)]
         recv = send.new_empty((sum(recv_counts), row_bytes))
-        dist.all_to_all_single(recv.view(-1), send.view(-1),
-                               [c * row_bytes for c in recv_counts],
-                               [c * row_bytes for c in table[self.rank][_HEAD:]],
-                               group=self.process_group)
+        dist.all_to_all_single(
+            recv.view(-1),
+            send.view(-1),
+            [c * row_bytes for c in recv_counts],
+            [c * row_bytes for c in table[self.rank][_HEAD:]],
+            group=self.process_group,
+        )
         # reshape(-1) copies a column slice out, except a single row, which stays aligned in place
         local_idx = recv[:, :8].reshape(-1).view(torch.int64)
         local_targets = recv[:, 8:16].reshape(-1).view(torch.int64) if targets is not None else None
-        local_logits = recv[:, 8 * (len(parts) - 1):].reshape(-1).view(wire).reshape(-1, self.num_classes)
+        local_logits = recv[:, 8 * (len(parts) - 1) :].reshape(-1).view(wire).reshape(-1, self.num_classes)
         self.local.update(local_logits, local_idx, local_targets)
 
     def _raise_batch_errors(self, table, exc):
@@ -172,11 +199,23 @@ class ShardedTDDSTracker:
             if row[_COL["status"]]:
                 errors.append((r, None, None))
             elif row[_COL["bad_index"]]:
-                errors.append((r, ValueError, f"index: expected dataset indices in [0, {N}), got "
-                               f"{row[_COL['bad_index']]} outside it (first: {row[_COL['first_index']]})"))
+                errors.append(
+                    (
+                        r,
+                        ValueError,
+                        f"index: expected dataset indices in [0, {N}), got "
+                        f"{row[_COL['bad_index']]} outside it (first: {row[_COL['first_index']]})",
+                    )
+                )
             elif row[_COL["bad_target"]]:
-                errors.append((r, ValueError, f"targets: expected class labels in [0, {C}), got "
-                               f"{row[_COL['bad_target']]} outside it (first: {row[_COL['first_target']]})"))
+                errors.append(
+                    (
+                        r,
+                        ValueError,
+                        f"targets: expected class labels in [0, {C}), got "
+                        f"{row[_COL['bad_target']]} outside it (first: {row[_COL['first_target']]})",
+                    )
+                )
         if errors:
             mine = next((e for e in errors if e[0] == self.rank), None)
             if mine is not None and mine[1] is not None:
@@ -189,28 +228,38 @@ class ShardedTDDSTracker:
             raise kind(f"update: rank {r} failed, so no rank went on: {text}")
         has_targets = [row[_COL["has_targets"]] for row in table]
         if len(set(has_targets)) > 1:
-            raise ValueError("targets: passed on ranks "
-                             f"{[r for r, t in enumerate(has_targets) if t]} but not on the others; "
-                             "pass them on every rank or on none")
+            raise ValueError(
+                "targets: passed on ranks "
+                f"{[r for r, t in enumerate(has_targets) if t]} but not on the others; "
+                "pass them on every rank or on none"
+            )
 
     def end_epoch(self) -> None:
         """Close the epoch on every rank (collective); raises on all ranks or on none."""
         if self.complete:
             return
         new = self.local.epoch_counts()
-        table = self._group.control("end_epoch", self.epoch, out_of_range=new["out_of_range"],
-                                    nonfinite=new["nonfinite"],
-                              error_mode=self.on_nonfinite == "error")
+        table = self._group.control(
+            "end_epoch",
+            self.epoch,
+            out_of_range=new["out_of_range"],
+            nonfinite=new["nonfinite"],
+            error_mode=self.on_nonfinite == "error",
+        )
         out_of_range = sum(row[_COL["out_of_range"]] for row in table)
         nonfinite = sum(row[_COL["nonfinite"]] for row in table)
         if out_of_range:  # unreachable while update() checks ranges eagerly; kept for safety
-            raise ValueError(f"index: {out_of_range} rows of epoch {self.epoch} had dataset indices "
-                             f"outside [0, {self.num_samples}) and were skipped; the epoch is not closed")
+            raise ValueError(
+                f"index: {out_of_range} rows of epoch {self.epoch} had dataset indices "
+                f"outside [0, {self.num_samples}) and were skipped; the epoch is not closed"
+            )
         if nonfinite and any(row[_COL["error_mode"]] for row in table):
-            raise ValueError(f"logits: {nonfinite} rows of epoch {self.epoch} (all ranks) had non-finite "
-                             "values and were ignored; the epoch is not closed (set "
-                             "tracker.on_nonfinite = 'skip' on every rank to accept that and call "
-                             "end_epoch() again)")
+            raise ValueError(
+                f"logits: {nonfinite} rows of epoch {self.epoch} (all ranks) had non-finite "
+                "values and were ignored; the epoch is not closed (set "
+                "tracker.on_nonfinite = 'skip' on every rank to accept that and call "
+                "end_epoch() again)"
+            )
         self.local.end_epoch()
 
     # ------------------------------------------------------------------ results (collective)
@@ -235,14 +284,22 @@ class ShardedTDDSTracker:
         return scores_of({key: self._gather_shards(local[key]) for key in BASELINE_PER_SAMPLE})
 
     def __repr__(self):
-        return (f"ShardedTDDSTracker({self.config.describe()}, device='{self.device}', "
-                f"backend='{self.backend}', epoch={self.epoch}, complete={self.complete}, rank={self.rank}, "
-                f"world_size={self.world_size}, shard_size={self.shard_size})")
+        return (
+            f"ShardedTDDSTracker({self.config.describe()}, device='{self.device}', "
+            f"backend='{self.backend}', epoch={self.epoch}, complete={self.complete}, rank={self.rank}, "
+            f"world_size={self.world_size}, shard_size={self.shard_size})"
+        )
 
     # ------------------------------------------------------------------ checkpoints
     def _shard_info(self) -> dict:
-        return {"world_size": self.world_size, "rank": self.rank, "num_samples": self.num_samples,
-                "ownership": OWNERSHIP, "run_id": self._run_id, "saves": self._saves}
+        return {
+            "world_size": self.world_size,
+            "rank": self.rank,
+            "num_samples": self.num_samples,
+            "ownership": OWNERSHIP,
+            "run_id": self._run_id,
+            "saves": self._saves,
+        }
 
     def state_dict(self) -> dict:
         """This rank's shard: a TDDSTracker state dict of the shard plus a "shard" entry."""
@@ -252,13 +309,16 @@ class ShardedTDDSTracker:
         """Restore this rank's shard from state_dict() (local: checks only that it fits this rank)."""
         info = sd.get("shard") if isinstance(sd, dict) else None
         if not isinstance(info, dict):
-            raise ValueError("state_dict: not a shard of a ShardedTDDSTracker (no 'shard' entry); "
-                             "use load_full_state_dict() for a single tracker's state")
+            raise ValueError(
+                "state_dict: not a shard of a ShardedTDDSTracker (no 'shard' entry); "
+                "use load_full_state_dict() for a single tracker's state"
+            )
         mine = self._shard_info()
         for key in ("world_size", "rank", "num_samples", "ownership"):
             if info.get(key) != mine[key]:
-                raise ValueError(f"state_dict: shard {key}: tracker has {mine[key]!r}, state dict has "
-                                 f"{info.get(key)!r}")
+                raise ValueError(
+                    f"state_dict: shard {key}: tracker has {mine[key]!r}, state dict has {info.get(key)!r}"
+                )
         self.local.load_state_dict({k: v for k, v in sd.items() if k != "shard"})
         self._run_id, self._saves = int(info["run_id"]), int(info["saves"])
 
@@ -288,18 +348,26 @@ class ShardedTDDSTracker:
         try:
             if not file.exists():
                 others = sorted(p.name for p in Path(path).parent.glob(Path(path).name + ".rank*-of-*"))
-                raise FileNotFoundError(f"{file}: no shard for rank {rank} of {world}; found "
-                                        f"{others or 'no shards'} (load with the world size that saved)")
+                raise FileNotFoundError(
+                    f"{file}: no shard for rank {rank} of {world}; found "
+                    f"{others or 'no shards'} (load with the world size that saved)"
+                )
             sd = checkpoint.read(file)
             if not isinstance(sd.get("shard"), dict):
                 raise ValueError(f"{file}: not a {checkpoint.FORMAT} shard checkpoint")
-            config = TrackerConfig.from_dict(dict(sd.get("config") or {}, num_samples=sd["shard"].get("num_samples")),
-                                             f"{file}: config")
+            config = TrackerConfig.from_dict(
+                dict(sd.get("config") or {}, num_samples=sd["shard"].get("num_samples")), f"{file}: config"
+            )
         except Exception as e:
             exc = e
         agree_group(process_group, exc, "load")  # before the constructor's collective
-        tracker = cls(**config.to_dict() | {"storage_dtype": config.storage_dtype}, device=device or "cpu",
-                      backend=backend, on_nonfinite=sd.get("on_nonfinite", "error"), process_group=process_group)
+        tracker = cls(
+            **config.to_dict() | {"storage_dtype": config.storage_dtype},
+            device=device or "cpu",
+            backend=backend,
+            on_nonfinite=sd.get("on_nonfinite", "error"),
+            process_group=process_group,
+        )
         try:
             tracker.load_state_dict(sd)
         except Exception as e:
@@ -307,8 +375,10 @@ class ShardedTDDSTracker:
         tracker._group.agree(exc, "load")
         ids = tracker._group.gather_rows(torch.tensor([tracker._run_id, tracker._saves, tracker.epoch]))
         if not bool((ids == ids[0]).all()):
-            raise ValueError(f"{path}: the shards do not belong together (run id, save count, epoch "
-                             f"per rank: {ids.tolist()}); was a save interrupted?")
+            raise ValueError(
+                f"{path}: the shards do not belong together (run id, save count, epoch "
+                f"per rank: {ids.tolist()}); was a save interrupted?"
+            )
         return tracker
 
     # ------------------------------------------------------------------ whole-dataset state
@@ -341,8 +411,9 @@ class ShardedTDDSTracker:
             checkpoint.check_header(sd, "state_dict")
             n = (sd.get("config") or {}).get("num_samples")
             if n != self.num_samples:
-                raise ValueError(f"state_dict: config mismatch: num_samples: tracker has {self.num_samples!r}, "
-                                 f"state dict has {n!r}")
+                raise ValueError(
+                    f"state_dict: config mismatch: num_samples: tracker has {self.num_samples!r}, state dict has {n!r}"
+                )
             self.local.load_state_dict(self.layout.split_state(sd, self.rank))
         except (TypeError, ValueError, KeyError) as e:
             exc = e
@@ -358,7 +429,8 @@ def merge_shards(path, world_size: int) -> dict:
     score on one machine, or with load_full_state_dict to resume on another world size."""
     shards = [checkpoint.read(shard_path(path, r, world_size)) for r in range(world_size)]
     infos = [sd.get("shard") or {} for sd in shards]
-    if [i.get("rank") for i in infos] != list(range(world_size)) or \
-            len({(i.get("run_id"), i.get("saves"), sd.get("epoch")) for i, sd in zip(infos, shards)}) != 1:
+    if [i.get("rank") for i in infos] != list(range(world_size)) or len(
+        {(i.get("run_id"), i.get("saves"), sd.get("epoch")) for i, sd in zip(infos, shards)}
+    ) != 1:
         raise ValueError(f"{path}: the {world_size} shards do not belong together")
     return ShardLayout(infos[0]["num_samples"], world_size).merge_states(shards)

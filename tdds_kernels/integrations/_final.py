@@ -1,4 +1,5 @@
 """A complete tracker's checkpoint without the N x C recording state (for the trainer callbacks)."""
+
 from __future__ import annotations
 
 import torch

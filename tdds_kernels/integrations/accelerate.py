@@ -19,6 +19,7 @@ Resume is exact when training continues from the same step: after ``load_state``
 skips the batches already done in the open epoch (``accelerator.skip_first_batches``) feeds the
 tracker the rest of that epoch, as an uninterrupted run would.
 """
+
 from __future__ import annotations
 
 import torch
@@ -40,9 +41,11 @@ def make_tracker(accelerator, num_samples: int, num_classes: int, **kwargs) -> T
     group = None
     if accelerator.num_processes > 1:
         import torch.distributed as dist
+
         group = dist.group.WORLD
-    return TDDSTracker(num_samples, num_classes, device=_tracker_device(accelerator.device),
-                       process_group=group, **kwargs)
+    return TDDSTracker(
+        num_samples, num_classes, device=_tracker_device(accelerator.device), process_group=group, **kwargs
+    )
 
 
 class TrackerState:

@@ -28,6 +28,7 @@ order, from its seeded sampler), so the open epoch gets the rest. With ``ignore_
 the Trainer replays the epoch from its start instead, and the callback warns (see
 ``_check_resume``).
 """
+
 from __future__ import annotations
 
 import math
@@ -57,6 +58,7 @@ def _rank_file(path: str, group):
     if group is None:
         return path
     from ..distributed import shard_path
+
     return shard_path(path, dist.get_rank(group), dist.get_world_size(group))
 
 
@@ -93,8 +95,10 @@ def default_logits(outputs):
     logits = getattr(outputs, "logits", None)
     if isinstance(logits, torch.Tensor):
         return logits
-    raise TypeError(f"TDDSCallback: cannot find logits in the model's output ({type(outputs).__name__}); "
-                    "pass logits_fn=... (output -> (B, C) tensor)")
+    raise TypeError(
+        f"TDDSCallback: cannot find logits in the model's output ({type(outputs).__name__}); "
+        "pass logits_fn=... (output -> (B, C) tensor)"
+    )
 
 
 class TDDSCallback(TrainerCallback):
@@ -105,9 +109,16 @@ class TDDSCallback(TrainerCallback):
     keyword arguments go to TDDSTracker. After training, ``scores`` is the (N,) CPU tensor.
     """
 
-    def __init__(self, num_samples: int, num_classes: int, index_key: str = "index",
-                 targets_key: str | None = None, logits_fn=None, checkpoint_file: str = CHECKPOINT_FILE,
-                 **tracker_kwargs):
+    def __init__(
+        self,
+        num_samples: int,
+        num_classes: int,
+        index_key: str = "index",
+        targets_key: str | None = None,
+        logits_fn=None,
+        checkpoint_file: str = CHECKPOINT_FILE,
+        **tracker_kwargs,
+    ):
         if "device" in tracker_kwargs or "process_group" in tracker_kwargs:
             raise ValueError("device / process_group: set by the callback from the TrainingArguments")
         # Validate the arguments now rather than at train time, on a one-sample tracker (the real
@@ -129,14 +140,17 @@ class TDDSCallback(TrainerCallback):
     def record(self, outputs, index: torch.Tensor, targets: torch.Tensor | None = None) -> None:
         """Feed one training micro-batch: the model's output and the batch's dataset indices."""
         if self.tracker is None:
-            raise RuntimeError("TDDSCallback: record() before training started (is the callback "
-                               "registered with the Trainer?)")
+            raise RuntimeError(
+                "TDDSCallback: record() before training started (is the callback registered with the Trainer?)"
+            )
         dev = self.tracker.device
         logits = self.logits_fn(outputs).detach()
         if logits.dim() != 2:
-            raise ValueError(f"logits: expected shape (B, {self.num_classes}) from the model's output, got "
-                             f"{tuple(logits.shape)} (a sequence model needs logits_fn=... to pick one row "
-                             "per sample)")
+            raise ValueError(
+                f"logits: expected shape (B, {self.num_classes}) from the model's output, got "
+                f"{tuple(logits.shape)} (a sequence model needs logits_fn=... to pick one row "
+                "per sample)"
+            )
         index = torch.as_tensor(index).to(dev)
         if targets is not None:
             targets = torch.as_tensor(targets).to(dev)
@@ -153,8 +167,9 @@ class TDDSCallback(TrainerCallback):
             final = _final_path(path)
             if checkpoint_exists(final, device=device, process_group=group):
                 # A complete tracker: scores, stats and config only; recording is over.
-                self.tracker = TDDSTracker(self.num_samples, self.num_classes, device=device,
-                                           process_group=group, **self.tracker_kwargs)
+                self.tracker = TDDSTracker(
+                    self.num_samples, self.num_classes, device=device, process_group=group, **self.tracker_kwargs
+                )
                 sd = torch.load(_rank_file(final, group), map_location="cpu", weights_only=True)
                 self.tracker.load_state_dict(expand_final_state(sd))
                 self.resume_dir = None
@@ -162,26 +177,39 @@ class TDDSCallback(TrainerCallback):
             if not checkpoint_exists(path, device=device, process_group=group):
                 raise FileNotFoundError(
                     f"TDDSCallback: resuming from step {state.global_step}, but {path} (the tracker saved "
-                    "with that checkpoint) is missing" + (f" for some of the {dist.get_world_size()} ranks "
-                    "(a sharded run writes one file per rank, tdds.pt.rank{r}-of-{W}: resume with the "
-                    "number of processes that saved)" if group is not None else "") + "; without it the "
+                    "with that checkpoint) is missing"
+                    + (
+                        f" for some of the {dist.get_world_size()} ranks "
+                        "(a sharded run writes one file per rank, tdds.pt.rank{r}-of-{W}: resume with the "
+                        "number of processes that saved)"
+                        if group is not None
+                        else ""
+                    )
+                    + "; without it the "
                     "scores would start mid-run. Resume from a checkpoint written with this callback, or "
-                    "train from scratch")
-            self.tracker = load_tracker(path, device=device, process_group=group,
-                                        backend=self.tracker_kwargs.get("backend", "auto"))
+                    "train from scratch"
+                )
+            self.tracker = load_tracker(
+                path, device=device, process_group=group, backend=self.tracker_kwargs.get("backend", "auto")
+            )
             self._check_config(path)
             self._check_resume(args, state, train_dataloader)
         else:
-            self.tracker = TDDSTracker(self.num_samples, self.num_classes, device=device,
-                                       process_group=group, **self.tracker_kwargs)
+            self.tracker = TDDSTracker(
+                self.num_samples, self.num_classes, device=device, process_group=group, **self.tracker_kwargs
+            )
         self.resume_dir = None
 
     def _check_config(self, path):
         t, kw = self.tracker, self.tracker_kwargs
-        want = {"num_samples": self.num_samples, "num_classes": self.num_classes,
-                **{k: kw[k] for k in ("window", "decay", "trajectory_len") if k in kw}}
-        diffs = [f"{k}: callback has {v!r}, checkpoint has {getattr(t, k)!r}" for k, v in want.items()
-                 if getattr(t, k) != v]
+        want = {
+            "num_samples": self.num_samples,
+            "num_classes": self.num_classes,
+            **{k: kw[k] for k in ("window", "decay", "trajectory_len") if k in kw},
+        }
+        diffs = [
+            f"{k}: callback has {v!r}, checkpoint has {getattr(t, k)!r}" for k, v in want.items() if getattr(t, k) != v
+        ]
         if diffs:
             raise ValueError(f"{path}: tracker config mismatch: " + "; ".join(diffs))
 
@@ -212,7 +240,9 @@ class TDDSCallback(TrainerCallback):
                 "logits are kept) and the epoch's other samples are recorded from a model that trained "
                 "those steps twice, so scores differ from an uninterrupted run. Resume with "
                 "ignore_data_skip=False, or from a checkpoint at an epoch's end, for exact scores",
-                RuntimeWarning, stacklevel=2)
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
     def on_epoch_end(self, args, state, control, **kwargs):
         self.tracker.end_epoch()
@@ -258,6 +288,7 @@ class TDDSTrainerMixin:
         cb = self._tdds_callback()
         if isinstance(resume_from_checkpoint, bool) and resume_from_checkpoint:
             from transformers.trainer_utils import get_last_checkpoint
+
             cb.resume_dir = get_last_checkpoint(self.args.output_dir)
         elif isinstance(resume_from_checkpoint, (str, os.PathLike)):
             cb.resume_dir = os.fspath(resume_from_checkpoint)
@@ -266,9 +297,11 @@ class TDDSTrainerMixin:
     def training_step(self, model, inputs, *args, **kwargs):
         cb = self._tdds_callback()
         if cb.index_key not in inputs:
-            raise KeyError(f"TDDSTrainer: the training batch has no {cb.index_key!r} entry (keys: "
-                           f"{sorted(inputs)}); add it to the dataset with add_index(dataset) and keep it "
-                           "through a custom data collator")
+            raise KeyError(
+                f"TDDSTrainer: the training batch has no {cb.index_key!r} entry (keys: "
+                f"{sorted(inputs)}); add it to the dataset with add_index(dataset) and keep it "
+                "through a custom data collator"
+            )
         index = inputs.pop(cb.index_key)
         targets = inputs.get(cb.targets_key) if cb.targets_key is not None else None
         captured = []

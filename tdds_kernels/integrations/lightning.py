@@ -23,6 +23,7 @@ DataLoader restarts that epoch's data from its first batch and runs only the ste
 samples of the first batches are recorded a second time (duplicates; their first record is kept)
 and those of the epoch's last batches are not recorded in it (missing). The callback warns then.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -46,8 +47,15 @@ class TDDSCallback(pl.Callback):
     scores) name the entries of the dict that ``training_step`` returns; the remaining keyword
     arguments go to TDDSTracker."""
 
-    def __init__(self, num_samples: int, num_classes: int, logits_key: str = "logits",
-                 index_key: str = "index", targets_key: str | None = None, **tracker_kwargs):
+    def __init__(
+        self,
+        num_samples: int,
+        num_classes: int,
+        logits_key: str = "logits",
+        index_key: str = "index",
+        targets_key: str | None = None,
+        **tracker_kwargs,
+    ):
         if "device" in tracker_kwargs or "process_group" in tracker_kwargs:
             raise ValueError("device / process_group: set by the callback from the trainer")
         self.num_samples, self.num_classes = num_samples, num_classes
@@ -65,8 +73,9 @@ class TDDSCallback(pl.Callback):
     def _build(self, trainer, pl_module):
         # Built when training starts: by then the module sits on its device and DDP is set up.
         group = dist.group.WORLD if trainer.world_size > 1 and dist.is_initialized() else None
-        self.tracker = make_tracker(self.num_samples, self.num_classes, device=pl_module.device,
-                                    process_group=group, **self.tracker_kwargs)
+        self.tracker = make_tracker(
+            self.num_samples, self.num_classes, device=pl_module.device, process_group=group, **self.tracker_kwargs
+        )
         if self._pending is not None:
             self.tracker.load_full_state_dict(self._pending)
             self._pending = None
@@ -87,7 +96,10 @@ class TDDSCallback(pl.Callback):
                 "steps left: samples of the first batches are recorded again (counted as duplicates, "
                 "the first record kept) and samples of the epoch's last batches go unrecorded in it "
                 "(missing), so the scores differ from an uninterrupted run. Resume from a checkpoint "
-                "taken at an epoch's end for exact scores", RuntimeWarning, stacklevel=2)
+                "taken at an epoch's end for exact scores",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if outputs is None:
@@ -100,8 +112,10 @@ class TDDSCallback(pl.Callback):
         else:
             if not isinstance(outputs, dict) or self.logits_key not in outputs or self.index_key not in outputs:
                 got = sorted(outputs) if isinstance(outputs, dict) else type(outputs).__name__
-                raise KeyError(f"TDDSCallback: training_step must return a dict with {self.logits_key!r} "
-                               f"and {self.index_key!r} (besides 'loss'); got {got}")
+                raise KeyError(
+                    f"TDDSCallback: training_step must return a dict with {self.logits_key!r} "
+                    f"and {self.index_key!r} (besides 'loss'); got {got}"
+                )
             logits, index = outputs[self.logits_key], outputs[self.index_key]
             targets = outputs[self.targets_key] if self.targets_key is not None else None
         self.tracker.update(logits.detach(), index, targets)
@@ -131,4 +145,3 @@ class TDDSCallback(pl.Callback):
             self._pending = sd
         else:
             self.tracker.load_full_state_dict(sd)
-

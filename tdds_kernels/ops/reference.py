@@ -7,6 +7,7 @@ Vectorized over rows and samples (no Python loop over either); runs on any devic
     R_k = sqrt(Σ_j (d_j − m_k)²)  over the defined d_k..d_{k+W−2},  m_k their mean
     S   ← (1 − β)·S + β·R_k       once per window, in order
 """
+
 from __future__ import annotations
 
 import torch

@@ -20,6 +20,7 @@ Host syncs on CUDA (tests/test_cuda_runtime.py checks each under sync debug mode
     on demand stats, scores() copied to the host, state_dict / save; the sharded tracker's update
               (a control collective every step)
 """
+
 from __future__ import annotations
 
 import importlib
@@ -93,6 +94,7 @@ def _auto_reason(name: str, device: torch.device) -> str | None:
     reason = unavailable_reason(name, device)
     if reason is None and name == "triton" and device.type == "cuda":
         from . import triton as _triton
+
         if _triton.INTERPRETED:
             return "TRITON_INTERPRET=1 made the kernels interpreted; auto does not use them on CUDA"
     return reason
@@ -111,8 +113,7 @@ def resolve(name: str, device: torch.device) -> Backend:
                 if candidate == "reference" and len(order) > 1 and device.type not in _warned_fallback:
                     _warned_fallback.add(device.type)
                     why = "; ".join(f"{c}: {_auto_reason(c, device)}" for c in order[:-1])
-                    warnings.warn(f"tdds_kernels: using the reference backend on {device.type} ({why})",
-                                  stacklevel=3)
+                    warnings.warn(f"tdds_kernels: using the reference backend on {device.type} ({why})", stacklevel=3)
                 return _backend(candidate)
         raise ValueError(f"backend: no backend available for device {device}")
     if not isinstance(name, str) or name not in NAMES:
@@ -125,8 +126,7 @@ def resolve(name: str, device: torch.device) -> Backend:
 
 def _backend(name: str) -> Backend:
     suffix = {"reference": "", "triton": "_triton", "cpu": "_ext", "cuda": "_ext"}[name]
-    return Backend(name, getattr(torch.ops.tdds, "update" + suffix),
-                   getattr(torch.ops.tdds, "epoch_step" + suffix))
+    return Backend(name, getattr(torch.ops.tdds, "update" + suffix), getattr(torch.ops.tdds, "epoch_step" + suffix))
 
 
 def available(device) -> list[str]:

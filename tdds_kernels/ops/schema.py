@@ -19,6 +19,7 @@ State (docs/design.md §2), mutated in place:
     epochs instead of recompiling (or replaying a stale constant) each epoch, and no kernel
     needs a host sync to learn it.
 """
+
 from __future__ import annotations
 
 import torch
@@ -27,12 +28,9 @@ NAMESPACE = "tdds"
 
 # Mutated arguments are marked (a!)...; both ops return nothing.
 UPDATE_SCHEMA = (
-    "(Tensor logits, Tensor index, Tensor(a!) prev, Tensor(b!) seen, Tensor(c!) ring, "
-    "Tensor(d!) counters) -> ()"
+    "(Tensor logits, Tensor index, Tensor(a!) prev, Tensor(b!) seen, Tensor(c!) ring, Tensor(d!) counters) -> ()"
 )
-EPOCH_STEP_SCHEMA = (
-    "(Tensor seen, Tensor(a!) ring, Tensor(b!) score, Tensor(c!) counters, float decay) -> ()"
-)
+EPOCH_STEP_SCHEMA = "(Tensor seen, Tensor(a!) ring, Tensor(b!) score, Tensor(c!) counters, float decay) -> ()"
 
 # Slots of the counters tensor, shared by every backend (csrc/ops.h repeats these numbers).
 COUNTERS = ("duplicates", "missing", "nonfinite", "out_of_range")

@@ -1,6 +1,7 @@
 """Accelerate: TrackerState through save_state / load_state resumes bit-exactly on 1 and 2
 processes (examples/accelerate_example.py: 1 process in this one, 2 under torchrun with gloo on
 loopback)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -19,8 +20,13 @@ from tdds_kernels.integrations.accelerate import TrackerState  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "accelerate_example.py"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "PYTHONWARNINGS": "ignore",
-       "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "GLOO_SOCKET_IFNAME": "lo",
+    "PYTHONWARNINGS": "ignore",
+    "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+}
 
 
 spec = importlib.util.spec_from_file_location("accelerate_example", EXAMPLE)
@@ -47,10 +53,17 @@ def run(*args, world=1, cwd=None):
             example.main(["--epochs", "4", *map(str, args)])
         return out.getvalue()
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}"]
-    proc = subprocess.run([str(c) for c in [*launch, EXAMPLE, "--epochs", "4", *args]], env=ENV, cwd=cwd,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [str(c) for c in [*launch, EXAMPLE, "--epochs", "4", *args]],
+        env=ENV,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     teardown_only = "terminate called without an active exception" in proc.stderr and (
-        "stats:" in proc.stdout or "stopped at" in proc.stdout)  # see test_examples.run
+        "stats:" in proc.stdout or "stopped at" in proc.stdout
+    )  # see test_examples.run
     assert proc.returncode == 0 or teardown_only, f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout
 

@@ -1,12 +1,14 @@
 """What `tdds-kernels --version` and each command's --help tell a newcomer, and the score defaults."""
+
 import numpy as np
 import pytest
+from test_offline import write_dump
 
 import tdds_kernels
 from tdds_kernels import cli
+
 from dense import dense_scores
 from helpers import random_epochs
-from test_offline import write_dump
 
 
 def help_text(capsys, *argv):
@@ -37,9 +39,17 @@ def test_score_defaults_are_the_release_settings():
 
 def test_score_help_says_what_it_reads_and_writes(capsys):
     out = help_text(capsys, "score")
-    for name in ("{t}_Output.npy", "{t}_Index.npy", "data_mask_win{W}_ep{T}.npy",
-                 "score_win{W}_ep{T}.npy", "scores.npy", "(default: 30)", "(default: 10)",
-                 "(default: 0.9)", "example"):
+    for name in (
+        "{t}_Output.npy",
+        "{t}_Index.npy",
+        "data_mask_win{W}_ep{T}.npy",
+        "score_win{W}_ep{T}.npy",
+        "scores.npy",
+        "(default: 30)",
+        "(default: 10)",
+        "(default: 0.9)",
+        "example",
+    ):
         assert name in out, name
     assert "(default: None)" not in out
 
@@ -50,8 +60,9 @@ def test_score_without_parameters_uses_the_defaults(tmp_path, capsys):
     dump = write_dump(tmp_path / "d", epochs)
     assert cli.main(["score", str(dump), "--no-progress", "--backend", "reference"]) == 0
     assert "W=10, beta=0.9" in capsys.readouterr().out
-    np.testing.assert_allclose(np.load(dump / "scores.npy"), dense_scores(epochs, 12, 10, 0.9, 30),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.load(dump / "scores.npy"), dense_scores(epochs, 12, 10, 0.9, 30), rtol=1e-5, atol=1e-6
+    )
     order = np.load(dump / "data_mask_win10_ep30.npy")
     np.testing.assert_array_equal(np.load(dump / "score_win10_ep30.npy"), np.load(dump / "scores.npy")[order])
 
@@ -59,6 +70,5 @@ def test_score_without_parameters_uses_the_defaults(tmp_path, capsys):
 def test_demo_help_says_what_it_runs_how_long_and_what_it_writes(capsys):
     pytest.importorskip("tqdm")
     out = help_text(capsys, "demo")
-    for words in ("MNIST-1D", "minutes", "--quick", "results.json", "results.md", "plot.png",
-                  "smoke test"):
+    for words in ("MNIST-1D", "minutes", "--quick", "results.json", "results.md", "plot.png", "smoke test"):
         assert words in out, words

@@ -1,4 +1,5 @@
 """`tdds-kernels demo` end to end on a tiny setting (a few seconds)."""
+
 import argparse
 import json
 
@@ -20,10 +21,30 @@ def parse(argv):
 
 def test_quick_demo_end_to_end(tmp_path, capsys):
     out = tmp_path / "out"
-    args = parse(["--quick", "--dataset", "digits", "--epochs", "4", "-T", "3", "-W", "3", "--seeds", "2",
-                  "--prune-fractions", "0.5,0.9",
-                  "--strategies", "tdds,tdds-ccs,tdds-balanced,aum,tdds-weighted",
-                  "--backend", "reference", "--no-progress", "--out", str(out)])
+    args = parse(
+        [
+            "--quick",
+            "--dataset",
+            "digits",
+            "--epochs",
+            "4",
+            "-T",
+            "3",
+            "-W",
+            "3",
+            "--seeds",
+            "2",
+            "--prune-fractions",
+            "0.5,0.9",
+            "--strategies",
+            "tdds,tdds-ccs,tdds-balanced,aum,tdds-weighted",
+            "--backend",
+            "reference",
+            "--no-progress",
+            "--out",
+            str(out),
+        ]
+    )
     assert args.run is demo.run
     assert args.run(args) == 0
     result = json.loads((out / "results.json").read_text())
@@ -47,6 +68,7 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
 def test_quick_applies_only_to_defaults():
     args = parse(["--quick", "--seeds", "4"])
     from tdds_kernels.demo.main import _apply_quick
+
     _apply_quick(args)
     assert (args.seeds, args.epochs, args.num_samples) == (4, 15, 7500)
     assert args.strategies[0] == "random"

@@ -1,4 +1,5 @@
 """Each example runs end to end on CPU (subprocesses, small synthetic data, hard timeouts)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -17,20 +18,27 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "PYTHON
 
 
 def run(*cmd, timeout=120, cwd=None):
-    proc = subprocess.run([str(c) for c in cmd], env=ENV, cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run([str(c) for c in cmd], env=ENV, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     # Known flake of torchrun + gloo here (about 1 run in 10): a rank aborts at interpreter exit,
     # after the final barrier, with "terminate called without an active exception". Its work is
     # done by then (the checks below read its results), so only that exact ending is let through.
     teardown_only = "terminate called without an active exception" in proc.stderr and "stats:" in proc.stdout
-    assert proc.returncode == 0 or teardown_only, \
+    assert proc.returncode == 0 or teardown_only, (
         f"{cmd} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    )
     return proc.stdout
 
 
 def torchrun(*args):
-    return run(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               EXAMPLES / "ddp_torchrun.py", *args)
+    return run(
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        EXAMPLES / "ddp_torchrun.py",
+        *args,
+    )
 
 
 def test_plain_loop(tmp_path):
@@ -43,8 +51,11 @@ def test_ddp_torchrun_resume_matches_an_uninterrupted_run(tmp_path):
     torchrun("--epochs", "4", "--out", tmp_path / "full.pt")
     out = torchrun("--epochs", "4", "--ckpt", tmp_path / "ck", "--stop-after", "1")
     assert "epoch 1:" in out and "epoch 2:" not in out
-    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["model-2.pt", "tdds.pt.rank0-of-2",
-                                                                    "tdds.pt.rank1-of-2"]
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == [
+        "model-2.pt",
+        "tdds.pt.rank0-of-2",
+        "tdds.pt.rank1-of-2",
+    ]
     out = torchrun("--epochs", "4", "--ckpt", tmp_path / "ck", "--out", tmp_path / "resumed.pt")
     assert "resumed at epoch 2" in out and "'duplicates': 4" in out  # 1001 samples on 2 ranks: 1 pad per epoch
     assert torch.equal(torch.load(tmp_path / "full.pt"), torch.load(tmp_path / "resumed.pt"))
@@ -52,8 +63,19 @@ def test_ddp_torchrun_resume_matches_an_uninterrupted_run(tmp_path):
 
 @pytest.mark.skipif(importlib.util.find_spec("pytorch_lightning") is None, reason="pytorch-lightning not installed")
 def test_lightning_example(tmp_path):
-    out = run(sys.executable, EXAMPLES / "lightning_example.py", "--epochs", "3", "--out", tmp_path / "s.pt",
-              "--release-dir", tmp_path / "rel", "--retrain-epochs", "1", cwd=tmp_path)
+    out = run(
+        sys.executable,
+        EXAMPLES / "lightning_example.py",
+        "--epochs",
+        "3",
+        "--out",
+        tmp_path / "s.pt",
+        "--release-dir",
+        tmp_path / "rel",
+        "--retrain-epochs",
+        "1",
+        cwd=tmp_path,
+    )
     assert "kept 500" in out and "retrained 1 epochs on 500 samples" in out
     scores = torch.load(tmp_path / "s.pt")
     assert scores.shape == (1000,)
@@ -64,14 +86,23 @@ def test_lightning_example(tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="transformers not installed")
 def test_hf_trainer(tmp_path):
     # Resumes and 2 ranks: tests/test_hf.py.
-    out = run(sys.executable, EXAMPLES / "hf_trainer.py", "--epochs", "3", "--output-dir", tmp_path / "out",
-              cwd=tmp_path, timeout=300)
+    out = run(
+        sys.executable,
+        EXAMPLES / "hf_trainer.py",
+        "--epochs",
+        "3",
+        "--output-dir",
+        tmp_path / "out",
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert "kept 48" in out and "'duplicates': 0, 'missing': 0" in out
 
 
 @pytest.mark.skipif(importlib.util.find_spec("accelerate") is None, reason="accelerate not installed")
 def test_accelerate_example(tmp_path):
     # Resumes and 2 processes: tests/test_accelerate.py.
-    out = run(sys.executable, EXAMPLES / "accelerate_example.py", "--epochs", "3", "--out", tmp_path / "s.pt",
-              cwd=tmp_path)
+    out = run(
+        sys.executable, EXAMPLES / "accelerate_example.py", "--epochs", "3", "--out", tmp_path / "s.pt", cwd=tmp_path
+    )
     assert "kept 100 of 200" in out and torch.load(tmp_path / "s.pt").shape == (200,)

@@ -2,6 +2,7 @@
 
 Every resume is compared with an uninterrupted run: bit-equal scores. The 2-rank cases run the
 example under torchrun (gloo on loopback)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -22,8 +23,13 @@ from tdds_kernels.integrations.hf import TDDSCallback, add_index  # noqa: E402
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "hf_trainer.py"
 # The subprocesses import this checkout's package, whatever else is installed.
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "PYTHONWARNINGS": "ignore",
-       "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "GLOO_SOCKET_IFNAME": "lo",
+    "PYTHONWARNINGS": "ignore",
+    "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+}
 spec = importlib.util.spec_from_file_location("hf_trainer_example", EXAMPLE)
 ex = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(ex)
@@ -52,8 +58,14 @@ def test_records_every_training_row_once_and_never_eval(full, tmp_path):
     trainer, cb = full
     assert cb.tracker.complete and cb.scores.shape == (96,) and cb.scores.abs().sum() > 0
     # Evaluation ran at every epoch end on 48 samples: recorded, they would show as duplicates.
-    assert cb.tracker.stats == {"duplicates": 0, "missing": 0, "nonfinite": 0, "out_of_range": 0,
-                                "epochs": 4, "windows": 2}
+    assert cb.tracker.stats == {
+        "duplicates": 0,
+        "missing": 0,
+        "nonfinite": 0,
+        "out_of_range": 0,
+        "epochs": 4,
+        "windows": 2,
+    }
     assert [round(h["epoch"]) for h in trainer.state.log_history if "eval_accuracy" in h] == [1, 2, 3, 4]
 
 
@@ -75,8 +87,15 @@ def test_predict_and_metrics_see_plain_labels_and_record_nothing(full):
 
 
 def test_targets_track_the_baselines(tmp_path):
-    args = ex.TrainingArguments(output_dir=str(tmp_path), num_train_epochs=3, per_device_train_batch_size=8,
-                                save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True)
+    args = ex.TrainingArguments(
+        output_dir=str(tmp_path),
+        num_train_epochs=3,
+        per_device_train_batch_size=8,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+    )
     cb = TDDSCallback(96, ex.CLASSES, targets_key="labels", window=3, trajectory_len=3)
     ex.TDDSTrainer(model=ex.tiny_bert(), args=args, train_dataset=add_index(ex.Tokens()), callbacks=[cb]).train()
     base = cb.tracker.baseline_scores()
@@ -94,8 +113,12 @@ def test_matches_a_tracker_fed_an_independent_record(tmp_path):
 
     def recording_bert():
         model = orig()
-        model.register_forward_hook(lambda m, a, kw, out: rows.append((kw["input_ids"].clone(), out.logits.detach().clone()))
-                                    if m.training else None, with_kwargs=True)
+        model.register_forward_hook(
+            lambda m, a, kw, out: (
+                rows.append((kw["input_ids"].clone(), out.logits.detach().clone())) if m.training else None
+            ),
+            with_kwargs=True,
+        )
         return model
 
     ex.tiny_bert = recording_bert
@@ -105,7 +128,7 @@ def test_matches_a_tracker_fed_an_independent_record(tmp_path):
         ex.tiny_bert = orig
     ref = TDDSTracker(96, ex.CLASSES, window=3, trajectory_len=4, backend="reference")
     for e in range(4):
-        for ids, logits in rows[e * STEPS_PER_EPOCH:(e + 1) * STEPS_PER_EPOCH]:
+        for ids, logits in rows[e * STEPS_PER_EPOCH : (e + 1) * STEPS_PER_EPOCH]:
             ref.update(logits, torch.tensor([by_ids[tuple(r)] for r in ids.tolist()]))
         ref.end_epoch()
     assert len(rows) == 4 * STEPS_PER_EPOCH
@@ -113,8 +136,13 @@ def test_matches_a_tracker_fed_an_independent_record(tmp_path):
     torch.testing.assert_close(cb.scores, ref.scores(), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("save_steps, stop", [(STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH),  # epoch end
-                                              (9, 18)])                                 # mid-epoch
+@pytest.mark.parametrize(
+    "save_steps, stop",
+    [
+        (STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH),  # epoch end
+        (9, 18),
+    ],
+)  # mid-epoch
 def test_resume_matches_an_uninterrupted_run(full, tmp_path, save_steps, stop):
     run(tmp_path, "r", "--save-steps", save_steps, "--stop-at-step", stop)
     saved = torch.load(tmp_path / "r" / f"checkpoint-{stop}" / "tdds.pt", weights_only=True)
@@ -164,9 +192,14 @@ def test_a_datasets_dataset_with_a_text_column_gives_the_same_scores(full, tmp_p
 
     def as_dataset(*args, **kwargs):
         t = real(*args, **kwargs)
-        return datasets.Dataset.from_dict({"input_ids": t.ids.tolist(), "attention_mask": [[1] * ex.SEQ] * len(t),
-                                           "labels": t.y.tolist(), "text": [f"sample {i}" for i in range(len(t))]}
-                                          ).with_format("torch")
+        return datasets.Dataset.from_dict(
+            {
+                "input_ids": t.ids.tolist(),
+                "attention_mask": [[1] * ex.SEQ] * len(t),
+                "labels": t.y.tolist(),
+                "text": [f"sample {i}" for i in range(len(t))],
+            }
+        ).with_format("torch")
 
     monkeypatch.setattr(ex, "Tokens", as_dataset)
     _, cb = run(tmp_path, "ds")
@@ -209,7 +242,8 @@ def torchrun(tmp_path, *args):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", EXAMPLE, *args]
     proc = subprocess.run([str(c) for c in cmd], env=ENV, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     teardown_only = "terminate called without an active exception" in proc.stderr and (
-        "stats:" in proc.stdout or "stopped at" in proc.stdout)  # see test_examples.run
+        "stats:" in proc.stdout or "stopped at" in proc.stdout
+    )  # see test_examples.run
     assert proc.returncode == 0 or teardown_only, f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout
 
@@ -218,16 +252,30 @@ def test_two_ranks_resume_matches_an_uninterrupted_run(tmp_path):
     # 96 samples on 2 ranks x 8 per batch: 6 steps per epoch, 5 epochs, 3 scored. The full run's
     # own checkpoints are resumed: step 8 is in the middle of epoch 1, step 12 is epoch 1's last
     # step (written before on_epoch_end), step 20 comes after completion (at step 18).
-    out = torchrun(tmp_path, "--epochs", 5, "--trajectory-len", 3, "--output-dir", "full", "--save-steps", 4,
-                   "--out", "full.pt")
+    out = torchrun(
+        tmp_path, "--epochs", 5, "--trajectory-len", 3, "--output-dir", "full", "--save-steps", 4, "--out", "full.pt"
+    )
     assert "'duplicates': 0, 'missing': 0" in out
     full = torch.load(tmp_path / "full.pt")
     assert full.abs().sum() > 0
     ck = tmp_path / "full"
     assert sorted(p.name for p in (ck / "checkpoint-8").glob("tdds*")) == ["tdds.pt.rank0-of-2", "tdds.pt.rank1-of-2"]
-    assert sorted(p.name for p in (ck / "checkpoint-20").glob("tdds*")) == \
-        ["tdds.final.pt.rank0-of-2", "tdds.final.pt.rank1-of-2"]
+    assert sorted(p.name for p in (ck / "checkpoint-20").glob("tdds*")) == [
+        "tdds.final.pt.rank0-of-2",
+        "tdds.final.pt.rank1-of-2",
+    ]
     for step in (8, 12, 20):
-        torchrun(tmp_path, "--epochs", 5, "--trajectory-len", 3, "--output-dir", f"r{step}",
-                 "--resume", ck / f"checkpoint-{step}", "--out", f"r{step}.pt")
+        torchrun(
+            tmp_path,
+            "--epochs",
+            5,
+            "--trajectory-len",
+            3,
+            "--output-dir",
+            f"r{step}",
+            "--resume",
+            ck / f"checkpoint-{step}",
+            "--out",
+            f"r{step}.pt",
+        )
         assert torch.equal(torch.load(tmp_path / f"r{step}.pt"), full), step

@@ -1,4 +1,5 @@
 """TDDSCallback with a tiny LightningModule on CPU (skipped where pytorch-lightning is missing)."""
+
 from __future__ import annotations
 
 import pytest
@@ -39,8 +40,15 @@ def loader():
 
 def trainer(max_epochs, tmp_path, **kw):
     kw = {"devices": 1, **kw}
-    return pl.Trainer(max_epochs=max_epochs, accelerator="cpu", logger=False, enable_progress_bar=False,
-                      enable_model_summary=False, default_root_dir=tmp_path, **kw)
+    return pl.Trainer(
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        **kw,
+    )
 
 
 def make_callback():
@@ -53,7 +61,7 @@ def test_callback_matches_a_plain_tracker(tmp_path):
     ref = TDDSTracker(N, C, window=W, trajectory_len=T, backend="reference")
     steps = len(model.seen) // T
     for e in range(T):
-        for logits, idx in model.seen[e * steps:(e + 1) * steps]:
+        for logits, idx in model.seen[e * steps : (e + 1) * steps]:
             ref.update(logits, idx)
         ref.end_epoch()
     assert cb.tracker.complete and cb.tracker.epoch == T
@@ -71,7 +79,8 @@ def test_checkpoint_resume_matches_an_uninterrupted_run(tmp_path):
     assert first.tracker.epoch == 2
     resumed = make_callback()
     trainer(T, tmp_path / "b", callbacks=[resumed], enable_checkpointing=False).fit(
-        Tiny(), loader(), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+        Tiny(), loader(), ckpt_path=tmp_path / "ckpt" / "last.ckpt"
+    )
     assert resumed.tracker.epoch == T
     torch.testing.assert_close(resumed.scores, full_cb.scores, rtol=1e-6, atol=1e-7)
 
@@ -92,7 +101,9 @@ def test_mid_epoch_checkpoint_warns_and_resume_does_what_it_says(tmp_path):
     (path,) = (tmp_path / "ckpt").iterdir()
     resumed = make_callback()
     with pytest.warns(RuntimeWarning, match=r"middle of epoch 1 \(16 rows recorded\)"):
-        trainer(T, tmp_path / "b", callbacks=[resumed], enable_checkpointing=False).fit(Tiny(), loader(), ckpt_path=path)
+        trainer(T, tmp_path / "b", callbacks=[resumed], enable_checkpointing=False).fit(
+            Tiny(), loader(), ckpt_path=path
+        )
     # As warned: epoch 1 restarts at its first batch and runs the 3 steps left, so batches 0-1
     # are recorded twice and batches 3-4 not at all.
     stats = resumed.tracker.stats
@@ -117,7 +128,8 @@ def test_complete_tracker_checkpoints_drop_the_recording_state(tmp_path):
     # Training on from it: the tracker stays complete, with the same scores and stats.
     resumed = make_callback()
     trainer(T + 1, tmp_path / "a", callbacks=[resumed], enable_checkpointing=False).fit(
-        Tiny(), loader(), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+        Tiny(), loader(), ckpt_path=tmp_path / "ckpt" / "last.ckpt"
+    )
     assert resumed.tracker.complete and resumed.tracker.stats == cb.tracker.stats
     assert torch.equal(resumed.scores, cb.scores)
 
@@ -142,14 +154,16 @@ class Recording(TDDSCallback):
     def on_train_end(self, trainer, pl_module):
         super().on_train_end(trainer, pl_module)
         shard = getattr(self.tracker, "shard_size", self.tracker.num_samples)  # a single tracker: all
-        torch.save({"scores": self.scores, "seen": pl_module.seen, "shard": shard},
-                   self.out / f"rank{trainer.global_rank}.pt")
+        torch.save(
+            {"scores": self.scores, "seen": pl_module.seen, "shard": shard}, self.out / f"rank{trainer.global_rank}.pt"
+        )
 
 
 def test_ddp_spawn_two_ranks_shard_the_state(tmp_path):
     cb = Recording(tmp_path)
-    trainer(T, tmp_path, callbacks=[cb], enable_checkpointing=False, strategy="ddp_spawn",
-            devices=2).fit(Tiny(), loader())
+    trainer(T, tmp_path, callbacks=[cb], enable_checkpointing=False, strategy="ddp_spawn", devices=2).fit(
+        Tiny(), loader()
+    )
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
     assert [r["shard"] for r in ranks] == [N // 2, N // 2]
     ref = TDDSTracker(N, C, window=W, trajectory_len=T, backend="reference")

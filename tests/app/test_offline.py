@@ -1,4 +1,5 @@
 """`tdds-kernels score`: the release's outputs from a dump folder, and clean failures."""
+
 import os
 import subprocess
 import sys
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 
 from tdds_kernels import cli
+
 from conftest import FIXTURES
 from dense import dense_scores
 from helpers import random_epochs
@@ -44,9 +46,12 @@ def test_scores_fixture_like_the_release(tmp_path, capsys):
 
 def test_python_dash_m_entry_point(tmp_path):
     dump = write_dump(tmp_path / "d", random_epochs(np.random.default_rng(0), 30, 4, 5))
-    res = subprocess.run([sys.executable, "-m", "tdds_kernels", "score", str(dump), "-T", "5", "-W", "3",
-                          "-b", "0.9", "--no-progress"], capture_output=True, text=True,
-                         env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    res = subprocess.run(
+        [sys.executable, "-m", "tdds_kernels", "score", str(dump), "-T", "5", "-W", "3", "-b", "0.9", "--no-progress"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONWARNINGS="ignore"),
+    )
     assert res.returncode == 0, res.stderr
     assert (dump / "data_mask_win3_ep5.npy").is_file() and (dump / "score_win3_ep5.npy").is_file()
 
@@ -57,8 +62,7 @@ def test_missing_and_duplicate_samples_warn_and_follow_the_semantics(tmp_path, c
     assert run_cli(dump, "-T", 6, "-W", 3, "-b", 0.8, "--num-samples", 25) == 0
     err = capsys.readouterr().err
     assert "pairs missing" in err and "duplicate rows" in err
-    np.testing.assert_allclose(np.load(dump / "scores.npy"), dense_scores(epochs, 25, 3, 0.8),
-                               rtol=1e-4, atol=2e-5)
+    np.testing.assert_allclose(np.load(dump / "scores.npy"), dense_scores(epochs, 25, 3, 0.8), rtol=1e-4, atol=2e-5)
 
 
 def _fails_cleanly(tmp_path, capsys, dump, *extra, match):
@@ -94,8 +98,9 @@ def test_row_count_mismatch(tmp_path, capsys):
     _fails_cleanly(tmp_path, capsys, dump, match="2_Index.npy: 9 indices for 10 rows")
 
 
-@pytest.mark.parametrize("bad,extra,match", [(-1, (), "negative dataset index -1"),
-                                             (10, ("--num-samples", 10), "index 10 out of range")])
+@pytest.mark.parametrize(
+    "bad,extra,match", [(-1, (), "negative dataset index -1"), (10, ("--num-samples", 10), "index 10 out of range")]
+)
 def test_out_of_range_indices(tmp_path, capsys, bad, extra, match):
     dump = write_dump(tmp_path / "d", random_epochs(np.random.default_rng(6), 10, 3, 4))
     idx = np.load(dump / "3_Index.npy")

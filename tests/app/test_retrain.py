@@ -1,4 +1,5 @@
 """From scores to retraining: kept_subset / kept_sampler, and the release files from a tracker."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,14 +17,20 @@ from conftest import FIXTURES
 @pytest.mark.skipif(not FIXTURES.is_dir(), reason="fixtures not found")
 def test_release_files_from_a_tracker_equal_the_offline_scorers(tmp_path):
     src = FIXTURES / "small_c10"
-    assert cli.main(["score", str(src), "-T", "12", "-W", "5", "-b", "0.9", "--out", str(tmp_path / "cli"),
-                     "--no-progress"]) == 0
+    assert (
+        cli.main(
+            ["score", str(src), "-T", "12", "-W", "5", "-b", "0.9", "--out", str(tmp_path / "cli"), "--no-progress"]
+        )
+        == 0
+    )
     tracker = tk.TDDSTracker(1000, 10, window=5, decay=0.9, trajectory_len=12)
     for t in range(12):
         out, idx = np.load(src / f"{t}_Output.npy"), np.load(src / f"{t}_Index.npy")
         for rows in np.array_split(np.arange(len(idx)), 7):  # batches, as a training loop feeds them
-            tracker.update(torch.from_numpy(np.ascontiguousarray(out[rows], dtype=np.float32)),
-                           torch.from_numpy(idx[rows].astype(np.int64)))
+            tracker.update(
+                torch.from_numpy(np.ascontiguousarray(out[rows], dtype=np.float32)),
+                torch.from_numpy(idx[rows].astype(np.int64)),
+            )
         tracker.end_epoch()
     paths = write_release_files(tracker, tmp_path / "online")
     assert sorted(p.name for p in paths) == ["data_mask_win5_ep12.npy", "score_win5_ep12.npy", "scores.npy"]
@@ -82,13 +89,16 @@ def test_kept_sampler_shuffles_within_the_kept_set():
     assert torch.equal(xs, kept * 10)
 
 
-@pytest.mark.parametrize("kept, kind, text", [
-    (torch.tensor([0.5, 1.0]), TypeError, "kept: expected a 1-D tensor of dataset indices"),
-    (torch.tensor([[1, 2]]), TypeError, "kept: expected a 1-D tensor"),
-    (torch.tensor([1, 20]), ValueError, r"kept: expected indices in \[0, 20\), got \[1, 20\]"),
-    (torch.tensor([-1, 2]), ValueError, r"kept: expected indices in \[0, 20\)"),
-    (torch.tensor([2, 2]), ValueError, "kept: expected each dataset index once"),
-])
+@pytest.mark.parametrize(
+    "kept, kind, text",
+    [
+        (torch.tensor([0.5, 1.0]), TypeError, "kept: expected a 1-D tensor of dataset indices"),
+        (torch.tensor([[1, 2]]), TypeError, "kept: expected a 1-D tensor"),
+        (torch.tensor([1, 20]), ValueError, r"kept: expected indices in \[0, 20\), got \[1, 20\]"),
+        (torch.tensor([-1, 2]), ValueError, r"kept: expected indices in \[0, 20\)"),
+        (torch.tensor([2, 2]), ValueError, "kept: expected each dataset index once"),
+    ],
+)
 def test_bad_kept_indices_raise(kept, kind, text):
     with pytest.raises(kind, match=text):
         kept_subset(dataset(), kept)

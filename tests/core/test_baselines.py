@@ -1,4 +1,5 @@
 """Baseline scores (tdds_kernels.core.baselines) against a dense per-sample restatement written here."""
+
 import math
 
 import numpy as np
@@ -30,7 +31,7 @@ def random_epochs(n, c, epochs, seed):
         z = torch.randn(len(idx), c, generator=g) * 2
         z[torch.arange(len(idx)), labels[idx]] += torch.rand(len(idx), generator=g) * 3
         z[torch.rand(len(idx), generator=g) < 0.05, 0] = float("nan")
-        out.append([(z[i:i + 7], idx[i:i + 7]) for i in range(0, len(idx), 7)])
+        out.append([(z[i : i + 7], idx[i : i + 7]) for i in range(0, len(idx), 7)])
     return labels, out
 
 
@@ -70,8 +71,10 @@ def dense_reference(n, c, labels, epochs, window, el2n_epoch=None):
         dyn.append(float(np.mean(stds)) if stds else 0.0)
     top = max([f for f, ok in zip(forgetting, learned) if ok], default=0)
     forgetting = [f if ok else top + 1 for f, ok in zip(forgetting, learned)]
-    return {k: torch.tensor(v, dtype=torch.float32) for k, v in
-            (("forgetting", forgetting), ("el2n", el2n), ("aum", aum), ("dyn_unc", dyn))}
+    return {
+        k: torch.tensor(v, dtype=torch.float32)
+        for k, v in (("forgetting", forgetting), ("el2n", el2n), ("aum", aum), ("dyn_unc", dyn))
+    }
 
 
 def feed(tracker, epochs, labels):
@@ -183,12 +186,15 @@ def test_no_targets_no_baselines():
         t.baseline_scores()
 
 
-@pytest.mark.parametrize("targets, exc, match", [
-    (torch.tensor([0, 1]), ValueError, "shape"),
-    (torch.tensor([0.0, 1.0, 0.0]), TypeError, "integer"),
-    (torch.tensor([0, 2, 0]), ValueError, r"\[0, 2\)"),
-    ([0, 1, 0], TypeError, "Tensor"),
-])
+@pytest.mark.parametrize(
+    "targets, exc, match",
+    [
+        (torch.tensor([0, 1]), ValueError, "shape"),
+        (torch.tensor([0.0, 1.0, 0.0]), TypeError, "integer"),
+        (torch.tensor([0, 2, 0]), ValueError, r"\[0, 2\)"),
+        ([0, 1, 0], TypeError, "Tensor"),
+    ],
+)
 def test_bad_targets_raise_and_change_nothing(targets, exc, match):
     t = make_tracker(3, 2)
     t.update(torch.randn(3, 2), torch.arange(3), targets=torch.tensor([0, 1, 0]))
@@ -221,14 +227,16 @@ def test_checkpoint_round_trip(tmp_path):
     resumed = TDDSTracker.load(tmp_path / "t.pt", backend="reference")
     feed(resumed, epochs[4:], labels)
     for name in NAMES:
-        torch.testing.assert_close(resumed.baseline_scores()[name], full.baseline_scores()[name],
-                                   equal_nan=True, rtol=0, atol=0)
+        torch.testing.assert_close(
+            resumed.baseline_scores()[name], full.baseline_scores()[name], equal_nan=True, rtol=0, atol=0
+        )
 
 
 def test_load_state_dict_validates_before_changing():
     b = BaselineScores(5, 3, window=3, el2n_epoch=2)
-    b.update(torch.randn(5, 3), torch.arange(5), torch.zeros(5, dtype=torch.long),
-             torch.full((5,), -1, dtype=torch.int32), 0)
+    b.update(
+        torch.randn(5, 3), torch.arange(5), torch.zeros(5, dtype=torch.long), torch.full((5,), -1, dtype=torch.int32), 0
+    )
     sd = b.state_dict()
     other = BaselineScores(5, 3)
     other.load_state_dict(sd)  # window / el2n_epoch come from the state dict
@@ -253,8 +261,10 @@ def test_load_state_dict_validates_before_changing():
 
 def test_tracker_baseline_options_reach_the_baselines(tmp_path):
     import tdds_kernels as tk
-    tr = tk.TDDSTracker(6, 3, window=3, trajectory_len=None, backend="reference",
-                        baseline_options={"window": 3, "el2n_epoch": 1})
+
+    tr = tk.TDDSTracker(
+        6, 3, window=3, trajectory_len=None, backend="reference", baseline_options={"window": 3, "el2n_epoch": 1}
+    )
     for _ in range(3):
         tr.update(torch.randn(6, 3), torch.arange(6), torch.arange(6) % 3)
         tr.end_epoch()

@@ -1,4 +1,5 @@
 """Checkpoints: atomic save, validated load, bit-identical resume in a fresh process."""
+
 import os
 import subprocess
 import sys
@@ -9,8 +10,9 @@ import pytest
 import torch
 
 import tdds_kernels as tk
-from helpers import FAST_CPU_BACKENDS, assert_same_state, feed, random_epochs, snapshot
+
 from conftest import REPO
+from helpers import FAST_CPU_BACKENDS, assert_same_state, feed, random_epochs, snapshot
 
 pytestmark = pytest.mark.filterwarnings("ignore:tdds_kernels. using the reference backend")
 
@@ -47,13 +49,16 @@ def test_crash_during_save_keeps_previous_file(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["t.pt"], "temporary file left behind"
 
 
-@pytest.mark.parametrize("change,match", [
-    ({"num_samples": 8}, "num_samples: tracker has 8, state dict has 7"),
-    ({"window": 4}, "window"),
-    ({"decay": 0.5}, "decay"),
-    ({"trajectory_len": None}, "trajectory_len"),
-    ({"storage_dtype": torch.float16}, "storage_dtype"),
-])
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        ({"num_samples": 8}, "num_samples: tracker has 8, state dict has 7"),
+        ({"window": 4}, "window"),
+        ({"decay": 0.5}, "decay"),
+        ({"trajectory_len": None}, "trajectory_len"),
+        ({"storage_dtype": torch.float16}, "storage_dtype"),
+    ],
+)
 def test_load_state_dict_names_mismatch_and_changes_nothing(change, match):
     src = _tracker()
     feed(src, random_epochs(np.random.default_rng(3), 7, 4, 2))
@@ -66,9 +71,11 @@ def test_load_state_dict_names_mismatch_and_changes_nothing(change, match):
 
 def test_load_rejects_bad_files(tmp_path):
     sd = _tracker().state_dict()
-    for key, value, match in [("version", 99, "format version"),
-                              ("format", "x", "not a tdds_kernels.TDDSTracker checkpoint"),
-                              ("ring", torch.zeros(7, 5), "ring: expected shape")]:
+    for key, value, match in [
+        ("version", 99, "format version"),
+        ("format", "x", "not a tdds_kernels.TDDSTracker checkpoint"),
+        ("ring", torch.zeros(7, 5), "ring: expected shape"),
+    ]:
         bad = dict(sd, **{key: value})
         torch.save(bad, tmp_path / "bad.pt")
         with pytest.raises(ValueError, match=match):
@@ -103,10 +110,15 @@ def test_resume_in_fresh_process_is_bit_identical(tmp_path, backend, stop):
     script.write_text(RESUME.format(tests=str(REPO / "tests")))
     path = str(tmp_path / "ckpt.pt")
     for phase in ("first", "second"):
-        subprocess.run([sys.executable, str(script), str(stop), path, backend, phase], check=True,
-                       cwd=tmp_path, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+        subprocess.run(
+            [sys.executable, str(script), str(stop), path, backend, phase],
+            check=True,
+            cwd=tmp_path,
+            env=dict(os.environ, PYTHONWARNINGS="ignore"),
+        )
     resumed = torch.load(path + ".scores")
     import sys as _sys
+
     _sys.path.insert(0, str(REPO / "tests"))
     whole = tk.TDDSTracker(20, 6, window=3, decay=0.8, trajectory_len=8, backend=backend)
     feed(whole, random_epochs(np.random.default_rng(11), 20, 6, 8, p_missing=0.2, p_dup=0.2))

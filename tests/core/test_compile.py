@@ -5,6 +5,7 @@ epoch lives on the device (counters[EPOCH]), so the step needs no graph break an
 when the epoch advances. Checked on CPU with the reference backend, and with the Triton backend
 under the interpreter (the same op registration serves CUDA).
 """
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,7 @@ def make_step(model, tracker):
         logits = model(x)
         tracker.update(logits.detach(), idx)
         return F.cross_entropy(logits, y)
+
     return step
 
 
@@ -70,12 +72,14 @@ def test_training_step_has_no_graph_break(backend):
     # The op is in the graph, not run around it.
     ops = [n.target for g in explanation.graphs for n in g.graph.nodes if n.op == "call_function"]
     suffix = "" if backend == "reference" else "_triton"
-    assert getattr(torch.ops.tdds, "update" + suffix) in ops or \
-        getattr(torch.ops.tdds, "update" + suffix).default in ops, ops
+    assert (
+        getattr(torch.ops.tdds, "update" + suffix) in ops or getattr(torch.ops.tdds, "update" + suffix).default in ops
+    ), ops
 
 
-@pytest.mark.parametrize("backend,compile_backend", [
-    ("reference", "inductor"), ("reference", "aot_eager"), ("triton", "aot_eager")])
+@pytest.mark.parametrize(
+    "backend,compile_backend", [("reference", "inductor"), ("reference", "aot_eager"), ("triton", "aot_eager")]
+)
 def test_compiled_training_matches_eager(backend, compile_backend):
     need(backend)
     torch._dynamo.reset()
@@ -93,8 +97,15 @@ def test_triton_on_cuda_under_inductor(storage):
     if backends.unavailable_reason("triton", torch.device("cuda")) is not None:
         pytest.skip(backends.unavailable_reason("triton", torch.device("cuda")))
     torch._dynamo.reset()
-    kw = dict(num_samples=64, num_classes=1000, window=3, trajectory_len=None, device="cuda",
-              storage_dtype=storage, backend="triton")
+    kw = dict(
+        num_samples=64,
+        num_classes=1000,
+        window=3,
+        trajectory_len=None,
+        device="cuda",
+        storage_dtype=storage,
+        backend="triton",
+    )
     eager, compiled = tk.TDDSTracker(**kw), tk.TDDSTracker(**kw)
     step = torch.compile(lambda z, i: compiled.update(z, i), fullgraph=True)
     base = torch.randn(64, 1000, device="cuda")
@@ -145,10 +156,10 @@ def test_triton_kernels_compile_for_hopper():
     import os
     import subprocess
     import sys
+
     pytest.importorskip("triton")
     env = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1")
-    r = subprocess.run([sys.executable, "-c", AOT_SCRIPT], capture_output=True, text=True, env=env,
-                       timeout=600)
+    r = subprocess.run([sys.executable, "-c", AOT_SCRIPT], capture_output=True, text=True, env=env, timeout=600)
     if r.returncode and "ptxas" in r.stderr and "not found" in r.stderr.lower():
         pytest.skip("Triton's ptxas is not available")
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]

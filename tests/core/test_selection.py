@@ -1,10 +1,21 @@
 """Selection strategies on hand-made score vectors."""
+
 import pytest
 import torch
 
-from tdds_kernels.core.selection import (STRATEGIES, ascending_order, ccs, class_balanced, descending_order,
-                                    importance_weights, num_kept, random_subset, select, select_coreset,
-                                    top)
+from tdds_kernels.core.selection import (
+    STRATEGIES,
+    ascending_order,
+    ccs,
+    class_balanced,
+    descending_order,
+    importance_weights,
+    num_kept,
+    random_subset,
+    select,
+    select_coreset,
+    top,
+)
 
 
 # ---------------------------------------------------------------- the release's select and friends
@@ -21,21 +32,36 @@ def test_ties_break_toward_lower_index_and_orders_are_reverse():
     assert ascending_order(s).tolist() == [2, 0, 3, 1]
     assert select(s, keep_fraction=0.25).tolist() == [1]
     # Dropping the head of the ascending order keeps exactly select()'s set.
-    assert sorted(ascending_order(s)[int(0.5 * 4):].tolist()) == select(s, prune_fraction=0.5).tolist()
+    assert sorted(ascending_order(s)[int(0.5 * 4) :].tolist()) == select(s, prune_fraction=0.5).tolist()
 
 
-@pytest.mark.parametrize("n, prune, keep, want", [
-    (10, 0.0, None, 10), (10, 0.95, None, 1), (7, 0.5, None, 4), (1, 0.9, None, 1),
-    (10, None, 1.0, 10), (10, None, 0.01, 1), (7, None, 0.5, 4),
-])
+@pytest.mark.parametrize(
+    "n, prune, keep, want",
+    [
+        (10, 0.0, None, 10),
+        (10, 0.95, None, 1),
+        (7, 0.5, None, 4),
+        (1, 0.9, None, 1),
+        (10, None, 1.0, 10),
+        (10, None, 0.01, 1),
+        (7, None, 0.5, 4),
+    ],
+)
 def test_num_kept(n, prune, keep, want):
     assert num_kept(n, prune, keep) == want
 
 
-@pytest.mark.parametrize("prune, keep, match", [
-    (None, None, "exactly one"), (0.5, 0.5, "exactly one"), (1.0, None, "prune_fraction"),
-    (-0.1, None, "prune_fraction"), (None, 0.0, "keep_fraction"), (None, 1.5, "keep_fraction"),
-])
+@pytest.mark.parametrize(
+    "prune, keep, match",
+    [
+        (None, None, "exactly one"),
+        (0.5, 0.5, "exactly one"),
+        (1.0, None, "prune_fraction"),
+        (-0.1, None, "prune_fraction"),
+        (None, 0.0, "keep_fraction"),
+        (None, 1.5, "keep_fraction"),
+    ],
+)
 def test_num_kept_errors(prune, keep, match):
     with pytest.raises(ValueError, match=match):
         num_kept(10, prune, keep)
@@ -126,10 +152,14 @@ def test_ccs_cut_shrinks_when_budget_needs_it_and_constant_scores():
     assert ccs(torch.ones(10), keep_fraction=0.3).numel() == 3
 
 
-@pytest.mark.parametrize("kw, exc, match", [
-    (dict(hard_cut=1.0), ValueError, "hard_cut"), (dict(bins=0), ValueError, "bins"),
-    (dict(seed=1.5), TypeError, "seed"),
-])
+@pytest.mark.parametrize(
+    "kw, exc, match",
+    [
+        (dict(hard_cut=1.0), ValueError, "hard_cut"),
+        (dict(bins=0), ValueError, "bins"),
+        (dict(seed=1.5), TypeError, "seed"),
+    ],
+)
 def test_ccs_errors(kw, exc, match):
     with pytest.raises(exc, match=match):
         ccs(torch.rand(10), keep_fraction=0.5, **kw)
@@ -147,23 +177,31 @@ def test_select_coreset_dispatch():
     scores = torch.tensor([0.1, 0.9, 0.5, 0.7, 0.3, 0.2])
     labels = torch.tensor([0, 0, 0, 1, 1, 1])
     assert torch.equal(select_coreset("top", scores, prune_fraction=0.5), select(scores, prune_fraction=0.5))
-    assert torch.equal(select_coreset("class_balanced", scores, labels, keep_fraction=0.5),
-                       class_balanced(scores, labels, keep_fraction=0.5))
-    assert torch.equal(select_coreset("ccs", scores, keep_fraction=0.5, seed=2, bins=2),
-                       ccs(scores, keep_fraction=0.5, seed=2, bins=2))
-    assert torch.equal(select_coreset("random", labels=labels, prune_fraction=0.5, seed=4),
-                       random_subset(6, prune_fraction=0.5, seed=4))
+    assert torch.equal(
+        select_coreset("class_balanced", scores, labels, keep_fraction=0.5),
+        class_balanced(scores, labels, keep_fraction=0.5),
+    )
+    assert torch.equal(
+        select_coreset("ccs", scores, keep_fraction=0.5, seed=2, bins=2), ccs(scores, keep_fraction=0.5, seed=2, bins=2)
+    )
+    assert torch.equal(
+        select_coreset("random", labels=labels, prune_fraction=0.5, seed=4),
+        random_subset(6, prune_fraction=0.5, seed=4),
+    )
     for strategy in STRATEGIES:
         assert select_coreset(strategy, scores, labels, prune_fraction=0.5).numel() == 3
 
 
-@pytest.mark.parametrize("call, exc, match", [
-    (lambda s, y: select_coreset("nope", s), ValueError, "strategy"),
-    (lambda s, y: select_coreset("top", None, y, prune_fraction=0.5), ValueError, "scores"),
-    (lambda s, y: select_coreset("class_balanced", s, prune_fraction=0.5), ValueError, "labels"),
-    (lambda s, y: select_coreset("random", prune_fraction=0.5), ValueError, "size"),
-    (lambda s, y: select_coreset("top", s, prune_fraction=0.5, bins=3), TypeError, "options"),
-])
+@pytest.mark.parametrize(
+    "call, exc, match",
+    [
+        (lambda s, y: select_coreset("nope", s), ValueError, "strategy"),
+        (lambda s, y: select_coreset("top", None, y, prune_fraction=0.5), ValueError, "scores"),
+        (lambda s, y: select_coreset("class_balanced", s, prune_fraction=0.5), ValueError, "labels"),
+        (lambda s, y: select_coreset("random", prune_fraction=0.5), ValueError, "size"),
+        (lambda s, y: select_coreset("top", s, prune_fraction=0.5, bins=3), TypeError, "options"),
+    ],
+)
 def test_select_coreset_errors(call, exc, match):
     with pytest.raises(exc, match=match):
         call(torch.rand(4), torch.tensor([0, 1, 0, 1]))

@@ -1,4 +1,5 @@
 """TDDSTracker semantics (docs/design.md §3) on every CPU backend, against a dense restatement."""
+
 import math
 import warnings
 
@@ -9,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tdds_kernels as tk
+
 from dense import dense_scores
 from helpers import CPU_BACKENDS, assert_same_state, feed, make_tracker, random_epochs, snapshot
 
@@ -30,8 +32,9 @@ def test_matches_dense_formula(backend, data):
     p_nonfinite = data.draw(st.sampled_from([0.0, 0.0, 0.2]), label="p_nonfinite")
     seed = data.draw(st.integers(0, 2**31 - 1), label="seed")
     epochs = random_epochs(np.random.default_rng(seed), n, c, t, p_missing, p_dup, p_nonfinite)
-    tracker = make_tracker(backend, num_samples=n, num_classes=c, window=w, decay=beta,
-                           trajectory_len=t, on_nonfinite="skip")
+    tracker = make_tracker(
+        backend, num_samples=n, num_classes=c, window=w, decay=beta, trajectory_len=t, on_nonfinite="skip"
+    )
     feed(tracker, epochs)
     assert tracker.complete
     expected = torch.from_numpy(dense_scores(epochs, n, w, beta)).float()
@@ -53,8 +56,9 @@ def test_full_coverage_equals_release_formula(backend):
     epochs = random_epochs(rng, n, c, t)
     tracker = make_tracker(backend, num_samples=n, num_classes=c, window=t, decay=1.0, trajectory_len=t)
     feed(tracker, epochs)
-    torch.testing.assert_close(tracker.scores(), torch.from_numpy(dense_scores(epochs, n, t, 1.0)).float(),
-                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        tracker.scores(), torch.from_numpy(dense_scores(epochs, n, t, 1.0)).float(), rtol=1e-4, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
@@ -87,7 +91,7 @@ def test_in_batch_duplicates_never_mix(backend):
         ref = make_tracker("reference", num_samples=1, num_classes=c, window=3, trajectory_len=None)
         ref.update(prev, torch.tensor([0]))
         ref.end_epoch()
-        ref.update(rows[keep:keep + 1], torch.tensor([0]))
+        ref.update(rows[keep : keep + 1], torch.tensor([0]))
         outcomes.append(ref.state_dict())
     tr = make_tracker(backend, num_samples=1, num_classes=c, window=3, trajectory_len=None)
     tr.update(prev, torch.tensor([0]))
@@ -95,9 +99,14 @@ def test_in_batch_duplicates_never_mix(backend):
     tr.update(rows, torch.tensor([0, 0]))
     got = tr.state_dict()
     assert got["counters"][0] == 1
-    matches = [all(torch.equal(got[k], o[k]) or (got[k].is_floating_point() and
-                   torch.allclose(got[k], o[k], rtol=1e-5, atol=1e-6, equal_nan=True))
-                   for k in ("prev", "seen", "ring")) for o in outcomes]
+    matches = [
+        all(
+            torch.equal(got[k], o[k])
+            or (got[k].is_floating_point() and torch.allclose(got[k], o[k], rtol=1e-5, atol=1e-6, equal_nan=True))
+            for k in ("prev", "seen", "ring")
+        )
+        for o in outcomes
+    ]
     assert any(matches), "in-batch duplicate rows were mixed"
     if backend == "reference":
         assert matches[0], "the reference applies the first occurrence"
@@ -156,8 +165,9 @@ def test_half_logits_softmax_in_fp32(backend, dtype):
     as32 = [[(l.float().numpy(), i) for l, i in b] for b in half]  # the same values, in fp32
     tr = make_tracker(backend, num_samples=n, num_classes=c, window=3, decay=0.7, trajectory_len=4)
     feed(tr, half)
-    torch.testing.assert_close(tr.scores(), torch.from_numpy(dense_scores(as32, n, 3, 0.7)).float(),
-                               rtol=1e-4, atol=2e-5)
+    torch.testing.assert_close(
+        tr.scores(), torch.from_numpy(dense_scores(as32, n, 3, 0.7)).float(), rtol=1e-4, atol=2e-5
+    )
 
 
 @pytest.mark.parametrize("storage", [torch.float32, torch.bfloat16, torch.float16])
@@ -169,8 +179,9 @@ def test_storage_dtypes_close_to_fp32(backend, storage):
     feed(tr, epochs)
     assert tr.state_dict()["prev"].dtype == storage
     tol = {torch.float32: 2e-5, torch.bfloat16: 0.05, torch.float16: 0.01}[storage]
-    torch.testing.assert_close(tr.scores(), torch.from_numpy(dense_scores(epochs, n, 3, 0.9)).float(),
-                               rtol=tol, atol=tol)
+    torch.testing.assert_close(
+        tr.scores(), torch.from_numpy(dense_scores(epochs, n, 3, 0.9)).float(), rtol=tol, atol=tol
+    )
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
@@ -185,8 +196,9 @@ def test_completion_and_no_trajectory_len(backend):
     forever = make_tracker(backend, num_samples=5, num_classes=3, window=3, trajectory_len=None)
     feed(forever, epochs)
     assert not forever.complete and forever.epoch == 6
-    torch.testing.assert_close(forever.scores(), torch.from_numpy(dense_scores(epochs, 5, 3, 0.9)).float(),
-                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        forever.scores(), torch.from_numpy(dense_scores(epochs, 5, 3, 0.9)).float(), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_scores_before_any_window_are_zero():
@@ -224,18 +236,21 @@ def test_bad_input_raises_and_changes_nothing(backend, make, exc, match):
     assert_same_state(before, snapshot(tr))
 
 
-@pytest.mark.parametrize("kwargs,exc,match", [
-    (dict(num_samples=0), ValueError, "num_samples"),
-    (dict(num_classes=2.0), TypeError, "num_classes"),
-    (dict(window=1), ValueError, "window"),
-    (dict(window=5, trajectory_len=4), ValueError, "trajectory_len"),
-    (dict(decay=0.0), ValueError, "decay"),
-    (dict(decay=1.5), ValueError, "decay"),
-    (dict(storage_dtype=torch.float64), TypeError, "storage_dtype"),
-    (dict(on_nonfinite="ignore"), ValueError, "on_nonfinite"),
-    (dict(backend="fastest"), ValueError, "backend"),
-    (dict(backend="cuda"), ValueError, "backend: 'cuda' is not available"),
-])
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        (dict(num_samples=0), ValueError, "num_samples"),
+        (dict(num_classes=2.0), TypeError, "num_classes"),
+        (dict(window=1), ValueError, "window"),
+        (dict(window=5, trajectory_len=4), ValueError, "trajectory_len"),
+        (dict(decay=0.0), ValueError, "decay"),
+        (dict(decay=1.5), ValueError, "decay"),
+        (dict(storage_dtype=torch.float64), TypeError, "storage_dtype"),
+        (dict(on_nonfinite="ignore"), ValueError, "on_nonfinite"),
+        (dict(backend="fastest"), ValueError, "backend"),
+        (dict(backend="cuda"), ValueError, "backend: 'cuda' is not available"),
+    ],
+)
 def test_bad_config(kwargs, exc, match):
     cfg = dict(num_samples=4, num_classes=3, window=3, trajectory_len=4) | kwargs
     with pytest.raises(exc, match=match):
@@ -246,8 +261,9 @@ def test_out_of_range_skipped_and_counted_by_the_ops():
     # On CUDA the kernels skip and count (the tracker raises at end_epoch); the reference op
     # does the same when called directly, and the tracker's end_epoch reports it.
     tr = make_tracker(num_samples=3, num_classes=2, window=3, trajectory_len=None)
-    tr._backend.update(torch.randn(3, 2), torch.tensor([0, 5, -2]), tr._state.prev, tr._state.seen, tr._state.ring,
-                       tr._state.counters)
+    tr._backend.update(
+        torch.randn(3, 2), torch.tensor([0, 5, -2]), tr._state.prev, tr._state.seen, tr._state.ring, tr._state.counters
+    )
     assert tr.stats["out_of_range"] == 2 and tr.state_dict()["seen"].tolist() == [0, -1, -1]
     before = snapshot(tr)
     with pytest.raises(ValueError, match="2 rows of epoch 0 had dataset indices outside"):

@@ -4,6 +4,7 @@ One spawn per world size runs every scenario (process start-up dominates the cos
 records a traceback or None per scenario and the tests below report them one by one. Collectives
 time out (gloo timeout) and the spawn has a deadline, so a hang fails instead of blocking CI.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -102,8 +103,10 @@ def scenario_dtypes(rank, world, pg, tmp):
     feed(sharded, 1, world, rank, targets=False, dtype=mixed)
     logits, _, steps = epoch_data(1, world)
     for step in steps:  # the same rows, each rounded as its source rank did
-        single.update(torch.cat([logits[i].to(torch.float16 if r == 0 else torch.float32).float()
-                                 for r, i in enumerate(step)]), torch.cat(step))
+        single.update(
+            torch.cat([logits[i].to(torch.float16 if r == 0 else torch.float32).float() for r, i in enumerate(step)]),
+            torch.cat(step),
+        )
     single.end_epoch()
     for e in range(2, T):
         feed(sharded, e, world, rank, targets=False)
@@ -136,7 +139,7 @@ def scenario_save_load(rank, world, pg, tmp):
     c = TDDSTracker(N, **CFG, process_group=pg)
     c.load_full_state_dict(merged if rank % 2 else full)
     for t in (a, b, c, single):
-        for step in steps[len(steps) // 2:]:
+        for step in steps[len(steps) // 2 :]:
             idx = torch.cat(step) if t is single else step[rank]
             t.update(logits[idx], idx, y[idx])
         t.end_epoch()
@@ -180,8 +183,11 @@ def scenario_bad_batch(rank, world, pg, tmp):
             assert msg == text, name  # exactly the single tracker's error
         else:
             good_y = torch.zeros(4, dtype=torch.int64) if y is not None else None
-            expect_error(lambda: sharded.update(good_x, good_i, good_y),
-                         kind, f"rank {bad_rank} failed, so no rank went on: {text}")
+            expect_error(
+                lambda: sharded.update(good_x, good_i, good_y),
+                kind,
+                f"rank {bad_rank} failed, so no rank went on: {text}",
+            )
     # Two ranks bad at once: each gets its own error.
     if rank == 0:
         expect_error(lambda: sharded.update(torch.randn(4, C + 1), good_i), ValueError, "expected 7 classes")
@@ -204,8 +210,11 @@ def scenario_disagreement(rank, world, pg, tmp):
     call = t.update if rank == 0 else t.end_epoch
     expect_error(lambda: call(x, i) if rank == 0 else call(), RuntimeError, "different calls")
     # Targets on some ranks only.
-    expect_error(lambda: t.update(x, i, torch.zeros(2, dtype=torch.int64) if rank == 0 else None),
-                 ValueError, "pass them on every rank or on none")
+    expect_error(
+        lambda: t.update(x, i, torch.zeros(2, dtype=torch.int64) if rank == 0 else None),
+        ValueError,
+        "pass them on every rank or on none",
+    )
     t.end_epoch()
     assert t.epoch == 1
 
@@ -226,8 +235,13 @@ def scenario_nonfinite(rank, world, pg, tmp):
 def _worker(rank, world, tmp):
     os.environ["GLOO_SOCKET_IFNAME"] = "lo"
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S))
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{tmp}/store",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S),
+    )
     results = {}
     for name in os.environ.get("TDDS_TEST_SCENARIOS", ",".join(SCENARIOS)).split(","):
         # A group per scenario: a rank that fails mid-scenario cannot pair its next collectives

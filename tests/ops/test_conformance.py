@@ -10,6 +10,7 @@ the dense float64 restatement (tests/dense.py) and with the release fixtures (te
 Rows that share an index inside one batch: every backend applies the first usable one in batch
 order, whatever its execution order, so duplicates are compared exactly like any other row.
 """
+
 import functools
 import itertools
 import json
@@ -48,6 +49,7 @@ class Case:
         self.updates = [("default", self.update)]
         if backend == "triton":
             import tdds_kernels.ops.triton as tt
+
             self.updates.append(("chunk256", functools.partial(tt.update, block=256)))
 
     def to(self, *tensors):
@@ -73,8 +75,11 @@ def cpu(ts):
 def tolerances(storage):
     # Two float32 implementations of exp/log differ by a few ulp; a reduced storage dtype can
     # round such a difference to one unit of its last place.
-    return {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.bfloat16: dict(rtol=8e-3, atol=1e-5),
-            torch.float16: dict(rtol=1e-3, atol=1e-5)}[storage]
+    return {
+        torch.float32: dict(rtol=1e-5, atol=1e-5),
+        torch.bfloat16: dict(rtol=8e-3, atol=1e-5),
+        torch.float16: dict(rtol=1e-3, atol=1e-5),
+    }[storage]
 
 
 RING_TOL = dict(rtol=1e-5, atol=1e-5)  # d in float32: exp/log rounding and summation order
@@ -107,8 +112,11 @@ def run_update(update, logits, index, state):
 def test_update_matches_reference(other, storage, logits_dtype, b, c):
     if other.small and c * b > 20000 and c != 32000:
         pytest.skip("interpreted Triton: the wide-row path is covered by C=32000 with few rows")
-    if other.small and c == 32000 and (logits_dtype, storage) not in ((torch.float32, torch.float32),
-                                                                      (torch.float16, torch.float16)):
+    if (
+        other.small
+        and c == 32000
+        and (logits_dtype, storage) not in ((torch.float32, torch.float32), (torch.float16, torch.float16))
+    ):
         pytest.skip("interpreted Triton: two dtype pairs of the wide rows are enough (each ~15 s)")
     n = 3 * b + 5
     for name, update in other.updates:
@@ -165,7 +173,7 @@ def test_in_batch_duplicates_apply_the_first_row(other, c):
 
 def test_duplicates_across_batches_are_counted_and_ignored(case):
     prev, seen, ring = case.to(*make_state(10, 6, 3, epoch=1)[:3])
-    counters, = case.to(torch.tensor([5, 6, 7, 8, 1]))
+    (counters,) = case.to(torch.tensor([5, 6, 7, 8, 1]))
     seen.fill_(0)
     case.update(*case.to(torch.randn(3, 6), torch.tensor([1, 4, 7])), prev, seen, ring, counters)
     after_first = clone((prev, seen, ring))
@@ -231,24 +239,30 @@ def test_extreme_logits(other, c):
         for dtype in (torch.float32, torch.float16):
             prev, seen, ring, _, counters = make_state(8, c, 3, epoch=1)
             seen.fill_(0)  # all recorded last epoch
-            out, ref = run_update(update, *other.to(z.to(dtype), torch.arange(8)),
-                                  other.to(prev, seen, ring, counters))
+            out, ref = run_update(update, *other.to(z.to(dtype), torch.arange(8)), other.to(prev, seen, ring, counters))
             assert_update_state(out, ref)
 
 
 def test_known_transition_and_epoch_zero(case):
     # p = softmax([0, log 3]) = [1/4, 3/4] after q = [1/2, 1/2]:
     # d = 1/4 |log(1/4 + eps) - log(1/2 + eps)| + 3/4 |log(3/4 + eps) - log(1/2 + eps)|
-    prev, seen, ring, counters = case.to(torch.log(torch.tensor([[0.5, 0.5]]) + 1e-8),
-                                         torch.tensor([0], dtype=torch.int32), torch.full((1, 2), -7.0),
-                                         torch.tensor([0, 0, 0, 0, 1]))
+    prev, seen, ring, counters = case.to(
+        torch.log(torch.tensor([[0.5, 0.5]]) + 1e-8),
+        torch.tensor([0], dtype=torch.int32),
+        torch.full((1, 2), -7.0),
+        torch.tensor([0, 0, 0, 0, 1]),
+    )
     case.update(*case.to(torch.tensor([[0.0, float(np.log(3.0))]]), torch.tensor([0])), prev, seen, ring, counters)
     d = 0.25 * np.log(2.0) + 0.75 * np.log(1.5)
     assert ring[0, 0].item() == pytest.approx(d, rel=1e-6) and ring[0, 1].item() == -7.0
     assert seen.tolist() == [1]
     # Epoch 0 writes no transition: slot (0 - 1) mod (W - 1) gets NaN, the rest is untouched.
-    prev, seen, ring, counters = case.to(torch.zeros(6, 5), torch.full((6,), -1, dtype=torch.int32),
-                                         torch.full((6, 3), -7.0), torch.zeros(5, dtype=torch.int64))
+    prev, seen, ring, counters = case.to(
+        torch.zeros(6, 5),
+        torch.full((6,), -1, dtype=torch.int32),
+        torch.full((6, 3), -7.0),
+        torch.zeros(5, dtype=torch.int64),
+    )
     case.update(*case.to(torch.randn(3, 5), torch.tensor([0, 3, 5])), prev, seen, ring, counters)
     assert seen.tolist() == [0, -1, -1, 0, -1, 0]
     assert torch.isnan(ring[[0, 3, 5], -1]).all() and (ring[[0, 3, 5], :-1] == -7.0).all()
@@ -286,7 +300,9 @@ def test_epoch_step_known_windows(case):
     seen, ring, score, counters = case.to(
         torch.tensor([3, 2, 3, 3], dtype=torch.int32),
         torch.tensor([[1.0, 2.0, 6.0], [1.0, 3.0, 9.0], [nan, 4.0, nan], [nan, nan, nan]]),
-        torch.ones(4), torch.tensor([0, 0, 0, 0, 3]))
+        torch.ones(4),
+        torch.tensor([0, 0, 0, 0, 3]),
+    )
     case.epoch_step(seen, ring, score, counters, 0.5)
     r0 = math.sqrt((1 - 3) ** 2 + (2 - 3) ** 2 + (6 - 3) ** 2)  # mean 3
     expect = torch.tensor([0.5 + 0.5 * r0, 0.5 + 0.5 * math.sqrt(2), 0.5, 0.5])  # sample 1: d's 1, 3
@@ -294,14 +310,17 @@ def test_epoch_step_known_windows(case):
     assert math.isnan(ring[1, 2]) and ring[0, 2] == 6.0 and counters.tolist() == [0, 1, 0, 0, 4]
     # W = 5: recorded at epoch 3, no window yet; missing at 4: slot 3 becomes NaN and the window
     # over the defined [1, 3] has mean 2 and R = sqrt(2); S = β·R from 0.
-    seen, ring, score, counters = case.to(torch.tensor([3], dtype=torch.int32),
-                                          torch.tensor([[1.0, nan, 3.0, 5.0]]), torch.zeros(1),
-                                          torch.tensor([0, 0, 0, 0, 3]))
+    seen, ring, score, counters = case.to(
+        torch.tensor([3], dtype=torch.int32),
+        torch.tensor([[1.0, nan, 3.0, 5.0]]),
+        torch.zeros(1),
+        torch.tensor([0, 0, 0, 0, 3]),
+    )
     case.epoch_step(seen, ring, score, counters, 0.5)
     assert score.item() == 0 and counters.tolist() == [0, 0, 0, 0, 4] and ring[0, 2] == 3.0
     case.epoch_step(seen, ring, score, counters, 0.5)
     assert torch.isnan(ring[0, 3]) and counters.tolist() == [0, 1, 0, 0, 5]
-    torch.testing.assert_close(score.cpu(), torch.tensor([0.5 * 2.0 ** 0.5]))
+    torch.testing.assert_close(score.cpu(), torch.tensor([0.5 * 2.0**0.5]))
 
 
 def test_epoch_step_without_samples_advances_the_epoch(case):
@@ -336,8 +355,9 @@ def test_opcheck(case, storage):
 
 
 # ------------------------------------------------------------------ fuzz
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                  HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 @given(data=st.data())
 def test_fuzz_batches(other, data):
     """Random batch/index patterns: in-batch duplicates, repeats across batches, out-of-range and
@@ -370,8 +390,17 @@ def test_fuzz_batches(other, data):
 def test_tracker_matches_dense_oracle(case, storage, w, t):
     n, c = (20, 7) if case.small else (60, 23)
     epochs = random_epochs(np.random.default_rng(w * 10 + t), n, c, t, p_missing=0.1, p_dup=0.1, p_nonfinite=0.05)
-    tr = tk.TDDSTracker(n, c, window=w, decay=0.7, trajectory_len=t, storage_dtype=storage, on_nonfinite="skip",
-                        device=case.device, backend=case.backend)
+    tr = tk.TDDSTracker(
+        n,
+        c,
+        window=w,
+        decay=0.7,
+        trajectory_len=t,
+        storage_dtype=storage,
+        on_nonfinite="skip",
+        device=case.device,
+        backend=case.backend,
+    )
     for batches in epochs:
         for logits, index in batches:
             tr.update(*case.to(torch.from_numpy(logits), torch.from_numpy(index)))
@@ -391,8 +420,7 @@ def test_tracker_matches_dense_oracle(case, storage, w, t):
 def load_fixture(name):
     d = FIXTURES / name
     params = json.loads((d / "params.json").read_text())
-    epochs = [(np.load(d / f"{t}_Output.npy"), np.load(d / f"{t}_Index.npy"))
-              for t in range(params["trajectory_len"])]
+    epochs = [(np.load(d / f"{t}_Output.npy"), np.load(d / f"{t}_Index.npy")) for t in range(params["trajectory_len"])]
     return params, epochs, np.load(d / "expected_scores.npy")
 
 
@@ -405,9 +433,15 @@ def test_release_fixtures(case, name, seed):
         pytest.skip("interpreted Triton: one fixture in one loader order is enough (small_c10 ~70 s)")
     params, epochs, expected = load_fixture(name)
     rng = np.random.default_rng(seed)
-    tracker = tk.TDDSTracker(params["num_samples"], params["num_classes"], window=params["window_size"],
-                             decay=params["decay"], trajectory_len=params["trajectory_len"], device=case.device,
-                             backend=case.backend)
+    tracker = tk.TDDSTracker(
+        params["num_samples"],
+        params["num_classes"],
+        window=params["window_size"],
+        decay=params["decay"],
+        trajectory_len=params["trajectory_len"],
+        device=case.device,
+        backend=case.backend,
+    )
     for logits, index in epochs:
         order = rng.permutation(len(index))  # the loader's order must not matter
         cuts = np.sort(rng.choice(np.arange(1, len(index)), size=rng.integers(1, 12), replace=False))

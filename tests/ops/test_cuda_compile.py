@@ -5,6 +5,7 @@ c10/cuda/impl/cuda_cmake_macros.h; it is generated here into the test's build di
 setup.py and CMakeLists.txt do), never written into torch. With a CUDA torch the extension
 build itself compiles these sources, so the check skips.
 """
+
 import glob
 import shutil
 import subprocess
@@ -22,8 +23,9 @@ CUOBJDUMP = shutil.which("cuobjdump")
 ARCHS = ("80", "90")
 pytestmark = [
     pytest.mark.skipif(NVCC is None, reason="nvcc not found: CUDA sources not compile-checked"),
-    pytest.mark.skipif(torch.version.cuda is not None,
-                       reason="torch has CUDA: `pip install -e .` compiles the CUDA sources itself"),
+    pytest.mark.skipif(
+        torch.version.cuda is not None, reason="torch has CUDA: `pip install -e .` compiles the CUDA sources itself"
+    ),
 ]
 
 
@@ -37,9 +39,21 @@ def test_cuda_sources_compile_for_sm80_and_sm90(tmp_path):
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
     for src in sources:
         obj = tmp_path / (src.rsplit("/", 1)[1] + ".o")
-        cmd = [NVCC, "-c", src, "-o", str(obj), "-std=c++20", "-O3", "--expt-relaxed-constexpr",
-               "-Xcompiler", "-fPIC", f"-D_GLIBCXX_USE_CXX11_ABI={abi}", f"-I{gen}",
-               f"-I{sysconfig.get_paths()['include']}"]
+        cmd = [
+            NVCC,
+            "-c",
+            src,
+            "-o",
+            str(obj),
+            "-std=c++20",
+            "-O3",
+            "--expt-relaxed-constexpr",
+            "-Xcompiler",
+            "-fPIC",
+            f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
+            f"-I{gen}",
+            f"-I{sysconfig.get_paths()['include']}",
+        ]
         cmd += [f"-I{p}" for p in include_paths()]
         cmd += [f"-gencode=arch=compute_{a},code=sm_{a}" for a in ARCHS]
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)

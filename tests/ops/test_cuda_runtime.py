@@ -9,6 +9,7 @@
 
 Needs a CUDA GPU (skipped without one, never faked); the first tests run anywhere.
 """
+
 import os
 import warnings
 
@@ -16,8 +17,8 @@ import pytest
 import torch
 
 import tdds_kernels as tk
-from tdds_kernels.ops import registry as backends
 from tdds_kernels.core.host_counters import HostSnapshots
+from tdds_kernels.ops import registry as backends
 from tdds_kernels.ops.schema import DUPLICATES, EPOCH, NUM_SLOTS, OUT_OF_RANGE
 
 CUDA = torch.cuda.is_available()
@@ -42,6 +43,7 @@ def ops_or_skip(name):
 # ------------------------------------------------------------------ anywhere
 def test_auto_never_picks_interpreted_triton_for_cuda():
     import tdds_kernels.ops.triton as tt
+
     if not tt.INTERPRETED:
         pytest.skip("Triton kernels are compiled in this process (TRITON_INTERPRET is not 1)")
     # Under the interpreter the triton backend accepts CUDA tensors (asked for by name), but
@@ -68,6 +70,7 @@ def test_compiled_triton_is_what_runs_on_cuda():
     if os.environ.get("TRITON_INTERPRET") == "1":
         pytest.skip("TRITON_INTERPRET=1 was set explicitly")
     import tdds_kernels.ops.triton as tt
+
     assert not tt.INTERPRETED
     # Triton imports and compiles here, so auto has a fast backend (whichever AUTO_ORDER puts first).
     assert tk.TDDSTracker(8, 3, window=3, device=DEV).backend in FAST
@@ -86,9 +89,13 @@ def awkward_batch(n, b, c, seed):
 
 
 def fresh_state(n, c, w, storage=torch.float32):
-    return (torch.zeros(n, c, dtype=storage, device=DEV), torch.full((n,), -1, dtype=torch.int32, device=DEV),
-            torch.full((n, w - 1), float("nan"), device=DEV), torch.zeros(n, device=DEV),
-            torch.zeros(NUM_SLOTS, dtype=torch.int64, device=DEV))
+    return (
+        torch.zeros(n, c, dtype=storage, device=DEV),
+        torch.full((n,), -1, dtype=torch.int32, device=DEV),
+        torch.full((n, w - 1), float("nan"), device=DEV),
+        torch.zeros(n, device=DEV),
+        torch.zeros(NUM_SLOTS, dtype=torch.int64, device=DEV),
+    )
 
 
 class no_sync:
@@ -322,7 +329,7 @@ def test_epoch_graph_with_epoch_step_inside(name):
     batches = [(torch.randn(b, c, generator=g) * 3, torch.randperm(n, generator=g)[:b]) for _ in range(epochs * 3)]
     eager = fresh_state(n, c, w)
     for e in range(epochs):
-        for z, idx in batches[3 * e:3 * e + 3]:
+        for z, idx in batches[3 * e : 3 * e + 3]:
             update(z.to(DEV), idx.to(DEV), eager[0], eager[1], eager[2], eager[4])
         step(eager[1], eager[2], eager[3], eager[4], 0.9)
 
@@ -341,7 +348,7 @@ def test_epoch_graph_with_epoch_step_inside(name):
             update(z, idx, state[0], state[1], state[2], state[4])
         step(state[1], state[2], state[3], state[4], 0.9)
     for e in range(epochs):
-        for (z, idx), (zs, ids) in zip(batches[3 * e:3 * e + 3], static):
+        for (z, idx), (zs, ids) in zip(batches[3 * e : 3 * e + 3], static):
             zs.copy_(z)
             ids.copy_(idx)
         graph.replay()

@@ -13,13 +13,13 @@ later row), some rows are out of range, and some samples have only non-finite co
 epoch (missing). Triton runs under TRITON_INTERPRET=1 with the interpreter's program order
 reversed and shuffled (on a GPU the scheduler picks the order).
 """
+
 import numpy as np
 import pytest
 import torch
 
 from tdds_kernels.ops import registry as backends
 from tdds_kernels.ops import schema as _ops
-from tdds_kernels.ops.schema import EPOCH
 
 DECAY = 0.9
 WINDOW = 3  # W − 1 = 2 ring slots: windows fold from epoch 2 on, so 5 epochs fold 3 times
@@ -91,7 +91,7 @@ def assert_identical(a, b):
 def test_scenario_has_winners_that_are_not_the_first_row():
     # The test below is only as strong as its batches: copies whose logits differ, a non-finite
     # first copy for some samples, samples with no finite copy, and out-of-range rows.
-    (logits, index), = scenario(64, 128, 100, 1, seed=0)
+    ((logits, index),) = scenario(64, 128, 100, 1, seed=0)
     finite = torch.isfinite(logits).all(1)
     in_range = (index >= 0) & (index < 64)
     assert (~in_range).sum() == 6 and (in_range & ~finite).sum() == 2 * 16 + 128
@@ -140,7 +140,7 @@ def test_cpu_backend_strided_indices(index_dtype, threads):
     n = 512
     batches = []
     g = torch.Generator().manual_seed(3)
-    for e in range(4):  # 2048 rows of 40 classes: several tasks
+    for _e in range(4):  # 2048 rows of 40 classes: several tasks
         index = (torch.arange(0, n, 4).repeat(16))[torch.randperm(2048, generator=g)]
         batches.append((torch.randn(2048, 40, generator=g) * 3, index))
     ref = reference_run(batches, n, torch.float32)
@@ -160,6 +160,7 @@ def program_order(request, monkeypatch):
     if backends.unavailable_reason("triton", torch.device("cpu")) is not None:
         pytest.skip("the Triton interpreter is not in use (TRITON_INTERPRET=1 not set)")
     from triton.runtime import interpreter
+
     builder = interpreter.interpreter_builder
     original = builder.set_grid_idx
     ran = []
@@ -177,11 +178,14 @@ def program_order(request, monkeypatch):
     return request.param, ran
 
 
-@pytest.mark.parametrize("c, block, storage", [(10, None, torch.float32), (10, None, torch.bfloat16),
-                                               (300, 128, torch.float32)],
-                         ids=["C10-f32", "C10-bf16", "C300-chunked-f32"])
+@pytest.mark.parametrize(
+    "c, block, storage",
+    [(10, None, torch.float32), (10, None, torch.bfloat16), (300, 128, torch.float32)],
+    ids=["C10-f32", "C10-bf16", "C300-chunked-f32"],
+)
 def test_triton_first_occurrence_wins_in_any_program_order(program_order, c, block, storage):
     import tdds_kernels.ops.triton as tt
+
     order, ran = program_order
     n, copies = 12, 8
     batches = scenario(n, copies, c, 4, seed=2)

@@ -1,6 +1,7 @@
 """What is particular to the C++ extension's CPU kernels (the contract itself is checked by
 tests/ops/test_conformance.py): it is the backend "cpu" resolves to, its argument checks name
 the argument, the per-ISA variants picked at run time, and in-batch duplicates over threads."""
+
 import os
 import subprocess
 import sys
@@ -19,8 +20,13 @@ EXT_UPDATE, EXT_STEP = torch.ops.tdds.update_ext, torch.ops.tdds.epoch_step_ext
 
 
 def small_state(n=8, c=5, w=3):
-    return (torch.zeros(n, c), torch.zeros(n, dtype=torch.int32), torch.full((n, w - 1), float("nan")),
-            torch.zeros(n), torch.tensor([0, 0, 0, 0, 1]))
+    return (
+        torch.zeros(n, c),
+        torch.zeros(n, dtype=torch.int32),
+        torch.full((n, w - 1), float("nan")),
+        torch.zeros(n),
+        torch.tensor([0, 0, 0, 0, 1]),
+    )
 
 
 def test_backend_resolves_to_the_extension():

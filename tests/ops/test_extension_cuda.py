@@ -17,12 +17,14 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA G
 # tests one by one instead of stopping pytest's collection, which would lose every other test.
 try:
     import tdds_kernels._C  # noqa: F401
+
     EXT_ERROR = None
     EXT_UPDATE, EXT_STEP = torch.ops.tdds.update_ext, torch.ops.tdds.epoch_step_ext
 except (ImportError, AttributeError) as exc:
     EXT_ERROR = f"{type(exc).__name__}: {exc}"
 
 from helpers import make_state  # noqa: E402
+
 REF_UPDATE, REF_STEP = torch.ops.tdds.update, torch.ops.tdds.epoch_step
 
 
@@ -46,14 +48,16 @@ def cuda_state(*args, **kw):
 
 
 def test_cuda_kernels_are_registered():
-    assert torch._C._dispatch_has_kernel_for_dispatch_key("tdds::update_ext", "CUDA"), \
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("tdds::update_ext", "CUDA"), (
         "the extension was built without CUDA kernels (build with FORCE_CUDA=1)"
+    )
     assert tk.TDDSTracker(10, 3, window=3, device=DEV, backend="cuda").backend == "cuda"
 
 
 def test_runs_on_the_current_stream():
     # Would fail if the kernels launched on any stream but the current one (see the helper).
     from test_cuda_runtime import check_runs_on_current_stream
+
     check_runs_on_current_stream(EXT_UPDATE, EXT_STEP)
 
 
@@ -76,5 +80,3 @@ def test_cuda_graph_capture_and_replay_across_epochs():
         g.replay()
     torch.cuda.synchronize()
     assert counters[EPOCH] == 3 and (seen == 2).all() and counters[DUPLICATES] == 5
-
-

@@ -1,4 +1,5 @@
 """The op schemas: one text for every backend, written once, with the mutated arguments marked."""
+
 import pytest
 import torch
 
@@ -17,8 +18,11 @@ def test_schemas_identical_across_backends(pair):
 
 def test_mutated_arguments_are_marked():
     args = torch.ops.tdds.update.default._schema.arguments
-    assert [a.name for a in args if a.alias_info is not None and a.alias_info.is_write] == \
-        ["prev", "seen", "ring", "counters"]
+    assert [a.name for a in args if a.alias_info is not None and a.alias_info.is_write] == [
+        "prev",
+        "seen",
+        "ring",
+        "counters",
+    ]
     args = torch.ops.tdds.epoch_step.default._schema.arguments
-    assert [a.name for a in args if a.alias_info is not None and a.alias_info.is_write] == \
-        ["ring", "score", "counters"]
+    assert [a.name for a in args if a.alias_info is not None and a.alias_info.is_write] == ["ring", "score", "counters"]

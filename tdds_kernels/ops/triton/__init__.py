@@ -4,6 +4,7 @@ Registered for CUDA and for CPU; CPU tensors run only under TRITON_INTERPRET=1 (
 The ops are plain custom ops with (a!) mutation marks and fake kernels (define_sibling), so
 torch.compile puts them in its graph as single opaque calls, with no graph break.
 """
+
 from __future__ import annotations
 
 import functools
@@ -24,9 +25,11 @@ def _cpu(fn):
     @functools.wraps(fn)
     def run(*args):
         if not INTERPRETED:
-            raise RuntimeError("tdds::*_triton on CPU tensors needs TRITON_INTERPRET=1 set before "
-                               "tdds_kernels.triton is imported")
+            raise RuntimeError(
+                "tdds::*_triton on CPU tensors needs TRITON_INTERPRET=1 set before tdds_kernels.triton is imported"
+            )
         return fn(*args)
+
     return run
 
 

@@ -8,6 +8,7 @@
 Traffic: seen read; with the fold, ring read once (the new NaN is applied in registers) and
 score read and written; the NaN marks are the only ring writes.
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,8 +23,9 @@ _EPOCH = tl.constexpr(_ops.EPOCH)
 
 
 @triton.jit
-def _epoch_step_kernel(seen_ptr, ring_ptr, score_ptr, counters_ptr, N, W1, keep, decay,
-                       BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr):
+def _epoch_step_kernel(
+    seen_ptr, ring_ptr, score_ptr, counters_ptr, N, W1, keep, decay, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr
+):
     # Read e and advance it in this one launch: every program adds 2^32 to counters[EPOCH] (a
     # ticket in the high half; e in the low half is untouched) and takes e from the old value;
     # the program holding the last ticket runs after every other program has taken e, so it
@@ -41,12 +43,14 @@ def _epoch_step_kernel(seen_ptr, ring_ptr, score_ptr, counters_ptr, N, W1, keep,
     missing = rmask & (seen != epoch)
     n_missing = tl.sum(missing.to(tl.int64), 0)
     tl.atomic_add(counters_ptr + _MISSING, n_missing, mask=n_missing > 0)
-    tl.store(ring_ptr + rows * W1 + slot, tl.full((BLOCK_N,), float("nan"), tl.float32),
-             mask=missing)
+    tl.store(ring_ptr + rows * W1 + slot, tl.full((BLOCK_N,), float("nan"), tl.float32), mask=missing)
     if epoch >= W1:  # window k = e − W + 1 is complete (a runtime branch: e is on the device)
         cols = tl.arange(0, BLOCK_W)
-        r = tl.load(ring_ptr + rows[:, None] * W1 + cols[None, :],
-                    mask=rmask[:, None] & (cols[None, :] < W1), other=float("nan"))
+        r = tl.load(
+            ring_ptr + rows[:, None] * W1 + cols[None, :],
+            mask=rmask[:, None] & (cols[None, :] < W1),
+            other=float("nan"),
+        )
         # The NaN just stored, applied in registers (no ordering needed against the store).
         r = tl.where(missing[:, None] & (cols[None, :] == slot), float("nan"), r)
         defined = r == r  # NaN ≠ NaN: undefined d's and the padding lanes drop out
@@ -58,8 +62,9 @@ def _epoch_step_kernel(seen_ptr, ring_ptr, score_ptr, counters_ptr, N, W1, keep,
         tl.store(score_ptr + rows, keep * s + decay * R, mask=rmask)
 
 
-def epoch_step(seen: torch.Tensor, ring: torch.Tensor, score: torch.Tensor, counters: torch.Tensor,
-               decay: float) -> None:
+def epoch_step(
+    seen: torch.Tensor, ring: torch.Tensor, score: torch.Tensor, counters: torch.Tensor, decay: float
+) -> None:
     """Launcher for EPOCH_STEP_SCHEMA (tdds_kernels/_ops.py)."""
     n, w1 = ring.shape
     block_w = triton.next_power_of_2(w1)
@@ -67,5 +72,5 @@ def epoch_step(seen: torch.Tensor, ring: torch.Tensor, score: torch.Tensor, coun
     with device_of(seen):
         # At least one program, even for N = 0: the kernel advances the epoch.
         _epoch_step_kernel[(max(1, triton.cdiv(n, block_n)),)](
-            seen, ring, score, counters, n, w1, 1.0 - decay, decay,
-            BLOCK_N=block_n, BLOCK_W=block_w, num_warps=8)
+            seen, ring, score, counters, n, w1, 1.0 - decay, decay, BLOCK_N=block_n, BLOCK_W=block_w, num_warps=8
+        )

@@ -14,6 +14,7 @@ Traffic per applied row: the logits once (twice only when C exceeds one block: t
 re-reads a row that is still in L2), prev[n] read once and written once, a few scalars, plus
 the sort (a few small kernels over the B indices).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -51,8 +52,22 @@ def _to_storage(x, ptr):
 
 
 @triton.jit
-def _update_kernel(logits_ptr, logits_stride, sorted_ptr, order_ptr, prev_ptr, seen_ptr, ring_ptr,
-                   counters_ptr, B, N, C, W1, SINGLE: tl.constexpr, BLOCK: tl.constexpr):
+def _update_kernel(
+    logits_ptr,
+    logits_stride,
+    sorted_ptr,
+    order_ptr,
+    prev_ptr,
+    seen_ptr,
+    ring_ptr,
+    counters_ptr,
+    B,
+    N,
+    C,
+    W1,
+    SINGLE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     # sorted_ptr: the batch's indices sorted stably; order_ptr: their batch positions (int64).
     pos = tl.program_id(0).to(tl.int64)
     n = tl.load(sorted_ptr + pos).to(tl.int64)
@@ -169,8 +184,16 @@ def _config(num_classes: int, block: int | None = None) -> tuple[int, bool, int]
     return block, single, num_warps
 
 
-def update(logits: torch.Tensor, index: torch.Tensor, prev: torch.Tensor, seen: torch.Tensor,
-           ring: torch.Tensor, counters: torch.Tensor, *, block: int | None = None) -> None:
+def update(
+    logits: torch.Tensor,
+    index: torch.Tensor,
+    prev: torch.Tensor,
+    seen: torch.Tensor,
+    ring: torch.Tensor,
+    counters: torch.Tensor,
+    *,
+    block: int | None = None,
+) -> None:
     """Launcher for UPDATE_SCHEMA (tdds_kernels/_ops.py)."""
     batch, num_classes = logits.shape
     if batch == 0:
@@ -183,6 +206,19 @@ def update(logits: torch.Tensor, index: torch.Tensor, prev: torch.Tensor, seen: 
     sorted_index, order = torch.sort(index, stable=True)
     with device_of(logits):
         _update_kernel[(batch,)](
-            logits, logits.stride(0), sorted_index, order, prev, seen, ring, counters,
-            batch, prev.shape[0], num_classes, ring.shape[1], SINGLE=single, BLOCK=block,
-            num_warps=num_warps)
+            logits,
+            logits.stride(0),
+            sorted_index,
+            order,
+            prev,
+            seen,
+            ring,
+            counters,
+            batch,
+            prev.shape[0],
+            num_classes,
+            ring.shape[1],
+            SINGLE=single,
+            BLOCK=block,
+            num_warps=num_warps,
+        )
