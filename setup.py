@@ -46,7 +46,7 @@ def extensions():
     import torch
     from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
-    cpu_sources = ["csrc/python_module.cpp", "csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    cpu_sources = ["csrc/python_module.cpp", "csrc/op_schemas.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
     cuda_possible = torch.version.cuda is not None and CUDA_HOME is not None
     if _flag("FORCE_CPU"):
@@ -68,7 +68,7 @@ def extensions():
         )
 
     # -O3 and nothing machine-specific: the CPU kernel is compiled per ISA inside the sources
-    # (csrc/cpu/update_isa.h) and picked at run time.
+    # (csrc/cpu/kernels_isa.h) and picked at run time.
     # -fopenmp: at::parallel_for is inline in ATen's headers and runs serially without it; the
     # torch wheel ships and loads libgomp, so linking it adds nothing new.
     cxx = ["-O3", "-fvisibility=hidden", "-Wno-unknown-pragmas", "-fopenmp"]  # at::vec has #pragma unroll

@@ -6,8 +6,8 @@
 #include <atomic>
 #include <vector>
 
-#include "../kernel_args.h"
-#include "../ops.h"
+#include "kernel_args.h"
+#include "../op_contract.h"
 
 namespace tdds {
 namespace {

@@ -15,7 +15,7 @@
 #include <cstdint>
 #include <optional>
 
-#include "../ops.h"
+#include "../op_contract.h"
 
 namespace tdds {
 namespace {

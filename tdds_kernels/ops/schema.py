@@ -32,7 +32,7 @@ UPDATE_SCHEMA = (
 )
 EPOCH_STEP_SCHEMA = "(Tensor seen, Tensor(a!) ring, Tensor(b!) score, Tensor(c!) counters, float decay) -> ()"
 
-# Slots of the counters tensor, shared by every backend (csrc/ops.h repeats these numbers).
+# Slots of the counters tensor, shared by every backend (csrc/op_contract.h repeats these numbers).
 COUNTERS = ("duplicates", "missing", "nonfinite", "out_of_range")
 DUPLICATES, MISSING, NONFINITE, OUT_OF_RANGE = range(len(COUNTERS))
 EPOCH = len(COUNTERS)  # counters[EPOCH]: the epoch being recorded (0-based)

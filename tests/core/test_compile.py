@@ -1,6 +1,6 @@
 """torch.compile: a training step that calls tracker.update compiles as one graph.
 
-The ops are custom ops with their mutated arguments marked and fake kernels (_ops.py), and the
+The ops are custom ops with their mutated arguments marked and fake kernels (tdds_kernels/ops/schema.py), and the
 epoch lives on the device (counters[EPOCH]), so the step needs no graph break and no recompile
 when the epoch advances. Checked on CPU with the reference backend, and with the Triton backend
 under the interpreter (the same op registration serves CUDA).

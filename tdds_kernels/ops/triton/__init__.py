@@ -1,4 +1,4 @@
-"""Triton backend: tdds::update_triton and tdds::epoch_step_triton (shared schemas in _ops.py).
+"""Triton backend: tdds::update_triton and tdds::epoch_step_triton (shared schemas in ops/schema.py).
 
 Registered for CUDA and for CPU; CPU tensors run only under TRITON_INTERPRET=1 (the tests).
 The ops are plain custom ops with (a!) mutation marks and fake kernels (define_sibling), so

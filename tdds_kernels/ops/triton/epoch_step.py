@@ -65,7 +65,7 @@ def _epoch_step_kernel(
 def epoch_step(
     seen: torch.Tensor, ring: torch.Tensor, score: torch.Tensor, counters: torch.Tensor, decay: float
 ) -> None:
-    """Launcher for EPOCH_STEP_SCHEMA (tdds_kernels/_ops.py)."""
+    """Launcher for EPOCH_STEP_SCHEMA (tdds_kernels/ops/schema.py)."""
     n, w1 = ring.shape
     block_w = triton.next_power_of_2(w1)
     block_n = max(32, 4096 // block_w)  # a BLOCK_N × BLOCK_W tile, ~16 values a thread

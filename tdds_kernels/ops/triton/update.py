@@ -1,8 +1,8 @@
 """tdds::update_triton: one program per position of the batch sorted by sample index.
 
-Per row b with sample n = index[b], in epoch e = counters[EPOCH] (DESIGN.md §3):
+Per row b with sample n = index[b], in epoch e = counters[EPOCH] (docs/design.md §3):
     p = softmax(z_b) in float32,  ℓ = log(p + ε)
-    d = Σ_c |p_c · (ℓ_c − prev[n, c])|       (prev caches log(p_prev + ε), see _ops.py)
+    d = Σ_c |p_c · (ℓ_c − prev[n, c])|       (prev caches log(p_prev + ε), see ops/schema.py)
     ring[n, (e−1) mod (W−1)] = d if seen[n] was e−1 else NaN;  prev[n] = ℓ;  seen[n] = e
 Of several usable (in-range, finite) rows of one sample in an epoch, exactly the first in batch
 order is applied, whatever order the programs run in: the launcher sorts the B indices stably
@@ -194,7 +194,7 @@ def update(
     *,
     block: int | None = None,
 ) -> None:
-    """Launcher for UPDATE_SCHEMA (tdds_kernels/_ops.py)."""
+    """Launcher for UPDATE_SCHEMA (tdds_kernels/ops/schema.py)."""
     batch, num_classes = logits.shape
     if batch == 0:
         return

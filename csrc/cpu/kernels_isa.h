@@ -1,5 +1,5 @@
 // The CPU kernels (update rows, epoch-step rows), compiled once per ISA: each
-// cpu/update_<isa>.cpp defines
+// cpu/kernels_<isa>.cpp defines
 // CPU_CAPABILITY (+ CPU_CAPABILITY_<ISA>), switches the code generation target with
 // `#pragma GCC target` and includes this file, so one set of compiler flags builds DEFAULT, AVX2
 // and AVX512 variants and ops_cpu.cpp picks one at run time (at::get_cpu_capability(), which
@@ -7,7 +7,7 @@
 //
 // at::vec puts Vectorized<> in an inline namespace named after CPU_CAPABILITY, so the variants
 // do not collide. Inline helpers shared with other translation units (libstdc++, c10) are
-// included by update_isa_prelude.h *before* the target pragma, so they are compiled for the
+// included by kernels_isa_prelude.h *before* the target pragma, so they are compiled for the
 // baseline ISA in every TU and any copy the linker keeps is safe to call on any CPU.
 //
 // Update, per row of the list it is given, in list order (one pass over the row in L1 per step,
@@ -22,7 +22,7 @@
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
-#include "../kernel_args.h"
+#include "kernel_args.h"
 
 #ifndef TDDS_PREFETCH_ROWS
 #define TDDS_PREFETCH_ROWS 2  // rows ahead; 2-4 measured best here (1: 10% slower, 0: 30%)

@@ -5,14 +5,14 @@
 
 namespace tdds {
 
-// Identical text to tdds_kernels/_ops.py UPDATE_SCHEMA / EPOCH_STEP_SCHEMA (a test compares them).
+// Identical text to tdds_kernels/ops/schema.py UPDATE_SCHEMA / EPOCH_STEP_SCHEMA (a test compares them).
 #define TDDS_UPDATE_SCHEMA                                                            \
   "(Tensor logits, Tensor index, Tensor(a!) prev, Tensor(b!) seen, Tensor(c!) ring, " \
   "Tensor(d!) counters) -> ()"
 #define TDDS_EPOCH_STEP_SCHEMA \
   "(Tensor seen, Tensor(a!) ring, Tensor(b!) score, Tensor(c!) counters, float decay) -> ()"
 
-// Slots of the counters tensor (tdds_kernels/_ops.py COUNTERS, then EPOCH): cumulative counts,
+// Slots of the counters tensor (tdds_kernels/ops/schema.py COUNTERS, then EPOCH): cumulative counts,
 // then the epoch being recorded, which lives on the device so that no kernel needs a host sync
 // and a captured/compiled step stays valid across epochs; epoch_step advances it.
 enum Slot : int64_t {

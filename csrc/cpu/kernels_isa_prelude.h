@@ -1,6 +1,6 @@
-// Headers shared with the rest of the library, included by each cpu/update_<isa>.cpp *before*
+// Headers shared with the rest of the library, included by each cpu/kernels_<isa>.cpp *before*
 // its target pragma so their inline functions are compiled for the baseline ISA (see
-// update_isa.h). The list mirrors what ATen/cpu/vec/vec_base.h includes, minus the vec code.
+// kernels_isa.h). The list mirrors what ATen/cpu/vec/vec_base.h includes, minus the vec code.
 #pragma once
 #include <algorithm>
 #include <array>
@@ -25,4 +25,4 @@
 #include <c10/util/copysign.h>
 #include <c10/util/irange.h>
 
-#include "../kernel_args.h"
+#include "kernel_args.h"

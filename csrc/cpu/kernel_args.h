@@ -1,6 +1,6 @@
 // Plain-data arguments of the CPU update kernel. Kept free of torch headers because it is
 // included by the per-ISA translation units (cpu/update_*.cpp), which should contain as little
-// shared inline code as possible (see cpu/update_isa.h).
+// shared inline code as possible (see cpu/kernels_isa.h).
 #pragma once
 #include <cstdint>
 
@@ -16,7 +16,7 @@ struct UpdateArgs {
   float* ring;         // (N, W1) contiguous
   int64_t B, C, N, W1;
   int64_t epoch;  // counters[EPOCH], read by the host wrapper
-  int64_t slot;   // ring slot of d_{epoch-1} (ring_slot in ops.h)
+  int64_t slot;   // ring slot of d_{epoch-1} (ring_slot in op_contract.h)
   Dt logits_dt, prev_dt;
   bool index_i64;
 };

@@ -1,4 +1,4 @@
 // Baseline ISA: at::vec's portable Vectorized (the fallback on any CPU).
-#include "update_isa_prelude.h"
+#include "kernels_isa_prelude.h"
 #define CPU_CAPABILITY DEFAULT
-#include "update_isa.h"
+#include "kernels_isa.h"

@@ -93,7 +93,7 @@ void test_wide_rows_and_counters(at::ScalarType storage) {
   EXPECT(seen[skipped].item<int>() == 0 && ring[skipped][0].item<float>() == -7.f);
 }
 
-// The window example of DESIGN.md: ring [1, nan, 3, 5], the sample missing at epoch 4.
+// The window example of docs/design.md §3: ring [1, nan, 3, 5], the sample missing at epoch 4.
 void test_epoch_step_window() {
   auto seen = at::full({1}, 3, at::kInt);
   auto ring = at::tensor({1.f, NAN, 3.f, 5.f}).reshape({1, 4});

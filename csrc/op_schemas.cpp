@@ -2,7 +2,7 @@
 // Meta kernels. The CPU and CUDA kernels are registered from cpu/ and cuda/.
 #include <torch/library.h>
 
-#include "ops.h"
+#include "op_contract.h"
 
 namespace tdds {
 namespace {
@@ -15,7 +15,7 @@ void epoch_step_meta(const at::Tensor&, const at::Tensor&, const at::Tensor&, co
 }  // namespace
 }  // namespace tdds
 
-// FRAGMENT: tdds_kernels/_ops.py defines the other tdds ops from Python.
+// FRAGMENT: tdds_kernels/ops/schema.py defines the other tdds ops from Python.
 TORCH_LIBRARY_FRAGMENT(tdds, m) {
   m.def("update_ext" TDDS_UPDATE_SCHEMA);
   m.def("epoch_step_ext" TDDS_EPOCH_STEP_SCHEMA);
