@@ -35,7 +35,11 @@ def check_fraction(name: str, value) -> float:
 @dataclasses.dataclass(frozen=True)
 class TrackerConfig:
     """N samples of C classes; windows of `window` epochs over the first `trajectory_len` epochs
-    (None: no end), folded into an EMA with weight `decay`; `prev` kept in `storage_dtype`."""
+    (None: no end), folded into an EMA with weight `decay`; `prev` kept in `storage_dtype`.
+
+    `prev_topk` = K keeps a compressed previous row (the K largest probabilities' logs and ids,
+    one residual log; docs/design.md §2.1) instead of all C logs; None keeps full rows. K >= C is
+    stored as None: the full row is then exact and no larger."""
 
     num_samples: int
     num_classes: int
@@ -43,6 +47,7 @@ class TrackerConfig:
     decay: float = 0.9
     trajectory_len: int | None = 30
     storage_dtype: torch.dtype = torch.float32
+    prev_topk: int | None = None
 
     def __post_init__(self):
         # Normalized in place (frozen: through object.__setattr__) so equal configs compare equal
@@ -66,6 +71,9 @@ class TrackerConfig:
         set_("decay", check_fraction("decay", self.decay))
         if self.storage_dtype not in STORAGE_DTYPES:
             raise TypeError(f"storage_dtype: expected one of {STORAGE_DTYPES}, got {self.storage_dtype!r}")
+        if self.prev_topk is not None:
+            k = check_int("prev_topk", self.prev_topk, 1)
+            set_("prev_topk", None if k >= self.num_classes else k)
 
     def replace(self, **changes) -> TrackerConfig:
         return dataclasses.replace(self, **changes)

@@ -1,6 +1,9 @@
 """TrackerState: every tensor and counter of one tracker, declared once (docs/design.md §2).
 
-    prev     (N, C)   storage dtype  log(p + 1e-8) of the last recorded row
+    prev     (N, C)   storage dtype  log(p + 1e-8) of the last recorded row (full rows), or
+    prev_val (N, K)   storage dtype  with prev_topk = K (docs/design.md §2.1): the K largest logs,
+    prev_idx (N, K)   int16 / int32  their class ids (the narrowest type that holds C),
+    prev_rest (N,)    storage dtype  the residual log of the other C - K classes
     seen     (N,)     int32          last epoch the sample was recorded in, -1 never
     ring     (N, W-1) float32        d_j in slot j mod (W-1); NaN = undefined
     score    (N,)     float32        running EMA S
@@ -17,22 +20,30 @@ from __future__ import annotations
 
 import torch
 
-from ..ops.schema import COUNTERS, NUM_SLOTS
+from ..ops.schema import COUNTERS, NUM_SLOTS, topk_index_dtype
 from .config import TrackerConfig
 
-# name -> (shape and dtype for a config, initial value)
+_full = lambda c: c.prev_topk is None  # noqa: E731
+# name -> (shape and dtype for a config, or None where the config has no such tensor; initial value)
 TENSORS = {
-    "prev": (lambda c: ((c.num_samples, c.num_classes), c.storage_dtype), 0.0),
+    "prev": (lambda c: ((c.num_samples, c.num_classes), c.storage_dtype) if _full(c) else None, 0.0),
+    "prev_val": (lambda c: None if _full(c) else ((c.num_samples, c.prev_topk), c.storage_dtype), 0.0),
+    "prev_idx": (lambda c: None if _full(c) else ((c.num_samples, c.prev_topk), topk_index_dtype(c.num_classes)), 0),
+    "prev_rest": (lambda c: None if _full(c) else ((c.num_samples,), c.storage_dtype), 0.0),
     "seen": (lambda c: ((c.num_samples,), torch.int32), -1),
     "ring": (lambda c: ((c.num_samples, c.window - 1), torch.float32), float("nan")),
     "score": (lambda c: ((c.num_samples,), torch.float32), 0.0),
     "counters": (lambda c: ((NUM_SLOTS,), torch.int64), 0),
     "epoch_start_counters": (lambda c: ((NUM_SLOTS,), torch.int64), 0),
 }
-PER_SAMPLE = ("prev", "seen", "ring", "score")  # rows by dataset index
+# Rows by dataset index (a config has either prev or the three prev_* tensors: consumers skip
+# the names a state dict does not hold).
+PER_SAMPLE = ("prev", "prev_val", "prev_idx", "prev_rest", "seen", "ring", "score")
+# The previous row as the update op takes it, in its schema's order.
+PREVIOUS_ROW = ("prev", "prev_val", "prev_idx", "prev_rest")
 # What a complete tracker no longer reads (its updates are no-ops): a final checkpoint may drop
 # these per-sample tensors (prev: N x C) and keep score, counters (stats) and baselines.
-RECORDING = ("prev", "ring", "seen")
+RECORDING = ("prev", "prev_val", "prev_idx", "prev_rest", "ring", "seen")
 # Under a change of layout: the first len(COUNTERS) slots of these add up over shards (the
 # slots after them, the epoch, are the same everywhere); rows_in_epoch adds up too.
 SUMMED_COUNTERS = ("counters", "epoch_start_counters")
@@ -42,7 +53,18 @@ SCALARS = ("epoch", "complete", "rows_in_epoch", "next_dup_check", "dup_check_ma
 
 
 def tensor_specs(config: TrackerConfig) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    return {name: spec(config) for name, (spec, _) in TENSORS.items()}
+    """Shape and dtype of every tensor a state of `config` holds."""
+    specs = {name: spec(config) for name, (spec, _) in TENSORS.items()}
+    return {name: s for name, s in specs.items() if s is not None}
+
+
+def initial_values(config: TrackerConfig) -> dict[str, torch.Tensor]:
+    """A fresh state's tensors as broadcast CPU views (no N x C allocation): for refilling a
+    state dict that dropped its recording state."""
+    return {
+        name: torch.tensor(TENSORS[name][1], dtype=dtype).expand(shape)
+        for name, (shape, dtype) in tensor_specs(config).items()
+    }
 
 
 class TrackerState:
@@ -50,13 +72,17 @@ class TrackerState:
 
     def __init__(self, config: TrackerConfig, device: torch.device):
         self.config = config
-        for name, (spec, fill) in TENSORS.items():
-            shape, dtype = spec(config)
+        self.names = tuple(tensor_specs(config))
+        for name, (shape, dtype) in tensor_specs(config).items():
             dev = "cpu" if name == "epoch_start_counters" else device
-            setattr(self, name, torch.full(shape, fill, dtype=dtype, device=dev))
+            setattr(self, name, torch.full(shape, TENSORS[name][1], dtype=dtype, device=dev))
         self.epoch = 0
         self.complete = False
         self.start_epoch_bookkeeping()
+
+    def previous_row(self) -> tuple[torch.Tensor, ...]:
+        """The previous-row tensors the update op takes: (prev,) or (prev_val, prev_idx, prev_rest)."""
+        return tuple(getattr(self, name) for name in PREVIOUS_ROW if name in self.names)
 
     def start_epoch_bookkeeping(self) -> None:
         """Rows of the open epoch and the forgotten-end_epoch() check: zero at an epoch's start."""
@@ -67,7 +93,7 @@ class TrackerState:
     # ------------------------------------------------------------------ state dict
     def to_dict(self) -> dict:
         """Tensors as CPU copies, scalars as Python values (the keys of a tracker's state dict)."""
-        out = {name: getattr(self, name).cpu().clone() for name in TENSORS}
+        out = {name: getattr(self, name).cpu().clone() for name in self.names}
         out.update(
             epoch=self.epoch,
             complete=self.complete,
@@ -86,6 +112,13 @@ class TrackerState:
             if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape or t.dtype != dtype:
                 got = (tuple(t.shape), t.dtype) if isinstance(t, torch.Tensor) else type(t).__name__
                 raise ValueError(f"{where}: {name}: expected shape {shape} dtype {dtype}, got {got}")
+        ids = sd.get("prev_idx")
+        if (
+            config.prev_topk is not None
+            and ids.numel()
+            and not (0 <= int(ids.min()) and int(ids.max()) < config.num_classes)
+        ):
+            raise ValueError(f"{where}: prev_idx: expected class ids in [0, {config.num_classes})")
         try:
             scalars = {
                 "epoch": int(sd["epoch"]),
@@ -108,7 +141,7 @@ class TrackerState:
     def load_dict(self, sd: dict, where: str = "state_dict") -> None:
         """Copy a state dict in: everything is checked first, so a bad one changes nothing."""
         scalars = self.check_dict(self.config, sd, where)
-        for name in TENSORS:
+        for name in self.names:
             target = getattr(self, name)
             if name == "epoch_start_counters":
                 setattr(self, name, sd[name].clone())

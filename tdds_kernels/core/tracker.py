@@ -75,6 +75,9 @@ def check_batch(logits, index, num_classes: int, device: torch.device) -> None:
 class TDDSTracker(metaclass=_Constructor):
     """Online TDDS scores with O(N·C) state, fed one batch of training logits at a time.
 
+    ``prev_topk=K`` keeps a compressed previous row (K logs and ids per sample instead of C;
+    docs/design.md §2.1): approximate scores for very many classes; None (default) is exact.
+
     Per epoch: call ``update(logits, index)`` for every batch (index = dataset indices of the
     rows), then ``end_epoch()``. ``scores()`` gives the (N,) scores by dataset index; higher
     means keep. Duplicates, missing samples and non-finite rows follow docs/design.md §3 and are
@@ -95,12 +98,13 @@ class TDDSTracker(metaclass=_Constructor):
         on_nonfinite: str = "error",
         debug: bool = False,
         baseline_options: dict | None = None,
+        prev_topk: int | None = None,
     ):
-        self.config = TrackerConfig(num_samples, num_classes, window, decay, trajectory_len, storage_dtype)
+        self.config = TrackerConfig(num_samples, num_classes, window, decay, trajectory_len, storage_dtype, prev_topk)
         self.on_nonfinite = on_nonfinite
         self.debug = bool(debug)
         self.device = resolve_device(device)
-        self._backend = registry.resolve(backend, self.device)
+        self._backend = registry.resolve(backend, self.device, topk=self.config.prev_topk is not None)
         self._state = TrackerState(self.config, self.device)
         self._host_counters = HostSnapshots()  # counters copies for the check below (no CUDA sync)
         # tdds_kernels.core.baselines.BaselineScores, made on the first update with targets; like
@@ -119,6 +123,7 @@ class TDDSTracker(metaclass=_Constructor):
     decay = property(lambda self: self.config.decay)
     trajectory_len = property(lambda self: self.config.trajectory_len)
     storage_dtype = property(lambda self: self.config.storage_dtype)
+    prev_topk = property(lambda self: self.config.prev_topk)
 
     @property
     def on_nonfinite(self) -> str:
@@ -200,7 +205,9 @@ class TDDSTracker(metaclass=_Constructor):
                 )
             # Before the TDDS op: it reads `seen` to apply the same first-occurrence rule.
             self._baselines.update(logits.detach(), index, targets, st.seen, st.epoch)
-        self._backend.update(logits.detach().contiguous(), index.contiguous(), st.prev, st.seen, st.ring, st.counters)
+        self._backend.update(
+            logits.detach().contiguous(), index.contiguous(), *st.previous_row(), st.seen, st.ring, st.counters
+        )
         if not compiling:  # host-side bookkeeping stays out of compiled graphs (no guards on it)
             st.rows_in_epoch += logits.shape[0]
             if st.rows_in_epoch >= st.next_dup_check:

@@ -86,7 +86,7 @@ class ShardLayout:
         first = shards[0]
         full = {key: value for key, value in first.items() if key != "shard"}
         full["config"] = dict(first["config"], num_samples=self.num_samples)
-        for key in state_mod.PER_SAMPLE:
+        for key in (k for k in state_mod.PER_SAMPLE if k in first):  # the config decides which
             full[key] = self.interleave([sd[key] for sd in shards])
         k = state_mod.NUM_SUMMED_SLOTS
         for key in state_mod.SUMMED_COUNTERS:  # counts summed, the epoch slot kept

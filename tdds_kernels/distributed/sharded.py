@@ -64,12 +64,13 @@ class ShardedTDDSTracker:
         debug: bool = False,
         process_group=None,
         baseline_options: dict | None = None,
+        prev_topk: int | None = None,
     ):
         if process_group is None:
             raise ValueError("process_group: expected a torch.distributed process group, got None")
         if not dist.is_available() or not dist.is_initialized():
             raise RuntimeError("process_group: torch.distributed is not initialized")
-        self.config = TrackerConfig(num_samples, num_classes, window, decay, trajectory_len, storage_dtype)
+        self.config = TrackerConfig(num_samples, num_classes, window, decay, trajectory_len, storage_dtype, prev_topk)
         self.process_group = process_group
         self.world_size = dist.get_world_size(process_group)
         self.rank = dist.get_rank(process_group)
@@ -91,6 +92,7 @@ class ShardedTDDSTracker:
             on_nonfinite,
             debug,
             baseline_options=baseline_options,
+            prev_topk=prev_topk,
         )
         self._group = Group(process_group, self.local.device)
         if dist.get_backend(process_group) == "nccl" and self.device.type != "cuda":
@@ -106,6 +108,7 @@ class ShardedTDDSTracker:
     decay = property(lambda self: self.config.decay)
     trajectory_len = property(lambda self: self.config.trajectory_len)
     storage_dtype = property(lambda self: self.config.storage_dtype)
+    prev_topk = property(lambda self: self.config.prev_topk)
     device = property(lambda self: self.local.device)
     backend = property(lambda self: self.local.backend)
     debug = property(lambda self: self.local.debug)
@@ -394,7 +397,7 @@ class ShardedTDDSTracker:
             small["baselines"] = {k: v for k, v in mine["baselines"].items() if k not in BASELINE_PER_SAMPLE}
         shards = [None] * self.world_size
         dist.all_gather_object(shards, small, group=self.process_group)
-        for key in PER_SAMPLE:
+        for key in (k for k in PER_SAMPLE if k in mine):  # the config decides which it holds
             for sd, part in zip(shards, self._gather_parts(mine[key])):
                 sd[key] = part.cpu()
         if mine.get("baselines") is not None:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import torch
-
+from ..core.config import TrackerConfig
 from ..core.state import RECORDING as _RECORDING_STATE
+from ..core.state import initial_values
 
 
 def final_state(sd: dict) -> dict:
@@ -22,10 +22,7 @@ def expand_final_state(sd: dict) -> dict:
     temporary; any other state dict is returned as it is."""
     if not isinstance(sd, dict) or not sd.get("final"):
         return sd
-    cfg = sd["config"]
-    n, c, w = cfg["num_samples"], cfg["num_classes"], cfg["window"]
+    fresh = initial_values(TrackerConfig.from_dict(sd["config"]))
     out = {k: v for k, v in sd.items() if k != "final"}
-    out["prev"] = torch.zeros((), dtype=getattr(torch, cfg["storage_dtype"])).expand(n, c)
-    out["ring"] = torch.tensor(float("nan")).expand(n, w - 1)
-    out["seen"] = torch.tensor(-1, dtype=torch.int32).expand(n)
+    out.update({name: fresh[name] for name in _RECORDING_STATE if name in fresh})
     return out

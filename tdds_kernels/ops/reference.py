@@ -33,16 +33,13 @@ def contribution(p: torch.Tensor, log_p: torch.Tensor, log_q: torch.Tensor) -> t
     return (p * (log_p - log_q)).abs().sum(dim=1)
 
 
-def update(logits, index, prev, seen, ring, counters) -> None:
-    """Record one batch of epoch e = counters[EPOCH] (docs/design.md §3).
+def applied_rows(logits, index, n_samples, seen, counters):
+    """The rows of a batch that update() applies, with their samples and the epoch; counts the
+    rest (duplicates, non-finite, out of range) into `counters`. Shared by every reference update.
 
     Of the usable rows (index in range, logits finite) of a sample, the first in batch order is
     applied if the sample was not recorded earlier in the epoch; every other usable row is a
-    duplicate. Every backend must pick that same row, whatever its execution order.
-
-    Syncs the host on CUDA: picking the applied rows (nonzero, boolean indexing) gives tensors
-    whose shape depends on the data. The triton and cuda backends do not sync."""
-    n_samples = prev.shape[0]
+    duplicate. Returns (x (R, C) float32 logits of the applied rows, n (R,) their samples, epoch)."""
     epoch = counters[EPOCH].to(torch.int32)  # 0-d, on the state's device
     idx = index.to(torch.long)
     in_range = (idx >= 0) & (idx < n_samples)
@@ -55,24 +52,36 @@ def update(logits, index, prev, seen, ring, counters) -> None:
     fresh = usable & (seen.index_select(0, safe) != epoch)
     rows = torch.nonzero(fresh).squeeze(1)
     rows = rows[first_occurrences(idx[rows])]
-    n_dup = usable.sum() - rows.numel()
+    counters[DUPLICATES] += usable.sum() - rows.numel()
+    counters[NONFINITE] += (in_range & ~finite).sum()
+    counters[OUT_OF_RANGE] += (~in_range).sum()
+    return x.index_select(0, rows), idx.index_select(0, rows), epoch
 
-    n = idx.index_select(0, rows)
-    p = torch.softmax(x.index_select(0, rows), dim=1)
-    log_p = torch.log(p + EPS)
-    # d_{e-1} is defined only if the sample was recorded in epoch e-1 (never at e = 0). At e = 0
-    # the slot written, (−1) mod (W−1), gets NaN; it is overwritten before any window reads it.
-    d = contribution(p, log_p, prev.index_select(0, n).to(torch.float32))
+
+def record(d, n, epoch, seen, ring) -> None:
+    """Write d_{e-1} of samples n into the ring (NaN where undefined) and mark them seen in e.
+
+    d_{e-1} is defined only if the sample was recorded in epoch e-1 (never at e = 0). At e = 0
+    the slot written, (−1) mod (W−1), gets NaN; it is overwritten before any window reads it."""
     had_prev = (seen.index_select(0, n) == epoch - 1) & (epoch >= 1)
     w1 = ring.shape[1]
     slot = torch.remainder(epoch.long() - 1, w1)
     ring.view(-1).index_copy_(0, n * w1 + slot, torch.where(had_prev, d, torch.full_like(d, float("nan"))))
-    prev.index_copy_(0, n, log_p.to(prev.dtype))
     seen.index_fill_(0, n, epoch)
 
-    counters[DUPLICATES] += n_dup
-    counters[NONFINITE] += (in_range & ~finite).sum()
-    counters[OUT_OF_RANGE] += (~in_range).sum()
+
+def update(logits, index, prev, seen, ring, counters) -> None:
+    """Record one batch of epoch e = counters[EPOCH] (docs/design.md §3).
+
+    Every backend must apply the same rows as applied_rows(), whatever its execution order.
+    Syncs the host on CUDA: picking the applied rows (nonzero, boolean indexing) gives tensors
+    whose shape depends on the data. The triton and cuda backends do not sync."""
+    x, n, epoch = applied_rows(logits, index, prev.shape[0], seen, counters)
+    p = torch.softmax(x, dim=1)
+    log_p = torch.log(p + EPS)
+    d = contribution(p, log_p, prev.index_select(0, n).to(torch.float32))
+    record(d, n, epoch, seen, ring)
+    prev.index_copy_(0, n, log_p.to(prev.dtype))
 
 
 def window_deviation(ring: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,9 @@
     cpu        tdds::update_ext / ..._ext (CPU kernel)    C++ extension, CPU trackers
     cuda       tdds::update_ext / ..._ext (CUDA kernel)   C++ extension built with CUDA
 
+With topk=True (a tracker's prev_topk=K) the update op is the backend's tdds::update_topk{suffix}
+sibling; a backend without one is unavailable for such trackers (reference: tdds::update_topk).
+
 On CUDA, "auto" takes triton, then cuda, then reference, and never the Triton interpreter
 (TRITON_INTERPRET=1 is a CPU test tool; by name, backend="triton" still accepts it).
 
@@ -30,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import reference  # noqa: F401  (defines the reference ops)
+from . import reference, reference_topk  # noqa: F401  (define the reference ops)
 
 NAMES = ("reference", "triton", "cpu", "cuda")
 # Order "auto" tries per device type, fastest first (benchmarks/results/ has the measurements).
@@ -40,7 +43,7 @@ AUTO_ORDER = {"cpu": ("cpu", "reference"), "cuda": ("triton", "cuda", "reference
 @dataclass(frozen=True)
 class Backend:
     name: str
-    update: object  # torch._ops.OpOverloadPacket with the UPDATE_SCHEMA
+    update: object  # torch._ops.OpOverloadPacket with the UPDATE_SCHEMA (UPDATE_TOPK_SCHEMA if topk)
     epoch_step: object  # ... with the EPOCH_STEP_SCHEMA
 
 
@@ -63,8 +66,22 @@ def _has_kernel(qualname: str, key: str) -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key(qualname, key)
 
 
-def unavailable_reason(name: str, device: torch.device) -> str | None:
-    """None if backend `name` can run on `device`, else why not."""
+SUFFIX = {"reference": "", "triton": "_triton", "cpu": "_ext", "cuda": "_ext"}
+
+
+def unavailable_reason(name: str, device: torch.device, topk: bool = False) -> str | None:
+    """None if backend `name` can run on `device` (with a compressed previous row if `topk`),
+    else why not."""
+    reason = _base_reason(name, device)
+    if reason is None and topk:
+        qualname = f"tdds::update_topk{SUFFIX[name]}"
+        key = "CUDA" if device.type == "cuda" else "CPU"
+        if not torch._C._dispatch_has_kernel(qualname) or not _has_kernel(qualname, key):
+            return f"backend {name!r} has no compressed-row kernel (prev_topk) for {device.type}"
+    return reason
+
+
+def _base_reason(name: str, device: torch.device) -> str | None:
     kind = device.type
     if name == "reference":
         return None if kind in ("cpu", "cuda") else f"device type {kind!r} is not supported"
@@ -88,10 +105,10 @@ def unavailable_reason(name: str, device: torch.device) -> str | None:
     return f"unknown backend {name!r}; expected one of {('auto',) + NAMES}"
 
 
-def _auto_reason(name: str, device: torch.device) -> str | None:
+def _auto_reason(name: str, device: torch.device, topk: bool = False) -> str | None:
     """unavailable_reason, and also: auto never picks the Triton interpreter for CUDA tensors
     (it copies every tensor to the host; it is a test tool, asked for only by name)."""
-    reason = unavailable_reason(name, device)
+    reason = unavailable_reason(name, device, topk)
     if reason is None and name == "triton" and device.type == "cuda":
         from . import triton as _triton
 
@@ -103,33 +120,35 @@ def _auto_reason(name: str, device: torch.device) -> str | None:
 _warned_fallback: set[str] = set()
 
 
-def resolve(name: str, device: torch.device) -> Backend:
-    """The Backend for `name` ("auto" or one of NAMES) on `device`; ValueError if unavailable."""
+def resolve(name: str, device: torch.device, topk: bool = False) -> Backend:
+    """The Backend for `name` ("auto" or one of NAMES) on `device`, its update op the
+    compressed-row one if `topk`; ValueError if unavailable."""
     device = torch.device(device)
     if name == "auto":
         order = AUTO_ORDER.get(device.type, ("reference",))
         for candidate in order:
-            if _auto_reason(candidate, device) is None:
-                if candidate == "reference" and len(order) > 1 and device.type not in _warned_fallback:
-                    _warned_fallback.add(device.type)
-                    why = "; ".join(f"{c}: {_auto_reason(c, device)}" for c in order[:-1])
+            if _auto_reason(candidate, device, topk) is None:
+                if candidate == "reference" and len(order) > 1 and (device.type, topk) not in _warned_fallback:
+                    _warned_fallback.add((device.type, topk))
+                    why = "; ".join(f"{c}: {_auto_reason(c, device, topk)}" for c in order[:-1])
                     warnings.warn(f"tdds_kernels: using the reference backend on {device.type} ({why})", stacklevel=3)
-                return _backend(candidate)
+                return _backend(candidate, topk)
         raise ValueError(f"backend: no backend available for device {device}")
     if not isinstance(name, str) or name not in NAMES:
         raise ValueError(f"backend: expected 'auto' or one of {NAMES}, got {name!r}")
-    reason = unavailable_reason(name, device)
+    reason = unavailable_reason(name, device, topk)
     if reason is not None:
         raise ValueError(f"backend: {name!r} is not available for device {device}: {reason}")
-    return _backend(name)
+    return _backend(name, topk)
 
 
-def _backend(name: str) -> Backend:
-    suffix = {"reference": "", "triton": "_triton", "cpu": "_ext", "cuda": "_ext"}[name]
-    return Backend(name, getattr(torch.ops.tdds, "update" + suffix), getattr(torch.ops.tdds, "epoch_step" + suffix))
+def _backend(name: str, topk: bool = False) -> Backend:
+    suffix = SUFFIX[name]
+    update = getattr(torch.ops.tdds, ("update_topk" if topk else "update") + suffix)
+    return Backend(name, update, getattr(torch.ops.tdds, "epoch_step" + suffix))
 
 
-def available(device) -> list[str]:
-    """Backends that can run on `device`, in NAMES order."""
+def available(device, topk: bool = False) -> list[str]:
+    """Backends that can run on `device` (with a compressed previous row if `topk`), in NAMES order."""
     device = torch.device(device)
-    return [n for n in NAMES if unavailable_reason(n, device) is None]
+    return [n for n in NAMES if unavailable_reason(n, device, topk) is None]

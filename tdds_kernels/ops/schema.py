@@ -14,6 +14,10 @@ State (docs/design.md §2), mutated in place:
     ring     (N, W-1) float32        d_j in slot j mod (W-1); NaN = undefined
     score    (N,)     float32        running EMA S
     counters (5,)     int64          COUNTERS below, cumulative, then EPOCH
+  or, with a compressed previous row (tdds::update_topk*, K <= C classes kept; design.md §2.1):
+    prev_val  (N, K)  storage dtype  log(p + 1e-8) of the K largest p of the last recorded row
+    prev_idx  (N, K)  int16 / int32  their class ids (topk_index_dtype(C)), same order
+    prev_rest (N,)    storage dtype  log(mean p of the other C - K classes + 1e-8)
     The epoch being recorded lives on the device (counters[EPOCH]; epoch_step advances it), not
     in an int argument: a compiled or CUDA-graph-captured training step then stays valid across
     epochs instead of recompiling (or replaying a stale constant) each epoch, and no kernel
@@ -29,6 +33,13 @@ NAMESPACE = "tdds"
 # Mutated arguments are marked (a!)...; both ops return nothing.
 UPDATE_SCHEMA = (
     "(Tensor logits, Tensor index, Tensor(a!) prev, Tensor(b!) seen, Tensor(c!) ring, Tensor(d!) counters) -> ()"
+)
+# The compressed-row variant (docs/design.md §2.1): the previous row is the K largest
+# log-probabilities (prev_val), their class ids (prev_idx) and one residual log (prev_rest);
+# epoch_step does not read the previous row, so it is shared with the full-row ops.
+UPDATE_TOPK_SCHEMA = (
+    "(Tensor logits, Tensor index, Tensor(a!) prev_val, Tensor(b!) prev_idx, Tensor(c!) prev_rest, "
+    "Tensor(d!) seen, Tensor(e!) ring, Tensor(f!) counters) -> ()"
 )
 EPOCH_STEP_SCHEMA = "(Tensor seen, Tensor(a!) ring, Tensor(b!) score, Tensor(c!) counters, float decay) -> ()"
 
@@ -61,6 +72,20 @@ def define_sibling(suffix: str) -> tuple[str, str]:
         torch.library.register_fake(qualname, _fake_noop, lib=_lib)
         names.append(qualname)
     return names[0], names[1]
+
+
+def define_topk_sibling(suffix: str) -> str:
+    """Declare tdds::update_topk{suffix} (UPDATE_TOPK_SCHEMA); returns the qualified name."""
+    name = f"update_topk{suffix}"
+    _lib.define(name + UPDATE_TOPK_SCHEMA)
+    qualname = f"{NAMESPACE}::{name}"
+    torch.library.register_fake(qualname, _fake_noop, lib=_lib)
+    return qualname
+
+
+def topk_index_dtype(num_classes: int) -> torch.dtype:
+    """The narrowest integer type that holds every class id of `num_classes` classes."""
+    return torch.int16 if num_classes <= 2**15 else torch.int32
 
 
 def schema_of(op) -> str:
