@@ -29,8 +29,20 @@ def recorded_rows(epochs, num_samples):
     return out
 
 
-def dense_scores(epochs, num_samples, window, decay, trajectory_len=None):
-    """epochs: list (one per epoch) of lists of (logits (B, C), index (B,)) batches."""
+def compressed_log(p, k):
+    """log q of a float64 row p kept as its k largest entries (ties: lower class first) and the
+    mean of the rest (docs/design.md §2.1), by the definition: one class at a time."""
+    c = len(p)
+    order = sorted(range(c), key=lambda j: (-p[j], j))
+    kept = set(order[:k])
+    rest = sum(p[j] for j in range(c) if j not in kept)
+    rest_log = math.log(rest / (c - k) + 1e-8) if k < c else math.log(1e-8)
+    return np.array([math.log(p[j] + 1e-8) if j in kept else rest_log for j in range(c)])
+
+
+def dense_scores(epochs, num_samples, window, decay, trajectory_len=None, prev_topk=None):
+    """epochs: list (one per epoch) of lists of (logits (B, C), index (B,)) batches; prev_topk=K:
+    the previous row compressed to K classes and a residual."""
     rec = recorded_rows(epochs, num_samples)
     t_len = len(rec) if trajectory_len is None else min(trajectory_len, len(rec))
     scores = np.zeros(num_samples)
@@ -41,7 +53,7 @@ def dense_scores(epochs, num_samples, window, decay, trajectory_len=None):
             if p[t] is None or p[t + 1] is None:
                 d.append(None)
                 continue
-            q_log = np.log(p[t] + 1e-8)
+            q_log = np.log(p[t] + 1e-8) if prev_topk is None else compressed_log(p[t], prev_topk)
             p_log = np.log(p[t + 1] + 1e-8)
             d.append(float(np.sum(np.abs(p[t + 1] * (p_log - q_log)))))
         s = 0.0

@@ -43,7 +43,9 @@ class Group:
     def gather_rows(self, row: torch.Tensor) -> torch.Tensor:
         """(world, *row.shape): every rank's `row`, in rank order (on the tracker's device)."""
         dtype = row.dtype
-        row = row.to(self.device, torch.uint8 if dtype == torch.bool else dtype).contiguous()  # gloo: no bool
+        # gloo has no bool and no int16 (prev_topk's class ids): sent widened, returned as given.
+        wire = {torch.bool: torch.uint8, torch.int16: torch.int32}.get(dtype, dtype)
+        row = row.to(self.device, wire).contiguous()
         out = [torch.empty_like(row) for _ in range(self.world_size)]
         dist.all_gather(out, row, group=self.process_group)
         return torch.stack(out).to(dtype)

@@ -23,7 +23,7 @@ from tdds_kernels.distributed import ShardedTDDSTracker, merge_shards, shard_pat
 
 N, C, WINDOW, T = 53, 7, 3, 6
 CFG = dict(num_classes=C, window=WINDOW, decay=0.9, trajectory_len=T, backend="reference")
-SCENARIOS = ("equivalence", "dtypes", "save_load", "bad_batch", "disagreement", "nonfinite")
+SCENARIOS = ("equivalence", "dtypes", "save_load", "bad_batch", "disagreement", "nonfinite", "topk")
 COLLECTIVE_TIMEOUT_S = 30
 SPAWN_DEADLINE_S = 150
 
@@ -229,6 +229,35 @@ def scenario_nonfinite(rank, world, pg, tmp):
     t.on_nonfinite = "skip"
     t.end_epoch()
     assert t.epoch == 1 and t.stats["nonfinite"] == 1
+
+
+def scenario_topk(rank, world, pg, tmp):
+    # A compressed previous row (prev_topk=3 of C=7): the same scores as one tracker with it,
+    # through shard files and through the whole-dataset state.
+    path = os.path.join(tmp, "tdds.pt")
+    sharded = TDDSTracker(N, **CFG, process_group=pg, prev_topk=3)
+    single = TDDSTracker(N, **CFG, prev_topk=3)
+    assert sharded.prev_topk == 3 and sharded.local.state_dict()["prev_idx"].shape == (sharded.shard_size, 3)
+    for e in range(3):
+        feed(sharded, e, world, rank)
+        feed(single, e, world, None)
+    sharded.save(path)
+    back = ShardedTDDSTracker.load(path, process_group=pg, backend="reference")
+    full = back.full_state_dict()
+    for key in ("prev_val", "prev_idx", "prev_rest", "ring"):
+        torch.testing.assert_close(full[key], single.state_dict()[key], rtol=0, atol=0, equal_nan=True, msg=key)
+    for e in range(3, T):
+        feed(back, e, world, rank)
+        feed(single, e, world, None)
+    torch.testing.assert_close(back.scores(), single.scores(), rtol=1e-6, atol=1e-7)
+    assert not torch.equal(single.scores(), _full_row_scores(world))  # K = 3 < C changes them
+
+
+def _full_row_scores(world):
+    t = TDDSTracker(N, **CFG)
+    for e in range(T):
+        feed(t, e, world, None)
+    return t.scores()
 
 
 # ---------------------------------------------------------------- harness
