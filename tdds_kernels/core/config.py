@@ -82,6 +82,8 @@ class TrackerConfig:
         """The checkpoint form: plain values, the dtype by name ("float32")."""
         out = dataclasses.asdict(self)
         out["storage_dtype"] = str(self.storage_dtype).replace("torch.", "")
+        if out["prev_topk"] is None:  # full rows: the same entries as before prev_topk existed
+            del out["prev_topk"]
         return out
 
     @classmethod
@@ -107,14 +109,16 @@ class TrackerConfig:
 
     def mismatches(self, other: dict) -> list[str]:
         """How a checkpoint's config dict differs from this one, one entry per key."""
-        mine = self.to_dict()
+        mine = self.to_dict() | {"prev_topk": self.prev_topk}  # absent means None
         return [
             f"{k}: tracker has {mine[k]!r}, state dict has {other.get(k)!r}" for k in mine if other.get(k) != mine[k]
         ]
 
     def describe(self) -> str:
-        """The fields as repr shows them: num_samples=..., ..., storage_dtype=torch.float32."""
-        return ", ".join(f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self))
+        """The fields as repr shows them: num_samples=..., ..., storage_dtype=torch.float32 (and
+        prev_topk=K when the row is compressed)."""
+        shown = [f.name for f in dataclasses.fields(self) if f.name != "prev_topk" or self.prev_topk is not None]
+        return ", ".join(f"{name}={getattr(self, name)}" for name in shown)
 
 
 def resolve_device(device) -> torch.device:
