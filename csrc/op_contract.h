@@ -9,6 +9,10 @@ namespace tdds {
 #define TDDS_UPDATE_SCHEMA                                                            \
   "(Tensor logits, Tensor index, Tensor(a!) prev, Tensor(b!) seen, Tensor(c!) ring, " \
   "Tensor(d!) counters) -> ()"
+// ... and UPDATE_TOPK_SCHEMA: the compressed previous row (docs/design.md §2.1).
+#define TDDS_UPDATE_TOPK_SCHEMA                                                                    \
+  "(Tensor logits, Tensor index, Tensor(a!) prev_val, Tensor(b!) prev_idx, Tensor(c!) prev_rest, " \
+  "Tensor(d!) seen, Tensor(e!) ring, Tensor(f!) counters) -> ()"
 #define TDDS_EPOCH_STEP_SCHEMA \
   "(Tensor seen, Tensor(a!) ring, Tensor(b!) score, Tensor(c!) counters, float decay) -> ()"
 
@@ -39,34 +43,68 @@ inline bool is_float_type(at::ScalarType t) {
 
 // The ops are internal (the tracker validates user input), so these checks guard memory
 // safety only: shapes, dtypes, contiguity and one device for all tensors.
-inline void check_update(const at::Tensor& logits, const at::Tensor& index, const at::Tensor& prev,
-                         const at::Tensor& seen, const at::Tensor& ring, const at::Tensor& counters) {
-  TORCH_CHECK(logits.dim() == 2 && is_float_type(logits.scalar_type()) && logits.is_contiguous(),
-              "update_ext: logits must be a contiguous (B, C) float32/float16/bfloat16 tensor, got ",
-              logits.sizes(), " ", logits.scalar_type());
+// What update and update_topk share: the batch, seen, ring and counters of n samples.
+inline void check_batch_and_state(const char* op, const at::Tensor& logits, const at::Tensor& index,
+                                  int64_t n, const at::Tensor& seen, const at::Tensor& ring,
+                                  const at::Tensor& counters) {
+  TORCH_CHECK(logits.dim() == 2 && is_float_type(logits.scalar_type()) && logits.is_contiguous(), op,
+              ": logits must be a contiguous (B, C) float32/float16/bfloat16 tensor, got ", logits.sizes(),
+              " ", logits.scalar_type());
   TORCH_CHECK(index.dim() == 1 && index.size(0) == logits.size(0) && index.is_contiguous() &&
                   (index.scalar_type() == at::kLong || index.scalar_type() == at::kInt),
-              "update_ext: index must be a contiguous (B,) int64/int32 tensor, got ", index.sizes(), " ",
+              op, ": index must be a contiguous (B,) int64/int32 tensor, got ", index.sizes(), " ",
               index.scalar_type());
-  TORCH_CHECK(prev.dim() == 2 && prev.size(1) == logits.size(1) && is_float_type(prev.scalar_type()) &&
-                  prev.is_contiguous(),
-              "update_ext: prev must be a contiguous (N, C) float tensor with C = logits.size(1), got ",
-              prev.sizes(), " ", prev.scalar_type());
-  const int64_t n = prev.size(0);
   TORCH_CHECK(seen.dim() == 1 && seen.size(0) == n && seen.scalar_type() == at::kInt && seen.is_contiguous(),
-              "update_ext: seen must be a contiguous (N,) int32 tensor, got ", seen.sizes(), " ",
+              op, ": seen must be a contiguous (N,) int32 tensor, got ", seen.sizes(), " ",
               seen.scalar_type());
   TORCH_CHECK(ring.dim() == 2 && ring.size(0) == n && ring.size(1) >= 1 && ring.scalar_type() == at::kFloat &&
                   ring.is_contiguous(),
-              "update_ext: ring must be a contiguous (N, W-1) float32 tensor, got ", ring.sizes(), " ",
+              op, ": ring must be a contiguous (N, W-1) float32 tensor, got ", ring.sizes(), " ",
               ring.scalar_type());
   TORCH_CHECK(counters.dim() == 1 && counters.size(0) == kNumSlots && counters.scalar_type() == at::kLong &&
                   counters.is_contiguous(),
-              "update_ext: counters must be a contiguous (5,) int64 tensor, got ", counters.sizes(), " ",
+              op, ": counters must be a contiguous (5,) int64 tensor, got ", counters.sizes(), " ",
               counters.scalar_type());
-  for (const at::Tensor* t : {&index, &prev, &seen, &ring, &counters})
-    TORCH_CHECK(t->device() == logits.device(), "update_ext: all tensors must be on ", logits.device(),
+  for (const at::Tensor* t : {&index, &seen, &ring, &counters})
+    TORCH_CHECK(t->device() == logits.device(), op, ": all tensors must be on ", logits.device(),
                 ", got one on ", t->device());
+}
+
+inline void check_update(const at::Tensor& logits, const at::Tensor& index, const at::Tensor& prev,
+                         const at::Tensor& seen, const at::Tensor& ring, const at::Tensor& counters) {
+  TORCH_CHECK(prev.dim() == 2 && logits.dim() == 2 && prev.size(1) == logits.size(1) &&
+                  is_float_type(prev.scalar_type()) && prev.is_contiguous(),
+              "update_ext: prev must be a contiguous (N, C) float tensor with C = logits.size(1), got ",
+              prev.sizes(), " ", prev.scalar_type());
+  TORCH_CHECK(prev.device() == logits.device(), "update_ext: all tensors must be on ", logits.device(),
+              ", got one on ", prev.device());
+  check_batch_and_state("update_ext", logits, index, prev.size(0), seen, ring, counters);
+}
+
+// update_topk: check_update's checks with the full row replaced by the compressed one.
+inline void check_update_topk(const at::Tensor& logits, const at::Tensor& index, const at::Tensor& prev_val,
+                              const at::Tensor& prev_idx, const at::Tensor& prev_rest, const at::Tensor& seen,
+                              const at::Tensor& ring, const at::Tensor& counters) {
+  TORCH_CHECK(logits.dim() == 2, "update_topk_ext: logits must be a (B, C) tensor, got ", logits.sizes());
+  TORCH_CHECK(prev_val.dim() == 2 && prev_val.size(1) >= 1 && prev_val.size(1) <= logits.size(1) &&
+                  is_float_type(prev_val.scalar_type()) && prev_val.is_contiguous(),
+              "update_topk_ext: prev_val must be a contiguous (N, K) float tensor with 1 <= K <= C, got ",
+              prev_val.sizes(), " ", prev_val.scalar_type());
+  const int64_t n = prev_val.size(0);
+  TORCH_CHECK(prev_idx.sizes() == prev_val.sizes() && prev_idx.is_contiguous() &&
+                  (prev_idx.scalar_type() == at::kShort || prev_idx.scalar_type() == at::kInt),
+              "update_topk_ext: prev_idx must be a contiguous int16/int32 tensor shaped like prev_val, got ",
+              prev_idx.sizes(), " ", prev_idx.scalar_type());
+  TORCH_CHECK(prev_idx.scalar_type() == at::kInt || logits.size(1) <= 32768,
+              "update_topk_ext: prev_idx must be int32 for more than 32768 classes");
+  TORCH_CHECK(prev_rest.dim() == 1 && prev_rest.size(0) == n &&
+                  prev_rest.scalar_type() == prev_val.scalar_type() && prev_rest.is_contiguous(),
+              "update_topk_ext: prev_rest must be a contiguous (N,) tensor of prev_val's dtype, got ",
+              prev_rest.sizes(), " ", prev_rest.scalar_type());
+  for (const at::Tensor* t : {&prev_val, &prev_idx, &prev_rest})
+    TORCH_CHECK(t->device() == logits.device(), "update_topk_ext: all tensors must be on ", logits.device(),
+                ", got one on ", t->device());
+  check_batch_and_state("update_topk_ext", logits, index, n, seen, ring, counters);
 }
 
 inline void check_epoch_step(const at::Tensor& seen, const at::Tensor& ring, const at::Tensor& score,

@@ -11,6 +11,8 @@ namespace {
 // (Python `import tdds_kernels._C` or a C++ trainer linking it) is complete.
 void update_meta(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                  const at::Tensor&, const at::Tensor&) {}
+void update_topk_meta(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                      const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&) {}
 void epoch_step_meta(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double) {}
 }  // namespace
 }  // namespace tdds
@@ -18,10 +20,12 @@ void epoch_step_meta(const at::Tensor&, const at::Tensor&, const at::Tensor&, co
 // FRAGMENT: tdds_kernels/ops/schema.py defines the other tdds ops from Python.
 TORCH_LIBRARY_FRAGMENT(tdds, m) {
   m.def("update_ext" TDDS_UPDATE_SCHEMA);
+  m.def("update_topk_ext" TDDS_UPDATE_TOPK_SCHEMA);
   m.def("epoch_step_ext" TDDS_EPOCH_STEP_SCHEMA);
 }
 
 TORCH_LIBRARY_IMPL(tdds, Meta, m) {
   m.impl("update_ext", &tdds::update_meta);
+  m.impl("update_topk_ext", &tdds::update_topk_meta);
   m.impl("epoch_step_ext", &tdds::epoch_step_meta);
 }

@@ -19,6 +19,13 @@ struct UpdateArgs {
   int64_t slot;   // ring slot of d_{epoch-1} (ring_slot in op_contract.h)
   Dt logits_dt, prev_dt;
   bool index_i64;
+  // The compressed previous row (update_topk, docs/design.md §2.1), used where K > 0 in place
+  // of prev: prev_val (N, K) and prev_rest (N,) in prev_dt, prev_idx (N, K) int32 or int16.
+  int64_t K = 0;
+  void* prev_val = nullptr;
+  void* prev_idx = nullptr;
+  void* prev_rest = nullptr;
+  bool idx_i32 = false;
 };
 
 struct UpdateCounts {

@@ -110,6 +110,84 @@ inline Vec keep(const Vec& v, float fill, int64_t count) {
   return Vec::set(Vec(fill), v, std::max<int64_t>(count, 0));
 }
 
+// The K largest p of a row, ties to the lower class id (docs/design.md §2.1): a min-heap of the
+// K best seen so far (its root the worst kept); a strict total order, so the kept set does not
+// depend on the visiting order. O(C + replacements * log K); ends sorted best first.
+struct Ranked {
+  float p;
+  int32_t c;
+};
+inline bool better(const Ranked& a, const Ranked& b) {
+  return a.p > b.p || (a.p == b.p && a.c < b.c);
+}
+inline void top_k(const float* p, int64_t C, int64_t K, std::vector<Ranked>& heap) {
+  heap.clear();
+  for (int64_t c = 0; c < C; ++c) {
+    const Ranked r{p[c], static_cast<int32_t>(c)};
+    if (static_cast<int64_t>(heap.size()) < K) {
+      heap.push_back(r);
+      std::push_heap(heap.begin(), heap.end(), better);
+    } else if (better(r, heap.front())) {
+      std::pop_heap(heap.begin(), heap.end(), better);
+      heap.back() = r;
+      std::push_heap(heap.begin(), heap.end(), better);
+    }
+  }
+  std::sort_heap(heap.begin(), heap.end(), better);  // ascending by `better`: best first
+}
+
+// Step 4 with a compressed previous row: p (in buf, scaled in place), lp = log(p + eps) into lp,
+// the old row expanded into lq (residual log, stored logs at their ids), d against it, then the
+// new K logs, ids and residual. Returns d (NaN where undefined).
+template <typename S>
+float compressed_row(const UpdateArgs& a, int64_t n, float* buf, float* lp, float* lq, const Vec& inv,
+                     bool with_d, std::vector<Ranked>& heap) {
+  const int64_t C = a.C, K = a.K;
+  S* val = static_cast<S*>(a.prev_val) + n * K;
+  S* rest = static_cast<S*>(a.prev_rest) + n;
+  int16_t* id16 = static_cast<int16_t*>(a.prev_idx) + n * K;
+  int32_t* id32 = static_cast<int32_t*>(a.prev_idx) + n * K;
+  const Vec veps(1e-8f);
+  for (int64_t j = 0; j < C; j += kStep) {
+    const Vec p0 = Vec::loadu(buf + j) * inv, p1 = Vec::loadu(buf + j + kVF) * inv;
+    p0.store(buf + j);
+    p1.store(buf + j + kVF);
+    fast_log(p0 + veps).store(lp + j);
+    fast_log(p1 + veps).store(lp + j + kVF);
+  }
+  float d = std::numeric_limits<float>::quiet_NaN();
+  if (with_d) {
+    const float r = static_cast<float>(*rest);
+    std::fill(lq, lq + C, r);
+    for (int64_t j = 0; j < K; ++j) {
+      const int64_t c = a.idx_i32 ? id32[j] : id16[j];
+      if (c >= 0 && c < C) lq[c] = static_cast<float>(val[j]);  // ids come from this op; guard anyway
+    }
+    Vec vd(0.f);
+    for (int64_t j = 0; j < C; j += kStep) {  // padding: p = 0 there, so it adds 0
+      vd = vd + (Vec::loadu(buf + j) * (Vec::loadu(lp + j) - Vec::loadu(lq + j))).abs() +
+           (Vec::loadu(buf + j + kVF) * (Vec::loadu(lp + j + kVF) - Vec::loadu(lq + j + kVF))).abs();
+    }
+    d = hsum(vd);
+  }
+  top_k(buf, C, K, heap);
+  // The residual mass summed over the classes left out, in double: 1 - kept would lose it.
+  double total = 0.0, kept = 0.0;
+  for (int64_t c = 0; c < C; ++c) total += buf[c];
+  for (int64_t j = 0; j < K; ++j) {
+    const Ranked& h = heap[j];
+    kept += h.p;
+    val[j] = static_cast<S>(lp[h.c]);
+    if (a.idx_i32)
+      id32[j] = h.c;
+    else
+      id16[j] = static_cast<int16_t>(h.c);
+  }
+  const double mean = K < C ? std::max(total - kept, 0.0) / static_cast<double>(C - K) : 0.0;
+  *rest = static_cast<S>(std::log(static_cast<float>(mean) + 1e-8f));
+  return d;
+}
+
 template <typename T, typename S, typename I>
 void update_rows_t(const UpdateArgs& a, const int64_t* rows, int64_t count, UpdateCounts& cnt) {
   const int64_t C = a.C;
@@ -118,7 +196,13 @@ void update_rows_t(const UpdateArgs& a, const int64_t* rows, int64_t count, Upda
   const I* index = static_cast<const I*>(a.index);
   S* prev = static_cast<S*>(a.prev);
   // exp(x - max) of the current row; padded to whole steps so full-vector stores stay inside.
-  std::unique_ptr<float[]> buf(new float[(C + kStep - 1) / kStep * kStep]);
+  const int64_t padded = (C + kStep - 1) / kStep * kStep;
+  std::unique_ptr<float[]> buf(new float[padded]);
+  // With a compressed row: the logs of the new row and the expanded old row (padding zeroed so
+  // whole-vector reads of it stay finite), and the top-K heap.
+  std::unique_ptr<float[]> lp(a.K ? new float[padded]() : nullptr), lq(a.K ? new float[padded]() : nullptr);
+  std::vector<Ranked> heap;
+  heap.reserve(a.K);
   const float inf = std::numeric_limits<float>::infinity();
 
   const int64_t row_bytes = C * static_cast<int64_t>(sizeof(S));
@@ -131,8 +215,10 @@ void update_rows_t(const UpdateArgs& a, const int64_t* rows, int64_t count, Upda
       const int64_t ahead = rows ? rows[k + kPrefetchRows] : k + kPrefetchRows;
       const int64_t m = static_cast<int64_t>(index[ahead]);
       if (m >= 0 && m < a.N) {
-        const char* r = reinterpret_cast<const char*>(prev + m * C);
-        for (int64_t o = 0; o < row_bytes; o += 64) __builtin_prefetch(r + o, /*rw=*/1, /*locality=*/3);
+        if (prev) {  // (a compressed row is K values: not worth fetching ahead)
+          const char* r = reinterpret_cast<const char*>(prev + m * C);
+          for (int64_t o = 0; o < row_bytes; o += 64) __builtin_prefetch(r + o, /*rw=*/1, /*locality=*/3);
+        }
         // Where the list jumps over the batch (the rows of repeated samples, split by sample)
         // the hardware streamer that covers consecutive logits rows does not follow: fetch the
         // row as well. Measured: this helps there, and costs ~5% on consecutive rows.
@@ -189,6 +275,10 @@ void update_rows_t(const UpdateArgs& a, const int64_t* rows, int64_t count, Upda
     // 4. p, log(p + eps), the transition d against the cached log, and the new cached log
     const Vec inv(1.f / hsum(vs)), veps(1e-8f);
     const bool with_d = epoch >= 1 && old == epoch - 1;  // d is defined only after epoch-1
+    if (a.K) {
+      a.ring[n * a.W1 + a.slot] = compressed_row<S>(a, n, buf.get(), lp.get(), lq.get(), inv, with_d, heap);
+      continue;
+    }
     S* q = prev + n * C;
     Vec vd(0.f);
     for (int64_t j = 0; j < C; j += kStep) {

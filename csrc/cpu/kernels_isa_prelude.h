@@ -12,6 +12,7 @@
 #include <memory>
 #include <tuple>
 #include <type_traits>
+#include <vector>
 
 #include <ATen/NumericUtils.h>
 #include <ATen/native/Math.h>

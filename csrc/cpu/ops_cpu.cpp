@@ -1,4 +1,4 @@
-// CPU kernels of tdds::update_ext / tdds::epoch_step_ext.
+// CPU kernels of tdds::update_ext, tdds::update_topk_ext and tdds::epoch_step_ext.
 #include <ATen/Parallel.h>
 #include <ATen/Version.h>
 #include <torch/library.h>
@@ -48,30 +48,17 @@ Dt dt_of(at::ScalarType t) {
   return t == at::kFloat ? Dt::f32 : t == at::kHalf ? Dt::f16 : Dt::bf16;
 }
 
-void update_cpu(const at::Tensor& logits, const at::Tensor& index, const at::Tensor& prev,
-                const at::Tensor& seen, const at::Tensor& ring, const at::Tensor& counters) {
-  check_update(logits, index, prev, seen, ring, counters);
-  const int64_t B = logits.size(0), C = logits.size(1);
-  if (B == 0) return;
-  int64_t* ctr = counters.data_ptr<int64_t>();
+// Reads counters[EPOCH] (checked) for the update args.
+int64_t recorded_epoch(const int64_t* ctr, const char* op) {
   const int64_t epoch = ctr[kEpoch];
-  TORCH_CHECK(epoch >= 0 && epoch < INT32_MAX, "update_ext: counters[EPOCH] must be in [0, 2^31 - 1), got ",
-              epoch);
+  TORCH_CHECK(epoch >= 0 && epoch < INT32_MAX, op, ": counters[EPOCH] must be in [0, 2^31 - 1), got ", epoch);
+  return epoch;
+}
+
+// The one update driver of update_ext and update_topk_ext (args say which row is kept).
+void run_update(const UpdateArgs& args, const at::Tensor& index, int64_t* ctr) {
+  const int64_t B = args.B, C = args.C;
   static const UpdateRowsFn rows_fn = pick_update_rows();
-  const UpdateArgs args{logits.data_ptr(),
-                        index.data_ptr(),
-                        prev.data_ptr(),
-                        seen.data_ptr<int32_t>(),
-                        ring.data_ptr<float>(),
-                        B,
-                        C,
-                        prev.size(0),
-                        ring.size(1),
-                        epoch,
-                        ring_slot(epoch, ring.size(1)),
-                        dt_of(logits.scalar_type()),
-                        dt_of(prev.scalar_type()),
-                        index.scalar_type() == at::kLong};
   // Rows of one sample must be visited by one thread, in batch order: then the first finite
   // row wins and the kernel needs no atomics on seen[] (nor on prev/ring). Tasks: one per
   // thread, fewer for small batches (about 32k elements each, so small batches don't pay for
@@ -143,6 +130,58 @@ void update_cpu(const at::Tensor& logits, const at::Tensor& index, const at::Ten
   for (const UpdateCounts& c : counts) add_counts(ctr, c);
 }
 
+void update_cpu(const at::Tensor& logits, const at::Tensor& index, const at::Tensor& prev,
+                const at::Tensor& seen, const at::Tensor& ring, const at::Tensor& counters) {
+  check_update(logits, index, prev, seen, ring, counters);
+  if (logits.size(0) == 0) return;
+  int64_t* ctr = counters.data_ptr<int64_t>();
+  const int64_t epoch = recorded_epoch(ctr, "update_ext");
+  const UpdateArgs args{logits.data_ptr(),
+                        index.data_ptr(),
+                        prev.data_ptr(),
+                        seen.data_ptr<int32_t>(),
+                        ring.data_ptr<float>(),
+                        logits.size(0),
+                        logits.size(1),
+                        prev.size(0),
+                        ring.size(1),
+                        epoch,
+                        ring_slot(epoch, ring.size(1)),
+                        dt_of(logits.scalar_type()),
+                        dt_of(prev.scalar_type()),
+                        index.scalar_type() == at::kLong};
+  run_update(args, index, ctr);
+}
+
+void update_topk_cpu(const at::Tensor& logits, const at::Tensor& index, const at::Tensor& prev_val,
+                     const at::Tensor& prev_idx, const at::Tensor& prev_rest, const at::Tensor& seen,
+                     const at::Tensor& ring, const at::Tensor& counters) {
+  check_update_topk(logits, index, prev_val, prev_idx, prev_rest, seen, ring, counters);
+  if (logits.size(0) == 0) return;
+  int64_t* ctr = counters.data_ptr<int64_t>();
+  const int64_t epoch = recorded_epoch(ctr, "update_topk_ext");
+  UpdateArgs args{logits.data_ptr(),
+                  index.data_ptr(),
+                  nullptr,
+                  seen.data_ptr<int32_t>(),
+                  ring.data_ptr<float>(),
+                  logits.size(0),
+                  logits.size(1),
+                  prev_val.size(0),
+                  ring.size(1),
+                  epoch,
+                  ring_slot(epoch, ring.size(1)),
+                  dt_of(logits.scalar_type()),
+                  dt_of(prev_val.scalar_type()),
+                  index.scalar_type() == at::kLong};
+  args.K = prev_val.size(1);
+  args.prev_val = prev_val.data_ptr();
+  args.prev_idx = prev_idx.data_ptr();
+  args.prev_rest = prev_rest.data_ptr();
+  args.idx_i32 = prev_idx.scalar_type() == at::kInt;
+  run_update(args, index, ctr);
+}
+
 void epoch_step_cpu(const at::Tensor& seen, const at::Tensor& ring, const at::Tensor& score,
                     const at::Tensor& counters, double decay) {
   check_epoch_step(seen, ring, score, counters);
@@ -171,5 +210,6 @@ void epoch_step_cpu(const at::Tensor& seen, const at::Tensor& ring, const at::Te
 
 TORCH_LIBRARY_IMPL(tdds, CPU, m) {
   m.impl("update_ext", &tdds::update_cpu);
+  m.impl("update_topk_ext", &tdds::update_topk_cpu);
   m.impl("epoch_step_ext", &tdds::epoch_step_cpu);
 }
