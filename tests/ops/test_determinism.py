@@ -51,34 +51,49 @@ def scenario(n, copies, c, epochs, seed):
     return out
 
 
-def fresh_state(n, c, storage, device):
-    prev = torch.zeros(n, c, dtype=storage, device=device)
+def fresh_state(n, c, storage, device, k=None):
+    """(previous row..., seen, ring, score, counters): the previous row is prev, or with k the
+    compressed (prev_val, prev_idx, prev_rest) of docs/design.md §2.1."""
+    if k is None:
+        row = (torch.zeros(n, c, dtype=storage, device=device),)
+    else:
+        row = (
+            torch.zeros(n, k, dtype=storage, device=device),
+            torch.zeros(n, k, dtype=_ops.topk_index_dtype(c), device=device),
+            torch.zeros(n, dtype=storage, device=device),
+        )
     seen = torch.full((n,), -1, dtype=torch.int32, device=device)
     ring = torch.full((n, WINDOW - 1), float("nan"), device=device)
     score = torch.zeros(n, device=device)
     counters = torch.zeros(_ops.NUM_SLOTS, dtype=torch.int64, device=device)
-    return prev, seen, ring, score, counters
+    return (*row, seen, ring, score, counters)
 
 
-def run(update, epoch_step, batches, n, storage, device, index_dtype=torch.int64, **kw):
-    prev, seen, ring, score, counters = fresh_state(n, batches[0][0].shape[1], storage, device)
+def run(update, epoch_step, batches, n, storage, device, index_dtype=torch.int64, k=None, **kw):
+    state = fresh_state(n, batches[0][0].shape[1], storage, device, k)
     for logits, index in batches:
-        update(logits.to(device), index.to(device, index_dtype), prev, seen, ring, counters, **kw)
-        epoch_step(seen, ring, score, counters, DECAY)
-    return prev, seen, ring, score, counters
+        update(logits.to(device), index.to(device, index_dtype), *state[:-2], state[-1], **kw)
+        epoch_step(*state[-4:], DECAY)
+    return state
 
 
-def reference_run(batches, n, storage):
-    return run(torch.ops.tdds.update, torch.ops.tdds.epoch_step, batches, n, storage, "cpu")
+def reference_run(batches, n, storage, k=None):
+    update = torch.ops.tdds.update if k is None else torch.ops.tdds.update_topk
+    return run(update, torch.ops.tdds.epoch_step, batches, n, storage, "cpu", k=k)
 
 
 def assert_matches_reference(out, ref, storage):
-    prev, seen, ring, score, counters = (t.cpu() for t in out)
-    r_prev, r_seen, r_ring, r_score, r_counters = ref
+    out = tuple(t.cpu() for t in out)
+    *row, seen, ring, score, counters = out
+    *r_row, r_seen, r_ring, r_score, r_counters = ref
     assert counters.tolist() == r_counters.tolist()
     assert torch.equal(seen, r_seen)
     tol = TOL[storage]
-    torch.testing.assert_close(prev.float(), r_prev.float(), **tol["prev"])
+    for got, want in zip(row, r_row):  # class ids exactly, logs within rounding
+        if got.is_floating_point():
+            torch.testing.assert_close(got.float(), want.float(), **tol["prev"])
+        else:
+            assert torch.equal(got, want)
     torch.testing.assert_close(ring, r_ring, equal_nan=True, **tol["ring"])
     torch.testing.assert_close(score, r_score, **tol["ring"])
 
@@ -101,11 +116,12 @@ def test_scenario_has_winners_that_are_not_the_first_row():
 
 
 # -------------------------------------------------------------------------- C++ cpu backend
-def ext_ops(device):
-    reason = backends.unavailable_reason(device, torch.device(device))
+def ext_ops(device, topk=False):
+    reason = backends.unavailable_reason(device, torch.device(device), topk)
     if reason is not None:
         pytest.skip(reason)
-    return torch.ops.tdds.update_ext, torch.ops.tdds.epoch_step_ext
+    ops = backends.resolve(device, torch.device(device), topk)
+    return ops.update, ops.epoch_step
 
 
 @pytest.fixture
@@ -115,21 +131,23 @@ def threads():
     torch.set_num_threads(before)
 
 
+@pytest.mark.parametrize("k", [None, 5], ids=["full", "top5"])
 @pytest.mark.parametrize("storage", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
-def test_cpu_backend_first_occurrence_wins_on_every_run(storage, threads):
-    update, epoch_step = ext_ops("cpu")
+def test_cpu_backend_first_occurrence_wins_on_every_run(storage, k, threads):
+    # k: the compressed previous row (update_topk_ext), driven by the same row partitioning.
+    update, epoch_step = ext_ops("cpu", topk=k is not None)
     n, copies, c = 64, 128, 100
     batches = scenario(n, copies, c, 5, seed=1)
-    ref = reference_run(batches, n, storage)
+    ref = reference_run(batches, n, storage, k)
     # More threads than cores: the OS interleaves them, so a claim race would show.
     threads(4)
-    runs = [run(update, epoch_step, batches, n, storage, "cpu") for _ in range(8)]
+    runs = [run(update, epoch_step, batches, n, storage, "cpu", k=k) for _ in range(8)]
     for out in runs:
         assert_matches_reference(out, ref, storage)
         assert_identical(out, runs[0])
     # The per-row arithmetic does not depend on which task runs a row: one thread, same bits.
     threads(1)
-    assert_identical(run(update, epoch_step, batches, n, storage, "cpu"), runs[0])
+    assert_identical(run(update, epoch_step, batches, n, storage, "cpu", k=k), runs[0])
 
 
 @pytest.mark.parametrize("index_dtype", [torch.int64, torch.int32])
