@@ -197,18 +197,24 @@ def program_order(request, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "c, block, storage",
-    [(10, None, torch.float32), (10, None, torch.bfloat16), (300, 128, torch.float32)],
-    ids=["C10-f32", "C10-bf16", "C300-chunked-f32"],
+    "c, block, storage, k",
+    [
+        (10, None, torch.float32, None),
+        (10, None, torch.bfloat16, None),
+        (300, 128, torch.float32, None),
+        (40, 16, torch.float32, 3),
+    ],
+    ids=["C10-f32", "C10-bf16", "C300-chunked-f32", "C40-chunked-top3-f32"],
 )
-def test_triton_first_occurrence_wins_in_any_program_order(program_order, c, block, storage):
+def test_triton_first_occurrence_wins_in_any_program_order(program_order, c, block, storage, k):
     import tdds_kernels.ops.triton as tt
 
     order, ran = program_order
     n, copies = 12, 8
     batches = scenario(n, copies, c, 4, seed=2)
-    ref = reference_run(batches, n, storage)
-    out = run(tt.update, tt.epoch_step, batches, n, storage, "cpu", **({"block": block} if block else {}))
+    ref = reference_run(batches, n, storage, k)
+    update = tt.update if k is None else tt.update_topk
+    out = run(update, tt.epoch_step, batches, n, storage, "cpu", k=k, **({"block": block} if block else {}))
     # the patch took effect: the first launch (an update of `rows` programs) ran in that order
     rows = n * copies + 6
     expected = {"forward": list(range(rows)), "reverse": list(range(rows))[::-1]}

@@ -1,4 +1,5 @@
-"""Triton backend: tdds::update_triton and tdds::epoch_step_triton (shared schemas in ops/schema.py).
+"""Triton backend: tdds::update_triton, tdds::update_topk_triton (compressed previous row) and
+tdds::epoch_step_triton (shared schemas in ops/schema.py).
 
 Registered for CUDA and for CPU; CPU tensors run only under TRITON_INTERPRET=1 (the tests).
 The ops are plain custom ops with (a!) mutation marks and fake kernels (define_sibling), so
@@ -14,11 +15,13 @@ import triton
 from .. import schema as _ops
 from .epoch_step import epoch_step
 from .update import _update_kernel, update
+from .update_topk import update_topk
 
 # Whether @triton.jit made interpreted functions: TRITON_INTERPRET is read at definition time.
 INTERPRETED = not isinstance(_update_kernel, triton.JITFunction)
 
 UPDATE, EPOCH_STEP = _ops.define_sibling("_triton")
+UPDATE_TOPK = _ops.define_topk_sibling("_triton")
 
 
 def _cpu(fn):
@@ -33,8 +36,8 @@ def _cpu(fn):
     return run
 
 
-for _name, _fn in (("update_triton", update), ("epoch_step_triton", epoch_step)):
+for _name, _fn in (("update_triton", update), ("update_topk_triton", update_topk), ("epoch_step_triton", epoch_step)):
     _ops._lib.impl(_name, _fn, "CUDA")
     _ops._lib.impl(_name, _cpu(_fn), "CPU")
 
-__all__ = ["update", "epoch_step", "UPDATE", "EPOCH_STEP", "INTERPRETED"]
+__all__ = ["update", "update_topk", "epoch_step", "UPDATE", "UPDATE_TOPK", "EPOCH_STEP", "INTERPRETED"]

@@ -1,0 +1,205 @@
+"""tdds::update_topk_triton: the update with a compressed previous row (docs/design.md §2.1).
+
+The program layout and the first-usable-row rule are update.py's (one program per position of
+the stably sorted batch; the head of a run of equal indices handles the run in batch order).
+Per applied row b of sample n, with p = softmax(z_b), ℓ = log(p + ε):
+
+    d = Σ_c |p_c (ℓ_c − r)|  +  Σ_j ( |p_{i_j} (ℓ_{i_j} − v_j)| − |p_{i_j} (ℓ_{i_j} − r)| )
+
+with (v, i, r) = (prev_val[n], prev_idx[n], prev_rest[n]): the sum against the residual log,
+corrected at the K stored classes (their z gathered), so no (C,) row of log q is built. Then the
+K largest p, ties to the lower class id, by K passes of "the best element worse than the last
+one taken" (no mask to keep: the order p desc, id asc is total), and the residual mass summed
+over the elements worse than the K-th (not 1 − the kept mass: cancellation). Rows of any width:
+each pass streams the row in BLOCK chunks (one chunk up to update.MAX_SINGLE_BLOCK classes).
+O(K·C) per row: meant for small K; the selection dominates at K = 128.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import schema as _ops
+from .update import _config, _to_storage, device_of
+
+_EPS = tl.constexpr(_ops.EPS)
+_DUPLICATES = tl.constexpr(_ops.DUPLICATES)
+_NONFINITE = tl.constexpr(_ops.NONFINITE)
+_OUT_OF_RANGE = tl.constexpr(_ops.OUT_OF_RANGE)
+_EPOCH = tl.constexpr(_ops.EPOCH)
+
+
+@triton.jit
+def _update_topk_kernel(
+    logits_ptr,
+    logits_stride,
+    sorted_ptr,
+    order_ptr,
+    val_ptr,
+    idx_ptr,
+    rest_ptr,
+    seen_ptr,
+    ring_ptr,
+    counters_ptr,
+    B,
+    N,
+    C,
+    K,
+    W1,
+    BLOCK: tl.constexpr,
+    KBLOCK: tl.constexpr,
+):
+    pos = tl.program_id(0).to(tl.int64)
+    n = tl.load(sorted_ptr + pos).to(tl.int64)
+    before = tl.load(sorted_ptr + tl.maximum(pos - 1, 0)).to(tl.int64)
+    head = (pos == 0) | (before != n)
+    epoch = tl.load(counters_ptr + _EPOCH).to(tl.int32)
+    slot = (epoch - 1 + W1) % W1
+    in_range = (n >= 0) & (n < N)
+    cols = tl.arange(0, BLOCK)
+    kcols = tl.arange(0, KBLOCK)
+    kmask = kcols < K
+    old = tl.load(seen_ptr + n, mask=in_range & head, other=0)
+    had_prev = (old == epoch - 1) & (epoch >= 1)
+    fresh = in_range & head & (old != epoch)
+    n_dup = tl.zeros((), tl.int32)
+    n_bad = tl.zeros((), tl.int32)
+    n_oor = tl.zeros((), tl.int32)
+
+    k = pos
+    todo = head
+    while todo:
+        row = tl.load(order_ptr + k)
+        z_row = logits_ptr + row * logits_stride
+        # Pass 1: max, Σ exp (online over chunks), non-finite count (as in update.py).
+        m = tl.full((), float("-inf"), tl.float32)
+        s = tl.zeros((), tl.float32)
+        bad = tl.zeros((), tl.int32)
+        for start in range(0, C, BLOCK):
+            c = start + cols
+            mask = c < C
+            z = tl.load(z_row + c, mask=tl.where(in_range, mask, False), other=0.0).to(tl.float32)
+            ok = tl.abs(z) < float("inf")
+            bad += tl.sum((mask & ~ok).to(tl.int32), 0)
+            zm = tl.where(mask & ok, z, float("-inf"))
+            m_new = tl.maximum(m, tl.max(zm, 0))
+            s = s * tl.exp(m - m_new) + tl.sum(tl.exp(zm - m_new), 0)
+            m = m_new
+        usable = in_range & (bad == 0)
+        apply = usable & fresh
+        has_d = apply & had_prev
+        inv_s = 1.0 / s
+
+        # d against the old compressed row (read before it is overwritten below).
+        d = tl.zeros((), tl.float32)
+        if has_d:
+            r = tl.load(rest_ptr + n).to(tl.float32)
+            for start in range(0, C, BLOCK):
+                c = start + cols
+                mask = c < C
+                z = tl.load(z_row + c, mask=mask, other=0.0).to(tl.float32)
+                p = tl.exp(tl.where(mask, z, float("-inf")) - m) * inv_s
+                d += tl.sum(tl.where(mask, tl.abs(p * (tl.log(p + _EPS) - r)), 0.0), 0)
+            ids = tl.load(idx_ptr + n * K + kcols, mask=kmask, other=0).to(tl.int64)
+            v = tl.load(val_ptr + n * K + kcols, mask=kmask, other=0.0).to(tl.float32)
+            ids = tl.where((ids >= 0) & (ids < C), ids, 0)  # ids come from this op; guard anyway
+            zk = tl.load(z_row + ids, mask=kmask, other=float("-inf")).to(tl.float32)
+            pk = tl.exp(zk - m) * inv_s
+            lk = tl.log(pk + _EPS)
+            d += tl.sum(tl.where(kmask, tl.abs(pk * (lk - v)) - tl.abs(pk * (lk - r)), 0.0), 0)
+
+        # Top K: pass j takes the best element worse than (last_p, last_c), in the order
+        # p desc, class id asc; then the residual mass over everything worse than the K-th.
+        if apply:
+            last_p = tl.full((), float("inf"), tl.float32)
+            last_c = tl.full((), -1, tl.int64)
+            for j in range(0, K):
+                best_p = tl.full((), -1.0, tl.float32)
+                best_c = tl.full((), C, tl.int64)
+                for start in range(0, C, BLOCK):
+                    c = start + cols
+                    mask = c < C
+                    z = tl.load(z_row + c, mask=mask, other=0.0).to(tl.float32)
+                    p = tl.exp(tl.where(mask, z, float("-inf")) - m) * inv_s
+                    worse = mask & ((p < last_p) | ((p == last_p) & (c > last_c)))
+                    pm = tl.where(worse, p, -1.0)
+                    chunk_p = tl.max(pm, 0)
+                    chunk_c = tl.min(tl.where(worse & (pm == chunk_p), c, C), 0).to(tl.int64)
+                    take = (chunk_p > best_p) | ((chunk_p == best_p) & (chunk_c < best_c))
+                    best_c = tl.where(take, chunk_c, best_c)
+                    best_p = tl.where(take, chunk_p, best_p)
+                tl.store(val_ptr + n * K + j, _to_storage(tl.log(best_p + _EPS), val_ptr))
+                tl.store(idx_ptr + n * K + j, best_c.to(idx_ptr.dtype.element_ty))
+                last_p = best_p
+                last_c = best_c
+            residual = tl.zeros((), tl.float32)
+            for start in range(0, C, BLOCK):
+                c = start + cols
+                mask = c < C
+                z = tl.load(z_row + c, mask=mask, other=0.0).to(tl.float32)
+                p = tl.exp(tl.where(mask, z, float("-inf")) - m) * inv_s
+                worse = mask & ((p < last_p) | ((p == last_p) & (c > last_c)))
+                residual += tl.sum(tl.where(worse, p, 0.0), 0)
+            mean = tl.where(K < C, residual / tl.maximum(C - K, 1).to(tl.float32), 0.0)
+            tl.store(rest_ptr + n, _to_storage(tl.log(mean + _EPS), rest_ptr))
+        tl.store(ring_ptr + n * W1 + slot, tl.where(has_d, d, float("nan")), mask=apply)
+        tl.store(seen_ptr + n, epoch, mask=apply)
+
+        fresh = fresh & ~apply
+        n_dup += (usable & ~apply).to(tl.int32)
+        n_bad += (in_range & (bad > 0)).to(tl.int32)
+        n_oor += (~in_range).to(tl.int32)
+        k += 1
+        todo = k < B
+        if todo:
+            todo = tl.load(sorted_ptr + k).to(tl.int64) == n
+
+    tl.atomic_add(counters_ptr + _DUPLICATES, n_dup.to(tl.int64), mask=n_dup > 0)
+    tl.atomic_add(counters_ptr + _NONFINITE, n_bad.to(tl.int64), mask=n_bad > 0)
+    tl.atomic_add(counters_ptr + _OUT_OF_RANGE, n_oor.to(tl.int64), mask=n_oor > 0)
+
+
+def update_topk(
+    logits: torch.Tensor,
+    index: torch.Tensor,
+    prev_val: torch.Tensor,
+    prev_idx: torch.Tensor,
+    prev_rest: torch.Tensor,
+    seen: torch.Tensor,
+    ring: torch.Tensor,
+    counters: torch.Tensor,
+    *,
+    block: int | None = None,
+) -> None:
+    """Launcher for UPDATE_TOPK_SCHEMA (tdds_kernels/ops/schema.py)."""
+    batch, num_classes = logits.shape
+    if batch == 0:
+        return
+    if logits.stride(1) != 1:
+        logits = logits.contiguous()
+    block, _, num_warps = _config(num_classes, block)
+    k = prev_val.shape[1]
+    sorted_index, order = torch.sort(index, stable=True)  # equal indices keep batch order
+    with device_of(logits):
+        _update_topk_kernel[(batch,)](
+            logits,
+            logits.stride(0),
+            sorted_index,
+            order,
+            prev_val,
+            prev_idx,
+            prev_rest,
+            seen,
+            ring,
+            counters,
+            batch,
+            prev_val.shape[0],
+            num_classes,
+            k,
+            ring.shape[1],
+            BLOCK=block,
+            KBLOCK=triton.next_power_of_2(k),
+            num_warps=num_warps,
+        )
