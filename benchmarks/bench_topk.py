@@ -1,0 +1,276 @@
+"""Compressed previous row (prev_topk=K, docs/design.md §2.1): fidelity, memory and speed.
+
+Fidelity on real training trajectories: a 2-layer MLP trained with Adam on a synthetic
+many-class task (class prototypes plus noise, 10% of the labels flipped) for T epochs; every
+training batch's logits feed one tracker with full rows and one per K (the C++ cpu backend).
+Final scores are compared with the full rows' by Spearman rank correlation, the overlap of the
+kept sets at 30/70/90% pruning, and max |difference| / max |score|; for scale, the same numbers
+for full rows against a second training run that differs only in its seed. The constructed
+worst case: logits that stay near-flat over all C classes (a small random walk), so the mass
+is spread over many more classes than any K keeps.
+
+Memory: bytes per sample of each state (declared dtypes: tdds_kernels.core.state), and the
+state at ImageNet-21k shape. Speed: the cpu backend's update time per row, K against full rows,
+measured in the same run (ratios are what carries over to another machine).
+
+Sized for a shared 2-core machine: each invocation does one part and stays around a minute;
+--json collects the parts, --report writes the table from them.
+
+    python benchmarks/bench_topk.py --part train --classes 1000 --json /tmp/topk.json
+    python benchmarks/bench_topk.py --part flat --json /tmp/topk.json
+    python benchmarks/bench_topk.py --part speed --json /tmp/topk.json
+    python benchmarks/bench_topk.py --report --json /tmp/topk.json --out benchmarks/results/topk.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import tdds_kernels as tk
+from tdds_kernels.core.config import TrackerConfig
+from tdds_kernels.core.state import tensor_specs
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_storage import fidelity  # noqa: E402  (the same metrics as storage.md)
+
+KS = (8, 32, 128)
+IMAGENET21K = dict(n=14_197_122, c=21_841, w=10)
+
+
+def per_sample_bytes(c, k, w, storage):
+    """Bytes per sample of every per-sample tensor of a tracker's state (its declared dtypes)."""
+    specs = tensor_specs(TrackerConfig(1, c, window=w, trajectory_len=None, storage_dtype=storage, prev_topk=k))
+    return sum(int(np.prod(shape)) * dtype.itemsize for name, (shape, dtype) in specs.items() if "counters" not in name)
+
+
+def trackers(n, c, epochs, window, ks=KS):
+    out = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for k in (None, *ks):
+            if k is None or k < c:
+                out[k] = tk.TDDSTracker(n, c, window=window, trajectory_len=epochs, backend="cpu", prev_topk=k)
+    return out
+
+
+def train_and_track(n, c, epochs, window, seed, ks=True, batch=128, hidden=64, noise=0.1):
+    """Trains an MLP for `epochs` on the task with C classes; returns ({K or None: scores}, acc,
+    mean top-K mass of the last epoch's softmax per K)."""
+    g = torch.Generator().manual_seed(c)  # the task depends on C only, the run on `seed`
+    dim = 64
+    protos = torch.randn(c, dim, generator=g)
+    y = torch.randint(0, c, (n,), generator=g)
+    x = protos[y] + 0.7 * torch.randn(n, dim, generator=g)
+    flip = torch.rand(n, generator=g) < noise
+    y = torch.where(flip, torch.randint(0, c, (n,), generator=g), y)
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(dim, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, c))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    tr = trackers(n, c, epochs, window, KS if ks else ())
+    mass = {}
+    for e in range(epochs):
+        for idx in torch.randperm(n).split(batch):
+            logits = model(x[idx])
+            loss = F.cross_entropy(logits, y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            for t in tr.values():
+                t.update(logits.detach(), idx)
+            if e == epochs - 1:
+                p = torch.softmax(logits.detach(), 1).sort(1, descending=True).values
+                for k in KS:
+                    mass.setdefault(k, []).append(p[:, :k].sum(1))
+        for t in tr.values():
+            t.end_epoch()
+    with torch.no_grad():
+        acc = (model(x).argmax(1) == y).float().mean().item()
+    kept_mass = {k: float(torch.cat(v).mean()) for k, v in mass.items()}
+    return {k: t.scores().double().numpy() for k, t in tr.items()}, acc, kept_mass
+
+
+def part_train(c, n, epochs, window):
+    t0 = time.perf_counter()
+    scores, acc, mass = train_and_track(n, c, epochs, window, seed=0)
+    other, _, _ = train_and_track(n, c, epochs, window, seed=1, ks=False)
+    rows = [(f"K = {k}", fidelity(scores[None], scores[k]), mass[k]) for k in KS if k in scores]
+    rows.append(("full rows, another training seed (scale)", fidelity(scores[None], other[None]), None))
+    return {"c": c, "n": n, "epochs": epochs, "window": window, "acc": acc, "rows": rows, "s": time.perf_counter() - t0}
+
+
+def part_flat(c, n, epochs, window, scale=0.3):
+    """Logits near flat over all C classes, drifting: the mass of every row is spread out."""
+    g = torch.Generator().manual_seed(7)
+    base = torch.randn(n, c, generator=g) * scale
+    tr = trackers(n, c, epochs, window)
+    mass = {}
+    for _ in range(epochs):
+        base = base + torch.randn(n, c, generator=g) * scale
+        for idx in torch.randperm(n, generator=g).split(256):
+            for t in tr.values():
+                t.update(base[idx], idx)
+        for t in tr.values():
+            t.end_epoch()
+    p = torch.softmax(base, 1).sort(1, descending=True).values
+    mass = {k: float(p[:, :k].sum(1).mean()) for k in KS}
+    scores = {k: t.scores().double().numpy() for k, t in tr.items()}
+    rows = [(f"K = {k}", fidelity(scores[None], scores[k]), mass[k]) for k in KS if k in scores]
+    return {"c": c, "n": n, "epochs": epochs, "window": window, "scale": scale, "rows": rows}
+
+
+def part_speed(reps=7):
+    """Median update time per row (cpu backend, one thread), full rows and each K, same run."""
+    out = []
+    for c, b in ((1000, 512), (21_841, 64)):
+        n = 4096
+        z = torch.randn(b, c) * 3
+        row = {"c": c, "b": b}
+        for k in (None, *KS):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                t = tk.TDDSTracker(n, c, window=5, trajectory_len=None, backend="cpu", prev_topk=k)
+            times = []
+            for _ in range(reps):
+                idx = torch.randperm(n)[:b]
+                t0 = time.perf_counter()
+                t.update(z, idx)
+                times.append(time.perf_counter() - t0)
+                t.end_epoch()
+            row[str(k)] = float(np.median(times[1:])) / b
+        out.append(row)
+    return out
+
+
+def report(data):
+    lines = [
+        f"Machine: {data.get('machine', '?')}; torch {torch.__version__}; {data.get('when', '?')}. "
+        "Shared with other jobs while measured (load named per part below): compare ratios within a table.",
+        "",
+        f"### State size at ImageNet-21k shape (N = {IMAGENET21K['n']:,}, C = {IMAGENET21K['c']:,}, "
+        f"W = {IMAGENET21K['w']})",
+        "",
+        "Per-sample tensors from their declared dtypes (prev or prev_val/prev_idx/prev_rest, seen, ring, score).",
+        "",
+        "| previous row | bytes/sample (bf16) | state (bf16) | bytes/sample (fp32) | state (fp32) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    n, c, w = IMAGENET21K["n"], IMAGENET21K["c"], IMAGENET21K["w"]
+    for k in (None, *KS):
+        b16, b32 = per_sample_bytes(c, k, w, torch.bfloat16), per_sample_bytes(c, k, w, torch.float32)
+        name = "full rows" if k is None else f"K = {k}"
+        lines.append(f"| {name} | {b16:,} | {b16 * n / 1e9:,.1f} GB | {b32:,} | {b32 * n / 1e9:,.1f} GB |")
+    lines += [
+        "",
+        "Bytes per sample at C = 1000 (W = 10): "
+        + ", ".join(
+            f"{'full' if k is None else f'K = {k}'} {per_sample_bytes(1000, k, 10, torch.bfloat16):,} (bf16)"
+            for k in (None, *KS)
+        )
+        + ".",
+        "",
+    ]
+    if data.get("speed"):
+        lines += [
+            "### Update time per row (cpu backend, 1 thread, median of 6 calls)",
+            "",
+            f"Load: {data.get('speed_load', '?')}.",
+            "",
+            "| C | rows/call | full rows | " + " | ".join(f"K = {k}" for k in KS) + " |",
+            "|---:|---:|---:|" + "---:|" * len(KS),
+        ]
+        for r in data["speed"]:
+            full = r["None"]
+            cells = " | ".join(f"{r[str(k)] * 1e6:.1f} µs ({r[str(k)] / full:.2f}×)" for k in KS)
+            lines.append(f"| {r['c']:,} | {r['b']} | {full * 1e6:.1f} µs | {cells} |")
+        lines.append("")
+    header = (
+        "| C | train acc | previous row | mean kept mass | Spearman | kept overlap 30% | 70% | 90% "
+        "| max abs. diff / max score |"
+    )
+    lines += ["### Fidelity against full rows", ""]
+    for key in sorted((k for k in data if k.startswith("train_")), key=lambda k: int(k.split("_")[1])):
+        d = data[key]
+        lines += [
+            f"C = {d['c']:,}: N = {d['n']:,} samples, T = {d['epochs']}, W = {d['window']}, β = 0.9; "
+            f"MLP (64 hidden) trained with Adam, 10% flipped labels; {d['s']:.0f} s, load: {d.get('load', '?')}.",
+            "",
+            header,
+            "|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name, f, mass in d["rows"]:
+            m = "" if mass is None else f"{mass:.1%}"
+            lines.append(
+                f"| {d['c']:,} | {d['acc']:.1%} | {name} | {m} | {f['spearman']:.4f} | {f['0.3']:.2%} | "
+                f"{f['0.7']:.2%} | {f['0.9']:.2%} | {f['maxrel']:.1e} |"
+            )
+        lines.append("")
+    if "flat" in data:
+        d = data["flat"]
+        lines += [
+            f"Constructed worst case, C = {d['c']:,}: logits a random walk of step {d['scale']} over all classes "
+            f"(near-flat softmax), N = {d['n']:,}, T = {d['epochs']}, W = {d['window']}.",
+            "",
+            "| previous row | mean kept mass | Spearman | kept overlap 30% | 70% | 90% | max abs. diff / max score |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name, f, mass in d["rows"]:
+            lines.append(
+                f"| {name} | {mass:.1%} | {f['spearman']:.4f} | {f['0.3']:.2%} | {f['0.7']:.2%} | "
+                f"{f['0.9']:.2%} | {f['maxrel']:.1e} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--part", choices=("train", "flat", "speed"))
+    ap.add_argument("--classes", type=int, default=1000)
+    ap.add_argument("--samples", type=int, default=2000)
+    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--window", type=int, default=5)
+    ap.add_argument("--load", default="?", help="what else was running (written into the table)")
+    ap.add_argument("--json", required=True, help="collects the parts")
+    ap.add_argument("--report", action="store_true")
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    data = json.load(open(a.json)) if os.path.exists(a.json) else {}
+    data.setdefault("machine", f"{platform.machine()} CPU, {os.cpu_count()} cores")
+    data["when"] = f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC"
+    if a.part == "train":
+        r = part_train(a.classes, a.samples, a.epochs, a.window)
+        r["rows"] = [(name, {str(k): v for k, v in f.items()}, m) for name, f, m in r["rows"]]
+        r["load"] = a.load
+        data[f"train_{a.classes}"] = r
+    elif a.part == "flat":
+        r = part_flat(a.classes, a.samples, a.epochs, a.window)
+        r["rows"] = [(name, {str(k): v for k, v in f.items()}, m) for name, f, m in r["rows"]]
+        data["flat"] = r
+    elif a.part == "speed":
+        data["speed"], data["speed_load"] = part_speed(), a.load
+    with open(a.json, "w") as fh:
+        json.dump(data, fh, indent=1, default=float)
+    if a.report:
+        text = report(data)
+        print(text)
+        if a.out:
+            with open(a.out, "w") as fh:
+                fh.write(text)
+    else:
+        print(json.dumps({k: v for k, v in data.items() if k not in ("machine", "when")}, default=float)[:2000])
+
+
+if __name__ == "__main__":
+    main()
