@@ -79,7 +79,7 @@ def _npy_header(path: Path, what: str):
             data_start = f.tell()
     except DumpError:
         raise
-    except (ValueError, OSError) as exc:
+    except Exception as exc:  # numpy's header parser raises ValueError, SyntaxError, TokenError...
         reason = " ".join(str(exc).split()) or type(exc).__name__
         raise DumpError(f"{path}: not a readable .npy file ({reason})") from None
     if dtype.hasobject:
