@@ -63,7 +63,9 @@ def add_arguments(parser) -> None:
         "-K",
         type=int,
         default=0,
-        help="number of the first epoch scored (K), for folders whose dumps do not start at 0",
+        metavar="K",
+        help="number of the first epoch scored (K), for folders whose dumps do not start at epoch 0 "
+        "(default: 0, whatever epochs the folder holds)",
     )
     parser.add_argument("--window", "-W", type=int, default=DEFAULT_WINDOW, help="window size (W)")
     parser.add_argument(
