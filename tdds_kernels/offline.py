@@ -12,6 +12,7 @@ and `score_win{W}_ep{T}.npy` (the scores in that order), plus `scores.npy` by da
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,6 +198,13 @@ def state_bytes(num_samples: int, num_classes: int, window: int) -> int:
     return sum(int(np.prod(shape)) * dtype.itemsize for shape, dtype in tensor_specs(config).values())
 
 
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):  # not POSIX: the allocator's error decides
+        return None
+
+
 def score_dump(
     dump_dir,
     trajectory_len: int,
@@ -214,6 +222,12 @@ def score_dump(
         num_samples = check_int("num_samples", num_samples, 1)
     first_epoch = check_int("first_epoch", first_epoch, 0)
     files, n, c = scan(dump_dir, trajectory_len, num_samples, first_epoch)
+    need, have = state_bytes(n, c, window), _physical_memory()
+    if have is not None and need > have:  # refused before the allocator can overcommit it
+        raise DumpError(
+            f"--num-samples {n}: the tracker state for {n} samples x {c} classes needs "
+            f"{need / 2**30:.3g} GiB, more than this machine's {have / 2**30:.3g} GiB of memory"
+        )
     try:
         tracker = TDDSTracker(
             n, c, window=window, decay=decay, trajectory_len=trajectory_len, backend=backend, on_nonfinite=on_nonfinite

@@ -170,9 +170,12 @@ def test_an_index_far_above_the_rows_is_accepted_when_num_samples_says_so(dump, 
     assert np.load(out / "scores.npy").shape == (4000,)
 
 
-def test_a_num_samples_that_cannot_be_allocated_is_one_line(dump, capsys):
+@pytest.mark.parametrize("knows_memory", [True, False])
+def test_a_num_samples_that_cannot_be_allocated_is_one_line(dump, capsys, monkeypatch, knows_memory):
+    if not knows_memory:  # no physical-memory figure: the allocator's refusal is reported instead
+        monkeypatch.setattr(offline, "_physical_memory", lambda: None)
     line = fails_cleanly(capsys, [dump, "--num-samples", 10**13], "--num-samples 10000000000000", [dump])
-    assert "GiB" in line
+    assert "GiB" in line and ("memory" if knows_memory else "could not be allocated") in line
 
 
 # ---------------------------------------------------------------- bad options
