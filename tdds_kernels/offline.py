@@ -5,9 +5,9 @@ A folder holds, per epoch t, `{t}_Output.npy` (N_t, C) logits in loader order an
 default). The release loads all T epochs at once; here each epoch is read and fed in blocks, so
 peak memory is O(N·C) whatever T is. Every file is checked (header, size, dtype, shape, index
 range) before the tracker is allocated, and N is not taken from an index far above the rows
-present. Outputs, as the
-release names and orders them: `data_mask_win{W}_ep{T}.npy` (ascending argsort of the scores)
-and `score_win{W}_ep{T}.npy` (the scores in that order), plus `scores.npy` by dataset index.
+present. Outputs, as the release names and orders them: `data_mask_win{W}_ep{T}.npy`
+(ascending argsort of the scores) and `score_win{W}_ep{T}.npy` (the scores in that order), plus
+`scores.npy` by dataset index, replaced as a set (write_arrays).
 """
 
 from __future__ import annotations

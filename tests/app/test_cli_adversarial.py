@@ -334,3 +334,14 @@ def test_python_dash_m_out_is_a_file(dump, tmp_path):
     res = run_module(dump, "--out", a_file)
     assert res.returncode == 2 and len(res.stderr.splitlines()) == 1 and f"--out {a_file}" in res.stderr, res
     assert snapshot(tmp_path) == before
+
+
+def test_odd_but_valid_dumps_score_like_the_fixture(dump, tmp_path):
+    """Big-endian float64 logits and uint16 indices are data, not errors: same scores."""
+    for t in range(12):
+        np.save(dump / f"{t}_Output.npy", np.load(dump / f"{t}_Output.npy").astype(">f8"))
+        np.save(dump / f"{t}_Index.npy", np.load(dump / f"{t}_Index.npy").astype(">u2"))
+    assert cli.main(["score", str(dump), "-T", T, "-W", W, "--out", str(tmp_path / "o"), "--no-progress"]) == 0
+    np.testing.assert_allclose(
+        np.load(tmp_path / "o" / "scores.npy"), np.load(SRC / "expected_scores.npy"), rtol=1e-5, atol=2e-6
+    )
