@@ -9,6 +9,8 @@ weights_only=True: a checkpoint is data, never code.
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -34,8 +36,10 @@ def check_header(sd, where: str) -> None:
 
 def replace_files(writers: dict[Path, Callable]) -> None:
     """Write every file of `writers` ({path: fn(binary file object)}) to a temporary file beside
-    it, fsync, then rename them all into place: a crash or an error leaves every previous file
-    intact and no temporary file behind (a crash between two renames can mix the set's files)."""
+    it, fsync, then rename them all into place (_swap_in), as a set: an error at any point (a
+    failing writer, a full disk, a failing rename) leaves every previous file as it was, or
+    absent if it was absent, and no temporary file behind. Each file is whole after a crash too;
+    only a process killed between two of the renames can leave a mix of old and new files."""
     tmps = {}
     try:
         for path, write in writers.items():
@@ -47,8 +51,7 @@ def replace_files(writers: dict[Path, Callable]) -> None:
                 write(f)
                 f.flush()
                 os.fsync(f.fileno())
-        for path, tmp in tmps.items():
-            os.replace(tmp, path)
+        _swap_in(tmps)
     finally:
         for tmp in tmps.values():
             if os.path.exists(tmp):
@@ -62,6 +65,52 @@ def replace_files(writers: dict[Path, Callable]) -> None:
                 os.close(dfd)
         except OSError:
             pass
+
+
+def _swap_in(tmps: dict[Path, str]) -> None:
+    """os.replace each temporary file onto its path, all or none. Every existing path is first
+    hard-linked (copied where the filesystem has no hard links) to a hidden backup beside it; on
+    an error the paths already replaced get their backups back (or are removed, if they did not
+    exist), by renames alone, which need no free space. The backups are then removed."""
+    backups, done = {}, []
+    try:
+        for path in tmps:
+            if os.path.lexists(path):
+                backups[path] = _backup(path)
+        for path, tmp in tmps.items():
+            os.replace(tmp, path)
+            done.append(path)
+    except BaseException:
+        for path in reversed(done):
+            if path in backups:
+                os.replace(backups.pop(path), path)
+            else:
+                os.unlink(path)
+        raise
+    finally:
+        for backup in backups.values():
+            if os.path.lexists(backup):
+                os.unlink(backup)
+
+
+def _backup(path: Path) -> str:
+    """A second name for `path`'s current file, named like the temporary files (".NAME.*.tmp")."""
+    while True:
+        backup = os.path.join(path.parent, f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.link(path, backup, follow_symlinks=False)
+            return backup
+        except FileExistsError:
+            continue
+        except OSError:  # no hard links here (e.g. FAT, some network mounts): a copy instead
+            fd, backup = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            os.close(fd)
+            try:
+                shutil.copy2(path, backup)
+            except BaseException:
+                os.unlink(backup)
+                raise
+            return backup
 
 
 def save_atomic(obj, path) -> None:
