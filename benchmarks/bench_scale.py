@@ -17,7 +17,9 @@ reports belongs to that configuration alone; on CUDA in-process, peak from the a
 2. Time per row against N (1e4 to 4e6, C = 1000; float32 where its state fits in --mem-gb,
    float16 up to the largest N) and against C (10 to 32,000, N = 20,000, float32).
 3. Peak memory of the release-style loop (benchmarks/release_style.py: all T epochs' logits and
-   probabilities in RAM) against N, next to the tracker's at the same N and C.
+   probabilities in RAM) against N, next to the tracker's at the same N and C. It runs with
+   W = T (one window): the same T epochs sit in RAM, the window stack is (N, T-1) floats instead
+   of (N, W-1), and the run is ~6x shorter than W = 10 (21 windows of 9 recomputed terms each).
 
 Logits: a pool of at most 64 distinct batches (and at most --pool-mb) prepared before timing and
 cycled; the kernels' cost does not depend on the values, and a full epoch of distinct logits
@@ -180,8 +182,10 @@ def measure(device, backend, storage, n, c, batch, min_rows, pool_mb, threads=No
                 moved=rows * (c * 4 + 2 * c * sb + UPDATE_SMALL_BYTES) + epochs * n * END_EPOCH_BYTES)
 
 
-def measure_release(n, c, t_len, window, tmpdir):
+def measure_release(n, c, t_len, window, tmpdir, threads=None):
     """Peak RSS of benchmarks/release_style.py's loop on T epochs of random logits."""
+    if threads:
+        torch.set_num_threads(threads)
     import numpy as np
     sys.path.insert(0, str(HERE))
     import release_style
@@ -235,12 +239,12 @@ def plan(a):
     if a.quick:
         epoch_n, epoch_c, ref_n = 20_000, 100, 2_000
         n_list, c_list, c_n, min_rows = [2_000, 20_000], [10, 300], 2_000, 8_192
-        release = dict(n=[1_000, 3_000], c=10, t_len=12, window=4)
+        release = dict(n=[1_000, 3_000], c=10, t_len=12, window=12)
     else:
         epoch_n, epoch_c, ref_n = IMAGENET_N, IMAGENET_C, 20_000
         n_list = [10_000, 30_000, 100_000, 300_000, 1_000_000, 2_000_000, 4_000_000]
         c_list, c_n, min_rows = [10, 30, 100, 300, 1000, 3000, 10_000, 32_000], 20_000, 1 << 18
-        release = dict(n=[10_000, 30_000, 100_000, 200_000], c=100, t_len=30, window=WINDOW)
+        release = dict(n=[10_000, 30_000, 100_000, 200_000], c=100, t_len=30, window=30)
     return dict(epoch_n=epoch_n, epoch_c=epoch_c, ref_n=ref_n, n_list=n_list, c_list=c_list, c_n=c_n,
                 min_rows=min_rows, release=release, mem=mem)
 
@@ -286,20 +290,22 @@ def run_cpu(a, p):
     for c in p["c_list"]:
         if state_bytes(p["c_n"], c, 4) > p["mem"]:
             continue
+        # Wide rows cost more each: fewer timed rows (at least one whole epoch) keep the run short.
+        min_rows = max(p["c_n"], min(p["min_rows"], p["min_rows"] * 1000 // c))
         print(f"rows vs C: {fast} float32 N={p['c_n']:,} C={c}", flush=True)
         r, err = isolated(measure, device=device, backend=fast, storage="float32", n=p["c_n"], c=c,
-                          batch=a.batch, min_rows=p["min_rows"], pool_mb=a.pool_mb,
+                          batch=a.batch, min_rows=min_rows, pool_mb=a.pool_mb,
                           threads=a.curve_threads)
         if r:
             res["by_c"].append(r)
     rel = p["release"]
     for n in rel["n"]:
-        if 2.2 * rel["t_len"] * n * rel["c"] * 4 > p["mem"]:
+        if 2.5 * rel["t_len"] * n * rel["c"] * 4 > p["mem"]:  # measured: ~2.3x the probabilities
             continue
         print(f"release-style memory: N={n:,} C={rel['c']} T={rel['t_len']}", flush=True)
         with tempfile.TemporaryDirectory() as tmp:
             r, err = isolated(measure_release, n=n, c=rel["c"], t_len=rel["t_len"], window=rel["window"],
-                              tmpdir=tmp)
+                              tmpdir=tmp, threads=a.curve_threads)
         t, _ = isolated(measure, device=device, backend=fast, storage="float32", n=n, c=rel["c"],
                         batch=a.batch, min_rows=n, pool_mb=min(a.pool_mb, 64), threads=a.curve_threads)
         if r:
@@ -393,15 +399,17 @@ def plot(res, path, title):
         if key in ("by_n", "by_c"):
             x_key = "n" if key == "by_n" else "c"
             for storage in ("float32", "float16"):
+                # One floor line per dtype from the run's median copy bandwidth (the per-process
+                # measurements, in the table, scatter with the load).
                 pts = sorted((r[x_key], (r["t_update"] + r["t_end"]) / r["rows"] * 1e6,
-                              r["moved"] / r["rows"] / r["copy_bw"] * 1e6)
+                              r["moved"] / r["rows"] / bw * 1e6)
                              for r in res[key] if r["storage"] == storage)
                 if not pts:
                     continue
                 xs, ys, fl = zip(*pts)
                 ax.plot(xs, ys, "o-", color=colors[storage], label=f"measured, {storage} storage")
                 ax.plot(xs, fl, "--", color=colors[storage], alpha=0.7,
-                        label=f"copy-bandwidth floor, {storage}")
+                        label=f"floor: bytes/row at {bw / 1e9:.0f} GB/s copy bw, {storage}")
             c0 = res[key][0]
             if key == "by_n":
                 ax.set_xlabel("N (samples in the tracker's state)")
@@ -497,7 +505,7 @@ def main(argv=None):
     if res["release"]:
         lines += ["", "## Release-style loop (benchmarks/release_style.py) against the tracker: peak memory", "",
                   "Release-style: all T epochs' logits loaded, scattered and kept as probabilities, then every "
-                  "window recomputed; the tracker: one epoch of the same shape (its state does not grow "
+                  f"window recomputed (W = {p['release']['window']}: one window, see the docstring); the tracker: one epoch of the same shape (its state does not grow "
                   "with T)."] + [""] + release_table(res["release"])
     png = out / f"{stem}.png"
     if plot(res, png, f"TDDS scale, {machine}, {when}; load {' '.join(load_before)} -> {' '.join(load_after)}"):
