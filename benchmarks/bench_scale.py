@@ -29,7 +29,10 @@ Bytes an epoch must move, the floor the times are compared with (per row, s = st
 element, l = logits bytes per element, W = window):
     logits read C*l, previous probabilities read C*s and written C*s,
     update's small traffic 20 B (index 8 read, `seen` 4 read + 4 written, one ring entry 4
-    written), end_epoch's 8 + 4*(W-1) B (`seen` 4, the ring row 4*(W-1), the score 4 read).
+    written), and, for an end_epoch that folds a window into the score (epochs W-1 onwards),
+    12 + 4*(W-1) B (`seen` 4, the ring row 4*(W-1), the score 4 read and 4 written).
+    The whole-epoch rows time the second epoch, whose end_epoch folds nothing yet (it only
+    checks the counters); the small-N points of the N curve run many epochs and include folds.
 Copy bandwidth: bytes read plus bytes written per second by torch's copy_ of a 256 MiB float32
 buffer (best of 5), measured inside the same process right before each configuration, so load
 from other processes hits both alike. "fraction of copy bandwidth" = (bytes / time) / that.
@@ -57,7 +60,7 @@ import tdds_kernels as tk
 IMAGENET_N, IMAGENET_C, IN21K_C = 1_281_167, 1000, 21_841
 WINDOW = 10
 UPDATE_SMALL_BYTES = 20
-END_EPOCH_BYTES = 8 + 4 * (WINDOW - 1)
+END_EPOCH_BYTES = 12 + 4 * (WINDOW - 1)
 HERE = Path(__file__).resolve().parent
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
@@ -154,7 +157,7 @@ def measure(device, backend, storage, n, c, batch, min_rows, pool_mb, threads=No
     t_first = time.perf_counter() - t0
     # Steady state: whole epochs while they fit in min_rows, else the first min_rows of one.
     t_update = t_end = 0.0
-    rows = epochs = 0
+    rows = epochs = folds = 0
     while rows < min_rows:
         perm = perms[epochs % 2]
         t0 = time.perf_counter()
@@ -163,6 +166,7 @@ def measure(device, backend, storage, n, c, batch, min_rows, pool_mb, threads=No
         t_update += time.perf_counter() - t0
         rows += fed
         if fed == n:
+            folds += tracker.epoch >= WINDOW - 1  # this end_epoch completes a window and folds it
             t0 = time.perf_counter()
             tracker.end_epoch()
             _sync(device)
@@ -175,11 +179,11 @@ def measure(device, backend, storage, n, c, batch, min_rows, pool_mb, threads=No
     sb = DTYPES[storage].itemsize
     return dict(device=str(device), backend=tracker.backend, storage=storage, n=n, c=c, batch=batch,
                 threads=torch.get_num_threads(),
-                rows=rows, epochs=epochs, t_update=t_update, t_end=t_end, t_first=t_first,
+                rows=rows, epochs=epochs, folds=folds, t_update=t_update, t_end=t_end, t_first=t_first,
                 t_alloc=t_alloc, copy_bw=bw, peak=peak, before=before,
                 state=state_bytes(n, c, sb), row_bytes=row_bytes(c, sb),
-                # end_epoch's bytes only count when an end_epoch was timed
-                moved=rows * (c * 4 + 2 * c * sb + UPDATE_SMALL_BYTES) + epochs * n * END_EPOCH_BYTES)
+                # end_epoch's bytes count only for the timed end_epochs that folded a window
+                moved=rows * (c * 4 + 2 * c * sb + UPDATE_SMALL_BYTES) + folds * n * END_EPOCH_BYTES)
 
 
 def measure_release(n, c, t_len, window, tmpdir, threads=None):
