@@ -398,6 +398,7 @@ def release_table(rows):
 
 def plot(res, path, title):
     import matplotlib
+    import matplotlib.ticker
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     panels = [k for k in ("by_n", "by_c", "release") if res[k]]
@@ -447,6 +448,7 @@ def plot(res, path, title):
             ax.set_title(f"Peak memory, C = {r0['c']}, T = {r0['t_len']}")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no overlapping labels
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
