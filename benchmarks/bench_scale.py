@@ -251,7 +251,7 @@ def plan(a):
     mem = a.mem_gb * gib
     if a.quick:
         epoch_n, epoch_c, ref_n = 20_000, 100, 2_000
-        n_list, c_list, c_n, min_rows = [2_000, 20_000], [10, 300], 2_000, 8_192
+        n_list, c_list, c_n, min_rows = [2_000, 20_000], [10, 100, 300], 2_000, 8_192
         release = dict(n=[1_000, 3_000], c=10, t_len=12, window=12)
     else:
         epoch_n, epoch_c, ref_n = IMAGENET_N, IMAGENET_C, 20_000
@@ -396,6 +396,31 @@ def release_table(rows):
     return out
 
 
+def where_time_goes(res):
+    """Plain readings of the curves: fixed vs per-class cost, and the cost of a large state."""
+    out = []
+    pts = [(r["c"], (r["t_update"] + r["t_end"]) / r["rows"], r["moved"] / r["rows"] / r["copy_bw"] / r["c"])
+           for r in res["by_c"]]
+    pts.sort()
+    if len(pts) >= 3:
+        # The narrowest rows cost what any row costs (per-row and per-call work); the slope
+        # between the two widest is what a class costs once rows are wide.
+        (c0, t0, _), (c1, t1, _), (c2, t2, f2) = pts[0], pts[-2], pts[-1]
+        b = (t2 - t1) / (c2 - c1)
+        out.append(f"C curve: at C = {c0:,} a row costs {t0 * 1e6:.3f} µs, nearly all of it not per class; "
+                   f"between C = {c1:,} and {c2:,} a class costs {b * 1e9:.3f} ns against a copy-bandwidth "
+                   f"floor of {f2 * 1e9:.3f} ns ({b / f2:.2f}x).")
+    for storage in ("float32", "float16"):
+        rows = sorted((r for r in res["by_n"] if r["storage"] == storage), key=lambda r: r["n"])
+        if len(rows) >= 2:
+            lo, hi = rows[0], rows[-1]
+            per = [(r["t_update"] + r["t_end"]) / r["rows"] for r in (lo, hi)]
+            out.append(f"N curve, {storage}: {per[1] * 1e6:.3f} µs per row at N = {hi['n']:,} "
+                       f"(state {fmt_bytes(hi['state'])}) against {per[0] * 1e6:.3f} at N = {lo['n']:,} "
+                       f"({fmt_bytes(lo['state'])}): x{per[1] / per[0]:.2f}.")
+    return out
+
+
 def plot(res, path, title):
     import matplotlib
     import matplotlib.ticker
@@ -522,6 +547,9 @@ def main(argv=None):
                   "Release-style: all T epochs' logits loaded, scattered and kept as probabilities, then every "
                   f"window recomputed (W = {p['release']['window']}: one window, see the docstring); the tracker: one epoch of the same shape (its state does not grow "
                   "with T)."] + [""] + release_table(res["release"])
+    readings = where_time_goes(res)
+    if readings:
+        lines += ["", "## Where the time goes (read from the curves above)", ""] + [f"- {x}" for x in readings]
     png = out / f"{stem}.png"
     if plot(res, png, f"TDDS scale, {machine}, {when}; load {' '.join(load_before)} -> {' '.join(load_after)}"):
         lines += ["", f"Plot: `{png.name}`."]

@@ -37,7 +37,8 @@ def test_bench_scale_quick(tmp_path):
     # Curves: every planned point measured and listed.
     assert sorted((r["n"], r["storage"]) for r in res["by_n"]) == [
         (2_000, "float16"), (2_000, "float32"), (20_000, "float16"), (20_000, "float32")]
-    assert sorted(r["c"] for r in res["by_c"]) == [10, 300]
+    assert sorted(r["c"] for r in res["by_c"]) == [10, 100, 300]
+    assert "## Where the time goes" in md and "C curve: at C = 10 a row costs" in md
     for r in res["by_n"]:
         assert f"| {r['n']:,} | {r['storage']} |" in md
         assert r["rows"] >= 8_192
