@@ -41,6 +41,7 @@ from other processes hits both alike. "fraction of copy bandwidth" = (bytes / ti
 Peak RSS: VmHWM, reset (/proc/self/clear_refs) after the logits pool is built; "growth" is the
 peak minus the resident size at that moment, compared with the tracker's state size.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -126,9 +127,9 @@ def _feed(tracker, perm, pool, batch, rows):
     """`rows` rows of perm in batches, logits cycled from the pool; returns rows fed."""
     n = min(rows, perm.numel())
     for j, start in enumerate(range(0, n, batch)):
-        idx = perm[start:min(start + batch, n)]
+        idx = perm[start : min(start + batch, n)]
         logits = pool[j % len(pool)]
-        tracker.update(logits if idx.numel() == batch else logits[:idx.numel()], idx)
+        tracker.update(logits if idx.numel() == batch else logits[: idx.numel()], idx)
     return n
 
 
@@ -148,8 +149,9 @@ def measure(device, backend, storage, n, c, batch, min_rows, pool_mb, threads=No
         _reset_peak()
         before = _proc_status()["VmRSS"]
     t0 = time.perf_counter()
-    tracker = tk.TDDSTracker(n, c, window=WINDOW, device=device, backend=backend,
-                             storage_dtype=DTYPES[storage], trajectory_len=None)
+    tracker = tk.TDDSTracker(
+        n, c, window=WINDOW, device=device, backend=backend, storage_dtype=DTYPES[storage], trajectory_len=None
+    )
     _sync(device)
     t_alloc = time.perf_counter() - t0
     subset = min_rows < n
@@ -186,13 +188,29 @@ def measure(device, backend, storage, n, c, batch, min_rows, pool_mb, threads=No
     else:
         peak = _proc_status()["VmHWM"]
     sb = DTYPES[storage].itemsize
-    return dict(device=str(device), backend=tracker.backend, storage=storage, n=n, c=c, batch=batch,
-                threads=torch.get_num_threads(),
-                rows=rows, epochs=epochs, folds=folds, t_update=t_update, t_end=t_end, t_first=t_first,
-                t_alloc=t_alloc, copy_bw=bw, peak=peak, before=before,
-                state=state_bytes(n, c, sb), row_bytes=row_bytes(c, sb),
-                # end_epoch's bytes count only for the timed end_epochs that folded a window
-                moved=rows * (c * 4 + 2 * c * sb + UPDATE_SMALL_BYTES) + folds * n * END_EPOCH_BYTES)
+    return dict(
+        device=str(device),
+        backend=tracker.backend,
+        storage=storage,
+        n=n,
+        c=c,
+        batch=batch,
+        threads=torch.get_num_threads(),
+        rows=rows,
+        epochs=epochs,
+        folds=folds,
+        t_update=t_update,
+        t_end=t_end,
+        t_first=t_first,
+        t_alloc=t_alloc,
+        copy_bw=bw,
+        peak=peak,
+        before=before,
+        state=state_bytes(n, c, sb),
+        row_bytes=row_bytes(c, sb),
+        # end_epoch's bytes count only for the timed end_epochs that folded a window
+        moved=rows * (c * 4 + 2 * c * sb + UPDATE_SMALL_BYTES) + folds * n * END_EPOCH_BYTES,
+    )
 
 
 def measure_release(n, c, t_len, window, tmpdir, threads=None):
@@ -200,8 +218,10 @@ def measure_release(n, c, t_len, window, tmpdir, threads=None):
     if threads:
         torch.set_num_threads(threads)
     import numpy as np
+
     sys.path.insert(0, str(HERE))
     import release_style
+
     rng = np.random.default_rng(0)
     distinct = 2  # the loop loads every epoch's file; identical contents cost the same memory
     for k in range(distinct):
@@ -214,8 +234,7 @@ def measure_release(n, c, t_len, window, tmpdir, threads=None):
     t0 = time.perf_counter()
     release_style.main(tmpdir, t_len, window, 0.9, f"{tmpdir}/score.npy")
     elapsed = time.perf_counter() - t0
-    return dict(n=n, c=c, t_len=t_len, window=window, peak=_proc_status()["VmHWM"], before=before,
-                seconds=elapsed)
+    return dict(n=n, c=c, t_len=t_len, window=window, peak=_proc_status()["VmHWM"], before=before, seconds=elapsed)
 
 
 def _child(conn, fn, kwargs):
@@ -258,8 +277,17 @@ def plan(a):
         n_list = [10_000, 30_000, 100_000, 300_000, 1_000_000, 2_000_000, 4_000_000]
         c_list, c_n, min_rows = [10, 30, 100, 300, 1000, 3000, 10_000, 32_000], 20_000, 1 << 18
         release = dict(n=[10_000, 30_000, 100_000, 200_000], c=100, t_len=30, window=30)
-    return dict(epoch_n=epoch_n, epoch_c=epoch_c, ref_n=ref_n, n_list=n_list, c_list=c_list, c_n=c_n,
-                min_rows=min_rows, release=release, mem=mem)
+    return dict(
+        epoch_n=epoch_n,
+        epoch_c=epoch_c,
+        ref_n=ref_n,
+        n_list=n_list,
+        c_list=c_list,
+        c_n=c_n,
+        min_rows=min_rows,
+        release=release,
+        mem=mem,
+    )
 
 
 def fmt_bytes(b):
@@ -276,7 +304,7 @@ def loadavg():
 def run_cpu(a, p):
     device = "cpu"
     res = dict(epochs=[], by_n=[], by_c=[], release=[], notes=[])
-    names = tk.backends.available(torch.device(device))
+    names = tk.available_backends(torch.device(device))
     if "triton" in names:
         res["notes"].append("triton: on CPU only through the Triton interpreter (a test tool); not timed")
     for backend in [b for b in names if b != "triton"]:
@@ -284,9 +312,18 @@ def run_cpu(a, p):
         for threads in a.threads:
             for storage in ("float32", "float16"):
                 print(f"epoch: {backend} {storage} N={n:,} C={p['epoch_c']} threads={threads}", flush=True)
-                r, err = isolated(measure, device=device, backend=backend, storage=storage, n=n,
-                                  c=p["epoch_c"], batch=a.batch, min_rows=n, pool_mb=a.pool_mb,
-                                  threads=threads)
+                r, err = isolated(
+                    measure,
+                    device=device,
+                    backend=backend,
+                    storage=storage,
+                    n=n,
+                    c=p["epoch_c"],
+                    batch=a.batch,
+                    min_rows=n,
+                    pool_mb=a.pool_mb,
+                    threads=threads,
+                )
                 res["epochs"].append(r or dict(backend=backend, storage=storage, n=n, error=err))
     fast = "cpu" if "cpu" in names else "reference"
     for n in p["n_list"]:
@@ -295,9 +332,18 @@ def run_cpu(a, p):
                 continue
             c = 1000 if not a.quick else p["epoch_c"]
             print(f"rows vs N: {fast} {storage} N={n:,} C={c}", flush=True)
-            r, err = isolated(measure, device=device, backend=fast, storage=storage, n=n, c=c,
-                              batch=a.batch, min_rows=p["min_rows"], pool_mb=a.pool_mb,
-                              threads=a.curve_threads)
+            r, err = isolated(
+                measure,
+                device=device,
+                backend=fast,
+                storage=storage,
+                n=n,
+                c=c,
+                batch=a.batch,
+                min_rows=p["min_rows"],
+                pool_mb=a.pool_mb,
+                threads=a.curve_threads,
+            )
             if r:
                 res["by_n"].append(r)
     for c in p["c_list"]:
@@ -306,9 +352,18 @@ def run_cpu(a, p):
         # Wide rows cost more each: fewer timed rows (at least one whole epoch) keep the run short.
         min_rows = max(p["c_n"], min(p["min_rows"], p["min_rows"] * 1000 // c))
         print(f"rows vs C: {fast} float32 N={p['c_n']:,} C={c}", flush=True)
-        r, err = isolated(measure, device=device, backend=fast, storage="float32", n=p["c_n"], c=c,
-                          batch=a.batch, min_rows=min_rows, pool_mb=a.pool_mb,
-                          threads=a.curve_threads)
+        r, err = isolated(
+            measure,
+            device=device,
+            backend=fast,
+            storage="float32",
+            n=p["c_n"],
+            c=c,
+            batch=a.batch,
+            min_rows=min_rows,
+            pool_mb=a.pool_mb,
+            threads=a.curve_threads,
+        )
         if r:
             res["by_c"].append(r)
     rel = p["release"]
@@ -317,10 +372,27 @@ def run_cpu(a, p):
             continue
         print(f"release-style memory: N={n:,} C={rel['c']} T={rel['t_len']}", flush=True)
         with tempfile.TemporaryDirectory() as tmp:
-            r, err = isolated(measure_release, n=n, c=rel["c"], t_len=rel["t_len"], window=rel["window"],
-                              tmpdir=tmp, threads=a.curve_threads)
-        t, _ = isolated(measure, device=device, backend=fast, storage="float32", n=n, c=rel["c"],
-                        batch=a.batch, min_rows=n, pool_mb=min(a.pool_mb, 64), threads=a.curve_threads)
+            r, err = isolated(
+                measure_release,
+                n=n,
+                c=rel["c"],
+                t_len=rel["t_len"],
+                window=rel["window"],
+                tmpdir=tmp,
+                threads=a.curve_threads,
+            )
+        t, _ = isolated(
+            measure,
+            device=device,
+            backend=fast,
+            storage="float32",
+            n=n,
+            c=rel["c"],
+            batch=a.batch,
+            min_rows=n,
+            pool_mb=min(a.pool_mb, 64),
+            threads=a.curve_threads,
+        )
         if r:
             r["tracker"] = t
             res["release"].append(r)
@@ -330,7 +402,7 @@ def run_cpu(a, p):
 def run_cuda(a, p):
     device = torch.device("cuda", torch.cuda.current_device())
     res = dict(epochs=[], by_n=[], by_c=[], release=[], notes=[])
-    names = tk.backends.available(device)
+    names = tk.available_backends(device)
     for c in (p["epoch_c"], IN21K_C if not a.quick else 2 * p["epoch_c"]):
         for backend in names:
             n = p["epoch_n"] if backend != "reference" else p["ref_n"]
@@ -338,8 +410,9 @@ def run_cuda(a, p):
                 free, _ = torch.cuda.mem_get_info(device)
                 need = state_bytes(n, c, DTYPES[storage].itemsize) + (a.pool_mb << 20) + (1 << 30)
                 if need > 0.9 * free:
-                    res["notes"].append(f"{backend} {storage} N={n:,} C={c}: skipped, needs "
-                                        f"{fmt_bytes(need)} of {fmt_bytes(free)} free")
+                    res["notes"].append(
+                        f"{backend} {storage} N={n:,} C={c}: skipped, needs {fmt_bytes(need)} of {fmt_bytes(free)} free"
+                    )
                     continue
                 print(f"epoch: {backend} {storage} N={n:,} C={c}", flush=True)
                 try:
@@ -353,79 +426,99 @@ def run_cuda(a, p):
 
 def epoch_table(rows, device_kind):
     peak_label = "peak allocated" if device_kind == "cuda" else "peak RSS growth"
-    out = ["| backend | threads | storage | N | C | s / epoch | of which end_epoch (s) | µs / row | GB moved | GB/s "
-           f"| fraction of copy bw | {peak_label} | state | growth / state | first epoch (s) |",
-           "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    out = [
+        "| backend | threads | storage | N | C | s / epoch | of which end_epoch (s) | µs / row | GB moved | GB/s "
+        f"| fraction of copy bw | {peak_label} | state | growth / state | first epoch (s) |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         if "error" in r:
-            out.append(f"| {r['backend']} | | {r['storage']} | {r['n']:,} | | failed: {r['error']} |"
-                       + " |" * 9)
+            out.append(f"| {r['backend']} | | {r['storage']} | {r['n']:,} | | failed: {r['error']} |" + " |" * 9)
             continue
         t = r["t_update"] + r["t_end"]
         growth = r["peak"] - r["before"]
-        out.append(f"| {r['backend']} | {r['threads']} | {r['storage']} | {r['n']:,} | {r['c']:,} | {t:.3f} | {r['t_end']:.3f} "
-                   f"| {t / r['rows'] * 1e6:.3f} | {r['moved'] / 1e9:.2f} | {r['moved'] / t / 1e9:.2f} "
-                   f"| {r['moved'] / t / r['copy_bw']:.0%} | {fmt_bytes(growth)} | {fmt_bytes(r['state'])} "
-                   f"| {growth / r['state']:.2f} | {r['t_first']:.3f} |")
+        out.append(
+            f"| {r['backend']} | {r['threads']} | {r['storage']} | {r['n']:,} | {r['c']:,} | "
+            f"{t:.3f} | {r['t_end']:.3f} "
+            f"| {t / r['rows'] * 1e6:.3f} | {r['moved'] / 1e9:.2f} | {r['moved'] / t / 1e9:.2f} "
+            f"| {r['moved'] / t / r['copy_bw']:.0%} | {fmt_bytes(growth)} | {fmt_bytes(r['state'])} "
+            f"| {growth / r['state']:.2f} | {r['t_first']:.3f} |"
+        )
     return out
 
 
 def curve_table(rows, key):
-    out = [f"| {key.upper()} | storage | state | timed rows | µs / row | floor µs / row | × floor "
-           "| fraction of copy bw | peak RSS |",
-           "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    out = [
+        f"| {key.upper()} | storage | state | timed rows | µs / row | floor µs / row | × floor "
+        "| fraction of copy bw | peak RSS |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         per_row = (r["t_update"] + r["t_end"]) / r["rows"]
         floor = (r["moved"] / r["rows"]) / r["copy_bw"]
-        out.append(f"| {r[key]:,} | {r['storage']} | {fmt_bytes(r['state'])} | {r['rows']:,} "
-                   f"| {per_row * 1e6:.3f} | {floor * 1e6:.3f} | {per_row / floor:.2f} "
-                   f"| {floor / per_row:.0%} | {fmt_bytes(r['peak'])} |")
+        out.append(
+            f"| {r[key]:,} | {r['storage']} | {fmt_bytes(r['state'])} | {r['rows']:,} "
+            f"| {per_row * 1e6:.3f} | {floor * 1e6:.3f} | {per_row / floor:.2f} "
+            f"| {floor / per_row:.0%} | {fmt_bytes(r['peak'])} |"
+        )
     return out
 
 
 def release_table(rows):
-    out = ["| N | C | T | release-style peak RSS growth | loop time (s) | tracker peak RSS growth "
-           "| release / tracker |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    out = [
+        "| N | C | T | release-style peak RSS growth | loop time (s) | tracker peak RSS growth | release / tracker |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         g = r["peak"] - r["before"]
         t = r["tracker"]
         tg = (t["peak"] - t["before"]) if t else None
         ratio = f"{g / tg:.1f}" if tg else ""
-        out.append(f"| {r['n']:,} | {r['c']} | {r['t_len']} | {fmt_bytes(g)} | {r['seconds']:.1f} "
-                   f"| {fmt_bytes(tg) if tg else 'failed'} | {ratio} |")
+        out.append(
+            f"| {r['n']:,} | {r['c']} | {r['t_len']} | {fmt_bytes(g)} | {r['seconds']:.1f} "
+            f"| {fmt_bytes(tg) if tg else 'failed'} | {ratio} |"
+        )
     return out
 
 
 def where_time_goes(res):
     """Plain readings of the curves: fixed vs per-class cost, and the cost of a large state."""
     out = []
-    pts = [(r["c"], (r["t_update"] + r["t_end"]) / r["rows"], r["moved"] / r["rows"] / r["copy_bw"] / r["c"])
-           for r in res["by_c"]]
+    pts = [
+        (r["c"], (r["t_update"] + r["t_end"]) / r["rows"], r["moved"] / r["rows"] / r["copy_bw"] / r["c"])
+        for r in res["by_c"]
+    ]
     pts.sort()
     if len(pts) >= 3:
         # The narrowest rows cost what any row costs (per-row and per-call work); the slope
         # between the two widest is what a class costs once rows are wide.
         (c0, t0, _), (c1, t1, _), (c2, t2, f2) = pts[0], pts[-2], pts[-1]
         b = (t2 - t1) / (c2 - c1)
-        out.append(f"C curve: at C = {c0:,} a row costs {t0 * 1e6:.3f} µs, nearly all of it not per class; "
-                   f"between C = {c1:,} and {c2:,} a class costs {b * 1e9:.3f} ns against a copy-bandwidth "
-                   f"floor of {f2 * 1e9:.3f} ns ({b / f2:.2f}x).")
+        out.append(
+            f"C curve: at C = {c0:,} a row costs {t0 * 1e6:.3f} µs, nearly all of it not per class; "
+            f"between C = {c1:,} and {c2:,} a class costs {b * 1e9:.3f} ns against a copy-bandwidth "
+            f"floor of {f2 * 1e9:.3f} ns ({b / f2:.2f}x)."
+        )
     for storage in ("float32", "float16"):
         rows = sorted((r for r in res["by_n"] if r["storage"] == storage), key=lambda r: r["n"])
         if len(rows) >= 2:
             lo, hi = rows[0], rows[-1]
             per = [(r["t_update"] + r["t_end"]) / r["rows"] for r in (lo, hi)]
-            out.append(f"N curve, {storage}: {per[1] * 1e6:.3f} µs per row at N = {hi['n']:,} "
-                       f"(state {fmt_bytes(hi['state'])}) against {per[0] * 1e6:.3f} at N = {lo['n']:,} "
-                       f"({fmt_bytes(lo['state'])}): x{per[1] / per[0]:.2f}.")
+            out.append(
+                f"N curve, {storage}: {per[1] * 1e6:.3f} µs per row at N = {hi['n']:,} "
+                f"(state {fmt_bytes(hi['state'])}) against {per[0] * 1e6:.3f} at N = {lo['n']:,} "
+                f"({fmt_bytes(lo['state'])}): x{per[1] / per[0]:.2f}."
+            )
     return out
 
 
 def plot(res, path, title):
     import matplotlib
     import matplotlib.ticker
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     panels = [k for k in ("by_n", "by_c", "release") if res[k]]
     if not panels:
         return False
@@ -440,15 +533,23 @@ def plot(res, path, title):
             for storage in ("float32", "float16"):
                 # One floor line per dtype from the run's median copy bandwidth (the per-process
                 # measurements, in the table, scatter with the load).
-                pts = sorted((r[x_key], (r["t_update"] + r["t_end"]) / r["rows"] * 1e6,
-                              r["moved"] / r["rows"] / bw * 1e6)
-                             for r in res[key] if r["storage"] == storage)
+                pts = sorted(
+                    (r[x_key], (r["t_update"] + r["t_end"]) / r["rows"] * 1e6, r["moved"] / r["rows"] / bw * 1e6)
+                    for r in res[key]
+                    if r["storage"] == storage
+                )
                 if not pts:
                     continue
                 xs, ys, fl = zip(*pts)
                 ax.plot(xs, ys, "o-", color=colors[storage], label=f"measured, {storage} storage")
-                ax.plot(xs, fl, "--", color=colors[storage], alpha=0.7,
-                        label=f"floor: bytes/row at {bw / 1e9:.0f} GB/s copy bw, {storage}")
+                ax.plot(
+                    xs,
+                    fl,
+                    "--",
+                    color=colors[storage],
+                    alpha=0.7,
+                    label=f"floor: bytes/row at {bw / 1e9:.0f} GB/s copy bw, {storage}",
+                )
             c0 = res[key][0]
             if key == "by_n":
                 ax.set_xlabel("N (samples in the tracker's state)")
@@ -461,9 +562,14 @@ def plot(res, path, title):
                 ax.set_title(f"Time per row against C (N = {c0['n']:,})")
             ax.set_ylabel("µs per row (update + end_epoch share)")
         else:
-            pts = sorted((r["n"], (r["peak"] - r["before"]) / 2**30,
-                          (r["tracker"]["peak"] - r["tracker"]["before"]) / 2**30 if r["tracker"] else math.nan)
-                         for r in res["release"])
+            pts = sorted(
+                (
+                    r["n"],
+                    (r["peak"] - r["before"]) / 2**30,
+                    (r["tracker"]["peak"] - r["tracker"]["before"]) / 2**30 if r["tracker"] else math.nan,
+                )
+                for r in res["release"]
+            )
             xs, rel, trk = zip(*pts)
             r0 = res["release"][0]
             ax.plot(xs, rel, "s-", color="tab:red", label=f"release-style loop (all {r0['t_len']} epochs in RAM)")
@@ -489,15 +595,20 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--pool-mb", type=int, default=256, help="logits pool size cap")
-    ap.add_argument("--mem-gb", type=float, default=9.0,
-                    help="largest state (and release-style footprint) to allocate, GiB")
+    ap.add_argument(
+        "--mem-gb", type=float, default=9.0, help="largest state (and release-style footprint) to allocate, GiB"
+    )
     ap.add_argument("--machine", default="2-core AMD EPYC sandbox", help="named in the table")
     ap.add_argument("--out", default=str(HERE / "results"), help="folder for the table and plot")
     ap.add_argument("--name", default=None, help="file stem (default scale_<device>[_quick])")
-    ap.add_argument("--threads", default=None,
-                    help="comma-separated torch thread counts for the whole epochs (default 1 and all CPUs)")
-    ap.add_argument("--curve-threads", type=int, default=None,
-                    help="torch threads for the scaling curves (default: all CPUs)")
+    ap.add_argument(
+        "--threads",
+        default=None,
+        help="comma-separated torch thread counts for the whole epochs (default 1 and all CPUs)",
+    )
+    ap.add_argument(
+        "--curve-threads", type=int, default=None, help="torch threads for the scaling curves (default: all CPUs)"
+    )
     a = ap.parse_args(argv)
     cpus = os.cpu_count() or 1
     a.threads = sorted({int(t) for t in a.threads.split(",")}) if a.threads else sorted({1, cpus})
@@ -518,14 +629,19 @@ def main(argv=None):
     machine = a.machine if a.device == "cpu" else torch.cuda.get_device_name()
     when = f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC"
     cmd = "python benchmarks/bench_scale.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    lines = [f"# TDDS at scale: {machine}{' (QUICK: small shapes, not ImageNet)' if a.quick else ''}", "",
-             f"`{cmd.strip()}` on {when}; torch {torch.__version__}; torch threads: whole epochs "
-             f"{', '.join(map(str, a.threads))}, curves {a.curve_threads}; {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}; "
-             f"run took {time.monotonic() - t_start:.0f} s.",
-             f"Load average (1/5/15 min) before: {' '.join(load_before)}; after: {' '.join(load_after)}.",
-             "Every number below is from this one run; definitions (bytes moved, copy bandwidth, "
-             "peak RSS) are in the script's docstring. Copy bandwidth was measured in each "
-             "configuration's own process just before it ran.", ""]
+    lines = [
+        f"# TDDS at scale: {machine}{' (QUICK: small shapes, not ImageNet)' if a.quick else ''}",
+        "",
+        f"`{cmd.strip()}` on {when}; torch {torch.__version__}; torch threads: whole epochs "
+        f"{', '.join(map(str, a.threads))}, curves {a.curve_threads}; "
+        f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}; "
+        f"run took {time.monotonic() - t_start:.0f} s.",
+        f"Load average (1/5/15 min) before: {' '.join(load_before)}; after: {' '.join(load_after)}.",
+        "Every number below is from this one run; definitions (bytes moved, copy bandwidth, "
+        "peak RSS) are in the script's docstring. Copy bandwidth was measured in each "
+        "configuration's own process just before it ran.",
+        "",
+    ]
     lines += [f"## Whole epochs (batches of {a.batch}, random order, steady state: the second epoch)", ""]
     lines += epoch_table(res["epochs"], a.device)
     ref = [r for r in res["epochs"] if r.get("backend") == "reference" and "error" not in r]
@@ -533,20 +649,35 @@ def main(argv=None):
         lines += ["", f"The reference runs at N = {ref[0]['n']:,} (not {p['epoch_n']:,}): compare µs / row."]
     bws = [r["copy_bw"] for k in ("epochs", "by_n", "by_c") for r in res[k] if "copy_bw" in r]
     if bws:
-        lines += ["", f"Copy bandwidth across the configurations' processes: {min(bws) / 1e9:.1f} to "
-                      f"{max(bws) / 1e9:.1f} GB/s (read + written)."]
+        lines += [
+            "",
+            f"Copy bandwidth across the configurations' processes: {min(bws) / 1e9:.1f} to "
+            f"{max(bws) / 1e9:.1f} GB/s (read + written).",
+        ]
     for note in res["notes"]:
         lines += ["", note]
     if res["by_n"]:
-        lines += ["", f"## Time per row against N (C = {res['by_n'][0]['c']:,}, at least "
-                      f"{p['min_rows']:,} timed rows each)", ""] + curve_table(res["by_n"], "n")
+        lines += [
+            "",
+            f"## Time per row against N (C = {res['by_n'][0]['c']:,}, at least {p['min_rows']:,} timed rows each)",
+            "",
+        ] + curve_table(res["by_n"], "n")
     if res["by_c"]:
         lines += ["", f"## Time per row against C (N = {res['by_c'][0]['n']:,})", ""] + curve_table(res["by_c"], "c")
     if res["release"]:
-        lines += ["", "## Release-style loop (benchmarks/release_style.py) against the tracker: peak memory", "",
-                  "Release-style: all T epochs' logits loaded, scattered and kept as probabilities, then every "
-                  f"window recomputed (W = {p['release']['window']}: one window, see the docstring); the tracker: one epoch of the same shape (its state does not grow "
-                  "with T)."] + [""] + release_table(res["release"])
+        lines += (
+            [
+                "",
+                "## Release-style loop (benchmarks/release_style.py) against the tracker: peak memory",
+                "",
+                "Release-style: all T epochs' logits loaded, scattered and kept as probabilities, then every "
+                f"window recomputed (W = {p['release']['window']}: one window, see the docstring); "
+                f"the tracker: one epoch of the same shape (its state does not grow "
+                "with T).",
+            ]
+            + [""]
+            + release_table(res["release"])
+        )
     readings = where_time_goes(res)
     if readings:
         lines += ["", "## Where the time goes (read from the curves above)", ""] + [f"- {x}" for x in readings]
@@ -555,8 +686,9 @@ def main(argv=None):
         lines += ["", f"Plot: `{png.name}`."]
     text = "\n".join(lines) + "\n"
     (out / f"{stem}.md").write_text(text)
-    (out / f"{stem}.json").write_text(json.dumps(dict(load_before=load_before, load_after=load_after, **res),
-                                                 indent=1, default=str))
+    (out / f"{stem}.json").write_text(
+        json.dumps(dict(load_before=load_before, load_after=load_after, **res), indent=1, default=str)
+    )
     print(text)
     return 0
 

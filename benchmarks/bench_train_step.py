@@ -87,8 +87,9 @@ class ResNet18Cifar(nn.Module):
 
     def __init__(self, num_classes):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False), nn.BatchNorm2d(64),
-                                  nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True)
+        )
         blocks, cin = [], 64
         for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
             blocks += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)]
@@ -112,6 +113,7 @@ MODEL_DEFAULTS = {
 def make_model(name, num_classes):
     if name == "demo":
         from tdds_kernels.demo.train import make_model as demo_model
+
         n_params = sum(p.numel() for p in demo_model(1, num_classes).parameters())
         return demo_model(1, num_classes), f"the MNIST-1D demo's 1D CNN (tdds_kernels.demo, {n_params:,} parameters)"
     if name == "resnet18-cifar":
@@ -166,8 +168,9 @@ def main(argv=None):
     ap.add_argument("--samples", type=int, default=None, help="tracker N (default per model)")
     ap.add_argument("--classes", type=int, default=None, help="C (default per model)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
-    ap.add_argument("--targets", action="store_true",
-                    help="update(logits, index, targets=y): baseline scores too, as the demo does")
+    ap.add_argument(
+        "--targets", action="store_true", help="update(logits, index, targets=y): baseline scores too, as the demo does"
+    )
     ap.add_argument("--title", default=None, help="with --append: the heading of this run's section")
     ap.add_argument("--append", action="store_true", help="append to --out instead of overwriting it")
     ap.add_argument("--storage", default="float32", choices=["float32", "bfloat16", "float16"])
@@ -283,7 +286,11 @@ def main(argv=None):
     t_update = statistics.median(update_alone)
     epoch_steps = -(-a.samples // a.batch)
     spread = (max(results["without tracker"]) - min(results["without tracker"])) / t_without
-    name = torch.cuda.get_device_name(device) if cuda else f"{os.cpu_count()}-core CPU, {torch.get_num_threads()} torch threads"
+    name = (
+        torch.cuda.get_device_name(device)
+        if cuda
+        else f"{os.cpu_count()}-core CPU, {torch.get_num_threads()} torch threads"
+    )
     lines = [
         f"Device: {name}; torch {torch.__version__}; "
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC.",

@@ -1,4 +1,5 @@
 """Smoke test of benchmarks/bench_scale.py --quick: the table and plot exist and hold every row."""
+
 import json
 import os
 import subprocess
@@ -15,9 +16,24 @@ def test_bench_scale_quick(tmp_path):
     env = dict(os.environ)
     env.pop("TRITON_INTERPRET", None)  # the triton backend is not timed on CPU either way
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_scale.py"), "--quick",
-                           "--threads", "1", "--curve-threads", "1", "--out", str(tmp_path)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bench_scale.py"),
+            "--quick",
+            "--threads",
+            "1",
+            "--curve-threads",
+            "1",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     md = (tmp_path / "scale_cpu_quick.md").read_text()
     png = tmp_path / "scale_cpu_quick.png"
@@ -27,7 +43,8 @@ def test_bench_scale_quick(tmp_path):
     # Whole epochs: each available CPU backend (not the interpreter) x float32/float16, no failures.
     epochs = res["epochs"]
     assert {(r["backend"], r["storage"]) for r in epochs} == {
-        (b, s) for b in ("reference", "cpu") for s in ("float32", "float16")}
+        (b, s) for b in ("reference", "cpu") for s in ("float32", "float16")
+    }
     assert all("error" not in r for r in epochs)
     for r in epochs:
         row = f"| {r['backend']} | 1 | {r['storage']} | {r['n']:,} | {r['c']:,} |"
@@ -36,7 +53,11 @@ def test_bench_scale_quick(tmp_path):
         assert r["t_update"] > 0 and r["copy_bw"] > 0 and r["peak"] >= r["before"]
     # Curves: every planned point measured and listed.
     assert sorted((r["n"], r["storage"]) for r in res["by_n"]) == [
-        (2_000, "float16"), (2_000, "float32"), (20_000, "float16"), (20_000, "float32")]
+        (2_000, "float16"),
+        (2_000, "float32"),
+        (20_000, "float16"),
+        (20_000, "float32"),
+    ]
     assert sorted(r["c"] for r in res["by_c"]) == [10, 100, 300]
     assert "## Where the time goes" in md and "C curve: at C = 10 a row costs" in md
     for r in res["by_n"]:

@@ -1,4 +1,5 @@
 """Smoke tests of benchmarks/bench_train_step.py's CPU models: the demo's CNN and ResNet-18 (CIFAR)."""
+
 import os
 import subprocess
 import sys
@@ -13,9 +14,27 @@ def run(args, tmp_path):
     env = dict(os.environ)
     env.pop("TRITON_INTERPRET", None)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_train_step.py"), "--device", "cpu",
-                           "--no-amp", "--threads", "1", "--steps", "2", "--warmup", "1", *args],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bench_train_step.py"),
+            "--device",
+            "cpu",
+            "--no-amp",
+            "--threads",
+            "1",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            *args,
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_demo_model_with_targets(tmp_path):
@@ -35,8 +54,24 @@ def test_resnet18_cifar_appends(tmp_path):
     out = tmp_path / "t.md"
     out.write_text("# header\n")
     # A 16x16 input keeps the smoke test short; the model is the same network.
-    r = run(["--model", "resnet18-cifar", "--classes", "100", "--batch", "4", "--size", "16", "--out", str(out),
-             "--append", "--title", "resnet"], tmp_path)
+    r = run(
+        [
+            "--model",
+            "resnet18-cifar",
+            "--classes",
+            "100",
+            "--batch",
+            "4",
+            "--size",
+            "16",
+            "--out",
+            str(out),
+            "--append",
+            "--title",
+            "resnet",
+        ],
+        tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     text = out.read_text()
     assert text.startswith("# header\n\n## resnet\n")
