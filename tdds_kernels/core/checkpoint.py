@@ -20,6 +20,7 @@ import os
 import re
 import tempfile
 import time
+import warnings
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -203,6 +204,25 @@ def verify_checksums(sd: dict, where: str) -> None:
         )
 
 
+def _reason(exc: Exception) -> str:
+    # One short clause from torch's multi-line messages: for a pickle that weights_only refused,
+    # what it refused (never torch's advice to load it unsafely); else the first sentence.
+    text = str(exc).strip()
+    if text.startswith("Weights only load failed"):
+        m = re.search(r"WeightsUnpickler error:[ \t]*(\S[^\n]*)", text)
+        details = [m.group(1)] if m else []
+        details += [
+            line.strip()
+            for line in text.splitlines()[1:]
+            if line.strip() and not line.startswith(("Check the documentation", "Please file", "WeightsUnpickler"))
+        ]
+        first = "weights_only refused it" + (f": {details[0]}" if details else "")
+    else:
+        first = (text.splitlines() or [""])[0].split(". ")[0].strip()
+    first = first[:200]
+    return f"{type(exc).__name__}: {first}" if first and first != type(exc).__name__ else type(exc).__name__
+
+
 def read(path, where: str | None = None) -> dict:
     """A checkpoint's dict, header and checksums checked; `where` (default: the path) names it
     in errors. Anything torch.load cannot read (random bytes, a truncated or empty file, a zip
@@ -210,12 +230,13 @@ def read(path, where: str | None = None) -> dict:
     is a one-line ValueError; a missing file stays FileNotFoundError."""
     where = where or str(path)
     try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a foreign pickle's protocol warning is noise next to the error
+            warnings.simplefilter("ignore", UserWarning)
+            sd = torch.load(path, map_location="cpu", weights_only=True)
     except (FileNotFoundError, IsADirectoryError, PermissionError):
         raise
     except Exception as exc:  # torch raises a zoo here: UnpicklingError, RuntimeError, EOFError, OSError...
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise ValueError(f"{where}: not a readable {FORMAT} checkpoint ({type(exc).__name__}: {reason})") from None
+        raise ValueError(f"{where}: not a readable {FORMAT} checkpoint ({_reason(exc)})") from None
     check_header(sd, where)
     verify_checksums(sd, where)
     return sd

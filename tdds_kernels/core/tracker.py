@@ -47,6 +47,32 @@ class _Constructor(type):
         return _sharded_constructor(*args, process_group=process_group, **kwargs)
 
 
+def check_state_dict(config: TrackerConfig, sd, where: str = "state_dict") -> tuple[str, str]:
+    """Validate a whole tracker state dict against `config` (header, config, every tensor and
+    scalar, the options, the baselines) without changing or allocating anything N-sized; returns
+    (on_nonfinite, on_out_of_range). A one-line ValueError naming the entry otherwise."""
+    if isinstance(sd, dict) and sd.get("shard") is not None:
+        raise ValueError(
+            f"{where}: this is one shard of a sharded tracker; load it with "
+            "process_group=..., or merge the shards (tdds_kernels.distributed.merge_shards)"
+        )
+    checkpoint.check_header(sd, where)
+    if not isinstance(sd.get("config"), dict):
+        raise ValueError(f"{where}: config: expected a dict, got {type(sd.get('config')).__name__}")
+    diffs = config.mismatches(sd["config"])
+    if diffs:
+        raise ValueError(f"{where}: config mismatch: " + "; ".join(diffs))
+    TrackerState.check_dict(config, sd, where)
+    options = check_options(sd, where)
+    if "baselines" not in sd:
+        raise ValueError(f"{where}: missing entry 'baselines' (None when no targets were passed)")
+    if sd["baselines"] is not None:
+        from .baselines import BaselineScores
+
+        BaselineScores(config.num_samples, config.num_classes, "meta").check_state_dict(sd["baselines"])
+    return options
+
+
 class TDDSTracker(metaclass=_Constructor):
     """Online TDDS scores with O(N·C) state, fed one batch of training logits at a time.
 
@@ -304,29 +330,13 @@ class TDDSTracker(metaclass=_Constructor):
         baselines) and return a function that copies it in, which cannot fail half-way; raises a
         one-line ValueError naming the entry and changes nothing if `sd` does not fit. The sharded
         tracker validates on every rank, agrees, then applies."""
-        if isinstance(sd, dict) and sd.get("shard") is not None:
-            raise ValueError(
-                f"{where}: this is one shard of a sharded tracker; load it with "
-                "process_group=..., or merge the shards (tdds_kernels.distributed.merge_shards)"
-            )
-        checkpoint.check_header(sd, where)
-        if not isinstance(sd.get("config"), dict):
-            raise ValueError(f"{where}: config: expected a dict, got {type(sd.get('config')).__name__}")
-        diffs = self.config.mismatches(sd["config"])
-        if diffs:
-            raise ValueError(f"{where}: config mismatch: " + "; ".join(diffs))
-        TrackerState.check_dict(self.config, sd, where)
-        on_nonfinite, on_out_of_range = check_options(sd, where)
-        if "baselines" not in sd:
-            raise ValueError(f"{where}: missing entry 'baselines' (None when no targets were passed)")
+        on_nonfinite, on_out_of_range = check_state_dict(self.config, sd, where)
         baselines = None
         if sd["baselines"] is not None:
             from .baselines import BaselineScores
 
-            # Validated on the meta device first, so a bad entry allocates nothing N-sized.
-            BaselineScores(self.num_samples, self.num_classes, "meta").check_state_dict(sd["baselines"])
             baselines = BaselineScores(self.num_samples, self.num_classes, self.device, **self.baseline_options)
-            baselines.load_state_dict(sd["baselines"])  # validates before anything changes
+            baselines.load_state_dict(sd["baselines"])  # checked above: only allocates and copies
 
         def apply() -> None:
             self._state.load_dict(sd, where)  # checked above: cannot fail half-way

@@ -34,7 +34,7 @@ from ..core.baselines import PER_SAMPLE as BASELINE_PER_SAMPLE
 from ..core.baselines import check_targets, scores_of
 from ..core.config import TrackerConfig
 from ..core.state import PER_SAMPLE, TrackerState
-from ..core.tracker import LOGIT_DTYPES, TDDSTracker, check_batch, register_sharded
+from ..core.tracker import LOGIT_DTYPES, TDDSTracker, check_batch, check_state_dict, register_sharded
 from ..ops.schema import COUNTERS
 from .collectives import _COL, _HEAD, Group, agree_group
 from .layout import OWNERSHIP, ShardLayout
@@ -425,15 +425,9 @@ class ShardedTDDSTracker:
         TDDSTracker's): resumes on any world size. Collective (agrees on errors)."""
         exc = apply = None
         try:
-            checkpoint.check_header(sd, "state_dict")
-            n = (sd.get("config") or {}).get("num_samples")
-            if n != self.num_samples:
-                raise ValueError(
-                    f"state_dict: config mismatch: num_samples: tracker has {self.num_samples!r}, state dict has {n!r}"
-                )
             # The whole dict first (splitting fills in the per-rank bookkeeping), then this rank's
             # part; nothing changes on any rank until every rank has validated its part.
-            TrackerState.check_dict(self.config, sd)
+            check_state_dict(self.config, sd)
             apply = self.local.prepare_load(self.layout.split_state(sd, self.rank))
         except Exception as e:  # any failure must reach the agreement, or the other ranks wait
             exc = e
