@@ -410,21 +410,31 @@ KILLED_SAVER = textwrap.dedent("""
 """)
 
 
-def test_kill_9_mid_save_leaves_a_temp_that_the_next_save_removes(tmp_path):
-    path = tmp_path / "big.pt"
+def _kill_mid_save(path):
+    """Start a process saving `path` in a loop, kill -9 it while a temporary file is being
+    written; returns its pid and the temporary files left (none if the kill landed between two
+    writes, which the caller retries)."""
     proc = subprocess.Popen([sys.executable, "-c", KILLED_SAVER, str(path)], stdout=subprocess.PIPE)
     try:
         assert proc.stdout.readline().strip() == b"ready"
         deadline = time.time() + 60
-        while not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")] or not path.exists():
+        while not (path.exists() and any(n.endswith(".tmp") for n in os.listdir(path.parent))):
             assert time.time() < deadline, "the saver never started a second write"
-            time.sleep(0.01)
+            time.sleep(0.005)
         proc.kill()
     finally:
         proc.kill()
         proc.wait()
-    temps = [tmp_path / n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
-    assert temps and all(f".big.pt.{proc.pid}." in t.name for t in temps)
+    return proc.pid, [path.parent / n for n in os.listdir(path.parent) if n.endswith(".tmp")]
+
+
+def test_kill_9_mid_save_leaves_a_temp_that_the_next_save_removes(tmp_path):
+    path = tmp_path / "big.pt"
+    for _ in range(4):
+        pid, temps = _kill_mid_save(path)
+        if temps:
+            break
+    assert temps and all(t.name.startswith(f".big.pt.{pid}.") for t in temps)
     tk.TDDSTracker.load(path)  # the previous complete file survived the kill
     old = time.time() - 2 * checkpoint.STALE_TEMP_AGE_S  # as if the next save came a while later
     for t in temps:
