@@ -33,7 +33,7 @@ from ..core import checkpoint
 from ..core.baselines import PER_SAMPLE as BASELINE_PER_SAMPLE
 from ..core.baselines import check_targets, scores_of
 from ..core.config import TrackerConfig
-from ..core.state import PER_SAMPLE, TrackerState
+from ..core.state import PER_SAMPLE
 from ..core.tracker import LOGIT_DTYPES, TDDSTracker, check_batch, check_state_dict, register_sharded
 from ..ops.schema import COUNTERS
 from .collectives import _COL, _HEAD, Group, agree_group
@@ -373,8 +373,12 @@ class ShardedTDDSTracker:
             config = TrackerConfig.from_dict(
                 dict(sd.get("config") or {}, num_samples=sd["shard"].get("num_samples")), f"{file}: config"
             )
-            # the shard's tensors against its own config, before the constructor allocates
-            TrackerState.check_dict(TrackerConfig.from_dict(sd.get("config"), f"{file}: config"), sd, str(file))
+            # the whole shard against its own config, before the constructor allocates (and before
+            # its collective: a rank raising there would leave the others waiting)
+            local_config = TrackerConfig.from_dict(sd.get("config"), f"{file}: config")
+            check_state_dict(local_config, {k: v for k, v in sd.items() if k != "shard"}, str(file))
+            if ShardLayout(config.num_samples, world).shard_size(rank) != local_config.num_samples:
+                raise ValueError(f"{file}: shard num_samples {config.num_samples} does not fit its own config")
         except Exception as e:
             exc = e
         agree_group(process_group, exc, "load")  # before the constructor's collective

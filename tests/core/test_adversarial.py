@@ -186,6 +186,22 @@ def test_sharded_loads_are_all_or_nothing(world_of_one, backend):
     assert torch.equal(dst.local.scores(), torch.as_tensor(SOURCE["score"]))
 
 
+def test_a_crafted_shard_file_cannot_make_load_allocate(world_of_one, tmp_path, monkeypatch):
+    tr = ShardedTDDSTracker(N, C, window=W, backend="reference", process_group=world_of_one)
+    tr.save(tmp_path / "s.pt")
+    (file,) = tmp_path.glob("s.pt.rank0-of-1")
+    sd = _drop(torch.load(file, weights_only=True), "checksums")  # a crafter would drop them
+    allocations = []
+    monkeypatch.setattr(TrackerState, "__init__", lambda *a: allocations.append(a) or 1 / 0)
+    huge = 10**9
+    for crafted in ({"shard": {**sd["shard"], "num_samples": huge}}, {"config": {**sd["config"], "num_samples": huge}}):
+        torch.save({**sd, **crafted}, file)
+        with pytest.raises(ValueError) as info:
+            ShardedTDDSTracker.load(tmp_path / "s.pt", process_group=world_of_one)
+        one_line(info, str(file))
+    assert allocations == []
+
+
 # ---------------------------------------------------------------- rejected arguments
 @pytest.mark.parametrize("backend", FAST_CPU_BACKENDS)
 @pytest.mark.parametrize(
