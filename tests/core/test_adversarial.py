@@ -29,7 +29,7 @@ from tdds_kernels.core import checkpoint
 from tdds_kernels.core.state import TrackerState
 from tdds_kernels.distributed import ShardedTDDSTracker
 
-from helpers import FAST_CPU_BACKENDS, feed, random_epochs
+from helpers import FAST_CPU_BACKENDS, backend_cases, feed, random_epochs
 
 pytestmark = pytest.mark.filterwarnings("ignore:tdds_kernels. using the reference backend")
 N, C, W, T = 11, 4, 3, 6
@@ -256,6 +256,21 @@ def test_out_of_range_skipped_when_compiling_has_a_way_out(backend, monkeypatch,
     assert tk.TDDSTracker.load(tmp_path / "t.pt", backend=backend).on_out_of_range == "skip"
     tr.end_epoch()
     assert tr.epoch == 1 and tr.stats["out_of_range"] == 2
+
+
+@pytest.mark.parametrize("case", backend_cases(exclude=("cpu-reference", "cpu-cpu", "cpu-triton")))
+def test_out_of_range_on_cuda_has_the_same_way_out(case):
+    device, backend = case
+    tr = tk.TDDSTracker(N, C, window=W, trajectory_len=T, device=device, backend=backend)
+    tr.update(torch.randn(4, C, device=device), torch.tensor([0, 1, N, -1], device=device))  # no sync, no raise
+    before = snapshot(tr)
+    with pytest.raises(ValueError) as info:
+        tr.end_epoch()
+    one_line(info, "index", "on_out_of_range = 'skip'")
+    assert_same_state(before, snapshot(tr))
+    tr.on_out_of_range = "skip"
+    tr.end_epoch()
+    assert tr.epoch == 1 and tr.stats["out_of_range"] == 2 and int((tr._state.seen == 0).sum()) == 2
 
 
 def test_out_of_range_in_a_really_compiled_update():
