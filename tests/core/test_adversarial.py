@@ -221,6 +221,56 @@ def test_rejected_targets_create_no_baselines(backend, targets, kind):
         tr.baseline_scores()
 
 
+@pytest.mark.parametrize(
+    "kw,name",
+    [
+        ({"window": 2}, "window"),
+        ({"window": 1}, "window"),
+        ({"num_samples": 0}, "num_samples"),
+        ({"num_samples": 5.0}, "num_samples"),
+        ({"decay": 0.0}, "decay"),
+        ({"decay": float("nan")}, "decay"),
+        ({"trajectory_len": 2}, "trajectory_len"),
+        ({"storage_dtype": torch.float64}, "storage_dtype"),
+        ({"device": "cuda:99"}, "device"),
+        ({"device": "nonsense"}, "device"),
+        ({"backend": "nonsense"}, "backend"),
+    ],
+    ids=lambda v: str(v) if isinstance(v, str) else None,
+)
+def test_bad_constructor_arguments_name_themselves(kw, name):
+    with pytest.raises((TypeError, ValueError)) as info:
+        tk.TDDSTracker(**({"num_samples": N, "num_classes": C, "window": W} | kw))
+    one_line(info, name)
+
+
+def test_numpy_scalars_are_accepted():
+    tr = tk.TDDSTracker(np.int64(N), np.int32(C), window=np.int64(W), decay=np.float32(0.5), backend="reference")
+    assert (tr.num_samples, tr.num_classes, tr.window) == (N, C, W) and type(tr.num_samples) is int
+    assert tr.decay == float(np.float32(0.5))
+
+
+@pytest.mark.parametrize("backend", FAST_CPU_BACKENDS)
+def test_bad_batches_change_nothing(backend):
+    tr = fed_tracker(backend, epochs=1)
+    before = snapshot(tr)
+    x, i = torch.randn(3, C), torch.tensor([0, 1, 2])
+    for logits, index, name in [
+        (x.to_sparse(), i, "logits"),
+        (x.double(), i, "logits"),
+        (x[:, :-1], i, "logits"),
+        (x, i.float(), "index"),
+        (x, i[:2], "index"),
+        (x, torch.tensor([0, 1, N]), "index"),
+        (x, torch.tensor([0, -1, 2]), "index"),
+        (x.numpy(), i, "logits"),
+    ]:
+        with pytest.raises((TypeError, ValueError)) as info:
+            tr.update(logits, index)
+        one_line(info, name)
+        assert_same_state(before, snapshot(tr))
+
+
 @pytest.mark.parametrize("value", ["errors", "Skip", None, 1])
 @pytest.mark.parametrize("option", ["on_nonfinite", "on_out_of_range"])
 def test_options_are_validated_on_assignment(option, value):
