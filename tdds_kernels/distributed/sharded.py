@@ -34,7 +34,7 @@ from ..core.baselines import PER_SAMPLE as BASELINE_PER_SAMPLE
 from ..core.baselines import check_targets, scores_of
 from ..core.config import TrackerConfig
 from ..core.state import PER_SAMPLE
-from ..core.tracker import LOGIT_DTYPES, TDDSTracker, check_batch, register_sharded
+from ..core.tracker import LOGIT_DTYPES, TDDSTracker, check_batch, check_state_dict, register_sharded
 from ..ops.schema import COUNTERS
 from .collectives import _COL, _HEAD, Group, agree_group
 from .layout import OWNERSHIP, ShardLayout
@@ -64,6 +64,7 @@ class ShardedTDDSTracker:
         debug: bool = False,
         process_group=None,
         baseline_options: dict | None = None,
+        on_out_of_range: str = "error",
     ):
         if process_group is None:
             raise ValueError("process_group: expected a torch.distributed process group, got None")
@@ -91,6 +92,7 @@ class ShardedTDDSTracker:
             on_nonfinite,
             debug,
             baseline_options=baseline_options,
+            on_out_of_range=on_out_of_range,
         )
         self._group = Group(process_group, self.local.device)
         if dist.get_backend(process_group) == "nccl" and self.device.type != "cuda":
@@ -121,6 +123,16 @@ class ShardedTDDSTracker:
     @on_nonfinite.setter
     def on_nonfinite(self, value: str) -> None:
         self.local.on_nonfinite = value
+
+    @property
+    def on_out_of_range(self) -> str:
+        # update() checks ranges eagerly on every rank, so a sharded epoch never wedges on them;
+        # kept for the same API (and saved in the shard's checkpoint).
+        return self.local.on_out_of_range
+
+    @on_out_of_range.setter
+    def on_out_of_range(self, value: str) -> None:
+        self.local.on_out_of_range = value
 
     # ------------------------------------------------------------------ plumbing
     def _gather_parts(self, local: torch.Tensor) -> list[torch.Tensor]:
@@ -319,8 +331,11 @@ class ShardedTDDSTracker:
                 raise ValueError(
                     f"state_dict: shard {key}: tracker has {mine[key]!r}, state dict has {info.get(key)!r}"
                 )
-        self.local.load_state_dict({k: v for k, v in sd.items() if k != "shard"})
-        self._run_id, self._saves = int(info["run_id"]), int(info["saves"])
+        for key in ("run_id", "saves"):  # checked before anything changes
+            if isinstance(info.get(key), bool) or not isinstance(info.get(key), int):
+                raise ValueError(f"state_dict: shard {key}: expected an int, got {info.get(key)!r}")
+        self.local.prepare_load({k: v for k, v in sd.items() if k != "shard"})()
+        self._run_id, self._saves = info["run_id"], info["saves"]
 
     def save(self, path) -> None:
         """Write this rank's shard to shard_path(path, rank, world_size) atomically (collective:
@@ -358,6 +373,12 @@ class ShardedTDDSTracker:
             config = TrackerConfig.from_dict(
                 dict(sd.get("config") or {}, num_samples=sd["shard"].get("num_samples")), f"{file}: config"
             )
+            # the whole shard against its own config, before the constructor allocates (and before
+            # its collective: a rank raising there would leave the others waiting)
+            local_config = TrackerConfig.from_dict(sd.get("config"), f"{file}: config")
+            check_state_dict(local_config, {k: v for k, v in sd.items() if k != "shard"}, str(file))
+            if ShardLayout(config.num_samples, world).shard_size(rank) != local_config.num_samples:
+                raise ValueError(f"{file}: shard num_samples {config.num_samples} does not fit its own config")
         except Exception as e:
             exc = e
         agree_group(process_group, exc, "load")  # before the constructor's collective
@@ -406,18 +427,16 @@ class ShardedTDDSTracker:
     def load_full_state_dict(self, sd: dict) -> None:
         """Take this rank's rows of a single tracker's state dict (full_state_dict(), or a
         TDDSTracker's): resumes on any world size. Collective (agrees on errors)."""
-        exc = None
+        exc = apply = None
         try:
-            checkpoint.check_header(sd, "state_dict")
-            n = (sd.get("config") or {}).get("num_samples")
-            if n != self.num_samples:
-                raise ValueError(
-                    f"state_dict: config mismatch: num_samples: tracker has {self.num_samples!r}, state dict has {n!r}"
-                )
-            self.local.load_state_dict(self.layout.split_state(sd, self.rank))
-        except (TypeError, ValueError, KeyError) as e:
+            # The whole dict first (splitting fills in the per-rank bookkeeping), then this rank's
+            # part; nothing changes on any rank until every rank has validated its part.
+            check_state_dict(self.config, sd)
+            apply = self.local.prepare_load(self.layout.split_state(sd, self.rank))
+        except Exception as e:  # any failure must reach the agreement, or the other ranks wait
             exc = e
         self._group.agree(exc, "load_full_state_dict")
+        apply()
 
 
 register_sharded(ShardedTDDSTracker)
