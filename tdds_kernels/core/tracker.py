@@ -191,6 +191,14 @@ class TDDSTracker(metaclass=_Constructor):
         # it would sync every step, so the kernels skip and count them and end_epoch raises.
         if not compiling and (self.device.type == "cpu" or self.debug):
             self._check_range(index)
+        self._record(logits, index, targets, logits.shape[0])
+
+    def _record(self, logits, index, targets, rows: int) -> None:
+        # update() after its checks. The sharded tracker's sync-free exchange calls it directly:
+        # its rows are checked at the source, and rows it does not own carry an out-of-range
+        # index on purpose (the op skips them). `rows`: what rows_in_epoch advances by.
+        st = self._state
+        compiling = torch.compiler.is_compiling()
         if targets is not None:
             if self._baselines is None:
                 from .baselines import BaselineScores
@@ -202,7 +210,7 @@ class TDDSTracker(metaclass=_Constructor):
             self._baselines.update(logits.detach(), index, targets, st.seen, st.epoch)
         self._backend.update(logits.detach().contiguous(), index.contiguous(), st.prev, st.seen, st.ring, st.counters)
         if not compiling:  # host-side bookkeeping stays out of compiled graphs (no guards on it)
-            st.rows_in_epoch += logits.shape[0]
+            st.rows_in_epoch += rows
             if st.rows_in_epoch >= st.next_dup_check:
                 self._check_forgotten_end_epoch()
 

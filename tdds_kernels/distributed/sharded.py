@@ -34,9 +34,10 @@ from ..core.baselines import PER_SAMPLE as BASELINE_PER_SAMPLE
 from ..core.baselines import check_targets, scores_of
 from ..core.config import TrackerConfig
 from ..core.state import PER_SAMPLE
-from ..core.tracker import LOGIT_DTYPES, TDDSTracker, check_batch, register_sharded
+from ..core.tracker import TDDSTracker, check_batch, register_sharded
 from ..ops.schema import COUNTERS
-from .collectives import _COL, _HEAD, Group, agree_group
+from .collectives import _COL, Group, agree_group
+from .exchange import END_EPOCH, HELD, SyncFreeExchange, check_calls, eager_update, raise_held_errors
 from .layout import OWNERSHIP, ShardLayout
 
 
@@ -64,6 +65,8 @@ class ShardedTDDSTracker:
         debug: bool = False,
         process_group=None,
         baseline_options: dict | None = None,
+        sync_free: bool | None = None,
+        max_batch_size: int | None = None,
     ):
         if process_group is None:
             raise ValueError("process_group: expected a torch.distributed process group, got None")
@@ -95,6 +98,13 @@ class ShardedTDDSTracker:
         self._group = Group(process_group, self.local.device)
         if dist.get_backend(process_group) == "nccl" and self.device.type != "cuda":
             raise ValueError(f"device: expected a cuda device for an NCCL process group, got {self.device}")
+        if sync_free is None:  # NCCL: no host sync per step; gloo (CPU): errors raise at update
+            sync_free = dist.get_backend(process_group) == "nccl"
+        if max_batch_size is not None and (
+            isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1
+        ):
+            raise ValueError(f"max_batch_size: expected None or an int >= 1, got {max_batch_size!r}")
+        self._exchange = SyncFreeExchange(self, max_batch_size) if sync_free else None
         # Ties the shard files of one run together; rank 0's draw, agreed by the first collective.
         self._run_id = int(self._group.gather_rows(torch.tensor([int.from_bytes(os.urandom(7), "little")]))[0, 0])
         self._saves = 0
@@ -150,110 +160,48 @@ class ShardedTDDSTracker:
             if exc is not None:
                 raise exc
             return
-        W = self.world_size
-        fields = {"status": exc is not None, "has_targets": targets is not None}
-        counts = None
-        if exc is None:
-            fields["dtype"] = LOGIT_DTYPES.index(logits.dtype)
-            idx = index.to(torch.int64)
-            bad = (idx < 0) | (idx >= self.num_samples)
-            fields["bad_index"], fields["first_index"] = self._group.bad_summary(idx, bad)
-            if targets is not None:
-                y = targets.to(torch.int64)
-                bad = (y < 0) | (y >= self.num_classes)
-                fields["bad_target"], fields["first_target"] = self._group.bad_summary(y, bad)
-            owner = self.layout.owner(idx)
-            # not bincount: CUDA has no deterministic bincount (use_deterministic_algorithms)
-            counts = (owner[None, :] == torch.arange(W, device=owner.device)[:, None]).sum(dim=1)
-        table = self._group.control("update", self.epoch, counts, **fields)
-        self._raise_batch_errors(table, exc)
-
-        # Rows sorted by owner, packed as bytes so one collective carries every dtype.
-        order = torch.argsort(owner, stable=True)
-        wire = logits.dtype if len({row[_COL["dtype"]] for row in table}) == 1 else torch.float32
-        parts = [self.layout.local_row(idx[order]).view(torch.uint8).reshape(-1, 8)]
-        if targets is not None:
-            parts.append(targets[order].to(torch.int64).view(torch.uint8).reshape(-1, 8))
-        parts.append(logits[order].detach().to(wire).contiguous().view(torch.uint8))
-        send = torch.cat(parts, dim=1)
-        row_bytes = send.shape[1]
-        recv_counts = [table[src][_HEAD + self.rank] for src in range(W)]
-        recv = send.new_empty((sum(recv_counts), row_bytes))
-        dist.all_to_all_single(
-            recv.view(-1),
-            send.view(-1),
-            [c * row_bytes for c in recv_counts],
-            [c * row_bytes for c in table[self.rank][_HEAD:]],
-            group=self.process_group,
-        )
-        # reshape(-1) copies a column slice out, except a single row, which stays aligned in place
-        local_idx = recv[:, :8].reshape(-1).view(torch.int64)
-        local_targets = recv[:, 8:16].reshape(-1).view(torch.int64) if targets is not None else None
-        local_logits = recv[:, 8 * (len(parts) - 1) :].reshape(-1).view(wire).reshape(-1, self.num_classes)
-        self.local.update(local_logits, local_idx, local_targets)
-
-    def _raise_batch_errors(self, table, exc):
-        N, C = self.num_samples, self.num_classes
-        errors = []  # (rank, type, message as the single tracker raises it; None: travels as object)
-        for r, row in enumerate(table):
-            if row[_COL["status"]]:
-                errors.append((r, None, None))
-            elif row[_COL["bad_index"]]:
-                errors.append(
-                    (
-                        r,
-                        ValueError,
-                        f"index: expected dataset indices in [0, {N}), got "
-                        f"{row[_COL['bad_index']]} outside it (first: {row[_COL['first_index']]})",
-                    )
-                )
-            elif row[_COL["bad_target"]]:
-                errors.append(
-                    (
-                        r,
-                        ValueError,
-                        f"targets: expected class labels in [0, {C}), got "
-                        f"{row[_COL['bad_target']]} outside it (first: {row[_COL['first_target']]})",
-                    )
-                )
-        if errors:
-            mine = next((e for e in errors if e[0] == self.rank), None)
-            if mine is not None and mine[1] is not None:
-                exc = mine[1](mine[2])
-            if any(e[1] is None for e in errors):  # Python-side checks: their messages travel as objects
-                self._group.agree(exc, "update")
-            if mine is not None:
-                raise exc
-            r, kind, text = errors[0]
-            raise kind(f"update: rank {r} failed, so no rank went on: {text}")
-        has_targets = [row[_COL["has_targets"]] for row in table]
-        if len(set(has_targets)) > 1:
-            raise ValueError(
-                "targets: passed on ranks "
-                f"{[r for r, t in enumerate(has_targets) if t]} but not on the others; "
-                "pass them on every rank or on none"
-            )
+        if self._exchange is not None:
+            self._exchange.update(logits, index, targets, exc)
+        else:
+            eager_update(self, logits, index, targets, exc)
 
     def end_epoch(self) -> None:
         """Close the epoch on every rank (collective); raises on all ranks or on none."""
         if self.complete:
             return
         new = self.local.epoch_counts()
-        table = self._group.control(
-            "end_epoch",
-            self.epoch,
-            out_of_range=new["out_of_range"],
-            nonfinite=new["nonfinite"],
-            error_mode=self.on_nonfinite == "error",
-        )
-        out_of_range = sum(row[_COL["out_of_range"]] for row in table)
-        nonfinite = sum(row[_COL["nonfinite"]] for row in table)
-        if out_of_range:  # unreachable while update() checks ranges eagerly; kept for safety
+        mode = self.on_nonfinite == "error"
+        ex = self._exchange
+        if ex is not None and not ex.ready:
+            ex.setup(END_EPOCH, None, None)  # raises on every rank if some are still in update
+        if ex is not None and ex.ready:
+            table = ex.end_epoch_table(new, mode)
+            check_calls(self, [row[0] for row in table], [row[1] for row in table])
+            raise_held_errors(self, table)
+            out_of_range = sum(row[6] for row in table)
+            nonfinite = sum(row[7] for row in table)
+            error_mode = any(row[8] for row in table)
+        else:
+            held = ex is not None and ex.exc is not None
+            table = self._group.control(
+                "end_epoch",
+                self.epoch,
+                status=held,
+                out_of_range=new["out_of_range"],
+                nonfinite=new["nonfinite"],
+                error_mode=mode,
+            )
+            if any(row[_COL["status"]] for row in table):
+                self._group.agree(ex and ex.exc, "update", HELD)
+            out_of_range = sum(row[_COL["out_of_range"]] for row in table)
+            nonfinite = sum(row[_COL["nonfinite"]] for row in table)
+            error_mode = any(row[_COL["error_mode"]] for row in table)
+        if out_of_range:  # the sync-free path; unreachable on the eager one (update() raised)
             raise ValueError(
                 f"index: {out_of_range} rows of epoch {self.epoch} had dataset indices "
                 f"outside [0, {self.num_samples}) and were skipped; the epoch is not closed"
             )
-        if nonfinite and any(row[_COL["error_mode"]] for row in table):
+        if nonfinite and error_mode:
             raise ValueError(
                 f"logits: {nonfinite} rows of epoch {self.epoch} (all ranks) had non-finite "
                 "values and were ignored; the epoch is not closed (set "
