@@ -122,9 +122,11 @@ def raise_batch_errors(tracker, table, exc):
 
 def _gather(group, block: torch.Tensor) -> torch.Tensor:
     """(world, block bytes): every rank's block, in rank order, in one collective."""
-    out = block.new_empty((group.world_size, block.numel()))
-    dist.all_gather_into_tensor(out, block, group=group.process_group)
-    return out
+    out = block.new_empty(group.world_size * block.numel())
+    # torch >= 2.13 names it all_gather_single (all_gather_into_tensor is deprecated there)
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    gather(out, block, group=group.process_group)
+    return out.view(group.world_size, block.numel())
 
 
 class SyncFreeExchange:

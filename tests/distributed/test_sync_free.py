@@ -16,10 +16,9 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from test_sharded import CFG, COLLECTIVE_TIMEOUT_S, SPAWN_DEADLINE_S, C, N, T, epoch_data, expect_error, feed
 
 from tdds_kernels import TDDSTracker
-
-from test_sharded import CFG, COLLECTIVE_TIMEOUT_S, SPAWN_DEADLINE_S, C, N, T, epoch_data, expect_error, feed
 
 SCENARIOS = ("equivalence", "max_batch_size", "counts", "held_errors", "disagreement")
 
@@ -63,7 +62,14 @@ def scenario_max_batch_size(rank, world, pg):
 class Counter:
     """Counts collectives and host syncs (tolist, item, bool/int/float of a tensor, nonzero)."""
 
-    COLLECTIVES = ("all_gather", "all_gather_into_tensor", "all_to_all_single", "all_gather_object", "all_reduce")
+    COLLECTIVES = (
+        "all_gather",
+        "all_gather_single",
+        "all_gather_into_tensor",
+        "all_to_all_single",
+        "all_gather_object",
+        "all_reduce",
+    )
     SYNCS = ("tolist", "item", "__bool__", "__int__", "__float__", "__index__", "nonzero")
 
     def __enter__(self):
