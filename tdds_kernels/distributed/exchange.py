@@ -223,9 +223,10 @@ class SyncFreeExchange:
         g_code = rows_all[:, 8:16].contiguous().view(torch.int64).reshape(-1)
         g_logits = rows_all[:, 16:].contiguous().view(self.wire).reshape(W * cap, t.num_classes)
         # A block from a rank in another call or epoch (reported by end_epoch) carries no rows.
+        # (expand, not repeat_interleave: that one syncs on CUDA to size its output)
         same_call = (heads[:, 0] == UPDATE) & (heads[:, 1] == t.epoch)
         self.pending[2] += (~same_call).sum()
-        keep = (g_code != SKIP) & (t.layout.owner(g_idx) == t.rank) & same_call.repeat_interleave(cap)
+        keep = (g_code != SKIP) & (t.layout.owner(g_idx) == t.rank) & same_call[:, None].expand(W, cap).reshape(-1)
         # In rank order then batch order: the lowest rank's row of a sample counts first.
         local_idx = torch.where(keep, t.layout.local_row(g_idx), t.local.num_samples)
         local_y = torch.where(keep & (g_code >= 0), g_code, 0) if targets is not None else None

@@ -208,3 +208,56 @@ def world_results(request, tmp_path_factory):
 def test_sync_free(world_results, scenario):
     failures = [f"rank {r}:\n{res[scenario]}" for r, res in enumerate(world_results) if res[scenario]]
     assert not failures, "\n".join(failures)
+
+
+# ---------------------------------------------------------------- CUDA: NCCL, one GPU per rank
+def _cuda_worker(rank, world, tmp):
+    torch.cuda.set_device(rank)
+    timeout = datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S)
+    dist.init_process_group("nccl", init_method=f"file://{tmp}/store", rank=rank, world_size=world, timeout=timeout)
+    result = None
+    try:
+        dev = torch.device("cuda", rank)
+        cfg = dict(CFG, backend="auto")
+        free = TDDSTracker(N, **cfg, device=dev, process_group=dist.group.WORLD)  # NCCL: sync-free by default
+        eager = TDDSTracker(N, **cfg, device=dev, process_group=dist.group.WORLD, sync_free=False)
+        assert free._exchange is not None and eager._exchange is None
+        for e in range(T):
+            logits, _, steps = epoch_data(e, world)
+            for k, step in enumerate(steps):
+                x, i = logits[step[rank]].to(dev), step[rank].to(dev)
+                eager.update(x, i)
+                if e or k:  # after the first update, which agrees on the capacity (one sync)
+                    torch.cuda.set_sync_debug_mode("error")
+                try:
+                    free.update(x, i)
+                finally:
+                    torch.cuda.set_sync_debug_mode("default")
+            free.end_epoch()
+            eager.end_epoch()
+        assert torch.equal(free.scores(), eager.scores()) and free.stats == eager.stats
+    except BaseException:
+        result = traceback.format_exc()
+    torch.save(result, os.path.join(tmp, f"result{rank}.pt"))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_nccl_update_does_not_sync(world, tmp_path):
+    # One rank runs the whole path (the NCCL all_gather included) on a single GPU; NCCL gives each
+    # rank its own GPU, so 2 ranks need 2.
+    if torch.cuda.device_count() < world or not dist.is_nccl_available():
+        pytest.skip(f"needs {world} CUDA GPU(s) and NCCL")
+    ctx = mp.start_processes(_cuda_worker, args=(world, str(tmp_path)), nprocs=world, join=False, start_method="spawn")
+    deadline = time.time() + SPAWN_DEADLINE_S
+    try:
+        while not ctx.join(timeout=max(0.1, deadline - time.time())):
+            if time.time() > deadline:
+                raise TimeoutError(f"{world} ranks did not finish in {SPAWN_DEADLINE_S} s")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+    failures = [torch.load(tmp_path / f"result{r}.pt") for r in range(world)]
+    assert not any(failures), "\n".join(f for f in failures if f)
