@@ -4,20 +4,24 @@ The sharded tracker holds a TDDSTracker for this rank's shard (``local``: prev, 
 of ≈ 1/W of the samples, the same backend ops) and a ShardLayout (layout.py: rank r owns the
 samples n with ``n % W == r``, at local row ``n // W``).
 
-Per step every rank calls ``update`` once (an empty batch is fine), as DDP loops do:
+Per step every rank calls ``update`` once (an empty batch is fine), as DDP loops do. The rows
+reach their owners by one of two exchanges (exchange.py), chosen by ``sync_free`` (default: by
+the process group's backend):
 
-1. each rank validates its batch exactly like a single tracker, without raising yet;
-2. one all_gather of a small int64 row per rank (validity, epoch, dtype, rows per destination)
-   lets every rank see every error, so a bad batch on one rank raises on all of them (the bad
-   rank gets the single tracker's message, the others the same text naming that rank) and
-   nobody is left waiting in a collective;
-3. one all_to_all_single of the rows, packed as bytes (local index, targets, logits), sends each
-   row to its owner, which applies them in (source rank, batch) order: with duplicates in one
-   step (DistributedSampler padding) the lowest rank's row counts, as if a single tracker were fed
-   the ranks' batches concatenated in rank order.
+- eager (gloo): one all_gather of a small control row (validity, epoch, dtype, rows per
+  destination; the one host sync) lets every rank see every error, so a bad batch on one rank
+  raises on all of them at that update (the bad rank gets the single tracker's message, the
+  others the same text naming that rank), then one all_to_all_single sends each row to its owner;
+- sync-free (NCCL): one all_gather of a fixed-size block per rank (capacity agreed once, at the
+  first update with rows, or ``max_batch_size``), no host sync; every rank keeps the rows it owns,
+  and errors are held on the device or host and raised on every rank by ``end_epoch``.
 
-``end_epoch`` is local apart from one tiny all_gather that makes every rank take the same
-decision on the epoch's errors. ``scores()``, ``stats`` and ``baseline_scores()`` are collective
+Either way the owner applies the rows in (source rank, batch) order: with duplicates in one step
+(DistributedSampler padding) the lowest rank's row counts, as if a single tracker were fed the
+ranks' batches concatenated in rank order.
+
+``end_epoch`` is local apart from one small all_gather (one host sync) that makes every rank take
+the same decision on the epoch's errors. ``scores()``, ``stats`` and ``baseline_scores()`` are collective
 (call them on every rank); ``save``/``load`` write and read one file per rank (``shard_path``).
 """
 
@@ -49,7 +53,11 @@ def shard_path(path, rank: int, world_size: int) -> Path:
 
 class ShardedTDDSTracker:
     """A TDDSTracker's API over the ranks of `process_group`: this rank's shard lives in
-    ``self.local`` (a TDDSTracker), the ownership in ``self.layout`` (module docstring)."""
+    ``self.local`` (a TDDSTracker), the ownership in ``self.layout`` (module docstring).
+
+    sync_free: the exchange (module docstring); None picks sync-free for NCCL, eager otherwise.
+    max_batch_size: rows per rank per step the sync-free exchange carries; None: the largest
+    first batch of the ranks (a later, larger batch is skipped and end_epoch raises)."""
 
     def __init__(
         self,
