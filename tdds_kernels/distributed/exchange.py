@@ -1,6 +1,6 @@
 """How a sharded tracker's update moves each row to the rank that owns its sample.
 
-EagerExchange (the gloo default): one all_gather of a control row per step (every rank sees every
+eager_update (the gloo default): one all_gather of a control row per step (every rank sees every
 error, so a bad batch raises on every rank before anything is recorded; one host sync) and one
 all_to_all_single of exactly the rows each rank owns.
 
