@@ -130,7 +130,9 @@ class ShardedTDDSTracker:
     epoch = property(lambda self: self.local.epoch)
     complete = property(lambda self: self.local.complete)
     shard_size = property(lambda self: self.local.num_samples)
-    rows_in_epoch = property(lambda self: self.local.rows_in_epoch)  # rows this rank's shard received
+    # Rows this rank's shard received (eager) or this rank passed (sync-free): the sum over the
+    # ranks, what a whole-dataset state dict holds, is the same.
+    rows_in_epoch = property(lambda self: self.local.rows_in_epoch)
 
     @property
     def on_nonfinite(self) -> str:

@@ -43,6 +43,7 @@ def scenario_equivalence(rank, world, pg):
 
 def scenario_max_batch_size(rank, world, pg):
     # A first batch smaller than later ones is fine with max_batch_size; mixed dtypes go as float32.
+    expect_error(lambda: TDDSTracker(N, **CFG, process_group=pg, max_batch_size=0), ValueError, "max_batch_size")
     eager = TDDSTracker(N, **CFG, process_group=pg, sync_free=False)
     free = TDDSTracker(N, **CFG, process_group=pg, sync_free=True, max_batch_size=16)
     logits, _, steps = epoch_data(0, world)
