@@ -136,7 +136,10 @@ class SyncFreeExchange:
         self.tracker = tracker
         self.capacity = max_batch_size  # None until agreed at the first update with rows
         self.wire = None
-        self.pending = torch.zeros(len(PENDING), dtype=torch.int64, device=tracker.device)
+        self.forget_errors()
+
+    def forget_errors(self) -> None:
+        self.pending = torch.zeros(len(PENDING), dtype=torch.int64, device=self.tracker.device)
         self.exc = None  # the first host-side check that failed on this rank (held for end_epoch)
         self.overflow = 0  # rows of batches larger than the capacity (dropped)
         self.overflow_max = 0

@@ -278,6 +278,7 @@ class ShardedTDDSTracker:
                     f"state_dict: shard {key}: tracker has {mine[key]!r}, state dict has {info.get(key)!r}"
                 )
         self.local.load_state_dict({k: v for k, v in sd.items() if k != "shard"})
+        self._forget_held_errors()
         self._run_id, self._saves = int(info["run_id"]), int(info["saves"])
 
     def save(self, path) -> None:
@@ -376,6 +377,12 @@ class ShardedTDDSTracker:
         except (TypeError, ValueError, KeyError) as e:
             exc = e
         self._group.agree(exc, "load_full_state_dict")
+        self._forget_held_errors()
+
+    def _forget_held_errors(self) -> None:
+        # What the sync-free updates held belongs to the state a load replaces.
+        if self._exchange is not None:
+            self._exchange.forget_errors()
 
 
 register_sharded(ShardedTDDSTracker)
