@@ -278,7 +278,8 @@ class ShardedTDDSTracker:
                     f"state_dict: shard {key}: tracker has {mine[key]!r}, state dict has {info.get(key)!r}"
                 )
         self.local.load_state_dict({k: v for k, v in sd.items() if k != "shard"})
-        self._forget_held_errors()
+        if self._exchange is not None:  # what sync-free updates held belongs to the replaced state
+            self._exchange.forget_errors()
         self._run_id, self._saves = int(info["run_id"]), int(info["saves"])
 
     def save(self, path) -> None:
@@ -377,11 +378,7 @@ class ShardedTDDSTracker:
         except (TypeError, ValueError, KeyError) as e:
             exc = e
         self._group.agree(exc, "load_full_state_dict")
-        self._forget_held_errors()
-
-    def _forget_held_errors(self) -> None:
-        # What the sync-free updates held belongs to the state a load replaces.
-        if self._exchange is not None:
+        if self._exchange is not None:  # what sync-free updates held belongs to the replaced state
             self._exchange.forget_errors()
 
 
