@@ -250,7 +250,7 @@ def _cuda_worker(rank, world, tmp):
 
 
 @pytest.mark.parametrize("world", [1, 2])
-def test_nccl_update_does_not_sync(world, tmp_path):
+def test_cuda_nccl_update_does_not_sync(world, tmp_path):
     # One rank runs the whole path (the NCCL all_gather included) on a single GPU; NCCL gives each
     # rank its own GPU, so 2 ranks need 2.
     if torch.cuda.device_count() < world or not dist.is_nccl_available():
