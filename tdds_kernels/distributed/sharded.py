@@ -55,9 +55,8 @@ class ShardedTDDSTracker:
     """A TDDSTracker's API over the ranks of `process_group`: this rank's shard lives in
     ``self.local`` (a TDDSTracker), the ownership in ``self.layout`` (module docstring).
 
-    sync_free: the exchange (module docstring); None picks sync-free for NCCL, eager otherwise.
-    max_batch_size: rows per rank per step the sync-free exchange carries; None: the largest
-    first batch of the ranks (a later, larger batch is skipped and end_epoch raises)."""
+    sync_free: the exchange (module docstring); None: sync-free for NCCL, else eager. max_batch_size:
+    rows per rank per step the sync-free exchange carries (None: the ranks' largest first batch)."""
 
     def __init__(
         self,
@@ -257,6 +256,7 @@ class ShardedTDDSTracker:
             "ownership": OWNERSHIP,
             "run_id": self._run_id,
             "saves": self._saves,
+            "capacity": None if self._exchange is None else self._exchange.capacity,
         }
 
     def state_dict(self) -> dict:
@@ -280,6 +280,8 @@ class ShardedTDDSTracker:
         self.local.load_state_dict({k: v for k, v in sd.items() if k != "shard"})
         if self._exchange is not None:  # what sync-free updates held belongs to the replaced state
             self._exchange.forget_errors()
+            # the capacity agreed before the save: a resumed run may start at an epoch's short last batch
+            self._exchange.capacity = self._exchange.capacity or info.get("capacity")
         self._run_id, self._saves = int(info["run_id"]), int(info["saves"])
 
     def save(self, path) -> None:
@@ -294,12 +296,10 @@ class ShardedTDDSTracker:
         self._group.agree(exc, "save")
 
     @classmethod
-    def load(cls, path, device=None, backend: str = "auto", process_group=None) -> ShardedTDDSTracker:
-        """Each rank reads its shard of the checkpoint `path` written by save() (collective).
-
-        The world size must equal the one that saved; every rank raises if a shard is missing,
-        does not fit, or belongs to another run or another save than the rest.
-        """
+    def load(cls, path, device=None, backend="auto", process_group=None, sync_free=None) -> ShardedTDDSTracker:
+        """Each rank reads its shard of the checkpoint `path` written by save() (collective). The
+        world size must equal the one that saved; every rank raises if a shard is missing, does
+        not fit, or belongs to another run or another save than the rest."""
         if process_group is None:
             raise ValueError("process_group: expected the process group to load the shards into")
         world, rank = dist.get_world_size(process_group), dist.get_rank(process_group)
@@ -327,6 +327,7 @@ class ShardedTDDSTracker:
             backend=backend,
             on_nonfinite=sd.get("on_nonfinite", "error"),
             process_group=process_group,
+            sync_free=sync_free,
         )
         try:
             tracker.load_state_dict(sd)

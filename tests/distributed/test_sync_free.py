@@ -19,11 +19,12 @@ import torch.multiprocessing as mp
 from test_sharded import CFG, COLLECTIVE_TIMEOUT_S, SPAWN_DEADLINE_S, C, N, T, epoch_data, expect_error, feed
 
 from tdds_kernels import TDDSTracker
+from tdds_kernels.distributed import ShardedTDDSTracker
 
 SCENARIOS = ("equivalence", "max_batch_size", "counts", "held_errors", "disagreement")
 
 
-def scenario_equivalence(rank, world, pg):
+def scenario_equivalence(rank, world, pg, tmp):
     # Duplicates across ranks (sampler padding), uneven and empty last batches, targets, bf16.
     for targets, dtype in ((True, torch.float32), (False, torch.bfloat16)):
         eager = TDDSTracker(N, **CFG, process_group=pg, sync_free=False)
@@ -32,6 +33,10 @@ def scenario_equivalence(rank, world, pg):
             feed(eager, e, world, rank, targets=targets, dtype=dtype)
             feed(free, e, world, rank, targets=targets, dtype=dtype)
         assert free._exchange.capacity == 3 + world - 1  # the largest first batch
+        # A resumed run keeps the capacity (its first batch may be an epoch's short last one).
+        free.save(os.path.join(tmp, "free.pt"))
+        resumed = ShardedTDDSTracker.load(os.path.join(tmp, "free.pt"), process_group=pg, sync_free=True)
+        assert resumed._exchange.capacity == free._exchange.capacity
         assert torch.equal(free.scores(), eager.scores())
         assert free.stats == eager.stats and free.stats["duplicates"] > 0
         assert free.full_state_dict()["rows_in_epoch"] == eager.full_state_dict()["rows_in_epoch"]
@@ -41,7 +46,7 @@ def scenario_equivalence(rank, world, pg):
                 assert torch.equal(got[k].nan_to_num(-7), ref[k].nan_to_num(-7)), k
 
 
-def scenario_max_batch_size(rank, world, pg):
+def scenario_max_batch_size(rank, world, pg, tmp):
     # A first batch smaller than later ones is fine with max_batch_size; mixed dtypes go as float32.
     expect_error(lambda: TDDSTracker(N, **CFG, process_group=pg, max_batch_size=0), ValueError, "max_batch_size")
     eager = TDDSTracker(N, **CFG, process_group=pg, sync_free=False)
@@ -98,7 +103,7 @@ class Counter:
             setattr(owner, name, orig)
 
 
-def scenario_counts(rank, world, pg):
+def scenario_counts(rank, world, pg, tmp):
     # The C++ CPU backend: no sync of its own, so what is counted is the sharded tracker's.
     logits, _, steps = epoch_data(0, world)
     per_step = {}
@@ -114,7 +119,7 @@ def scenario_counts(rank, world, pg):
     assert per_step[False][0] == 2 and per_step[False][1] >= 1, per_step  # the eager path, for contrast
 
 
-def scenario_held_errors(rank, world, pg):
+def scenario_held_errors(rank, world, pg, tmp):
     x, i = torch.randn(4, C), torch.arange(rank, N, world)[:4]
     bad = world - 1
 
@@ -158,7 +163,7 @@ def scenario_held_errors(rank, world, pg):
         expect_error(t.end_epoch, (TypeError if case == "dtype" else ValueError), what)
 
 
-def scenario_disagreement(rank, world, pg):
+def scenario_disagreement(rank, world, pg, tmp):
     t = TDDSTracker(N, **CFG, process_group=pg, sync_free=True)
     x, i = torch.randn(2, C), torch.arange(rank, N, world)[:2]
     # Before the capacity is agreed: every rank raises at once.
@@ -182,7 +187,7 @@ def _worker(rank, world, tmp):
     for name in SCENARIOS:
         pg = dist.new_group(backend="gloo", timeout=timeout)
         try:
-            globals()["scenario_" + name](rank, world, pg)
+            globals()["scenario_" + name](rank, world, pg, tmp)
             results[name] = None
         except BaseException:
             results[name] = traceback.format_exc()
