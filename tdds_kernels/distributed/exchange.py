@@ -5,7 +5,7 @@ error, so a bad batch raises on every rank before anything is recorded; one host
 all_to_all_single of exactly the rows each rank owns.
 
 SyncFreeExchange (the NCCL default): one all_gather per step of a fixed-size block per rank, a
-16-int64 header then `capacity` rows (index, target code, logits as bytes; unused rows padded)
+16-int64 header then `capacity` indices, target codes and logit rows (unused rows padded)
 and no host sync: every rank receives every row, keeps the ones it owns, and hands the rest to the
 op with an out-of-range local index, which skips them (the out_of_range counter is corrected on
 the device). Checks that need the data run on the device and are reported by end_epoch, like a
@@ -150,12 +150,28 @@ class SyncFreeExchange:
         return self.wire is not None
 
     @property
-    def row_bytes(self) -> int:
+    def row_bytes(self) -> int:  # index, target code, logits
         return 16 + self.tracker.num_classes * self.wire.itemsize
 
     @property
     def block_bytes(self) -> int:
         return 8 * HEADER + self.capacity * self.row_bytes
+
+    def _parts(self, blocks: torch.Tensor):
+        """Header, indices, target codes and logits of one block (1-d) or of every rank's (2-d,
+        as received: copies, rank-major)."""
+        cap, C = self.capacity, self.tracker.num_classes
+        edges = (0, 8 * HEADER, 8 * HEADER + 8 * cap, 8 * HEADER + 16 * cap, self.block_bytes)
+        out = []
+        for (a, b), dtype in zip(zip(edges, edges[1:]), (torch.int64, torch.int64, torch.int64, self.wire)):
+            part = blocks[..., a:b]
+            if blocks.dim() == 2:
+                part = part.contiguous()
+            out.append(part.view(dtype))
+        head, idx, code, x = out
+        if blocks.dim() == 1:
+            return head, idx, code, x.view(cap, C)
+        return head, idx.reshape(-1), code.reshape(-1), x.reshape(-1, C)
 
     def setup(self, kind: int, logits, exc) -> bool:
         """The one agreement (host sync) on capacity and wire dtype; False if no rank has rows yet."""
@@ -189,13 +205,13 @@ class SyncFreeExchange:
             self.wrong_dtype += rows
             rows = 0
         W, cap, dev = t.world_size, self.capacity, t.device
-        block = torch.empty(self.block_bytes, dtype=torch.uint8, device=dev)
-        head = block[: 8 * HEADER].view(torch.int64)
-        head.zero_()
+        # Block layout: header, then the cap indices, the cap target codes, the cap logit rows
+        # (each part contiguous, so every rank's part is one strided slice of what arrives).
+        # Zeroed: padding rows are never applied, but the op may read them.
+        block = torch.zeros(self.block_bytes, dtype=torch.uint8, device=dev)
+        head, idx, code, x = self._parts(block)
         head[0], head[1], head[2] = UPDATE, t.epoch, int(targets is not None)
-        body = block[8 * HEADER :].view(cap, self.row_bytes)
-        code = torch.full((cap,), SKIP, dtype=torch.int64, device=dev)
-        idx = torch.zeros(cap, dtype=torch.int64, device=dev)
+        code.fill_(SKIP)
         bad_index = None
         if rows:
             # Checked at the source, on the device: an out-of-range index counts in this rank's
@@ -214,17 +230,11 @@ class SyncFreeExchange:
                 codes = y
             code[:rows] = torch.where(ok, codes, SKIP)
             idx[:rows] = i
-            body[:rows, 16:].copy_(logits.detach().to(self.wire).contiguous().view(torch.uint8))
-        body[:, :8].copy_(idx.view(torch.uint8).reshape(cap, 8))
-        body[:, 8:16].copy_(code.view(torch.uint8).reshape(cap, 8))
+            x[:rows] = logits.detach()
         recv = _gather(t._group, block)
 
-        heads = recv[:, : 8 * HEADER].contiguous().view(torch.int64)  # (W, HEADER)
+        heads, g_idx, g_code, g_logits = self._parts(recv)  # (W, HEADER), (W*cap,), (W*cap,), (W*cap, C)
         self.pending[1] += (heads[:, 2] != int(targets is not None)).sum()
-        rows_all = recv[:, 8 * HEADER :].reshape(W * cap, self.row_bytes)
-        g_idx = rows_all[:, :8].contiguous().view(torch.int64).reshape(-1)
-        g_code = rows_all[:, 8:16].contiguous().view(torch.int64).reshape(-1)
-        g_logits = rows_all[:, 16:].contiguous().view(self.wire).reshape(W * cap, t.num_classes)
         # A block from a rank in another call or epoch (reported by end_epoch) carries no rows.
         # (expand, not repeat_interleave: that one syncs on CUDA to size its output)
         same_call = (heads[:, 0] == UPDATE) & (heads[:, 1] == t.epoch)
