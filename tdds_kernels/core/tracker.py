@@ -222,11 +222,18 @@ class TDDSTracker(metaclass=_Constructor):
         )
 
     def _update(self, logits, index, targets, compiling: bool) -> None:
-        st = self._state
         # On CPU the range check is free, so bad indices raise before anything changes; on CUDA
         # it would sync every step, so the kernels skip and count them and end_epoch raises.
         if not compiling and (self.device.type == "cpu" or self.debug):
             self._check_range(index)
+        self._record(logits, index, targets, logits.shape[0])
+
+    def _record(self, logits, index, targets, rows: int) -> None:
+        # update() after its checks. The sharded tracker's sync-free exchange calls it directly:
+        # its rows are checked at the source, and rows it does not own carry an out-of-range
+        # index on purpose (the op skips them). `rows`: what rows_in_epoch advances by.
+        st = self._state
+        compiling = torch.compiler.is_compiling()
         if targets is not None:
             baselines = self._baselines
             if baselines is None:
@@ -240,7 +247,7 @@ class TDDSTracker(metaclass=_Constructor):
             self._baselines = baselines
         self._backend.update(logits.detach().contiguous(), index.contiguous(), st.prev, st.seen, st.ring, st.counters)
         if not compiling:  # host-side bookkeeping stays out of compiled graphs (no guards on it)
-            st.rows_in_epoch += logits.shape[0]
+            st.rows_in_epoch += rows
             if st.rows_in_epoch >= st.next_dup_check:
                 diagnostics.check_forgotten_end_epoch(self)
 
