@@ -1,4 +1,4 @@
-"""What the tracker costs a real training step: ResNet-50 at ImageNet shape, with and without it.
+"""What the tracker costs a real training step: with and without it, same model, same batch.
 
 One training step = forward + backward + SGD step of a torchvision ResNet-50 (random init,
 channels_last, bf16 autocast) on a batch of random 224x224 images, timed with and without
@@ -13,6 +13,18 @@ On CUDA every time comes from CUDA events; on CPU from the wall clock.
 torchvision missing: --model resnet50 (the default) prints why and exits 0 without a table;
 --model small runs a small CNN defined here instead, labelled as such in every line it writes
 (a smoke test of the harness, not the figure users care about).
+
+CPU figures (defaults per model: batch, input, N and C of the setting it stands for):
+    --model resnet18-cifar   ResNet-18, CIFAR variant (3x3 stem, no max-pool, BasicBlock [2,2,2,2])
+                             defined here (torchvision is not required): batch 128, 32x32 random
+                             images, N = 50,000; pass --classes 10 or 100
+    --model demo             the MNIST-1D demo's 1D CNN (tdds_kernels.demo): batch 100, (1, 40)
+                             random signals, N = 20,000, C = 10; --targets feeds targets= as the
+                             demo does (baseline scores too)
+    python benchmarks/bench_train_step.py --device cpu --model resnet18-cifar --classes 10 --no-amp
+    python benchmarks/bench_train_step.py --device cpu --model demo --threads 1 --no-amp --targets
+The variants alternate step by step (without, with, without, ...), so load from other processes
+drifting during the run hits both alike.
 """
 
 from __future__ import annotations
@@ -52,7 +64,60 @@ class SmallCNN(nn.Module):
         return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1))
 
 
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:  # projection when the shape changes
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNet18Cifar(nn.Module):
+    """The usual CIFAR ResNet-18: 3x3 stem at stride 1 (no max-pool), four stages of two blocks."""
+
+    def __init__(self, num_classes):
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True)
+        )
+        blocks, cin = [], 64
+        for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            blocks += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)]
+            cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Linear(512, num_classes)
+
+    def forward(self, x):
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1), 1))
+
+
+# Per model: (batch, input shape after the batch dim as a function of --size, N, C) defaults.
+MODEL_DEFAULTS = {
+    "resnet50": (256, lambda size: (3, size or 224, size or 224), IMAGENET_N, IMAGENET_C),
+    "small": (256, lambda size: (3, size or 224, size or 224), IMAGENET_N, IMAGENET_C),
+    "resnet18-cifar": (128, lambda size: (3, size or 32, size or 32), 50_000, 10),
+    "demo": (100, lambda size: (1, size or 40), 20_000, 10),
+}
+
+
 def make_model(name, num_classes):
+    if name == "demo":
+        from tdds_kernels.demo.train import make_model as demo_model
+
+        n_params = sum(p.numel() for p in demo_model(1, num_classes).parameters())
+        return demo_model(1, num_classes), f"the MNIST-1D demo's 1D CNN (tdds_kernels.demo, {n_params:,} parameters)"
+    if name == "resnet18-cifar":
+        return ResNet18Cifar(num_classes), "ResNet-18 (CIFAR variant, defined in the script)"
     if name == "resnet50":
         import torchvision
 
@@ -60,6 +125,11 @@ def make_model(name, num_classes):
             weights=None, num_classes=num_classes
         ), f"torchvision {torchvision.__version__} ResNet-50 (random init)"
     return SmallCNN(num_classes), "SMALL FALLBACK CNN (not ResNet-50: torchvision absent or --model small)"
+
+
+def pct(x):
+    """A share with 3 significant digits: 0.0123% stays readable where .2% would print 0.00%."""
+    return f"{x * 100:.3g}%"
 
 
 class Timer:
@@ -92,11 +162,17 @@ class Timer:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--model", choices=["resnet50", "small"], default="resnet50")
-    ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--size", type=int, default=224, help="image side")
-    ap.add_argument("--samples", type=int, default=IMAGENET_N, help="tracker N (default: ImageNet)")
-    ap.add_argument("--classes", type=int, default=IMAGENET_C)
+    ap.add_argument("--model", choices=list(MODEL_DEFAULTS), default="resnet50")
+    ap.add_argument("--batch", type=int, default=None, help="default per model (see above)")
+    ap.add_argument("--size", type=int, default=None, help="image side / signal length (default per model)")
+    ap.add_argument("--samples", type=int, default=None, help="tracker N (default per model)")
+    ap.add_argument("--classes", type=int, default=None, help="C (default per model)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
+    ap.add_argument(
+        "--targets", action="store_true", help="update(logits, index, targets=y): baseline scores too, as the demo does"
+    )
+    ap.add_argument("--title", default=None, help="with --append: the heading of this run's section")
+    ap.add_argument("--append", action="store_true", help="append to --out instead of overwriting it")
     ap.add_argument("--storage", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--backend", default="auto", help="tracker backend")
     ap.add_argument("--steps", type=int, default=None, help="timed steps per variant (default 20 cuda, 3 cpu)")
@@ -105,6 +181,13 @@ def main(argv=None):
     ap.add_argument("--budget-s", type=float, default=None, help="fewer timed steps if the run would pass this")
     ap.add_argument("--out", default=None, help="write the markdown table here")
     a = ap.parse_args(argv)
+    d_batch, d_shape, d_samples, d_classes = MODEL_DEFAULTS[a.model]
+    a.batch = a.batch or d_batch
+    a.samples = a.samples or d_samples
+    a.classes = a.classes or d_classes
+    in_shape = d_shape(a.size)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     device = torch.device(a.device)
     cuda = device.type == "cuda"
     if cuda and device.index is None:
@@ -126,9 +209,13 @@ def main(argv=None):
         torch.backends.cudnn.benchmark = True
 
     model, model_label = make_model(a.model, a.classes)
-    model = model.to(device).to(memory_format=torch.channels_last)
+    image = len(in_shape) == 3
+    model = model.to(device)
+    x = torch.randn(a.batch, *in_shape, device=device)
+    if image:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    x = torch.randn(a.batch, 3, a.size, a.size, device=device).to(memory_format=torch.channels_last)
     y = torch.randint(0, a.classes, (a.batch,), device=device)
     tracker = tk.TDDSTracker(
         a.samples,
@@ -157,36 +244,38 @@ def main(argv=None):
             logits = model(x)
             loss = nn.functional.cross_entropy(logits, y)
         if track:
-            tracker.update(logits, index)
+            tracker.update(logits, index, targets=y if a.targets else None)
         loss.backward()
         opt.step()
         last_logits[0] = logits.detach()
 
-    results = {}
     budget_note = ""
     variants = [("without tracker", False), ("with tracker.update", True)]
-    for label, track in variants:
+    for _, track in variants:
         for _ in range(warmup):
             step(track)
-        if cuda:
-            torch.cuda.synchronize(device)
-        timer = Timer(device)
-        n = steps
-        for k in range(steps):
-            timer(lambda track=track: step(track))
-            if a.budget_s is not None and k >= 2 and time.monotonic() - t_start > 0.6 * a.budget_s:
-                n = k + 1
-                budget_note = f" (timed steps cut to {n} by --budget-s {a.budget_s:g})"
-                break
-        results[label] = timer.seconds()[:n]
+    if cuda:
+        torch.cuda.synchronize(device)
+    timers = {label: Timer(device) for label, _ in variants}
+    n = steps
+    for k in range(steps):
+        # Alternating: a load change during the run lands on both variants.
+        for label, track in variants:
+            timers[label](lambda track=track: step(track))
+        if a.budget_s is not None and k >= 2 and time.monotonic() - t_start > 0.6 * a.budget_s:
+            n = k + 1
+            budget_note = f" (timed steps cut to {n} by --budget-s {a.budget_s:g})"
+            break
+    results = {label: timers[label].seconds()[:n] for label, _ in variants}
+    for label, _ in variants:
         print(f"{label}: median {statistics.median(results[label]) * 1e3:.2f} ms over {n} steps", flush=True)
 
     # The update alone on the last logits (bf16 under autocast), and one end_epoch.
     timer = Timer(device)
     logits = last_logits[0]
-    for _ in range(steps):
+    for _ in range(max(steps, 50)):  # cheap next to a step: more repeats, a steadier median
         index = next_index()
-        timer(lambda index=index: tracker.update(logits, index))
+        timer(lambda index=index: tracker.update(logits, index, targets=y if a.targets else None))
     update_alone = timer.seconds()
     timer = Timer(device)
     timer(tracker.end_epoch)
@@ -196,13 +285,20 @@ def main(argv=None):
     t_with = statistics.median(results["with tracker.update"])
     t_update = statistics.median(update_alone)
     epoch_steps = -(-a.samples // a.batch)
-    name = torch.cuda.get_device_name(device) if cuda else f"{os.cpu_count()}-core CPU"
+    spread = (max(results["without tracker"]) - min(results["without tracker"])) / t_without
+    name = (
+        torch.cuda.get_device_name(device)
+        if cuda
+        else f"{os.cpu_count()}-core CPU, {torch.get_num_threads()} torch threads"
+    )
     lines = [
         f"Device: {name}; torch {torch.__version__}; "
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC.",
-        f"Model: {model_label}; batch {a.batch}, {a.size}x{a.size}, channels_last, "
+        f"Model: {model_label}; batch {a.batch}, input {'x'.join(map(str, in_shape))}"
+        f"{', channels_last' if image else ''}, "
         f"{'no autocast' if a.no_amp else 'bf16 autocast'}, SGD (momentum 0.9).",
-        f"Tracker: N = {a.samples:,}, C = {a.classes}, storage {a.storage}, backend {tracker.backend}. "
+        f"Tracker: N = {a.samples:,}, C = {a.classes}, storage {a.storage}, backend {tracker.backend}"
+        f"{', update with targets= (baselines too)' if a.targets else ''}. "
         f"Median of {len(results['with tracker.update'])} timed steps after {warmup} warm-up steps"
         f" ({'CUDA events' if cuda else 'wall clock'}){budget_note}.",
         "",
@@ -213,19 +309,28 @@ def main(argv=None):
         f"| tracker.update alone (same logits shape) | {t_update * 1e3:.3f} | {min(update_alone) * 1e3:.3f} |",
         f"| end_epoch (once per epoch) | {end_epoch * 1e3:.2f} | |",
         "",
-        f"Tracker's share of the step: {(t_with - t_without) / t_with:.2%} (difference of the medians); "
-        f"update alone / step with it: {t_update / t_with:.2%}.",
+        f"Tracker's share of the step: {pct((t_with - t_without) / t_with)} (difference of the medians; "
+        f"the step without it spreads by {pct(spread)} of its median, (max - min) / median); "
+        f"update alone / step with it: {pct(t_update / t_with)}.",
         f"end_epoch against one epoch of {epoch_steps:,} steps of {t_with * 1e3:.1f} ms: "
-        f"{end_epoch / (epoch_steps * t_with):.4%}.",
+        f"{pct(end_epoch / (epoch_steps * t_with))}.",
     ]
     if a.model == "small":
         lines.insert(0, "SMOKE TEST WITH A SMALL FALLBACK CNN, NOT RESNET-50.")
+    if not cuda:
+        try:
+            with open("/proc/loadavg") as fh:
+                lines.insert(1, f"Load average (1/5/15 min) at the end: {' '.join(fh.read().split()[:3])}.")
+        except OSError:
+            pass
+    if a.title:
+        lines[:0] = [f"## {a.title}", ""]
     text = "\n".join(lines) + "\n"
     print(text)
     if a.out:
         os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-        with open(a.out, "w") as fh:
-            fh.write(text)
+        with open(a.out, "a" if a.append else "w") as fh:
+            fh.write(("\n" if a.append and fh.tell() else "") + text)
     return 0
 
 

@@ -4,6 +4,7 @@ help text, messages and exit codes (0 done, 2 a bad dump folder or bad parameter
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import warnings
@@ -18,11 +19,15 @@ Score a folder of per-epoch logit dumps with TDDS, as the release's scoring scri
 
 reads   DUMP_DIR/{t}_Output.npy  (rows, classes) float logits, in loader order
         DUMP_DIR/{t}_Index.npy   (rows,) integer dataset indices of those rows
-        for epochs t = 0 .. T-1 (other files, e.g. {t}_Loss.npy, are ignored)
+        for epochs t = K .. K+T-1, K = --first-epoch, 0 unless given (other files, e.g.
+        {t}_Loss.npy, are ignored)
 writes  data_mask_win{W}_ep{T}.npy  dataset indices sorted by ascending score
         score_win{W}_ep{T}.npy      the scores in that order
         scores.npy                  the scores by dataset index
-        into --out (default: DUMP_DIR). Epochs are streamed: memory is O(samples x classes)."""
+        into --out (default: DUMP_DIR), the three as a set: on any error none of them is
+        changed. Epochs are streamed: memory is O(samples x classes).
+exit codes: 0 done, 2 a bad dump folder, bad parameters or an unwritable --out (one line on
+        stderr naming the file or option)."""
 
 EPILOG = """\
 examples:
@@ -51,7 +56,16 @@ def add_arguments(parser) -> None:
         "-T",
         type=int,
         default=DEFAULT_TRAJECTORY_LEN,
-        help="epochs scored (T): epochs 0..T-1 are read",
+        help="epochs scored (T): epochs K..K+T-1 are read",
+    )
+    parser.add_argument(
+        "--first-epoch",
+        "-K",
+        type=int,
+        default=0,
+        metavar="K",
+        help="number of the first epoch scored (K), for folders whose dumps do not start at epoch 0 "
+        "(default: 0, whatever epochs the folder holds)",
     )
     parser.add_argument("--window", "-W", type=int, default=DEFAULT_WINDOW, help="window size (W)")
     parser.add_argument(
@@ -59,16 +73,40 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--out", help="output folder (default: the dump folder)")
     parser.add_argument("--backend", default="auto", help="auto, reference, cpu, cuda or triton")
-    parser.add_argument("--num-samples", type=int, help="dataset size N (default: max index + 1)")
+    parser.add_argument(
+        "--num-samples",
+        type=int,
+        help="dataset size N (default: max index + 1, refused when over 4x the rows of the largest "
+        "epoch and over 65536: pass N to confirm it)",
+    )
     parser.add_argument(
         "--on-nonfinite", choices=("error", "skip"), default="error", help="rows with inf/nan logits: fail or skip them"
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (one is shown only when stderr is a terminal)"
+    )
     parser.set_defaults(run=run)
+
+
+def _check_out_dir(out: Path) -> None:
+    """Refuse an --out that cannot become a folder before spending the scoring time on it."""
+    folder = out
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        what = "is a file" if folder == out else f"lies under {folder}, which is not a folder"
+        raise DumpError(f"--out {out}: expected a folder (existing or to create), but it {what}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise DumpError(f"--out {out}: {folder} is not writable")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def run(args) -> int:
     start = time.perf_counter()
+    out_dir = Path(args.out) if args.out else Path(args.dump_dir)
     try:
         if args.window < 2 or args.trajectory_len < args.window:
             raise DumpError(
@@ -76,6 +114,12 @@ def run(args) -> int:
             )
         if not 0.0 < args.decay <= 1.0:
             raise DumpError(f"--decay: expected a value in (0, 1], got {args.decay}")
+        if args.first_epoch < 0:
+            raise DumpError(f"--first-epoch: expected an epoch number >= 0, got {args.first_epoch}")
+        if args.num_samples is not None and args.num_samples < 1:
+            raise DumpError(f"--num-samples: expected a dataset size >= 1, got {args.num_samples}")
+        if args.out:
+            _check_out_dir(out_dir)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "auto" falling back is reported below
             scores, stats = score_dump(
@@ -86,10 +130,11 @@ def run(args) -> int:
                 args.num_samples,
                 args.backend,
                 args.on_nonfinite,
-                progress=not args.no_progress,
+                progress=not args.no_progress and sys.stderr.isatty(),
+                first_epoch=args.first_epoch,
             )
     except (DumpError, ValueError, TypeError) as exc:
-        print(f"tdds-kernels score: error: {exc}", file=sys.stderr)
+        print(f"tdds-kernels score: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     n, t = scores.shape[0], args.trajectory_len
     if stats["missing"] or stats["duplicates"]:
@@ -99,10 +144,21 @@ def run(args) -> int:
             "release would zero-fill missing rows and sum duplicates)",
             file=sys.stderr,
         )
-    out_dir = Path(args.out) if args.out else Path(args.dump_dir)
-    mask_name, score_name, _ = write_release_outputs(scores, out_dir, args.window, t)
+    try:
+        mask_name, score_name, _ = write_release_outputs(scores, out_dir, args.window, t)
+    except OSError as exc:  # not writable, a file in the way, a full disk: nothing was replaced
+        where = f" ({exc.filename})" if exc.filename else ""
+        # numpy reports a short write without an errno ("N requested and M written")
+        reason = exc.strerror or f"a short write ({_one_line(exc)}): is the disk full?"
+        print(
+            f"tdds-kernels score: error: --out {out_dir}: cannot write the outputs{where}: {reason}; "
+            "no output file was changed",
+            file=sys.stderr,
+        )
+        return 2
+    epochs = f"{t} epochs" if not args.first_epoch else f"{t} epochs ({args.first_epoch}..{args.first_epoch + t - 1})"
     print(
-        f"scored {n} samples x {t} epochs (W={args.window}, beta={args.decay}) in "
+        f"scored {n} samples x {epochs} (W={args.window}, beta={args.decay}) in "
         f"{time.perf_counter() - start:.2f} s; missing={stats['missing']} "
         f"duplicates={stats['duplicates']} nonfinite={stats['nonfinite']}; wrote {mask_name}, "
         f"{score_name}, scores.npy to {out_dir}"

@@ -186,22 +186,22 @@ class BaselineScores:
             **{k: v.cpu().clone() for k, v in self._state.items()},
         }
 
-    def load_state_dict(self, sd: dict) -> None:
-        """Restore from state_dict(); raises naming the mismatch and changes nothing if it doesn't fit.
-
-        The window and el2n_epoch come from the state dict (the tracker builds this object with the
-        defaults before loading); sizes must match.
-        """
+    def check_state_dict(self, sd: dict) -> tuple:
+        """Validate a state_dict() against this object's sizes without changing or allocating
+        anything; returns (window, el2n_epoch) from it. One-line ValueError naming the entry."""
         if not isinstance(sd, dict) or sd.get("format") != FORMAT or sd.get("version") != FORMAT_VERSION:
             got = (sd.get("format"), sd.get("version")) if isinstance(sd, dict) else type(sd).__name__
             raise ValueError(f"baselines state_dict: expected {FORMAT} version {FORMAT_VERSION}, got {got!r}")
-        cfg = sd.get("config") or {}
+        cfg = sd.get("config")
+        if not isinstance(cfg, dict):
+            raise ValueError(f"baselines state_dict: config: expected a dict, got {type(cfg).__name__}")
         for key in ("num_samples", "num_classes"):
             if cfg.get(key) != getattr(self, key):
                 raise ValueError(f"baselines state_dict: {key}: expected {getattr(self, key)!r}, got {cfg.get(key)!r}")
-        other = BaselineScores(
-            self.num_samples, self.num_classes, "meta", cfg.get("window"), cfg.get("el2n_epoch")
-        )  # validates the options; allocates nothing
+        try:  # validates the options; allocates nothing
+            other = BaselineScores(self.num_samples, self.num_classes, "meta", cfg.get("window"), cfg.get("el2n_epoch"))
+        except ValueError as exc:
+            raise ValueError(f"baselines state_dict: config: {exc}") from None
         for key, ref in other._state.items():
             t = sd.get(key)
             if not isinstance(t, torch.Tensor) or t.shape != ref.shape or t.dtype != ref.dtype:
@@ -209,8 +209,20 @@ class BaselineScores:
                 raise ValueError(
                     f"baselines state_dict: {key}: expected shape {tuple(ref.shape)} dtype {ref.dtype}, got {got}"
                 )
-        self.window, self.el2n_epoch = other.window, other.el2n_epoch
-        self._state = {k: sd[k].to(self.device, copy=True) for k in other._state}
+        return other.window, other.el2n_epoch
+
+    def load_state_dict(self, sd: dict) -> None:
+        """Restore from state_dict(); raises naming the mismatch and changes nothing if it doesn't fit.
+
+        The window and el2n_epoch come from the state dict (the tracker builds this object with the
+        defaults before loading); sizes must match.
+        """
+        self.window, self.el2n_epoch = self.check_state_dict(sd)
+        self._state = {k: sd[k].to(self.device, copy=True) for k in TENSORS}
+
+    def recorded_anything(self) -> bool:
+        """Whether any row has been recorded (one host sync)."""
+        return bool(self._state["count"].any())
 
 
 def scores_of(s: dict) -> dict[str, torch.Tensor]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 
@@ -53,8 +55,18 @@ def select(scores, prune_fraction=None, keep_fraction=None) -> torch.Tensor:
     Give exactly one of `prune_fraction` (dropped share, as the release: int(prune·N) dropped)
     or `keep_fraction`. Ties break deterministically toward the lower dataset index.
     """
+    scores = _check_scores(scores)
+    k = num_kept(scores.numel(), prune_fraction, keep_fraction)
+    if k < scores.numel() and bool((scores == scores[0]).all()):
+        # All ties: the kept set is just the lowest dataset indices (e.g. scores() read before any
+        # window was folded), which looks like a ranking but carries none.
+        warnings.warn(
+            f"select: all {scores.numel()} scores are equal ({float(scores[0])!r}), so the kept set is "
+            "just the lowest dataset indices; were the scores read before any window was folded?",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     order = descending_order(scores)
-    k = num_kept(order.numel(), prune_fraction, keep_fraction)
     return torch.sort(order[:k]).values.to(torch.int64)
 
 

@@ -18,6 +18,9 @@ how each entry of the state dict behaves under a change of layout (tdds_kernels.
 
 from __future__ import annotations
 
+import numbers
+
+import numpy as np
 import torch
 
 from ..ops.schema import COUNTERS, NUM_SLOTS, topk_index_dtype
@@ -67,6 +70,19 @@ def initial_values(config: TrackerConfig) -> dict[str, torch.Tensor]:
     }
 
 
+def _int(where: str, name: str, value, minimum: int) -> int:
+    # numbers.Integral covers numpy integers; bool is an int subclass but never a count.
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < minimum:
+        raise ValueError(f"{where}: {name}: expected an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _bool(where: str, name: str, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{where}: {name}: expected a bool, got {value!r}")
+    return bool(value)
+
+
 class TrackerState:
     """The state of one tracker on `device` (epoch_start_counters stays on the host)."""
 
@@ -105,13 +121,25 @@ class TrackerState:
 
     @staticmethod
     def check_dict(config: TrackerConfig, sd: dict, where: str = "state_dict") -> dict:
-        """Validate the state entries of `sd` against `config` without changing anything; returns
-        the scalars normalized. Raises a one-line ValueError naming the entry."""
+        """Validate every state entry of `sd` against `config` without changing anything; returns
+        the scalars normalized. Raises a one-line ValueError naming the entry.
+
+        Checked: each tensor's shape and dtype; each scalar's type and range; and the invariants
+        the kernels rely on (the epoch slot of both counter tensors equals `epoch`, counts are
+        non-negative and never below the epoch's start, `seen` lies in [-1, epoch], `complete`
+        agrees with epoch and trajectory_len), so a hand-edited or corrupt dict cannot make a
+        kernel index out of bounds or resume into an impossible state."""
+        if not isinstance(sd, dict):
+            raise ValueError(f"{where}: expected a dict, got {type(sd).__name__}")
         for name, (shape, dtype) in tensor_specs(config).items():
-            t = sd.get(name)
+            if name not in sd:
+                raise ValueError(f"{where}: missing entry {name!r}")
+            t = sd[name]
             if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape or t.dtype != dtype:
                 got = (tuple(t.shape), t.dtype) if isinstance(t, torch.Tensor) else type(t).__name__
                 raise ValueError(f"{where}: {name}: expected shape {shape} dtype {dtype}, got {got}")
+            if t.layout != torch.strided or t.is_quantized:
+                raise ValueError(f"{where}: {name}: expected a dense tensor, got layout {t.layout}")
         ids = sd.get("prev_idx")
         if (
             config.prev_topk is not None
@@ -119,22 +147,49 @@ class TrackerState:
             and not (0 <= int(ids.min()) and int(ids.max()) < config.num_classes)
         ):
             raise ValueError(f"{where}: prev_idx: expected class ids in [0, {config.num_classes})")
-        try:
-            scalars = {
-                "epoch": int(sd["epoch"]),
-                "complete": bool(sd["complete"]),
-                "rows_in_epoch": int(sd["rows_in_epoch"]),
-                "next_dup_check": int(sd["next_dup_check"]),
-                "dup_check_mark": tuple(int(v) for v in sd["dup_check_mark"]),
-            }
-        except KeyError as exc:
-            raise ValueError(f"{where}: missing entry {exc.args[0]!r}") from None
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{where}: a scalar entry is not a number ({exc})") from None
-        if scalars["epoch"] < 0 or len(scalars["dup_check_mark"]) != 2:
+        for name in SCALARS:
+            if name not in sd:
+                raise ValueError(f"{where}: missing entry {name!r}")
+        scalars = {
+            "epoch": _int(where, "epoch", sd["epoch"], 0),
+            "complete": _bool(where, "complete", sd["complete"]),
+            "rows_in_epoch": _int(where, "rows_in_epoch", sd["rows_in_epoch"], 0),
+            "next_dup_check": _int(where, "next_dup_check", sd["next_dup_check"], 0),
+        }
+        mark = sd["dup_check_mark"]
+        if not isinstance(mark, (list, tuple)) or len(mark) != 2:
+            raise ValueError(f"{where}: dup_check_mark: expected a pair [rows, duplicates], got {mark!r}")
+        rows, dups = (_int(where, "dup_check_mark", v, 0) for v in mark)
+        if dups > rows or rows > scalars["rows_in_epoch"]:
             raise ValueError(
-                f"{where}: epoch / dup_check_mark: expected an epoch >= 0 and a pair, got "
-                f"{scalars['epoch']!r}, {scalars['dup_check_mark']!r}"
+                f"{where}: dup_check_mark: expected duplicates <= rows <= rows_in_epoch "
+                f"({scalars['rows_in_epoch']}), got {list(mark)!r}"
+            )
+        scalars["dup_check_mark"] = (rows, dups)
+        epoch, t_len = scalars["epoch"], config.trajectory_len
+        if t_len is not None and (epoch > t_len or scalars["complete"] != (epoch == t_len)):
+            raise ValueError(
+                f"{where}: epoch / complete: expected epoch <= trajectory_len ({t_len}) and "
+                f"complete exactly when they are equal, got epoch {epoch}, complete {scalars['complete']}"
+            )
+        if t_len is None and scalars["complete"]:
+            raise ValueError(f"{where}: complete: expected False (trajectory_len is None), got True")
+        k = len(COUNTERS)
+        counters, start = sd["counters"], sd["epoch_start_counters"]
+        for name, t in (("counters", counters), ("epoch_start_counters", start)):
+            if int(t[k]) != epoch or bool((t[:k] < 0).any()):
+                raise ValueError(
+                    f"{where}: {name}: expected non-negative counts and the epoch slot equal to "
+                    f"epoch ({epoch}), got {t.tolist()}"
+                )
+        if bool((start[:k] > counters[:k]).any()):
+            raise ValueError(
+                f"{where}: epoch_start_counters: expected counts <= counters {counters.tolist()}, got {start.tolist()}"
+            )
+        seen = sd["seen"]
+        if seen.numel() and (int(seen.min()) < -1 or int(seen.max()) > epoch):
+            raise ValueError(
+                f"{where}: seen: expected epochs in [-1, {epoch}], got [{int(seen.min())}, {int(seen.max())}]"
             )
         return scalars
 

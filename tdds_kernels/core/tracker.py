@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import threading
 import warnings
 
 import torch
 
 from ..ops import registry
-from ..ops.schema import COUNTERS, DUPLICATES
-from . import checkpoint
+from ..ops.schema import COUNTERS
+from . import checkpoint, diagnostics
 from .config import STORAGE_DTYPES, TrackerConfig, check_int, resolve_device  # noqa: F401  (re-exported)
 from .host_counters import HostSnapshots
+from .inputs import (  # noqa: F401  (re-exported)
+    INDEX_DTYPES,
+    LOGIT_DTYPES,
+    ON_NONFINITE,
+    ON_OUT_OF_RANGE,
+    check_batch,
+    check_on_nonfinite,
+    check_on_out_of_range,
+    check_options,
+)
 from .state import TrackerState
-
-LOGIT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-INDEX_DTYPES = (torch.int64, torch.int32)
-ON_NONFINITE = ("error", "skip")
 
 # The sharded tracker's constructor, registered by tdds_kernels.distributed (which builds on this
 # module; this module never imports it): TDDSTracker(..., process_group=pg) routes there.
@@ -40,36 +47,30 @@ class _Constructor(type):
         return _sharded_constructor(*args, process_group=process_group, **kwargs)
 
 
-def check_on_nonfinite(value) -> str:
-    if value not in ON_NONFINITE:
-        raise ValueError(f"on_nonfinite: expected one of {ON_NONFINITE}, got {value!r}")
-    return value
-
-
-def check_batch(logits, index, num_classes: int, device: torch.device) -> None:
-    """Raise (one line naming the argument) unless logits (B, C) and index (B,) fit a tracker."""
-    if not isinstance(logits, torch.Tensor):
-        raise TypeError(f"logits: expected a torch.Tensor, got {type(logits).__name__}")
-    if not isinstance(index, torch.Tensor):
-        raise TypeError(f"index: expected a torch.Tensor, got {type(index).__name__}")
-    if logits.layout != torch.strided:
-        raise TypeError(f"logits: expected a dense tensor, got layout {logits.layout}")
-    if logits.dim() != 2:
-        raise ValueError(f"logits: expected shape (B, {num_classes}), got {tuple(logits.shape)}")
-    if logits.shape[1] != num_classes:
+def check_state_dict(config: TrackerConfig, sd, where: str = "state_dict") -> tuple[str, str]:
+    """Validate a whole tracker state dict against `config` (header, config, every tensor and
+    scalar, the options, the baselines) without changing or allocating anything N-sized; returns
+    (on_nonfinite, on_out_of_range). A one-line ValueError naming the entry otherwise."""
+    if isinstance(sd, dict) and sd.get("shard") is not None:
         raise ValueError(
-            f"logits: expected {num_classes} classes (shape (B, {num_classes})),"
-            f" got {logits.shape[1]} (shape {tuple(logits.shape)})"
+            f"{where}: this is one shard of a sharded tracker; load it with "
+            "process_group=..., or merge the shards (tdds_kernels.distributed.merge_shards)"
         )
-    if logits.dtype not in LOGIT_DTYPES:
-        raise TypeError(f"logits: expected dtype float32, float16 or bfloat16, got {logits.dtype}")
-    if index.dim() != 1 or index.shape[0] != logits.shape[0]:
-        raise ValueError(f"index: expected shape ({logits.shape[0]},) to match logits' rows, got {tuple(index.shape)}")
-    if index.dtype not in INDEX_DTYPES:
-        raise TypeError(f"index: expected dtype int64 or int32, got {index.dtype}")
-    for name, t in (("logits", logits), ("index", index)):
-        if t.device.type != device.type or (t.device.index or 0) != (device.index or 0):
-            raise ValueError(f"{name}: expected a tensor on {device} (the tracker's device), got one on {t.device}")
+    checkpoint.check_header(sd, where)
+    if not isinstance(sd.get("config"), dict):
+        raise ValueError(f"{where}: config: expected a dict, got {type(sd.get('config')).__name__}")
+    diffs = config.mismatches(sd["config"])
+    if diffs:
+        raise ValueError(f"{where}: config mismatch: " + "; ".join(diffs))
+    TrackerState.check_dict(config, sd, where)
+    options = check_options(sd, where)
+    if "baselines" not in sd:
+        raise ValueError(f"{where}: missing entry 'baselines' (None when no targets were passed)")
+    if sd["baselines"] is not None:
+        from .baselines import BaselineScores
+
+        BaselineScores(config.num_samples, config.num_classes, "meta").check_state_dict(sd["baselines"])
+    return options
 
 
 class TDDSTracker(metaclass=_Constructor):
@@ -98,15 +99,21 @@ class TDDSTracker(metaclass=_Constructor):
         on_nonfinite: str = "error",
         debug: bool = False,
         baseline_options: dict | None = None,
+        on_out_of_range: str = "error",
         prev_topk: int | None = None,
     ):
         self.config = TrackerConfig(num_samples, num_classes, window, decay, trajectory_len, storage_dtype, prev_topk)
         self.on_nonfinite = on_nonfinite
+        self.on_out_of_range = on_out_of_range
         self.debug = bool(debug)
         self.device = resolve_device(device)
         self._backend = registry.resolve(backend, self.device, topk=self.config.prev_topk is not None)
         self._state = TrackerState(self.config, self.device)
         self._host_counters = HostSnapshots()  # counters copies for the check below (no CUDA sync)
+        # Detects two threads inside update/end_epoch at once (docs/design.md §3, threads): taken
+        # without blocking, so a second caller raises instead of interleaving with the first.
+        self._busy = threading.Lock()
+        self._labels_warned_epoch = -1  # the index-looks-like-labels hint: once per epoch
         # tdds_kernels.core.baselines.BaselineScores, made on the first update with targets; like
         # the TDDS state it records only the first trajectory_len epochs.
         self._baselines = None
@@ -133,6 +140,17 @@ class TDDSTracker(metaclass=_Constructor):
     @on_nonfinite.setter
     def on_nonfinite(self, value: str) -> None:
         self._on_nonfinite = check_on_nonfinite(value)
+
+    @property
+    def on_out_of_range(self) -> str:
+        """Rows whose index was skipped as out of range (CUDA, or a compiled update: the check is
+        deferred to end_epoch): "error" (end_epoch raises, the epoch stays open) or "skip"
+        (end_epoch accepts the epoch; the rows stay counted in stats["out_of_range"])."""
+        return self._on_out_of_range
+
+    @on_out_of_range.setter
+    def on_out_of_range(self, value: str) -> None:
+        self._on_out_of_range = check_on_out_of_range(value)
 
     @property
     def backend(self) -> str:
@@ -192,61 +210,74 @@ class TDDSTracker(metaclass=_Constructor):
         if st.complete or logits.shape[0] == 0:
             return
         compiling = torch.compiler.is_compiling()
+        if compiling:  # a compiled graph holds no Python lock (and must not trace one)
+            return self._update(logits, index, targets, compiling)
+        if not self._busy.acquire(blocking=False):
+            raise self._concurrent("update")
+        try:
+            self._update(logits, index, targets, compiling)
+        finally:
+            self._busy.release()
+
+    def _concurrent(self, method: str) -> RuntimeError:
+        return RuntimeError(
+            f"{method}: another thread is inside update() or end_epoch() of this tracker "
+            f"({type(self).__name__} at {id(self):#x}); a tracker is not thread-safe: feed it "
+            "from one thread, or give each thread its own tracker"
+        )
+
+    def _update(self, logits, index, targets, compiling: bool) -> None:
         # On CPU the range check is free, so bad indices raise before anything changes; on CUDA
         # it would sync every step, so the kernels skip and count them and end_epoch raises.
         if not compiling and (self.device.type == "cpu" or self.debug):
             self._check_range(index)
-        if targets is not None:
-            if self._baselines is None:
-                from .baselines import BaselineScores
+        self._record(logits, index, targets, logits.shape[0])
 
-                self._baselines = BaselineScores(
-                    self.num_samples, self.num_classes, self.device, **self.baseline_options
-                )
-            # Before the TDDS op: it reads `seen` to apply the same first-occurrence rule.
-            self._baselines.update(logits.detach(), index, targets, st.seen, st.epoch)
+    def _record(self, logits, index, targets, rows: int) -> None:
+        # update() after its checks. The sharded tracker's sync-free exchange calls it directly:
+        # its rows are checked at the source, and rows it does not own carry an out-of-range
+        # index on purpose (the op skips them). `rows`: what rows_in_epoch advances by.
+        st = self._state
+        compiling = torch.compiler.is_compiling()
+        if targets is not None:
+            baselines = self._baselines
+            if baselines is None:
+                from .baselines import BaselineScores, check_targets
+
+                check_targets(targets, logits)  # a rejected targets= must not create them
+                baselines = BaselineScores(self.num_samples, self.num_classes, self.device, **self.baseline_options)
+            # Before the TDDS op: it reads `seen` to apply the same first-occurrence rule. It
+            # validates the targets before changing anything, so they are kept only once it passed.
+            baselines.update(logits.detach(), index, targets, st.seen, st.epoch)
+            self._baselines = baselines
         self._backend.update(
             logits.detach().contiguous(), index.contiguous(), *st.previous_row(), st.seen, st.ring, st.counters
         )
         if not compiling:  # host-side bookkeeping stays out of compiled graphs (no guards on it)
-            st.rows_in_epoch += logits.shape[0]
+            st.rows_in_epoch += rows
             if st.rows_in_epoch >= st.next_dup_check:
-                self._check_forgotten_end_epoch()
-
-    def _check_forgotten_end_epoch(self):
-        # Runs once per N rows of an epoch: if nearly every row since the last check was a
-        # duplicate, the loop most likely forgot end_epoch(). Repeated augmentation spreads its
-        # duplicates over the epoch and stays far below the threshold. No sync on CUDA: it reads
-        # the newest counters copy that has landed (one check late), see host_counters.
-        st = self._state
-        st.next_dup_check += self.num_samples
-        got = self._host_counters.take(st.counters, (st.epoch, st.rows_in_epoch))
-        rows0, dups0 = st.dup_check_mark
-        if got is None or got[0][0] != st.epoch or got[0][1] <= rows0:  # none, or stale
-            return
-        (_, rows), counters = got
-        dups = int(counters[DUPLICATES]) - int(st.epoch_start_counters[DUPLICATES])
-        st.dup_check_mark = (rows, dups)
-        if dups - dups0 >= 0.9 * (rows - rows0):
-            warnings.warn(
-                f"TDDSTracker: {dups - dups0} of the last {rows - rows0} rows "
-                f"recorded in epoch {st.epoch} were duplicates of samples already "
-                "recorded in it; did you forget end_epoch()?",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+                diagnostics.check_forgotten_end_epoch(self)
 
     def end_epoch(self) -> None:
         """Close the current epoch: mark missing samples and fold a completed window into S."""
-        st = self._state
-        if st.complete:
+        if self._state.complete:
             return
+        if not self._busy.acquire(blocking=False):
+            raise self._concurrent("end_epoch")
+        try:
+            self._end_epoch()
+        finally:
+            self._busy.release()
+
+    def _end_epoch(self) -> None:
+        st = self._state
         new = self.epoch_counts()
-        if new["out_of_range"]:
+        if new["out_of_range"] and self.on_out_of_range == "error":
             raise ValueError(
                 f"index: {new['out_of_range']} rows of epoch {st.epoch} had dataset "
                 f"indices outside [0, {self.num_samples}) and were skipped; the epoch is "
-                "not closed (use debug=True to raise at the offending update)"
+                "not closed (set tracker.on_out_of_range = 'skip' to accept that and call "
+                "end_epoch() again; debug=True raises at the offending update)"
             )
         if new["nonfinite"] and self.on_nonfinite == "error":
             raise ValueError(
@@ -254,6 +285,7 @@ class TDDSTracker(metaclass=_Constructor):
                 "values and were ignored; the epoch is not closed (set "
                 "tracker.on_nonfinite = 'skip' to accept that and call end_epoch() again)"
             )
+        diagnostics.warn_empty_or_labels(self, new)
         if self._baselines is not None:
             self._baselines.end_epoch(st.seen, st.epoch)
         self._backend.epoch_step(st.seen, st.ring, st.score, st.counters, self.decay)
@@ -264,13 +296,27 @@ class TDDSTracker(metaclass=_Constructor):
             st.complete = True
 
     def scores(self) -> torch.Tensor:
-        """(N,) float32 scores by dataset index on the tracker's device (a copy)."""
+        """(N,) float32 scores by dataset index on the tracker's device (a copy).
+
+        Warns (RuntimeWarning) while no window has been folded: until `window` epochs have
+        ended every score is 0 and ranking them means nothing."""
+        if self.epoch < self.window:
+            warnings.warn(
+                f"TDDSTracker.scores: no window has been folded yet ({self.epoch} of the "
+                f"{self.window} epochs a first window needs have ended; {self.window - self.epoch} "
+                "more end_epoch() calls): every score is 0",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         return self._state.score.clone()
 
     def baseline_scores(self) -> dict[str, torch.Tensor]:
         """The training-dynamics baselines tracked from `targets` (see tdds_kernels.core.baselines)."""
-        if self._baselines is None:
-            raise RuntimeError("baseline_scores: no targets were passed to update(), so no baselines were tracked")
+        if self._baselines is None or not self._baselines.recorded_anything():
+            raise RuntimeError(
+                "baseline_scores: no row was recorded with targets (pass targets= to update()), "
+                "so there are no baselines"
+            )
         return self._baselines.scores()
 
     def baseline_state_dict(self) -> dict | None:
@@ -284,34 +330,36 @@ class TDDSTracker(metaclass=_Constructor):
             **checkpoint.header(),
             "config": self.config.to_dict(),
             "on_nonfinite": self.on_nonfinite,
+            "on_out_of_range": self.on_out_of_range,
             **self._state.to_dict(),
             "baselines": None if self._baselines is None else self._baselines.state_dict(),
         }
 
     def load_state_dict(self, sd: dict) -> None:
         """Restore a state_dict; raises (naming what mismatched) and changes nothing if it doesn't fit."""
-        if isinstance(sd, dict) and sd.get("shard") is not None:
-            raise ValueError(
-                "state_dict: this is one shard of a sharded tracker; load it with "
-                "process_group=..., or merge the shards (tdds_kernels.distributed.merge_shards)"
-            )
-        checkpoint.check_header(sd, "state_dict")
-        diffs = self.config.mismatches(sd.get("config") or {})
-        if diffs:
-            raise ValueError("state_dict: config mismatch: " + "; ".join(diffs))
-        TrackerState.check_dict(self.config, sd)
-        on_nonfinite = sd.get("on_nonfinite")
-        if on_nonfinite not in ON_NONFINITE:
-            raise ValueError(f"state_dict: on_nonfinite: expected one of {ON_NONFINITE}, got {on_nonfinite!r}")
+        self.prepare_load(sd)()
+
+    def prepare_load(self, sd: dict, where: str = "state_dict"):
+        """Validate `sd` completely (header, config, every tensor and scalar, the options, the
+        baselines) and return a function that copies it in, which cannot fail half-way; raises a
+        one-line ValueError naming the entry and changes nothing if `sd` does not fit. The sharded
+        tracker validates on every rank, agrees, then applies."""
+        on_nonfinite, on_out_of_range = check_state_dict(self.config, sd, where)
         baselines = None
-        if sd.get("baselines") is not None:
+        if sd["baselines"] is not None:
             from .baselines import BaselineScores
 
             baselines = BaselineScores(self.num_samples, self.num_classes, self.device, **self.baseline_options)
-            baselines.load_state_dict(sd["baselines"])  # validates before anything changes
-        self._state.load_dict(sd)  # checked above: cannot fail half-way
-        self._baselines = baselines
-        self.on_nonfinite = on_nonfinite
+            baselines.load_state_dict(sd["baselines"])  # checked above: only allocates and copies
+
+        def apply() -> None:
+            self._state.load_dict(sd, where)  # checked above: cannot fail half-way
+            self._baselines = baselines
+            self._on_nonfinite, self._on_out_of_range = on_nonfinite, on_out_of_range
+            self._host_counters.clear()  # a counters copy in flight describes the old state
+            self._labels_warned_epoch = -1
+
+        return apply
 
     # A single tracker's state already covers the whole dataset; these match the sharded
     # tracker's methods so callers need not ask which kind they hold.
@@ -324,14 +372,19 @@ class TDDSTracker(metaclass=_Constructor):
 
     @classmethod
     def load(cls, path, device=None, backend: str = "auto") -> TDDSTracker:
-        """A tracker restored from save(); `device` defaults to CPU."""
-        sd = checkpoint.read(path)
-        config = TrackerConfig.from_dict(sd.get("config"), f"{path}: config")
+        """A tracker restored from save(); `device` defaults to CPU.
+
+        The file is untrusted input: read with weights_only=True, its checksums verified, and
+        its tensors checked against its own config before the state is allocated (a small
+        crafted file cannot make this allocate a config's worth of memory)."""
+        where = str(path)
+        sd = checkpoint.read(path, where)
+        config = TrackerConfig.from_dict(sd.get("config"), f"{where}: config")
+        TrackerState.check_dict(config, sd, where)  # before anything N-sized is allocated
         tracker = cls(
             **config.to_dict() | {"storage_dtype": config.storage_dtype},
             device=device or "cpu",
             backend=backend,
-            on_nonfinite=sd.get("on_nonfinite", "error"),
         )
-        tracker.load_state_dict(sd)
+        tracker.prepare_load(sd, where)()
         return tracker

@@ -7,7 +7,8 @@ factory   make_tracker / load_tracker / checkpoint_exists: single or sharded, de
 
 from .factory import checkpoint_exists, load_tracker, make_tracker
 from .layout import ShardLayout
-from .sharded import ShardedTDDSTracker, merge_shards, shard_path
+from .shard_files import merge_shards, shard_path
+from .sharded import ShardedTDDSTracker
 
 __all__ = [
     "ShardedTDDSTracker",

@@ -50,7 +50,7 @@ class Group:
         dist.all_gather(out, row, group=self.process_group)
         return torch.stack(out).to(dtype)
 
-    def agree(self, exc: BaseException | None, what: str) -> None:
+    def agree(self, exc: BaseException | None, what: str, why: str = "so no rank went on") -> None:
         """Raise on every rank if `exc` is set on any: the failing rank its own error, the rest
         the same type and text naming the first failing rank."""
         flags = self.gather_rows(torch.tensor([exc is not None], dtype=torch.int64))[:, 0].tolist()
@@ -63,7 +63,7 @@ class Group:
             raise exc
         src = flags.index(1)
         kind, text = msgs[src]
-        raise _exc_type(kind)(f"{what}: rank {src} failed, so no rank went on: {text}")
+        raise _exc_type(kind)(f"{what}: rank {src} failed, {why}: {text}")
 
     @staticmethod
     def bad_summary(values: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,8 @@ import torch
 import torch.distributed as dist
 
 from ..core.tracker import TDDSTracker
-from .sharded import ShardedTDDSTracker, shard_path
+from .shard_files import shard_path
+from .sharded import ShardedTDDSTracker
 
 
 def default_group(process_group=None):

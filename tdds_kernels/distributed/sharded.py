@@ -4,27 +4,30 @@ The sharded tracker holds a TDDSTracker for this rank's shard (``local``: prev, 
 of ≈ 1/W of the samples, the same backend ops) and a ShardLayout (layout.py: rank r owns the
 samples n with ``n % W == r``, at local row ``n // W``).
 
-Per step every rank calls ``update`` once (an empty batch is fine), as DDP loops do:
+Per step every rank calls ``update`` once (an empty batch is fine), as DDP loops do. The rows
+reach their owners by one of two exchanges (exchange.py), chosen by ``sync_free`` (default: by
+the process group's backend):
 
-1. each rank validates its batch exactly like a single tracker, without raising yet;
-2. one all_gather of a small int64 row per rank (validity, epoch, dtype, rows per destination)
-   lets every rank see every error, so a bad batch on one rank raises on all of them (the bad
-   rank gets the single tracker's message, the others the same text naming that rank) and
-   nobody is left waiting in a collective;
-3. one all_to_all_single of the rows, packed as bytes (local index, targets, logits), sends each
-   row to its owner, which applies them in (source rank, batch) order: with duplicates in one
-   step (DistributedSampler padding) the lowest rank's row counts, as if a single tracker were fed
-   the ranks' batches concatenated in rank order.
+- eager (gloo): one all_gather of a small control row (validity, epoch, dtype, rows per
+  destination; the one host sync) lets every rank see every error, so a bad batch on one rank
+  raises on all of them at that update (the bad rank gets the single tracker's message, the
+  others the same text naming that rank), then one all_to_all_single sends each row to its owner;
+- sync-free (NCCL): one all_gather of a fixed-size block per rank (capacity agreed once, at the
+  first update with rows, or ``max_batch_size``), no host sync; every rank keeps the rows it owns,
+  and errors are held on the device or host and raised on every rank by ``end_epoch``.
 
-``end_epoch`` is local apart from one tiny all_gather that makes every rank take the same
-decision on the epoch's errors. ``scores()``, ``stats`` and ``baseline_scores()`` are collective
+Either way the owner applies the rows in (source rank, batch) order: with duplicates in one step
+(DistributedSampler padding) the lowest rank's row counts, as if a single tracker were fed the
+ranks' batches concatenated in rank order.
+
+``end_epoch`` is local apart from one small all_gather (one host sync) that makes every rank take
+the same decision on the epoch's errors. ``scores()``, ``stats`` and ``baseline_scores()`` are collective
 (call them on every rank); ``save``/``load`` write and read one file per rank (``shard_path``).
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -34,21 +37,20 @@ from ..core.baselines import PER_SAMPLE as BASELINE_PER_SAMPLE
 from ..core.baselines import check_targets, scores_of
 from ..core.config import TrackerConfig
 from ..core.state import PER_SAMPLE
-from ..core.tracker import LOGIT_DTYPES, TDDSTracker, check_batch, register_sharded
+from ..core.tracker import TDDSTracker, check_batch, check_state_dict, register_sharded
 from ..ops.schema import COUNTERS
-from .collectives import _COL, _HEAD, Group, agree_group
+from .collectives import _COL, Group, agree_group
+from .exchange import END_EPOCH, HELD, SyncFreeExchange, check_calls, eager_update, raise_held_errors
 from .layout import OWNERSHIP, ShardLayout
-
-
-def shard_path(path, rank: int, world_size: int) -> Path:
-    """The file rank `rank` of `world_size` reads and writes for the checkpoint `path`."""
-    path = Path(path)
-    return path.with_name(f"{path.name}.rank{rank}-of-{world_size}")
+from .shard_files import read_shard, shard_path
 
 
 class ShardedTDDSTracker:
     """A TDDSTracker's API over the ranks of `process_group`: this rank's shard lives in
-    ``self.local`` (a TDDSTracker), the ownership in ``self.layout`` (module docstring)."""
+    ``self.local`` (a TDDSTracker), the ownership in ``self.layout`` (module docstring).
+
+    sync_free: the exchange (module docstring); None: sync-free for NCCL, else eager. max_batch_size:
+    rows per rank per step the sync-free exchange carries (None: the ranks' largest first batch)."""
 
     def __init__(
         self,
@@ -64,6 +66,9 @@ class ShardedTDDSTracker:
         debug: bool = False,
         process_group=None,
         baseline_options: dict | None = None,
+        on_out_of_range: str = "error",
+        sync_free: bool | None = None,
+        max_batch_size: int | None = None,
         prev_topk: int | None = None,
     ):
         if process_group is None:
@@ -92,11 +97,19 @@ class ShardedTDDSTracker:
             on_nonfinite,
             debug,
             baseline_options=baseline_options,
+            on_out_of_range=on_out_of_range,
             prev_topk=prev_topk,
         )
         self._group = Group(process_group, self.local.device)
         if dist.get_backend(process_group) == "nccl" and self.device.type != "cuda":
             raise ValueError(f"device: expected a cuda device for an NCCL process group, got {self.device}")
+        if sync_free is None:  # NCCL: no host sync per step; gloo (CPU): errors raise at update
+            sync_free = dist.get_backend(process_group) == "nccl"
+        if max_batch_size is not None and (
+            isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1
+        ):
+            raise ValueError(f"max_batch_size: expected None or an int >= 1, got {max_batch_size!r}")
+        self._exchange = SyncFreeExchange(self, max_batch_size) if sync_free else None
         # Ties the shard files of one run together; rank 0's draw, agreed by the first collective.
         self._run_id = int(self._group.gather_rows(torch.tensor([int.from_bytes(os.urandom(7), "little")]))[0, 0])
         self._saves = 0
@@ -115,7 +128,9 @@ class ShardedTDDSTracker:
     epoch = property(lambda self: self.local.epoch)
     complete = property(lambda self: self.local.complete)
     shard_size = property(lambda self: self.local.num_samples)
-    rows_in_epoch = property(lambda self: self.local.rows_in_epoch)  # rows this rank's shard received
+    # Rows this rank's shard received (eager) or this rank passed (sync-free): the sum over the
+    # ranks, what a whole-dataset state dict holds, is the same.
+    rows_in_epoch = property(lambda self: self.local.rows_in_epoch)
 
     @property
     def on_nonfinite(self) -> str:
@@ -124,6 +139,16 @@ class ShardedTDDSTracker:
     @on_nonfinite.setter
     def on_nonfinite(self, value: str) -> None:
         self.local.on_nonfinite = value
+
+    @property
+    def on_out_of_range(self) -> str:
+        # update() checks ranges eagerly on every rank, so a sharded epoch never wedges on them;
+        # kept for the same API (and saved in the shard's checkpoint).
+        return self.local.on_out_of_range
+
+    @on_out_of_range.setter
+    def on_out_of_range(self, value: str) -> None:
+        self.local.on_out_of_range = value
 
     # ------------------------------------------------------------------ plumbing
     def _gather_parts(self, local: torch.Tensor) -> list[torch.Tensor]:
@@ -153,110 +178,48 @@ class ShardedTDDSTracker:
             if exc is not None:
                 raise exc
             return
-        W = self.world_size
-        fields = {"status": exc is not None, "has_targets": targets is not None}
-        counts = None
-        if exc is None:
-            fields["dtype"] = LOGIT_DTYPES.index(logits.dtype)
-            idx = index.to(torch.int64)
-            bad = (idx < 0) | (idx >= self.num_samples)
-            fields["bad_index"], fields["first_index"] = self._group.bad_summary(idx, bad)
-            if targets is not None:
-                y = targets.to(torch.int64)
-                bad = (y < 0) | (y >= self.num_classes)
-                fields["bad_target"], fields["first_target"] = self._group.bad_summary(y, bad)
-            owner = self.layout.owner(idx)
-            # not bincount: CUDA has no deterministic bincount (use_deterministic_algorithms)
-            counts = (owner[None, :] == torch.arange(W, device=owner.device)[:, None]).sum(dim=1)
-        table = self._group.control("update", self.epoch, counts, **fields)
-        self._raise_batch_errors(table, exc)
-
-        # Rows sorted by owner, packed as bytes so one collective carries every dtype.
-        order = torch.argsort(owner, stable=True)
-        wire = logits.dtype if len({row[_COL["dtype"]] for row in table}) == 1 else torch.float32
-        parts = [self.layout.local_row(idx[order]).view(torch.uint8).reshape(-1, 8)]
-        if targets is not None:
-            parts.append(targets[order].to(torch.int64).view(torch.uint8).reshape(-1, 8))
-        parts.append(logits[order].detach().to(wire).contiguous().view(torch.uint8))
-        send = torch.cat(parts, dim=1)
-        row_bytes = send.shape[1]
-        recv_counts = [table[src][_HEAD + self.rank] for src in range(W)]
-        recv = send.new_empty((sum(recv_counts), row_bytes))
-        dist.all_to_all_single(
-            recv.view(-1),
-            send.view(-1),
-            [c * row_bytes for c in recv_counts],
-            [c * row_bytes for c in table[self.rank][_HEAD:]],
-            group=self.process_group,
-        )
-        # reshape(-1) copies a column slice out, except a single row, which stays aligned in place
-        local_idx = recv[:, :8].reshape(-1).view(torch.int64)
-        local_targets = recv[:, 8:16].reshape(-1).view(torch.int64) if targets is not None else None
-        local_logits = recv[:, 8 * (len(parts) - 1) :].reshape(-1).view(wire).reshape(-1, self.num_classes)
-        self.local.update(local_logits, local_idx, local_targets)
-
-    def _raise_batch_errors(self, table, exc):
-        N, C = self.num_samples, self.num_classes
-        errors = []  # (rank, type, message as the single tracker raises it; None: travels as object)
-        for r, row in enumerate(table):
-            if row[_COL["status"]]:
-                errors.append((r, None, None))
-            elif row[_COL["bad_index"]]:
-                errors.append(
-                    (
-                        r,
-                        ValueError,
-                        f"index: expected dataset indices in [0, {N}), got "
-                        f"{row[_COL['bad_index']]} outside it (first: {row[_COL['first_index']]})",
-                    )
-                )
-            elif row[_COL["bad_target"]]:
-                errors.append(
-                    (
-                        r,
-                        ValueError,
-                        f"targets: expected class labels in [0, {C}), got "
-                        f"{row[_COL['bad_target']]} outside it (first: {row[_COL['first_target']]})",
-                    )
-                )
-        if errors:
-            mine = next((e for e in errors if e[0] == self.rank), None)
-            if mine is not None and mine[1] is not None:
-                exc = mine[1](mine[2])
-            if any(e[1] is None for e in errors):  # Python-side checks: their messages travel as objects
-                self._group.agree(exc, "update")
-            if mine is not None:
-                raise exc
-            r, kind, text = errors[0]
-            raise kind(f"update: rank {r} failed, so no rank went on: {text}")
-        has_targets = [row[_COL["has_targets"]] for row in table]
-        if len(set(has_targets)) > 1:
-            raise ValueError(
-                "targets: passed on ranks "
-                f"{[r for r, t in enumerate(has_targets) if t]} but not on the others; "
-                "pass them on every rank or on none"
-            )
+        if self._exchange is not None:
+            self._exchange.update(logits, index, targets, exc)
+        else:
+            eager_update(self, logits, index, targets, exc)
 
     def end_epoch(self) -> None:
         """Close the epoch on every rank (collective); raises on all ranks or on none."""
         if self.complete:
             return
         new = self.local.epoch_counts()
-        table = self._group.control(
-            "end_epoch",
-            self.epoch,
-            out_of_range=new["out_of_range"],
-            nonfinite=new["nonfinite"],
-            error_mode=self.on_nonfinite == "error",
-        )
-        out_of_range = sum(row[_COL["out_of_range"]] for row in table)
-        nonfinite = sum(row[_COL["nonfinite"]] for row in table)
-        if out_of_range:  # unreachable while update() checks ranges eagerly; kept for safety
+        mode = self.on_nonfinite == "error"
+        ex = self._exchange
+        if ex is not None and not ex.ready:
+            ex.setup(END_EPOCH, None, None)  # raises on every rank if some are still in update
+        if ex is not None and ex.ready:
+            table = ex.end_epoch_table(new, mode)
+            check_calls(self, [row[0] for row in table], [row[1] for row in table])
+            raise_held_errors(self, table)
+            out_of_range = sum(row[6] for row in table)
+            nonfinite = sum(row[7] for row in table)
+            error_mode = any(row[8] for row in table)
+        else:
+            held = ex is not None and ex.exc is not None
+            table = self._group.control(
+                "end_epoch",
+                self.epoch,
+                status=held,
+                out_of_range=new["out_of_range"],
+                nonfinite=new["nonfinite"],
+                error_mode=mode,
+            )
+            if any(row[_COL["status"]] for row in table):
+                self._group.agree(ex and ex.exc, "update", HELD)
+            out_of_range = sum(row[_COL["out_of_range"]] for row in table)
+            nonfinite = sum(row[_COL["nonfinite"]] for row in table)
+            error_mode = any(row[_COL["error_mode"]] for row in table)
+        if out_of_range:  # the sync-free path; unreachable on the eager one (update() raised)
             raise ValueError(
                 f"index: {out_of_range} rows of epoch {self.epoch} had dataset indices "
                 f"outside [0, {self.num_samples}) and were skipped; the epoch is not closed"
             )
-        if nonfinite and any(row[_COL["error_mode"]] for row in table):
+        if nonfinite and error_mode:
             raise ValueError(
                 f"logits: {nonfinite} rows of epoch {self.epoch} (all ranks) had non-finite "
                 "values and were ignored; the epoch is not closed (set "
@@ -302,6 +265,7 @@ class ShardedTDDSTracker:
             "ownership": OWNERSHIP,
             "run_id": self._run_id,
             "saves": self._saves,
+            "capacity": None if self._exchange is None else self._exchange.capacity,
         }
 
     def state_dict(self) -> dict:
@@ -322,8 +286,15 @@ class ShardedTDDSTracker:
                 raise ValueError(
                     f"state_dict: shard {key}: tracker has {mine[key]!r}, state dict has {info.get(key)!r}"
                 )
-        self.local.load_state_dict({k: v for k, v in sd.items() if k != "shard"})
-        self._run_id, self._saves = int(info["run_id"]), int(info["saves"])
+        for key in ("run_id", "saves"):  # checked before anything changes
+            if isinstance(info.get(key), bool) or not isinstance(info.get(key), int):
+                raise ValueError(f"state_dict: shard {key}: expected an int, got {info.get(key)!r}")
+        self.local.prepare_load({k: v for k, v in sd.items() if k != "shard"})()
+        if self._exchange is not None:  # what sync-free updates held belongs to the replaced state
+            self._exchange.forget_errors()
+            # the capacity agreed before the save: a resumed run may start at an epoch's short last batch
+            self._exchange.capacity = self._exchange.capacity or info.get("capacity")
+        self._run_id, self._saves = info["run_id"], info["saves"]
 
     def save(self, path) -> None:
         """Write this rank's shard to shard_path(path, rank, world_size) atomically (collective:
@@ -337,30 +308,16 @@ class ShardedTDDSTracker:
         self._group.agree(exc, "save")
 
     @classmethod
-    def load(cls, path, device=None, backend: str = "auto", process_group=None) -> ShardedTDDSTracker:
-        """Each rank reads its shard of the checkpoint `path` written by save() (collective).
-
-        The world size must equal the one that saved; every rank raises if a shard is missing,
-        does not fit, or belongs to another run or another save than the rest.
-        """
+    def load(cls, path, device=None, backend="auto", process_group=None, sync_free=None) -> ShardedTDDSTracker:
+        """Each rank reads its shard of the checkpoint `path` written by save() (collective). The
+        world size must equal the one that saved; every rank raises if a shard is missing, does
+        not fit, or belongs to another run or another save than the rest."""
         if process_group is None:
             raise ValueError("process_group: expected the process group to load the shards into")
         world, rank = dist.get_world_size(process_group), dist.get_rank(process_group)
-        file = shard_path(path, rank, world)
         sd = exc = config = None
         try:
-            if not file.exists():
-                others = sorted(p.name for p in Path(path).parent.glob(Path(path).name + ".rank*-of-*"))
-                raise FileNotFoundError(
-                    f"{file}: no shard for rank {rank} of {world}; found "
-                    f"{others or 'no shards'} (load with the world size that saved)"
-                )
-            sd = checkpoint.read(file)
-            if not isinstance(sd.get("shard"), dict):
-                raise ValueError(f"{file}: not a {checkpoint.FORMAT} shard checkpoint")
-            config = TrackerConfig.from_dict(
-                dict(sd.get("config") or {}, num_samples=sd["shard"].get("num_samples")), f"{file}: config"
-            )
+            sd, config = read_shard(path, rank, world)
         except Exception as e:
             exc = e
         agree_group(process_group, exc, "load")  # before the constructor's collective
@@ -370,6 +327,7 @@ class ShardedTDDSTracker:
             backend=backend,
             on_nonfinite=sd.get("on_nonfinite", "error"),
             process_group=process_group,
+            sync_free=sync_free,
         )
         try:
             tracker.load_state_dict(sd)
@@ -409,31 +367,18 @@ class ShardedTDDSTracker:
     def load_full_state_dict(self, sd: dict) -> None:
         """Take this rank's rows of a single tracker's state dict (full_state_dict(), or a
         TDDSTracker's): resumes on any world size. Collective (agrees on errors)."""
-        exc = None
+        exc = apply = None
         try:
-            checkpoint.check_header(sd, "state_dict")
-            n = (sd.get("config") or {}).get("num_samples")
-            if n != self.num_samples:
-                raise ValueError(
-                    f"state_dict: config mismatch: num_samples: tracker has {self.num_samples!r}, state dict has {n!r}"
-                )
-            self.local.load_state_dict(self.layout.split_state(sd, self.rank))
-        except (TypeError, ValueError, KeyError) as e:
+            # The whole dict first (splitting fills in the per-rank bookkeeping), then this rank's
+            # part; nothing changes on any rank until every rank has validated its part.
+            check_state_dict(self.config, sd)
+            apply = self.local.prepare_load(self.layout.split_state(sd, self.rank))
+        except Exception as e:  # any failure must reach the agreement, or the other ranks wait
             exc = e
         self._group.agree(exc, "load_full_state_dict")
+        apply()
+        if self._exchange is not None:  # what sync-free updates held belongs to the replaced state
+            self._exchange.forget_errors()
 
 
 register_sharded(ShardedTDDSTracker)
-
-
-def merge_shards(path, world_size: int) -> dict:
-    """The single-tracker state dict of a sharded checkpoint, read from all its shard files on
-    one machine (no process group; N·C memory). Load it with TDDSTracker.load_state_dict to
-    score on one machine, or with load_full_state_dict to resume on another world size."""
-    shards = [checkpoint.read(shard_path(path, r, world_size)) for r in range(world_size)]
-    infos = [sd.get("shard") or {} for sd in shards]
-    if [i.get("rank") for i in infos] != list(range(world_size)) or len(
-        {(i.get("run_id"), i.get("saves"), sd.get("epoch")) for i, sd in zip(infos, shards)}
-    ) != 1:
-        raise ValueError(f"{path}: the {world_size} shards do not belong together")
-    return ShardLayout(infos[0]["num_samples"], world_size).merge_states(shards)

@@ -52,6 +52,9 @@ def test_score_help_says_what_it_reads_and_writes(capsys):
     ):
         assert name in out, name
     assert "(default: None)" not in out
+    # Dumps that start at a later epoch, and what a failure looks like.
+    assert "--first-epoch K" in out and "K = --first-epoch, 0 unless given" in out
+    assert "exit codes: 0 done, 2" in out and "none of them is changed" in out
 
 
 @pytest.mark.filterwarnings("ignore:tdds_kernels. using the reference backend")

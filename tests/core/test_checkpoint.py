@@ -138,10 +138,12 @@ def test_format_1_checkpoint_from_before_the_redesign_loads(tmp_path):
     assert torch.equal(tr.scores(), expected["scores"])
     for name, values in expected["baselines"].items():
         torch.testing.assert_close(tr.baseline_scores()[name], values, rtol=0, atol=0, equal_nan=True)
-    # What it writes back is the same format: the same entries, the same tensors.
+    # What it writes back is the same format: the same entries, the same tensors, plus the two
+    # entries added since (both optional on reading, so version 1 stands).
     tr.save(tmp_path / "again.pt")
     again = torch.load(tmp_path / "again.pt", weights_only=True)
-    assert again.keys() == old.keys() and again["config"] == old["config"]
+    assert again.keys() - old.keys() == {"checksums", "on_out_of_range"} and old.keys() <= again.keys()
+    assert again["config"] == old["config"] and again["on_out_of_range"] == "error"
     for key, value in old.items():
         if isinstance(value, torch.Tensor):
             torch.testing.assert_close(again[key], value, rtol=0, atol=0, equal_nan=True, msg=key)

@@ -1,0 +1,63 @@
+"""What a tracker accepts from its caller: batches and the runtime options (docs/design.md §3).
+
+Every check raises a one-line error naming the argument, expected vs got, before anything changes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+LOGIT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+INDEX_DTYPES = (torch.int64, torch.int32)
+ON_NONFINITE = ("error", "skip")
+ON_OUT_OF_RANGE = ("error", "skip")
+
+
+def check_on_nonfinite(value) -> str:
+    if not isinstance(value, str) or value not in ON_NONFINITE:
+        raise ValueError(f"on_nonfinite: expected one of {ON_NONFINITE}, got {value!r}")
+    return value
+
+
+def check_on_out_of_range(value) -> str:
+    if not isinstance(value, str) or value not in ON_OUT_OF_RANGE:
+        raise ValueError(f"on_out_of_range: expected one of {ON_OUT_OF_RANGE}, got {value!r}")
+    return value
+
+
+def check_batch(logits, index, num_classes: int, device: torch.device) -> None:
+    """Raise (one line naming the argument) unless logits (B, C) and index (B,) fit a tracker."""
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"logits: expected a torch.Tensor, got {type(logits).__name__}")
+    if not isinstance(index, torch.Tensor):
+        raise TypeError(f"index: expected a torch.Tensor, got {type(index).__name__}")
+    if logits.layout != torch.strided:
+        raise TypeError(f"logits: expected a dense tensor, got layout {logits.layout}")
+    if logits.dim() != 2:
+        raise ValueError(f"logits: expected shape (B, {num_classes}), got {tuple(logits.shape)}")
+    if logits.shape[1] != num_classes:
+        raise ValueError(
+            f"logits: expected {num_classes} classes (shape (B, {num_classes})),"
+            f" got {logits.shape[1]} (shape {tuple(logits.shape)})"
+        )
+    if logits.dtype not in LOGIT_DTYPES:
+        raise TypeError(f"logits: expected dtype float32, float16 or bfloat16, got {logits.dtype}")
+    if index.dim() != 1 or index.shape[0] != logits.shape[0]:
+        raise ValueError(f"index: expected shape ({logits.shape[0]},) to match logits' rows, got {tuple(index.shape)}")
+    if index.dtype not in INDEX_DTYPES:
+        raise TypeError(f"index: expected dtype int64 or int32, got {index.dtype}")
+    for name, t in (("logits", logits), ("index", index)):
+        if t.device.type != device.type or (t.device.index or 0) != (device.index or 0):
+            raise ValueError(f"{name}: expected a tensor on {device} (the tracker's device), got one on {t.device}")
+
+
+def check_options(sd: dict, where: str) -> tuple[str, str]:
+    """(on_nonfinite, on_out_of_range) of a tracker state dict, validated."""
+    if "on_nonfinite" not in sd:
+        raise ValueError(f"{where}: missing entry 'on_nonfinite'")
+    # on_out_of_range is absent from checkpoints written before the option existed: they could only error.
+    values = sd["on_nonfinite"], sd.get("on_out_of_range", "error")
+    for name, value, allowed in zip(("on_nonfinite", "on_out_of_range"), values, (ON_NONFINITE, ON_OUT_OF_RANGE)):
+        if not isinstance(value, str) or value not in allowed:
+            raise ValueError(f"{where}: {name}: expected one of {allowed}, got {value!r}")
+    return values
