@@ -21,7 +21,7 @@ from test_sharded import CFG, COLLECTIVE_TIMEOUT_S, SPAWN_DEADLINE_S, C, N, T, e
 from tdds_kernels import TDDSTracker
 from tdds_kernels.distributed import ShardedTDDSTracker
 
-SCENARIOS = ("equivalence", "max_batch_size", "counts", "held_errors", "disagreement")
+SCENARIOS = ("equivalence", "max_batch_size", "counts", "held_errors", "disagreement", "topk")
 
 
 def scenario_equivalence(rank, world, pg, tmp):
@@ -44,6 +44,18 @@ def scenario_equivalence(rank, world, pg, tmp):
             got, ref = free.baseline_scores(), eager.baseline_scores()
             for k in ref:
                 assert torch.equal(got[k].nan_to_num(-7), ref[k].nan_to_num(-7)), k
+
+
+def scenario_topk(rank, world, pg, tmp):
+    # A compressed previous row (prev_topk=3 of C): the exchange routes rows to their owners,
+    # whose update is the compressed one; the same scores as the eager sharded tracker.
+    eager = TDDSTracker(N, **CFG, process_group=pg, sync_free=False, prev_topk=3)
+    free = TDDSTracker(N, **CFG, process_group=pg, sync_free=True, prev_topk=3)
+    for e in range(T):
+        feed(eager, e, world, rank)
+        feed(free, e, world, rank)
+    assert free.prev_topk == 3 and "prev_idx" in free.full_state_dict()
+    assert torch.equal(free.scores(), eager.scores()) and free.stats == eager.stats
 
 
 def scenario_max_batch_size(rank, world, pg, tmp):
