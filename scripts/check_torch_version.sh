@@ -66,7 +66,21 @@ cd "$SRC"
 # One architecture keeps a CUDA build to minutes; without a GPU nothing runs on it anyway.
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 export MAX_JOBS=${MAX_JOBS:-2}
-"$PY" setup.py build_ext --inplace 2>&1 | grep -E "tdds_kernels:|error|Error" || true
+# torch guesses CUDA_HOME as the directory above the first nvcc on PATH; where that nvcc is a
+# wrapper script (e.g. /usr/local/bin/nvcc) the guess has no lib64 and the link fails to find
+# cudart, so ask nvcc where it really lives.
+if [ -z "${CUDA_HOME:-}" ] && command -v nvcc >/dev/null; then
+    : >"$WORK/probe.cu"
+    here=$(nvcc -dryrun -c "$WORK/probe.cu" -o "$WORK/probe.o" 2>&1 | sed -n 's|^#\$ _HERE_=\(.*\)/bin$|\1|p' | head -1)
+    if [ -n "$here" ]; then export CUDA_HOME=$here; fi
+fi
+echo "CUDA_HOME=${CUDA_HOME:-unset} TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST FORCE_CPU=${FORCE_CPU:-0}"
+if ! "$PY" setup.py build_ext --inplace >"$WORK/build.log" 2>&1; then
+    tail -n 30 "$WORK/build.log" >&2
+    echo "build failed (log above; KEEP=1 keeps $WORK/build.log)" >&2
+    exit 1
+fi
+grep "tdds_kernels:" "$WORK/build.log" || true
 "$PY" -c "import tdds_kernels._C" || {
     echo "build failed: tdds_kernels._C does not import" >&2
     exit 1
