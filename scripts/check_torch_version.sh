@@ -27,6 +27,7 @@ TORCH_VERSION=$1
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 PYTHON=${PYTHON:-python3}
 WORK=${WORK:-$(mktemp -d "${TMPDIR:-/tmp}/tdds-torch-$TORCH_VERSION.XXXXXX")}
+WORK=$(realpath -m "$WORK")
 case "$WORK" in
 "$REPO" | "$REPO"/*)
     echo "WORK=$WORK is inside the repository; the venv and copy must live outside it" >&2
