@@ -9,7 +9,7 @@
 #
 # pip must be able to reach that torch wheel: the network (the public index gives a CUDA build on
 # Linux; for the CPU build set PIP_INDEX_URL=https://download.pytorch.org/whl/cpu) or a local
-# wheel directory (PIP_FIND_LINKS=/path --no-index via PIP_NO_INDEX=1). A CUDA build is several
+# wheel directory (PIP_FIND_LINKS=/path, plus PIP_NO_INDEX=1 to stay offline). A CUDA build is several
 # GB on disk. A CUDA torch with nvcc present builds the CUDA kernels too (TORCH_CUDA_ARCH_LIST,
 # default 9.0 here, keeps that to one architecture; FORCE_CPU=1 builds the CPU kernels only).
 #
