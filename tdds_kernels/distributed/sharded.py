@@ -351,6 +351,7 @@ class ShardedTDDSTracker:
         # Per-sample tensors travel as padded all_gathers, the small rest as objects; then the
         # layout merges the shards exactly as merge_shards merges files.
         small = {k: v for k, v in mine.items() if k not in PER_SAMPLE and k != "baselines"}
+        small["baselines"] = None  # a state dict always carries the entry (None: no targets yet)
         if mine.get("baselines") is not None:
             small["baselines"] = {k: v for k, v in mine["baselines"].items() if k not in BASELINE_PER_SAMPLE}
         shards = [None] * self.world_size
