@@ -1,6 +1,8 @@
 """Shared test utilities: backends to parametrize over, feeding epochs, snapshots of state."""
 
+import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,3 +111,57 @@ def make_state(n, c, w, storage=torch.float32, epoch=1, seed=0):
 
 def clone(ts):
     return tuple(t.clone() for t in ts)
+
+
+# Examples run in tests (tests/app): this checkout's package, one thread, gloo on loopback.
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE_ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "GLOO_SOCKET_IFNAME": "lo",
+    "PYTHONWARNINGS": "ignore",
+    # The subprocesses import this checkout's package, whatever else is installed.
+    "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+}
+
+
+def load_example(name):
+    """examples/<name>.py imported as a module (examples/ is not a package)."""
+    import importlib.util
+
+    module_name = name if name.endswith("_example") else f"{name}_example"
+    spec = importlib.util.spec_from_file_location(module_name, REPO / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def torchrun(script, *args, world=2, cwd=None):
+    """Runs `script` under torchrun on `world` processes; its stdout. A run must succeed."""
+    import subprocess
+    import sys
+
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}"]
+    proc = subprocess.run(
+        [str(c) for c in [*launch, script, *args]],
+        env=EXAMPLE_ENV,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    teardown_only = "terminate called without an active exception" in proc.stderr and (
+        "stats:" in proc.stdout or "stopped at" in proc.stdout
+    )  # see tests/app/test_examples.run
+    assert proc.returncode == 0 or teardown_only, f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread_per_module():
+    """Autouse in a module that imports it: tiny models, where threads only contend on the shared
+    CI cores (and in-process runs would vary)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -4,12 +4,6 @@ loopback)."""
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -18,29 +12,9 @@ pytest.importorskip("accelerate")
 from tdds_kernels import TDDSTracker  # noqa: E402
 from tdds_kernels.integrations.accelerate import TrackerState  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
-EXAMPLE = REPO / "examples" / "accelerate_example.py"
-ENV = {
-    **os.environ,
-    "OMP_NUM_THREADS": "1",
-    "GLOO_SOCKET_IFNAME": "lo",
-    "PYTHONWARNINGS": "ignore",
-    "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-}
+from helpers import REPO, load_example, one_thread_per_module, torchrun  # noqa: E402, F401 (autouse fixture)
 
-
-spec = importlib.util.spec_from_file_location("accelerate_example", EXAMPLE)
-example = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(example)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny model: threads only contend on the shared CI cores.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+example = load_example("accelerate_example")
 
 
 def run(*args, world=1, cwd=None):
@@ -52,20 +26,7 @@ def run(*args, world=1, cwd=None):
         with contextlib.redirect_stdout(out):
             example.main(["--epochs", "4", *map(str, args)])
         return out.getvalue()
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}"]
-    proc = subprocess.run(
-        [str(c) for c in [*launch, EXAMPLE, "--epochs", "4", *args]],
-        env=ENV,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    teardown_only = "terminate called without an active exception" in proc.stderr and (
-        "stats:" in proc.stdout or "stopped at" in proc.stdout
-    )  # see test_examples.run
-    assert proc.returncode == 0 or teardown_only, f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout
+    return torchrun(REPO / "examples" / "accelerate_example.py", "--epochs", "4", *args, world=world, cwd=cwd)
 
 
 def check_resumes(tmp_path, world, cases):

@@ -5,11 +5,7 @@ example under torchrun (gloo on loopback)."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,29 +16,10 @@ pytest.importorskip("accelerate")
 from tdds_kernels import TDDSTracker  # noqa: E402
 from tdds_kernels.integrations.hf import TDDSCallback, add_index  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
-EXAMPLE = REPO / "examples" / "hf_trainer.py"
-# The subprocesses import this checkout's package, whatever else is installed.
-ENV = {
-    **os.environ,
-    "OMP_NUM_THREADS": "1",
-    "GLOO_SOCKET_IFNAME": "lo",
-    "PYTHONWARNINGS": "ignore",
-    "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-}
-spec = importlib.util.spec_from_file_location("hf_trainer_example", EXAMPLE)
-ex = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(ex)
+from helpers import REPO, load_example, one_thread_per_module, torchrun  # noqa: E402, F401 (autouse fixture)
+
+ex = load_example("hf_trainer")
 STEPS_PER_EPOCH = len(ex.Tokens()) // 8  # 12 on one process
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny model: threads only contend on the shared CI cores (and in-process runs would vary).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def run(tmp_path, name, *args):
@@ -238,21 +215,15 @@ def test_add_index_and_bad_arguments():
     TDDSCallback(10, 2, backend="cuda")  # checked on the training device, not here
 
 
-def torchrun(tmp_path, *args):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", EXAMPLE, *args]
-    proc = subprocess.run([str(c) for c in cmd], env=ENV, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    teardown_only = "terminate called without an active exception" in proc.stderr and (
-        "stats:" in proc.stdout or "stopped at" in proc.stdout
-    )  # see test_examples.run
-    assert proc.returncode == 0 or teardown_only, f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout
+def run2(tmp_path, *args):
+    return torchrun(REPO / "examples" / "hf_trainer.py", *args, cwd=tmp_path)
 
 
 def test_two_ranks_resume_matches_an_uninterrupted_run(tmp_path):
     # 96 samples on 2 ranks x 8 per batch: 6 steps per epoch, 5 epochs, 3 scored. The full run's
     # own checkpoints are resumed: step 8 is in the middle of epoch 1, step 12 is epoch 1's last
     # step (written before on_epoch_end), step 20 comes after completion (at step 18).
-    out = torchrun(
+    out = run2(
         tmp_path, "--epochs", 5, "--trajectory-len", 3, "--output-dir", "full", "--save-steps", 4, "--out", "full.pt"
     )
     assert "'duplicates': 0, 'missing': 0" in out
@@ -265,7 +236,7 @@ def test_two_ranks_resume_matches_an_uninterrupted_run(tmp_path):
         "tdds.final.pt.rank1-of-2",
     ]
     for step in (8, 12, 20):
-        torchrun(
+        run2(
             tmp_path,
             "--epochs",
             5,
