@@ -290,8 +290,10 @@ def _worker(rank, world, tmp):
     dist.destroy_process_group()
 
 
-def run_world(world, tmp):
-    ctx = mp.start_processes(_worker, args=(world, str(tmp)), nprocs=world, join=False, start_method="spawn")
+def spawn(worker, world, tmp):
+    """worker(rank, world, str(tmp)) on `world` spawned processes, killed past the deadline; each
+    rank's tmp/result{rank}.pt, in rank order."""
+    ctx = mp.start_processes(worker, args=(world, str(tmp)), nprocs=world, join=False, start_method="spawn")
     deadline = time.time() + SPAWN_DEADLINE_S
     try:
         while not ctx.join(timeout=max(0.1, deadline - time.time())):
@@ -304,15 +306,19 @@ def run_world(world, tmp):
     return [torch.load(tmp / f"result{r}.pt") for r in range(world)]
 
 
+def assert_scenario_passed(world_results, scenario):
+    failures = [f"rank {r}:\n{res[scenario]}" for r, res in enumerate(world_results) if res[scenario]]
+    assert not failures, "\n".join(failures)
+
+
 @pytest.fixture(scope="module", params=[2, 3], ids=lambda w: f"world{w}")
 def world_results(request, tmp_path_factory):
-    return run_world(request.param, tmp_path_factory.mktemp(f"world{request.param}"))
+    return spawn(_worker, request.param, tmp_path_factory.mktemp(f"world{request.param}"))
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_sharded(world_results, scenario):
-    failures = [f"rank {r}:\n{res[scenario]}" for r, res in enumerate(world_results) if res[scenario]]
-    assert not failures, "\n".join(failures)
+    assert_scenario_passed(world_results, scenario)
 
 
 def test_ownership_and_paths(tmp_path):

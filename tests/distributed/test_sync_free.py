@@ -9,14 +9,23 @@ from __future__ import annotations
 
 import datetime
 import os
-import time
 import traceback
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
-from test_sharded import CFG, COLLECTIVE_TIMEOUT_S, SPAWN_DEADLINE_S, C, N, T, epoch_data, expect_error, feed
+from test_sharded import (
+    CFG,
+    COLLECTIVE_TIMEOUT_S,
+    C,
+    N,
+    T,
+    assert_scenario_passed,
+    epoch_data,
+    expect_error,
+    feed,
+    spawn,
+)
 
 from tdds_kernels import TDDSTracker
 from tdds_kernels.distributed import ShardedTDDSTracker
@@ -208,29 +217,14 @@ def _worker(rank, world, tmp):
     dist.destroy_process_group()
 
 
-def run_world(world, tmp):
-    ctx = mp.start_processes(_worker, args=(world, str(tmp)), nprocs=world, join=False, start_method="spawn")
-    deadline = time.time() + SPAWN_DEADLINE_S
-    try:
-        while not ctx.join(timeout=max(0.1, deadline - time.time())):
-            if time.time() > deadline:
-                raise TimeoutError(f"{world} ranks did not finish in {SPAWN_DEADLINE_S} s")
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.kill()
-    return [torch.load(tmp / f"result{r}.pt") for r in range(world)]
-
-
 @pytest.fixture(scope="module", params=[2, 3], ids=lambda w: f"world{w}")
 def world_results(request, tmp_path_factory):
-    return run_world(request.param, tmp_path_factory.mktemp(f"world{request.param}"))
+    return spawn(_worker, request.param, tmp_path_factory.mktemp(f"world{request.param}"))
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_sync_free(world_results, scenario):
-    failures = [f"rank {r}:\n{res[scenario]}" for r, res in enumerate(world_results) if res[scenario]]
-    assert not failures, "\n".join(failures)
+    assert_scenario_passed(world_results, scenario)
 
 
 # ---------------------------------------------------------------- CUDA: NCCL, one GPU per rank
@@ -272,15 +266,5 @@ def test_cuda_nccl_update_does_not_sync(world, tmp_path):
     # rank its own GPU, so 2 ranks need 2.
     if torch.cuda.device_count() < world or not dist.is_nccl_available():
         pytest.skip(f"needs {world} CUDA GPU(s) and NCCL")
-    ctx = mp.start_processes(_cuda_worker, args=(world, str(tmp_path)), nprocs=world, join=False, start_method="spawn")
-    deadline = time.time() + SPAWN_DEADLINE_S
-    try:
-        while not ctx.join(timeout=max(0.1, deadline - time.time())):
-            if time.time() > deadline:
-                raise TimeoutError(f"{world} ranks did not finish in {SPAWN_DEADLINE_S} s")
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.kill()
-    failures = [torch.load(tmp_path / f"result{r}.pt") for r in range(world)]
+    failures = spawn(_cuda_worker, world, tmp_path)
     assert not any(failures), "\n".join(f for f in failures if f)
