@@ -142,6 +142,18 @@ for z, p in (("fp32", "fp32"), ("bf16", "bf16"), ("fp16", "fp16")):
         k = triton.compile(ASTSource(_update_kernel, sig, {(12,): single, (13,): block}),
                            target=target, options={"num_warps": warps})
         assert "ld.local" not in k.asm["ptx"], ("local memory", z, p, c)
+from tdds_kernels.ops.triton.update_topk import _update_topk_kernel
+for z, p in (("fp32", "fp32"), ("bf16", "bf16"), ("fp16", "fp16")):
+    for c, ids, kk in ((10, "i16", 4), (1000, "i16", 16), (32000, "i16", 128), (40000, "i32", 8)):
+        block, _, warps = _config(c)
+        sig = {"logits_ptr": "*" + z, "logits_stride": "i64", "sorted_ptr": "*i64",
+               "order_ptr": "*i64", "val_ptr": "*" + p, "idx_ptr": "*" + ids, "rest_ptr": "*" + p,
+               "seen_ptr": "*i32", "ring_ptr": "*fp32", "counters_ptr": "*i64", "B": "i32",
+               "N": "i32", "C": "i32", "K": "i32", "W1": "i32",
+               "BLOCK": "constexpr", "KBLOCK": "constexpr"}
+        k = triton.compile(ASTSource(_update_topk_kernel, sig, {(15,): block, (16,): triton.next_power_of_2(kk)}),
+                           target=target, options={"num_warps": warps})
+        assert "ld.local" not in k.asm["ptx"], ("local memory, top-K", z, p, c)
 sig = {"seen_ptr": "*i32", "ring_ptr": "*fp32", "score_ptr": "*fp32", "counters_ptr": "*i64",
        "N": "i32", "W1": "i32", "keep": "fp32", "decay": "fp32",
        "BLOCK_N": "constexpr", "BLOCK_W": "constexpr"}

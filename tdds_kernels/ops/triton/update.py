@@ -24,13 +24,10 @@ import triton
 import triton.language as tl
 
 from .. import schema as _ops
+from .runs import add_counts, record, run_next, run_start, softmax_stats
 
 # Module constants used inside the kernel must be constexpr.
 _EPS = tl.constexpr(_ops.EPS)
-_DUPLICATES = tl.constexpr(_ops.DUPLICATES)
-_NONFINITE = tl.constexpr(_ops.NONFINITE)
-_OUT_OF_RANGE = tl.constexpr(_ops.OUT_OF_RANGE)
-_EPOCH = tl.constexpr(_ops.EPOCH)
 
 MAX_SINGLE_BLOCK = 8192  # rows up to this many classes stay in registers: one read of the logits
 CHUNK = 4096  # chunk of the two-pass online softmax for wider rows (C = 32000: 8 chunks)
@@ -69,20 +66,9 @@ def _update_kernel(
     BLOCK: tl.constexpr,
 ):
     # sorted_ptr: the batch's indices sorted stably; order_ptr: their batch positions (int64).
-    pos = tl.program_id(0).to(tl.int64)
-    n = tl.load(sorted_ptr + pos).to(tl.int64)
-    before = tl.load(sorted_ptr + tl.maximum(pos - 1, 0)).to(tl.int64)
-    head = (pos == 0) | (before != n)  # first position of a run of equal indices
-    # The epoch lives on the device (no host sync, no recompiles): a runtime value, not a flag.
-    epoch = tl.load(counters_ptr + _EPOCH).to(tl.int32)
-    slot = (epoch - 1 + W1) % W1  # (e − 1) mod (W − 1); at e = 0 a NaN goes to slot W − 2
-    in_range = (n >= 0) & (n < N)
+    pos, n, head, epoch, slot, in_range, had_prev, fresh = run_start(sorted_ptr, seen_ptr, counters_ptr, N, W1)
     prev_row = prev_ptr + n * C  # int64 offsets: N·C passes 2^31 at ImageNet shape
     cols = tl.arange(0, BLOCK)
-    old = tl.load(seen_ptr + n, mask=in_range & head, other=0)
-    # d_{e−1} needs a record in epoch e − 1; `fresh`: no row of n applied yet this epoch.
-    had_prev = (old == epoch - 1) & (epoch >= 1)
-    fresh = in_range & head & (old != epoch)
     n_dup = tl.zeros((), tl.int32)
     n_bad = tl.zeros((), tl.int32)
     n_oor = tl.zeros((), tl.int32)
@@ -110,20 +96,7 @@ def _update_kernel(
             m = tl.max(zm, 0)
             s = tl.sum(tl.exp(zm - m), 0)
         else:
-            m = tl.full((), float("-inf"), tl.float32)
-            s = tl.zeros((), tl.float32)
-            bad = tl.zeros((), tl.int32)
-            for start in range(0, C, BLOCK):
-                c = start + cols
-                mask = c < C
-                z = tl.load(z_row + c, mask=tl.where(in_range, mask, False), other=0.0).to(tl.float32)
-                ok = tl.abs(z) < float("inf")
-                bad += tl.sum((mask & ~ok).to(tl.int32), 0)
-                z = tl.where(ok, z, 0.0)
-                zm = tl.where(mask, z, float("-inf"))
-                m_new = tl.maximum(m, tl.max(zm, 0))  # online softmax: rescale s to the new max
-                s = s * tl.exp(m - m_new) + tl.sum(tl.exp(zm - m_new), 0)
-                m = m_new
+            m, s, bad = softmax_stats(z_row, C, in_range, BLOCK)
         usable = in_range & (bad == 0)
         apply = usable & fresh
         has_d = apply & had_prev
@@ -149,22 +122,12 @@ def _update_kernel(
                 q = tl.load(prev_row + c, mask=tl.where(has_d, mask, False), other=0.0).to(tl.float32)
                 d += tl.sum(tl.where(mask, tl.abs(p * (lp - q)), 0.0), 0)
                 tl.store(prev_row + c, _to_storage(lp, prev_ptr), mask=tl.where(apply, mask, False))
-        tl.store(ring_ptr + n * W1 + slot, tl.where(has_d, d, float("nan")), mask=apply)
-        tl.store(seen_ptr + n, epoch, mask=apply)
+        record(ring_ptr, seen_ptr, n, W1, slot, epoch, d, has_d, apply)
+        fresh, n_dup, n_bad, n_oor, k, todo = run_next(
+            sorted_ptr, B, n, k, fresh, apply, usable, in_range, bad, n_dup, n_bad, n_oor
+        )
 
-        fresh = fresh & ~apply
-        n_dup += (usable & ~apply).to(tl.int32)
-        n_bad += (in_range & (bad > 0)).to(tl.int32)
-        n_oor += (~in_range).to(tl.int32)
-        k += 1
-        todo = k < B
-        if todo:
-            todo = tl.load(sorted_ptr + k).to(tl.int64) == n
-
-    # Counters: one masked atomic add per kind, only where this run had such rows.
-    tl.atomic_add(counters_ptr + _DUPLICATES, n_dup.to(tl.int64), mask=n_dup > 0)
-    tl.atomic_add(counters_ptr + _NONFINITE, n_bad.to(tl.int64), mask=n_bad > 0)
-    tl.atomic_add(counters_ptr + _OUT_OF_RANGE, n_oor.to(tl.int64), mask=n_oor > 0)
+    add_counts(counters_ptr, n_dup, n_bad, n_oor)
 
 
 def device_of(t: torch.Tensor):
@@ -184,6 +147,18 @@ def _config(num_classes: int, block: int | None = None) -> tuple[int, bool, int]
     return block, single, num_warps
 
 
+def prepare(logits: torch.Tensor, index: torch.Tensor, block: int | None):
+    """The launchers' common start: (logits with unit class stride, sorted index, order, _config).
+
+    The sort is stable: equal indices keep batch order, so the head of each run is its first
+    row. On the device, with no host sync.
+    """
+    if logits.stride(1) != 1:
+        logits = logits.contiguous()
+    sorted_index, order = torch.sort(index, stable=True)
+    return logits, sorted_index, order, _config(logits.shape[1], block)
+
+
 def update(
     logits: torch.Tensor,
     index: torch.Tensor,
@@ -198,12 +173,7 @@ def update(
     batch, num_classes = logits.shape
     if batch == 0:
         return
-    if logits.stride(1) != 1:
-        logits = logits.contiguous()
-    block, single, num_warps = _config(num_classes, block)
-    # Stable: equal indices keep batch order, so the head of each run is its first row. On the
-    # device, with no host sync.
-    sorted_index, order = torch.sort(index, stable=True)
+    logits, sorted_index, order, (block, single, num_warps) = prepare(logits, index, block)
     with device_of(logits):
         _update_kernel[(batch,)](
             logits,

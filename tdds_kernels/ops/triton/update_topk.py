@@ -22,13 +22,24 @@ import triton
 import triton.language as tl
 
 from .. import schema as _ops
-from .update import _config, _to_storage, device_of
+from .runs import add_counts, record, run_next, run_start, softmax_stats
+from .update import _to_storage, device_of, prepare
 
 _EPS = tl.constexpr(_ops.EPS)
-_DUPLICATES = tl.constexpr(_ops.DUPLICATES)
-_NONFINITE = tl.constexpr(_ops.NONFINITE)
-_OUT_OF_RANGE = tl.constexpr(_ops.OUT_OF_RANGE)
-_EPOCH = tl.constexpr(_ops.EPOCH)
+
+
+@triton.jit
+def _probs(z_row, c, C, m, inv_s):
+    """(mask, p) for the classes c of an applied row: p = softmax(z)[c], 0 past C."""
+    mask = c < C
+    z = tl.load(z_row + c, mask=mask, other=0.0).to(tl.float32)
+    return mask, tl.exp(tl.where(mask, z, float("-inf")) - m) * inv_s
+
+
+@triton.jit
+def _worse(p, c, mask, last_p, last_c):
+    """The classes after (last_p, last_c) in the order p desc, class id asc."""
+    return mask & ((p < last_p) | ((p == last_p) & (c > last_c)))
 
 
 @triton.jit
@@ -51,19 +62,10 @@ def _update_topk_kernel(
     BLOCK: tl.constexpr,
     KBLOCK: tl.constexpr,
 ):
-    pos = tl.program_id(0).to(tl.int64)
-    n = tl.load(sorted_ptr + pos).to(tl.int64)
-    before = tl.load(sorted_ptr + tl.maximum(pos - 1, 0)).to(tl.int64)
-    head = (pos == 0) | (before != n)
-    epoch = tl.load(counters_ptr + _EPOCH).to(tl.int32)
-    slot = (epoch - 1 + W1) % W1
-    in_range = (n >= 0) & (n < N)
+    pos, n, head, epoch, slot, in_range, had_prev, fresh = run_start(sorted_ptr, seen_ptr, counters_ptr, N, W1)
     cols = tl.arange(0, BLOCK)
     kcols = tl.arange(0, KBLOCK)
     kmask = kcols < K
-    old = tl.load(seen_ptr + n, mask=in_range & head, other=0)
-    had_prev = (old == epoch - 1) & (epoch >= 1)
-    fresh = in_range & head & (old != epoch)
     n_dup = tl.zeros((), tl.int32)
     n_bad = tl.zeros((), tl.int32)
     n_oor = tl.zeros((), tl.int32)
@@ -73,20 +75,7 @@ def _update_topk_kernel(
     while todo:
         row = tl.load(order_ptr + k)
         z_row = logits_ptr + row * logits_stride
-        # Pass 1: max, Σ exp (online over chunks), non-finite count (as in update.py).
-        m = tl.full((), float("-inf"), tl.float32)
-        s = tl.zeros((), tl.float32)
-        bad = tl.zeros((), tl.int32)
-        for start in range(0, C, BLOCK):
-            c = start + cols
-            mask = c < C
-            z = tl.load(z_row + c, mask=tl.where(in_range, mask, False), other=0.0).to(tl.float32)
-            ok = tl.abs(z) < float("inf")
-            bad += tl.sum((mask & ~ok).to(tl.int32), 0)
-            zm = tl.where(mask & ok, z, float("-inf"))
-            m_new = tl.maximum(m, tl.max(zm, 0))
-            s = s * tl.exp(m - m_new) + tl.sum(tl.exp(zm - m_new), 0)
-            m = m_new
+        m, s, bad = softmax_stats(z_row, C, in_range, BLOCK)  # pass 1, as in update.py
         usable = in_range & (bad == 0)
         apply = usable & fresh
         has_d = apply & had_prev
@@ -98,9 +87,7 @@ def _update_topk_kernel(
             r = tl.load(rest_ptr + n).to(tl.float32)
             for start in range(0, C, BLOCK):
                 c = start + cols
-                mask = c < C
-                z = tl.load(z_row + c, mask=mask, other=0.0).to(tl.float32)
-                p = tl.exp(tl.where(mask, z, float("-inf")) - m) * inv_s
+                mask, p = _probs(z_row, c, C, m, inv_s)
                 d += tl.sum(tl.where(mask, tl.abs(p * (tl.log(p + _EPS) - r)), 0.0), 0)
             ids = tl.load(idx_ptr + n * K + kcols, mask=kmask, other=0).to(tl.int64)
             v = tl.load(val_ptr + n * K + kcols, mask=kmask, other=0.0).to(tl.float32)
@@ -120,10 +107,8 @@ def _update_topk_kernel(
                 best_c = tl.full((), C, tl.int64)
                 for start in range(0, C, BLOCK):
                     c = start + cols
-                    mask = c < C
-                    z = tl.load(z_row + c, mask=mask, other=0.0).to(tl.float32)
-                    p = tl.exp(tl.where(mask, z, float("-inf")) - m) * inv_s
-                    worse = mask & ((p < last_p) | ((p == last_p) & (c > last_c)))
+                    mask, p = _probs(z_row, c, C, m, inv_s)
+                    worse = _worse(p, c, mask, last_p, last_c)
                     pm = tl.where(worse, p, -1.0)
                     chunk_p = tl.max(pm, 0)
                     chunk_c = tl.min(tl.where(worse & (pm == chunk_p), c, C), 0).to(tl.int64)
@@ -137,28 +122,17 @@ def _update_topk_kernel(
             residual = tl.zeros((), tl.float32)
             for start in range(0, C, BLOCK):
                 c = start + cols
-                mask = c < C
-                z = tl.load(z_row + c, mask=mask, other=0.0).to(tl.float32)
-                p = tl.exp(tl.where(mask, z, float("-inf")) - m) * inv_s
-                worse = mask & ((p < last_p) | ((p == last_p) & (c > last_c)))
+                mask, p = _probs(z_row, c, C, m, inv_s)
+                worse = _worse(p, c, mask, last_p, last_c)
                 residual += tl.sum(tl.where(worse, p, 0.0), 0)
             mean = tl.where(K < C, residual / tl.maximum(C - K, 1).to(tl.float32), 0.0)
             tl.store(rest_ptr + n, _to_storage(tl.log(mean + _EPS), rest_ptr))
-        tl.store(ring_ptr + n * W1 + slot, tl.where(has_d, d, float("nan")), mask=apply)
-        tl.store(seen_ptr + n, epoch, mask=apply)
+        record(ring_ptr, seen_ptr, n, W1, slot, epoch, d, has_d, apply)
+        fresh, n_dup, n_bad, n_oor, k, todo = run_next(
+            sorted_ptr, B, n, k, fresh, apply, usable, in_range, bad, n_dup, n_bad, n_oor
+        )
 
-        fresh = fresh & ~apply
-        n_dup += (usable & ~apply).to(tl.int32)
-        n_bad += (in_range & (bad > 0)).to(tl.int32)
-        n_oor += (~in_range).to(tl.int32)
-        k += 1
-        todo = k < B
-        if todo:
-            todo = tl.load(sorted_ptr + k).to(tl.int64) == n
-
-    tl.atomic_add(counters_ptr + _DUPLICATES, n_dup.to(tl.int64), mask=n_dup > 0)
-    tl.atomic_add(counters_ptr + _NONFINITE, n_bad.to(tl.int64), mask=n_bad > 0)
-    tl.atomic_add(counters_ptr + _OUT_OF_RANGE, n_oor.to(tl.int64), mask=n_oor > 0)
+    add_counts(counters_ptr, n_dup, n_bad, n_oor)
 
 
 def update_topk(
@@ -177,11 +151,8 @@ def update_topk(
     batch, num_classes = logits.shape
     if batch == 0:
         return
-    if logits.stride(1) != 1:
-        logits = logits.contiguous()
-    block, _, num_warps = _config(num_classes, block)
+    logits, sorted_index, order, (block, _, num_warps) = prepare(logits, index, block)
     k = prev_val.shape[1]
-    sorted_index, order = torch.sort(index, stable=True)  # equal indices keep batch order
     with device_of(logits):
         _update_topk_kernel[(batch,)](
             logits,
