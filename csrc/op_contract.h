@@ -3,16 +3,20 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <optional>
+
 namespace tdds {
 
 // Identical text to tdds_kernels/ops/schema.py UPDATE_SCHEMA / EPOCH_STEP_SCHEMA (a test compares them).
+// targets / row_stats: the baselines' per-row quantities, computed in the same pass (ROW_STATS).
+#define TDDS_TARGETS_ARGS "Tensor? targets=None, Tensor(z!)? row_stats=None"
 #define TDDS_UPDATE_SCHEMA                                                            \
   "(Tensor logits, Tensor index, Tensor(a!) prev, Tensor(b!) seen, Tensor(c!) ring, " \
-  "Tensor(d!) counters) -> ()"
+  "Tensor(d!) counters, " TDDS_TARGETS_ARGS ") -> ()"
 // ... and UPDATE_TOPK_SCHEMA: the compressed previous row (docs/design.md §2.1).
 #define TDDS_UPDATE_TOPK_SCHEMA                                                                    \
   "(Tensor logits, Tensor index, Tensor(a!) prev_val, Tensor(b!) prev_idx, Tensor(c!) prev_rest, " \
-  "Tensor(d!) seen, Tensor(e!) ring, Tensor(f!) counters) -> ()"
+  "Tensor(d!) seen, Tensor(e!) ring, Tensor(f!) counters, " TDDS_TARGETS_ARGS ") -> ()"
 #define TDDS_EPOCH_STEP_SCHEMA \
   "(Tensor seen, Tensor(a!) ring, Tensor(b!) score, Tensor(c!) counters, float decay) -> ()"
 
@@ -27,6 +31,10 @@ enum Slot : int64_t {
   kEpoch = 4,
   kNumSlots = 5
 };
+
+// Columns of row_stats (tdds_kernels/ops/schema.py ROW_STATS): per row with target y,
+// [argmax z == y], ||p - onehot(y)||_2, z_y - max_{c != y} z_c, p_y; NaN for rows not applied.
+enum RowStat : int64_t { kCorrect = 0, kEl2n = 1, kMargin = 2, kTargetProb = 3, kNumRowStats = 4 };
 
 constexpr float kEps = 1e-8f;  // the release's epsilon inside log(p + eps)
 
@@ -68,6 +76,28 @@ inline void check_batch_and_state(const char* op, const at::Tensor& logits, cons
   for (const at::Tensor* t : {&index, &seen, &ring, &counters})
     TORCH_CHECK(t->device() == logits.device(), op, ": all tensors must be on ", logits.device(),
                 ", got one on ", t->device());
+}
+
+// targets (B,) int64/int32 and row_stats (B, 4) float32, both or neither, on the logits' device.
+using OptTensor = std::optional<at::Tensor>;
+inline void check_targets(const char* op, const at::Tensor& logits, const OptTensor& targets,
+                          const OptTensor& row_stats) {
+  TORCH_CHECK(targets.has_value() == row_stats.has_value(), op,
+              ": targets and row_stats must be given together");
+  if (!targets.has_value()) return;
+  const at::Tensor& t = *targets;
+  const at::Tensor& r = *row_stats;
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == logits.size(0) && t.is_contiguous() &&
+                  (t.scalar_type() == at::kLong || t.scalar_type() == at::kInt),
+              op, ": targets must be a contiguous (B,) int64/int32 tensor, got ", t.sizes(), " ",
+              t.scalar_type());
+  TORCH_CHECK(r.dim() == 2 && r.size(0) == logits.size(0) && r.size(1) == kNumRowStats &&
+                  r.scalar_type() == at::kFloat && r.is_contiguous(),
+              op, ": row_stats must be a contiguous (B, 4) float32 tensor, got ", r.sizes(), " ",
+              r.scalar_type());
+  for (const at::Tensor* x : {&t, &r})
+    TORCH_CHECK(x->device() == logits.device(), op, ": all tensors must be on ", logits.device(),
+                ", got one on ", x->device());
 }
 
 inline void check_update(const at::Tensor& logits, const at::Tensor& index, const at::Tensor& prev,

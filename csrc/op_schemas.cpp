@@ -10,9 +10,10 @@ namespace {
 // torch.compile, opcheck) has nothing to do. Registered here so that loading the library alone
 // (Python `import tdds_kernels._C` or a C++ trainer linking it) is complete.
 void update_meta(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                 const at::Tensor&, const at::Tensor&) {}
+                 const at::Tensor&, const at::Tensor&, const OptTensor&, const OptTensor&) {}
 void update_topk_meta(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                      const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&) {}
+                      const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                      const OptTensor&, const OptTensor&) {}
 void epoch_step_meta(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double) {}
 }  // namespace
 }  // namespace tdds

@@ -26,6 +26,11 @@ struct UpdateArgs {
   void* prev_idx = nullptr;
   void* prev_rest = nullptr;
   bool idx_i32 = false;
+  // With targets (B,) int64 if targets_i64 else int32: row_stats (B, kNumRowStats) float32,
+  // written for every row the call is given (op_contract.h RowStat; NaN unless applied).
+  const void* targets = nullptr;
+  float* row_stats = nullptr;
+  bool targets_i64 = false;
 };
 
 struct UpdateCounts {

@@ -130,33 +130,46 @@ void run_update(const UpdateArgs& args, const at::Tensor& index, int64_t* ctr) {
   for (const UpdateCounts& c : counts) add_counts(ctr, c);
 }
 
+// Points args at targets / row_stats when given (checked by check_targets).
+void set_targets(UpdateArgs& args, const OptTensor& targets, const OptTensor& row_stats) {
+  if (!targets.has_value()) return;
+  args.targets = targets->data_ptr();
+  args.targets_i64 = targets->scalar_type() == at::kLong;
+  args.row_stats = row_stats->data_ptr<float>();
+}
+
 void update_cpu(const at::Tensor& logits, const at::Tensor& index, const at::Tensor& prev,
-                const at::Tensor& seen, const at::Tensor& ring, const at::Tensor& counters) {
+                const at::Tensor& seen, const at::Tensor& ring, const at::Tensor& counters,
+                const OptTensor& targets, const OptTensor& row_stats) {
   check_update(logits, index, prev, seen, ring, counters);
+  check_targets("update_ext", logits, targets, row_stats);
   if (logits.size(0) == 0) return;
   int64_t* ctr = counters.data_ptr<int64_t>();
   const int64_t epoch = recorded_epoch(ctr, "update_ext");
-  const UpdateArgs args{logits.data_ptr(),
-                        index.data_ptr(),
-                        prev.data_ptr(),
-                        seen.data_ptr<int32_t>(),
-                        ring.data_ptr<float>(),
-                        logits.size(0),
-                        logits.size(1),
-                        prev.size(0),
-                        ring.size(1),
-                        epoch,
-                        ring_slot(epoch, ring.size(1)),
-                        dt_of(logits.scalar_type()),
-                        dt_of(prev.scalar_type()),
-                        index.scalar_type() == at::kLong};
+  UpdateArgs args{logits.data_ptr(),
+                  index.data_ptr(),
+                  prev.data_ptr(),
+                  seen.data_ptr<int32_t>(),
+                  ring.data_ptr<float>(),
+                  logits.size(0),
+                  logits.size(1),
+                  prev.size(0),
+                  ring.size(1),
+                  epoch,
+                  ring_slot(epoch, ring.size(1)),
+                  dt_of(logits.scalar_type()),
+                  dt_of(prev.scalar_type()),
+                  index.scalar_type() == at::kLong};
+  set_targets(args, targets, row_stats);
   run_update(args, index, ctr);
 }
 
 void update_topk_cpu(const at::Tensor& logits, const at::Tensor& index, const at::Tensor& prev_val,
                      const at::Tensor& prev_idx, const at::Tensor& prev_rest, const at::Tensor& seen,
-                     const at::Tensor& ring, const at::Tensor& counters) {
+                     const at::Tensor& ring, const at::Tensor& counters, const OptTensor& targets,
+                     const OptTensor& row_stats) {
   check_update_topk(logits, index, prev_val, prev_idx, prev_rest, seen, ring, counters);
+  check_targets("update_topk_ext", logits, targets, row_stats);
   if (logits.size(0) == 0) return;
   int64_t* ctr = counters.data_ptr<int64_t>();
   const int64_t epoch = recorded_epoch(ctr, "update_topk_ext");
@@ -179,6 +192,7 @@ void update_topk_cpu(const at::Tensor& logits, const at::Tensor& index, const at
   args.prev_idx = prev_idx.data_ptr();
   args.prev_rest = prev_rest.data_ptr();
   args.idx_i32 = prev_idx.scalar_type() == at::kInt;
+  set_targets(args, targets, row_stats);
   run_update(args, index, ctr);
 }
 

@@ -193,8 +193,11 @@ void by_storage(const at::Tensor& l, const at::Tensor& i, const at::Tensor& p, c
 }
 
 void update_cuda(const at::Tensor& logits, const at::Tensor& index, const at::Tensor& prev,
-                 const at::Tensor& seen, const at::Tensor& ring, const at::Tensor& counters) {
+                 const at::Tensor& seen, const at::Tensor& ring, const at::Tensor& counters,
+                 const OptTensor& targets, const OptTensor& row_stats) {
   check_update(logits, index, prev, seen, ring, counters);
+  check_targets("update_ext", logits, targets, row_stats);
+  TORCH_CHECK(!targets.has_value(), "update_ext: targets are not implemented on CUDA yet");
   if (logits.size(0) == 0) return;
   const c10::cuda::CUDAGuard guard(logits.device());
   const cudaStream_t st = c10::cuda::getCurrentCUDAStream(logits.device().index()).stream();

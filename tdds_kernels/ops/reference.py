@@ -6,6 +6,10 @@ Vectorized over rows and samples (no Python loop over either); runs on any devic
     d_t = Σ_c | p_{t+1,c} · (log(p_{t+1,c} + ε) − log(p_{t,c} + ε)) |      ε = 1e-8
     R_k = sqrt(Σ_j (d_j − m_k)²)  over the defined d_k..d_{k+W−2},  m_k their mean
     S   ← (1 − β)·S + β·R_k       once per window, in order
+
+and, with targets y, the per-row quantities of the training-dynamics baselines (row_statistics;
+tdds_kernels/core/baselines.py folds them per sample): correct = [argmax z == y], EL2N
+||p − onehot(y)||₂, the margin z_y − max_{c≠y} z_c and p_y.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from . import schema as _ops
-from .schema import DUPLICATES, EPOCH, EPS, MISSING, NONFINITE, OUT_OF_RANGE
+from .schema import DUPLICATES, EPOCH, EPS, MISSING, NONFINITE, OUT_OF_RANGE, ROW_STATS
 
 UPDATE, EPOCH_STEP = _ops.define_sibling("")
 
@@ -39,7 +43,8 @@ def applied_rows(logits, index, n_samples, seen, counters):
 
     Of the usable rows (index in range, logits finite) of a sample, the first in batch order is
     applied if the sample was not recorded earlier in the epoch; every other usable row is a
-    duplicate. Returns (x (R, C) float32 logits of the applied rows, n (R,) their samples, epoch)."""
+    duplicate. Returns (x (R, C) float32 logits of the applied rows, n (R,) their samples, epoch,
+    rows (R,) their batch positions)."""
     epoch = counters[EPOCH].to(torch.int32)  # 0-d, on the state's device
     idx = index.to(torch.long)
     in_range = (idx >= 0) & (idx < n_samples)
@@ -55,7 +60,30 @@ def applied_rows(logits, index, n_samples, seen, counters):
     counters[DUPLICATES] += usable.sum() - rows.numel()
     counters[NONFINITE] += (in_range & ~finite).sum()
     counters[OUT_OF_RANGE] += (~in_range).sum()
-    return x.index_select(0, rows), idx.index_select(0, rows), epoch
+    return x.index_select(0, rows), idx.index_select(0, rows), epoch, rows
+
+
+def row_statistics(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(R, 4) float32 ROW_STATS of logits rows x (R, C) float32 with targets y (R,) int64 in
+    [0, C): correct, EL2N, margin, target probability (ops/schema.py)."""
+    p = torch.softmax(x, dim=1)
+    cols = y[:, None]
+    correct = (x.argmax(dim=1) == y).to(torch.float32)  # argmax: the lowest index among ties
+    err = p.scatter_add(1, cols, torch.full_like(p[:, :1], -1.0))
+    others = x.scatter(1, cols, float("-inf"))
+    margin = x.gather(1, cols).squeeze(1) - others.max(dim=1).values
+    return torch.stack((correct, err.norm(dim=1), margin, p.gather(1, cols).squeeze(1)), dim=1)
+
+
+def write_row_stats(x, y_all, rows, row_stats) -> None:
+    """row_stats (B, 4): row_statistics of the applied rows `rows` (logits x) whose target is in
+    [0, C), NaN everywhere else. Shared by every reference update."""
+    assert row_stats.shape[1] == len(ROW_STATS)
+    y = y_all.to(torch.long).index_select(0, rows)
+    ok = (y >= 0) & (y < x.shape[1])
+    stats = row_statistics(x, torch.where(ok, y, torch.zeros_like(y)))
+    row_stats.fill_(float("nan"))
+    row_stats.index_copy_(0, rows, torch.where(ok[:, None], stats, torch.full_like(stats, float("nan"))))
 
 
 def record(d, n, epoch, seen, ring) -> None:
@@ -70,13 +98,16 @@ def record(d, n, epoch, seen, ring) -> None:
     seen.index_fill_(0, n, epoch)
 
 
-def update(logits, index, prev, seen, ring, counters) -> None:
-    """Record one batch of epoch e = counters[EPOCH] (docs/design.md §3).
+def update(logits, index, prev, seen, ring, counters, targets=None, row_stats=None) -> None:
+    """Record one batch of epoch e = counters[EPOCH] (docs/design.md §3); with targets, write
+    row_stats (ops/schema.py).
 
     Every backend must apply the same rows as applied_rows(), whatever its execution order.
     Syncs the host on CUDA: picking the applied rows (nonzero, boolean indexing) gives tensors
     whose shape depends on the data. The triton and cuda backends do not sync."""
-    x, n, epoch = applied_rows(logits, index, prev.shape[0], seen, counters)
+    x, n, epoch, rows = applied_rows(logits, index, prev.shape[0], seen, counters)
+    if targets is not None:
+        write_row_stats(x, targets, rows, row_stats)
     p = torch.softmax(x, dim=1)
     log_p = torch.log(p + EPS)
     d = contribution(p, log_p, prev.index_select(0, n).to(torch.float32))

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from . import schema as _ops
-from .reference import applied_rows, contribution, record
+from .reference import applied_rows, contribution, record, write_row_stats
 from .schema import EPS
 
 UPDATE_TOPK = _ops.define_topk_sibling("")
@@ -52,10 +52,14 @@ def compress(p: torch.Tensor, log_p: torch.Tensor, k: int):
     return values, ids, torch.log(mean_rest + EPS)
 
 
-def update_topk(logits, index, prev_val, prev_idx, prev_rest, seen, ring, counters) -> None:
+def update_topk(
+    logits, index, prev_val, prev_idx, prev_rest, seen, ring, counters, targets=None, row_stats=None
+) -> None:
     """Record one batch of epoch e = counters[EPOCH] with a compressed previous row: the same
-    rows are applied and counted as by tdds::update (docs/design.md §3)."""
-    x, n, epoch = applied_rows(logits, index, prev_val.shape[0], seen, counters)
+    rows are applied and counted (and row_stats written) as by tdds::update (docs/design.md §3)."""
+    x, n, epoch, rows = applied_rows(logits, index, prev_val.shape[0], seen, counters)
+    if targets is not None:
+        write_row_stats(x, targets, rows, row_stats)
     p = torch.softmax(x, dim=1)
     log_p = torch.log(p + EPS)
     log_q = previous_logs(

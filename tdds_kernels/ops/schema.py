@@ -14,6 +14,11 @@ State (docs/design.md §2), mutated in place:
     ring     (N, W-1) float32        d_j in slot j mod (W-1); NaN = undefined
     score    (N,)     float32        running EMA S
     counters (5,)     int64          COUNTERS below, cumulative, then EPOCH
+  optionally, with targets (B,) int class labels (the training-dynamics baselines, computed in
+  the same pass over the logits; tdds_kernels.core.baselines folds them into its state):
+    row_stats (B, 4)  float32        written for every row: ROW_STATS below for the row applied
+                                     to its sample (same first-occurrence rule) whose target is
+                                     in [0, C); NaN in all four for every other row
   or, with a compressed previous row (tdds::update_topk*, K <= C classes kept; design.md §2.1):
     prev_val  (N, K)  storage dtype  log(p + 1e-8) of the K largest p of the last recorded row
     prev_idx  (N, K)  int16 / int32  their class ids (topk_index_dtype(C)), same order
@@ -30,16 +35,19 @@ import torch
 
 NAMESPACE = "tdds"
 
-# Mutated arguments are marked (a!)...; both ops return nothing.
+# Mutated arguments are marked (a!)...; both ops return nothing. targets and row_stats are given
+# together or not at all.
+TARGETS_ARGS = "Tensor? targets=None, Tensor(z!)? row_stats=None"
 UPDATE_SCHEMA = (
-    "(Tensor logits, Tensor index, Tensor(a!) prev, Tensor(b!) seen, Tensor(c!) ring, Tensor(d!) counters) -> ()"
+    "(Tensor logits, Tensor index, Tensor(a!) prev, Tensor(b!) seen, Tensor(c!) ring, Tensor(d!) counters, "
+    f"{TARGETS_ARGS}) -> ()"
 )
 # The compressed-row variant (docs/design.md §2.1): the previous row is the K largest
 # log-probabilities (prev_val), their class ids (prev_idx) and one residual log (prev_rest);
 # epoch_step does not read the previous row, so it is shared with the full-row ops.
 UPDATE_TOPK_SCHEMA = (
     "(Tensor logits, Tensor index, Tensor(a!) prev_val, Tensor(b!) prev_idx, Tensor(c!) prev_rest, "
-    "Tensor(d!) seen, Tensor(e!) ring, Tensor(f!) counters) -> ()"
+    f"Tensor(d!) seen, Tensor(e!) ring, Tensor(f!) counters, {TARGETS_ARGS}) -> ()"
 )
 EPOCH_STEP_SCHEMA = "(Tensor seen, Tensor(a!) ring, Tensor(b!) score, Tensor(c!) counters, float decay) -> ()"
 
@@ -48,6 +56,15 @@ COUNTERS = ("duplicates", "missing", "nonfinite", "out_of_range")
 DUPLICATES, MISSING, NONFINITE, OUT_OF_RANGE = range(len(COUNTERS))
 EPOCH = len(COUNTERS)  # counters[EPOCH]: the epoch being recorded (0-based)
 NUM_SLOTS = EPOCH + 1
+
+# Columns of row_stats, per row with target y and p = softmax(z) in float32 (the statement is
+# ops/reference.py row_statistics):
+#   correct      1.0 if argmax_c z_c == y (ties: the lowest class index) else 0.0
+#   el2n         || p − onehot(y) ||_2
+#   margin       z_y − max_{c≠y} z_c   (float32; −inf excluded classes: +inf when C = 1)
+#   target_prob  p_y
+ROW_STATS = ("correct", "el2n", "margin", "target_prob")
+CORRECT, EL2N, MARGIN, TARGET_PROB = range(len(ROW_STATS))
 
 EPS = 1e-8  # the release's epsilon inside log(p + eps)
 

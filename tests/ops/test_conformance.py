@@ -24,7 +24,19 @@ from hypothesis import strategies as st
 
 import tdds_kernels as tk
 from tdds_kernels.ops import reference_topk, registry
-from tdds_kernels.ops.schema import DUPLICATES, EPOCH, EPS, NONFINITE, OUT_OF_RANGE, topk_index_dtype
+from tdds_kernels.ops.schema import (
+    CORRECT,
+    DUPLICATES,
+    EL2N,
+    EPOCH,
+    EPS,
+    MARGIN,
+    NONFINITE,
+    OUT_OF_RANGE,
+    ROW_STATS,
+    TARGET_PROB,
+    topk_index_dtype,
+)
 
 from conftest import FIXTURES
 from dense import dense_scores
@@ -517,6 +529,127 @@ def test_fuzz_batches_topk(other, data):
         out, ref = run_update_topk(update, *other.to(logits, index), state)
         assert_topk_state(out, ref, storage)
         state = out
+
+
+# ------------------------------------------------------------------ targets: baselines' row stats
+ROW_TOL = {  # correct is exact; NaN (rows not applied, bad targets) must match exactly
+    "el2n": dict(rtol=1e-5, atol=1e-6),
+    "margin": dict(rtol=1e-5, atol=1e-5),
+    "target_prob": dict(rtol=1e-5, atol=1e-7),
+}
+
+
+def targets_batch(n, c, b, seed, index_dtype=torch.int64, target_dtype=torch.int64):
+    """(logits, index, targets) with every row kind the row stats must handle: duplicates (in the
+    batch and of samples seen this epoch), out-of-range indices, non-finite rows, targets outside
+    [0, C), ties for the largest logit (argmax takes the lowest class), a one-hot-like row whose
+    other classes underflow exp, and correct rows (target = argmax)."""
+    g = torch.Generator().manual_seed(seed)
+    index = torch.randint(-1, n + 1, (b,), generator=g)
+    logits = torch.randn(b, c, generator=g) * 4
+    targets = torch.randint(0, c, (b,), generator=g)
+    kinds = torch.randint(0, 8, (b,), generator=g)
+    best = logits.argmax(dim=1)
+    targets = torch.where(kinds == 0, best, targets)  # correct
+    if c > 1:
+        tie = (kinds == 1).nonzero().squeeze(1)
+        logits[tie, (best[tie] + 1) % c] = logits[tie, best[tie]]  # tied with the largest
+        targets[tie] = torch.where(torch.rand(tie.numel(), generator=g) < 0.5, best[tie], (best[tie] + 1) % c)
+    targets[kinds == 2] = c  # outside [0, C)
+    targets[kinds == 3] = -1
+    logits[kinds == 4, 0] = float("nan")
+    big = (kinds == 5).nonzero().squeeze(1)
+    logits[big] = -200.0
+    logits[big, targets[big]] = 200.0
+    return logits, index.to(index_dtype), targets.to(target_dtype)
+
+
+def assert_row_stats(out, ref):
+    out = out.cpu()
+    assert torch.equal(out.isnan(), ref.isnan()), "row_stats: NaN pattern (rows applied / targets usable)"
+    assert torch.equal(out[:, CORRECT].nan_to_num(-1), ref[:, CORRECT].nan_to_num(-1)), "row_stats: correct"
+    for col, name in ((EL2N, "el2n"), (MARGIN, "margin"), (TARGET_PROB, "target_prob")):
+        torch.testing.assert_close(
+            out[:, col], ref[:, col], equal_nan=True, **ROW_TOL[name], msg=lambda m, n=name: f"row_stats {n}: {m}"
+        )
+
+
+@pytest.mark.parametrize("logits_dtype", LOGITS)
+@pytest.mark.parametrize("b,c", [(1, 1), (29, 2), (40, 100), (97, 1271), (5, 32000)])
+def test_row_stats_match_reference(other, logits_dtype, b, c):
+    """update with targets writes the baselines' per-row quantities of the applied rows (NaN
+    elsewhere) and leaves the TDDS state exactly as the update without them."""
+    if other.small and c * b > 20000 and c != 32000:
+        pytest.skip("interpreted Triton: the wide-row path is covered by C=32000 with few rows")
+    n = 2 * b + 3
+    for (name, update), epoch in itertools.product(other.updates, (0, 3)):
+        prev, seen, ring, _, counters = make_state(n, c, 4, torch.float32, epoch, seed=b + c + epoch)
+        logits, index, targets = targets_batch(n, c, b, seed=b * c + epoch)
+        logits = logits.to(logits_dtype)
+        out = clone(other.to(prev, seen, ring, counters))
+        stats = torch.full((b, len(ROW_STATS)), 7.0, device=other.device)  # every row gets written
+        update(*other.to(logits, index), *out, *other.to(targets), stats)
+        ref = clone((prev, seen, ring, counters))
+        ref_stats = torch.empty(b, len(ROW_STATS))
+        REF_UPDATE(logits, index, *ref, targets, ref_stats)
+        assert_update_state(out, ref)
+        assert_row_stats(stats, ref_stats)
+        plain = clone(other.to(prev, seen, ring, counters))
+        update(*other.to(logits, index), *plain)  # targets change nothing of TDDS's state
+        for a, b_ in zip(cpu(plain), cpu(out)):
+            assert torch.equal(a.nan_to_num(-9), b_.nan_to_num(-9)), name
+
+
+def test_row_stats_reference_statement():
+    """The reference's row stats against a per-row Python restatement of the definitions."""
+    n, c, b = 9, 6, 30
+    prev, seen, ring, _, counters = make_state(n, c, 3, torch.float32, epoch=2, seed=1)
+    logits, index, targets = targets_batch(n, c, b, seed=3)
+    stats = torch.empty(b, len(ROW_STATS))
+    applied_seen = seen.clone()
+    REF_UPDATE(logits, index, prev, applied_seen, ring, counters, targets, stats)
+    claimed = set(int(i) for i in (seen == 2).nonzero().squeeze(1))
+    for row in range(b):
+        i, y, z = int(index[row]), int(targets[row]), logits[row].double()
+        applied = 0 <= i < n and bool(torch.isfinite(z).all()) and i not in claimed
+        if applied:
+            claimed.add(i)
+        if not applied or not 0 <= y < c:
+            assert stats[row].isnan().all(), row
+            continue
+        p = torch.softmax(z, dim=0)
+        first_max = min(j for j in range(c) if z[j] == z.max())
+        assert stats[row, CORRECT] == float(first_max == y), row
+        err = p.clone()
+        err[y] -= 1
+        others = max(float(z[j]) for j in range(c) if j != y)
+        expected = [err.norm(), float(z[y]) - others, p[y]]
+        torch.testing.assert_close(
+            stats[row, 1:].double(), torch.tensor(expected, dtype=torch.float64), rtol=1e-5, atol=1e-6
+        )
+
+
+@pytest.mark.parametrize("target_dtype", [torch.int64, torch.int32])
+def test_row_stats_topk_match_reference(other, target_dtype):
+    update = other.need_topk()
+    n, c, b, k = 40, 50, 60, 4
+    state = make_topk_state(n, c, 3, k, epoch=2, seed=4)
+    logits, index, targets = targets_batch(n, c, b, seed=5, index_dtype=torch.int32, target_dtype=target_dtype)
+    out = clone(other.to(*state))
+    stats = torch.full((b, len(ROW_STATS)), 7.0, device=other.device)
+    update(*other.to(logits, index), *out, *other.to(targets), stats)
+    ref = clone(state)
+    ref_stats = torch.empty(b, len(ROW_STATS))
+    REF_UPDATE_TOPK(logits, index, *ref, targets, ref_stats)
+    assert_topk_state(out, ref)
+    assert_row_stats(stats, ref_stats)
+
+
+def test_opcheck_targets(case):
+    prev, seen, ring, _, counters = case.to(*make_state(8, 5, 3, torch.float32, epoch=1))
+    logits, index, targets = case.to(torch.randn(5, 5), torch.tensor([0, 2, 2, 7, 9]), torch.tensor([1, 0, 4, 5, -1]))
+    stats = torch.empty(5, len(ROW_STATS), device=case.device)
+    torch.library.opcheck(case.update.default, (logits, index, prev, seen, ring, counters, targets, stats))
 
 
 # ------------------------------------------------------------------ fuzz

@@ -23,6 +23,7 @@ def test_mutated_arguments_are_marked():
         "seen",
         "ring",
         "counters",
+        "row_stats",
     ]
     args = torch.ops.tdds.epoch_step.default._schema.arguments
     assert [a.name for a in args if a.alias_info is not None and a.alias_info.is_write] == ["ring", "score", "counters"]
@@ -44,4 +45,5 @@ def test_topk_schema_identical_across_backends(pair):
         "seen",
         "ring",
         "counters",
+        "row_stats",
     ]
