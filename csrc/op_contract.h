@@ -5,6 +5,8 @@
 
 #include <optional>
 
+#include "row_stats.h"
+
 namespace tdds {
 
 // Identical text to tdds_kernels/ops/schema.py UPDATE_SCHEMA / EPOCH_STEP_SCHEMA (a test compares them).
@@ -31,10 +33,6 @@ enum Slot : int64_t {
   kEpoch = 4,
   kNumSlots = 5
 };
-
-// Columns of row_stats (tdds_kernels/ops/schema.py ROW_STATS): per row with target y,
-// [argmax z == y], ||p - onehot(y)||_2, z_y - max_{c != y} z_c, p_y; NaN for rows not applied.
-enum RowStat : int64_t { kCorrect = 0, kEl2n = 1, kMargin = 2, kTargetProb = 3, kNumRowStats = 4 };
 
 constexpr float kEps = 1e-8f;  // the release's epsilon inside log(p + eps)
 

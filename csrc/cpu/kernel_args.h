@@ -4,6 +4,8 @@
 #pragma once
 #include <cstdint>
 
+#include "../row_stats.h"
+
 namespace tdds {
 
 enum class Dt : int32_t { f32, f16, bf16 };

@@ -19,6 +19,9 @@
 // Step 2 is a plain read and write: the caller gives each concurrent call the rows of a disjoint
 // set of samples, each sample's rows in batch order (ops_cpu.cpp), so the winner is the lowest
 // batch position whatever the threads do.
+// With targets, between steps 3 and 4 the applied row's baseline statistics (row_stats_of) come
+// from what is then in L1: the logits row, its exp buffer, max and sum; every other row of the
+// list gets NaN stats.
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
@@ -188,6 +191,51 @@ float compressed_row(const UpdateArgs& a, int64_t n, float* buf, float* lp, floa
   return d;
 }
 
+// max of x[lo, hi) as float (-inf if empty), vectorized like step 1.
+template <typename T>
+float range_max(const T* x, int64_t lo, int64_t hi) {
+  const float inf = std::numeric_limits<float>::infinity();
+  Vec v(-inf);
+  for (int64_t j = lo; j < hi; j += kStep) {
+    const int64_t r = hi - j;
+    Vec x0, x1;
+    Io<T>::load(x + j, r, x0, x1);
+    v = at::vec::maximum(v, at::vec::maximum(keep(x0, -inf, r), keep(x1, -inf, r - kVF)));
+  }
+  return hmax(v);
+}
+
+// The baselines' statistics of an applied row with target y in [0, C) (op_contract.h RowStat),
+// from its logits x, e = exp(x - m) in buf (padding lanes 0), m = max x and s = sum e:
+//   correct: argmax x == y, the lowest index among ties (as torch.argmax);
+//   margin:  x_y - max_{c != y} x_c, which is x_y - m unless y holds the max (then a rescan);
+//   el2n:    sqrt(sum_{c != y} p_c^2 + (1 - p_y)^2), with y left out of the sum rather than
+//            subtracted from sum p^2 (that would cancel to noise when p_y ~ 1).
+template <typename T>
+void row_stats_of(const T* x, float* buf, int64_t C, int64_t y, float m, float s, float* out) {
+  const float xy = static_cast<float>(x[y]);
+  bool correct = xy == m;
+  float other = m;
+  if (correct) {
+    other = std::max(range_max(x, 0, y), range_max(x, y + 1, C));
+    // a tie for the max: argmax is y only if no lower class reaches it
+    if (other == m && range_max(x, 0, y) == m) correct = false;
+  }
+  const float ey = buf[y];
+  buf[y] = 0.f;  // (restored below: step 4 reads the buffer)
+  Vec sq(0.f);
+  for (int64_t j = 0; j < C; j += kVF) {
+    const Vec e = Vec::loadu(buf + j);
+    sq = at::vec::fmadd(e, e, sq);
+  }
+  buf[y] = ey;
+  const float inv = 1.f / s, py = ey * inv;
+  out[kCorrect] = correct ? 1.f : 0.f;
+  out[kEl2n] = std::sqrt(hsum(sq) * inv * inv + (1.f - py) * (1.f - py));
+  out[kMargin] = xy - other;
+  out[kTargetProb] = py;
+}
+
 template <typename T, typename S, typename I>
 void update_rows_t(const UpdateArgs& a, const int64_t* rows, int64_t count, UpdateCounts& cnt) {
   const int64_t C = a.C;
@@ -230,6 +278,10 @@ void update_rows_t(const UpdateArgs& a, const int64_t* rows, int64_t count, Upda
     }
     const int64_t i = rows ? rows[k] : k;
     const int64_t n = static_cast<int64_t>(index[i]);
+    // Stats of a row not applied (or without a usable target): NaN, written first so that
+    // every path below leaves the row written.
+    float* stats = a.row_stats ? a.row_stats + i * kNumRowStats : nullptr;
+    if (stats) std::fill(stats, stats + kNumRowStats, std::numeric_limits<float>::quiet_NaN());
     if (n < 0 || n >= a.N) {
       cnt.out_of_range++;
       continue;
@@ -260,7 +312,8 @@ void update_rows_t(const UpdateArgs& a, const int64_t* rows, int64_t count, Upda
     a.seen[n] = epoch;
 
     // 3. e = exp(x - max), s = sum(e); tail lanes forced to 0 so they add nothing below
-    const Vec vm(hmax(vmax));
+    const float m = hmax(vmax);
+    const Vec vm(m);
     Vec vs(0.f);
     for (int64_t j = 0; j < C; j += kStep) {
       const int64_t r = C - j;
@@ -272,8 +325,15 @@ void update_rows_t(const UpdateArgs& a, const int64_t* rows, int64_t count, Upda
       vs = vs + e0 + e1;
     }
 
+    const float sum = hsum(vs);
+    if (stats) {
+      const int64_t y = a.targets_i64 ? static_cast<const int64_t*>(a.targets)[i]
+                                      : static_cast<const int32_t*>(a.targets)[i];
+      if (y >= 0 && y < C) row_stats_of<T>(x, buf.get(), C, y, m, sum, stats);
+    }
+
     // 4. p, log(p + eps), the transition d against the cached log, and the new cached log
-    const Vec inv(1.f / hsum(vs)), veps(1e-8f);
+    const Vec inv(1.f / sum), veps(1e-8f);
     const bool with_d = epoch >= 1 && old == epoch - 1;  // d is defined only after epoch-1
     if (a.K) {
       a.ring[n * a.W1 + a.slot] = compressed_row<S>(a, n, buf.get(), lp.get(), lq.get(), inv, with_d, heap);

@@ -1,8 +1,12 @@
 """Training-dynamics baseline scores, tracked in the same pass as TDDS (the reference for them).
 
-Fed by ``TDDSTracker.update(logits, index, targets)``; every quantity is per sample n, over the
-epochs e in which n was recorded (the first usable row of n in epoch e, docs/design.md §3), with
-p_e = softmax(z_e) in float32 and y the target class:
+Fed by ``TDDSTracker.update(logits, index, targets)``: the update op computes each applied row's
+quantities in the same pass over the logits as TDDS (row_stats, ops/schema.py ROW_STATS; their
+statement is ops/reference.py row_statistics) and fold() adds them to the per-sample state below
+with fixed-shape tensor ops: no host sync, nothing for torch.compile to break on. Every quantity
+is per sample n, over the epochs e in which n was recorded (the first usable row of n in epoch e,
+docs/design.md §3, whose target is a class label), with p_e = softmax(z_e) in float32 and y the
+target class:
 
     correct_e  = [argmax_c z_e,c == y]                      (ties: the lowest class index, as argmax)
     forgetting = #{ consecutive recorded epochs e < e' : correct_e and not correct_e' }
@@ -31,7 +35,7 @@ from __future__ import annotations
 
 import torch
 
-from ..ops.reference import first_occurrences
+from ..ops.schema import CORRECT, EL2N, MARGIN, TARGET_PROB
 
 NAMES = ("forgetting", "el2n", "aum", "dyn_unc")
 # Multiply a baseline by its sign to get "higher means keep" (the convention of TDDS and select()):
@@ -61,14 +65,6 @@ def keep_scores(name: str, values: torch.Tensor) -> torch.Tensor:
     if name not in KEEP_SIGN:
         raise ValueError(f"name: expected one of {NAMES}, got {name!r}")
     return values * KEEP_SIGN[name]
-
-
-def margins(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """z_y − max_{c≠y} z_c per row (float32)."""
-    z = logits.to(torch.float32)
-    target_logit = z.gather(1, targets[:, None]).squeeze(1)
-    others = z.scatter(1, targets[:, None], float("-inf"))
-    return target_logit - others.max(dim=1).values
 
 
 def check_targets(targets, logits) -> None:
@@ -105,49 +101,57 @@ class BaselineScores:
         self.num_samples, self.num_classes = num_samples, num_classes
         self.window, self.el2n_epoch = window, el2n_epoch
         self.device = torch.device(device)
-        self._state = {
-            name: torch.full((num_samples, *(window,) * ring), fill, dtype=dtype, device=self.device)
+        self._set_state(self._fresh(window))
+
+    def _fresh(self, window: int) -> dict[str, torch.Tensor]:
+        # One spare row past N (row N): fold() sends the rows that record nothing there, so it
+        # needs no data-dependent selection (a host sync, a graph break). Nothing reads it.
+        return {
+            name: torch.full((self.num_samples + 1, *(window,) * ring), fill, dtype=dtype, device=self.device)
             for name, (dtype, ring, fill) in TENSORS.items()
         }
 
-    def update(self, logits, index, targets, seen, epoch: int) -> None:
-        """Record the first usable row of each sample not yet recorded in `epoch` (see module doc).
+    def _set_state(self, padded: dict[str, torch.Tensor]) -> None:
+        self._padded = padded
+        self._state = {name: t[: self.num_samples] for name, t in padded.items()}  # views
 
-        Syncs the host on CUDA (nonzero and boolean indexing pick the rows), so a tracker fed
-        targets syncs once per update whatever its backend, and torch.compile(fullgraph=True)
-        breaks here."""
-        check_targets(targets, logits)
+    def check_labels(self, targets: torch.Tensor) -> None:
+        """Raise (naming `targets`) unless every label is in [0, num_classes): one host sync, so
+        the tracker calls it on CPU only; on CUDA the op gives such rows NaN stats (skipped)."""
         y = targets.to(torch.long)
-        y_ok = (y >= 0) & (y < self.num_classes)
-        # A sync per step on CUDA would cost more than the check is worth: bad rows are skipped there.
-        if self.device.type == "cpu" and not bool(y_ok.all()):
+        bad = (y < 0) | (y >= self.num_classes)
+        if bool(bad.any()):
             raise ValueError(
                 f"targets: expected class labels in [0, {self.num_classes}), got "
-                f"{int((~y_ok).sum())} outside it (first: {int(y[~y_ok][0])})"
+                f"{int(bad.sum())} outside it (first: {int(y[bad][0])})"
             )
-        idx = index.to(torch.long)
-        x = logits.to(torch.float32)
-        in_range = (idx >= 0) & (idx < self.num_samples)
-        safe = torch.where(in_range, idx, torch.zeros_like(idx))
-        usable = in_range & y_ok & torch.isfinite(x).all(dim=1) & (seen[safe] != epoch)
-        rows = torch.nonzero(usable).squeeze(1)
-        rows = rows[first_occurrences(idx[rows])]
-        n, x, y = idx[rows], x[rows], y[rows]
 
-        s = self._state
-        p = torch.softmax(x, dim=1)
-        correct = x.argmax(dim=1) == y
-        first = s["count"][n] == 0
-        s["forgetting"][n] += (~first & s["last_correct"][n] & ~correct).to(torch.int32)
-        s["last_correct"][n] = correct
-        s["learned"][n] |= correct
-        if self.el2n_epoch is None or self.el2n_epoch == epoch:
-            err = p.clone()
-            err[torch.arange(len(y), device=err.device), y] -= 1.0
-            s["el2n"][n] = err.norm(dim=1)
-        s["margin_sum"][n] += margins(x, y).to(torch.float64)
-        s["count"][n] += 1
-        s["prob_ring"][n, epoch % self.window] = p.gather(1, y[:, None]).squeeze(1)
+    def fold(self, row_stats: torch.Tensor, index: torch.Tensor, epoch) -> None:
+        """Add one batch's row_stats (written by the update op with targets) to the samples of
+        their rows; rows with NaN stats (not applied, or no usable target) change nothing.
+        `epoch`: the epoch being recorded, an int or a 0-d tensor (the tracker passes its
+        device-side counter, so a compiled step stays valid across epochs). No host sync."""
+        s, n = self._padded, self.num_samples
+        epoch = torch.as_tensor(epoch, device=self.device)
+        ok = ~torch.isnan(row_stats[:, CORRECT])
+        # Each sample has at most one row with stats per epoch (the op's first-occurrence rule),
+        # so the index_copy_ below never writes one sample twice; the other rows go to row N.
+        dst = torch.where(ok, index.to(self.device, torch.long), n)
+        correct = row_stats[:, CORRECT] == 1.0
+        count = s["count"].index_select(0, dst)
+        forgot = (count > 0) & s["last_correct"].index_select(0, dst) & ~correct
+        s["forgetting"].index_copy_(0, dst, s["forgetting"].index_select(0, dst) + forgot.to(torch.int32))
+        s["last_correct"].index_copy_(0, dst, correct)
+        s["learned"].index_copy_(0, dst, s["learned"].index_select(0, dst) | correct)
+        el2n = row_stats[:, EL2N]
+        if self.el2n_epoch is not None:
+            el2n = torch.where(epoch == self.el2n_epoch, el2n, s["el2n"].index_select(0, dst))
+        s["el2n"].index_copy_(0, dst, el2n)
+        margin_sum = s["margin_sum"].index_select(0, dst) + row_stats[:, MARGIN].to(torch.float64)
+        s["margin_sum"].index_copy_(0, dst, margin_sum)
+        s["count"].index_copy_(0, dst, count + 1)
+        slot = torch.remainder(epoch.to(torch.long), self.window)
+        s["prob_ring"].view(-1).index_copy_(0, dst * self.window + slot, row_stats[:, TARGET_PROB])
 
     def end_epoch(self, seen, epoch: int) -> None:
         """Mark samples missing from `epoch`, then fold Dyn-Unc's window ending at `epoch`."""
@@ -217,8 +221,12 @@ class BaselineScores:
         The window and el2n_epoch come from the state dict (the tracker builds this object with the
         defaults before loading); sizes must match.
         """
-        self.window, self.el2n_epoch = self.check_state_dict(sd)
-        self._state = {k: sd[k].to(self.device, copy=True) for k in TENSORS}
+        window, el2n_epoch = self.check_state_dict(sd)
+        padded = self._fresh(window)
+        for k in TENSORS:
+            padded[k][: self.num_samples].copy_(sd[k])
+        self.window, self.el2n_epoch = window, el2n_epoch
+        self._set_state(padded)
 
     def recorded_anything(self) -> bool:
         """Whether any row has been recorded (one host sync)."""

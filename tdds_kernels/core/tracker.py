@@ -8,8 +8,9 @@ import warnings
 import torch
 
 from ..ops import registry
-from ..ops.schema import COUNTERS
+from ..ops.schema import COUNTERS, EPOCH, ROW_STATS
 from . import checkpoint, diagnostics
+from .baselines import BaselineScores, check_targets
 from .config import STORAGE_DTYPES, TrackerConfig, check_int, resolve_device  # noqa: F401  (re-exported)
 from .host_counters import HostSnapshots
 from .inputs import (  # noqa: F401  (re-exported)
@@ -67,8 +68,6 @@ def check_state_dict(config: TrackerConfig, sd, where: str = "state_dict") -> tu
     if "baselines" not in sd:
         raise ValueError(f"{where}: missing entry 'baselines' (None when no targets were passed)")
     if sd["baselines"] is not None:
-        from .baselines import BaselineScores
-
         BaselineScores(config.num_samples, config.num_classes, "meta").check_state_dict(sd["baselines"])
     return options
 
@@ -119,8 +118,6 @@ class TDDSTracker(metaclass=_Constructor):
         self._baselines = None
         self.baseline_options = dict(baseline_options or {})
         if self.baseline_options:  # validate now rather than at the first update with targets
-            from .baselines import BaselineScores
-
             BaselineScores(1, num_classes, "cpu", **self.baseline_options)
 
     # ------------------------------------------------------------------ properties
@@ -239,20 +236,26 @@ class TDDSTracker(metaclass=_Constructor):
         # index on purpose (the op skips them). `rows`: what rows_in_epoch advances by.
         st = self._state
         compiling = torch.compiler.is_compiling()
-        if targets is not None:
+        logits, index = logits.detach().contiguous(), index.contiguous()
+        if targets is None:
+            self._backend.update(logits, index, *st.previous_row(), st.seen, st.ring, st.counters)
+        else:
+            check_targets(targets, logits)  # before anything changes: a rejected targets= creates nothing
             baselines = self._baselines
             if baselines is None:
-                from .baselines import BaselineScores, check_targets
-
-                check_targets(targets, logits)  # a rejected targets= must not create them
                 baselines = BaselineScores(self.num_samples, self.num_classes, self.device, **self.baseline_options)
-            # Before the TDDS op: it reads `seen` to apply the same first-occurrence rule. It
-            # validates the targets before changing anything, so they are kept only once it passed.
-            baselines.update(logits.detach(), index, targets, st.seen, st.epoch)
+            if not compiling and self.device.type == "cpu":
+                baselines.check_labels(targets)
+            if targets.dtype not in (torch.int64, torch.int32):
+                targets = targets.to(torch.int64)
+            # The op computes the rows' baseline quantities in its pass over the logits, for
+            # the rows it applies (NaN for the others); fold adds them up per sample.
+            row_stats = torch.empty(logits.shape[0], len(ROW_STATS), device=logits.device)
+            self._backend.update(
+                logits, index, *st.previous_row(), st.seen, st.ring, st.counters, targets.contiguous(), row_stats
+            )
+            baselines.fold(row_stats, index, st.counters[EPOCH])
             self._baselines = baselines
-        self._backend.update(
-            logits.detach().contiguous(), index.contiguous(), *st.previous_row(), st.seen, st.ring, st.counters
-        )
         if not compiling:  # host-side bookkeeping stays out of compiled graphs (no guards on it)
             st.rows_in_epoch += rows
             if st.rows_in_epoch >= st.next_dup_check:
@@ -347,8 +350,6 @@ class TDDSTracker(metaclass=_Constructor):
         on_nonfinite, on_out_of_range = check_state_dict(self.config, sd, where)
         baselines = None
         if sd["baselines"] is not None:
-            from .baselines import BaselineScores
-
             baselines = BaselineScores(self.num_samples, self.num_classes, self.device, **self.baseline_options)
             baselines.load_state_dict(sd["baselines"])  # checked above: only allocates and copies
 

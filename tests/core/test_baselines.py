@@ -9,13 +9,15 @@ import torch
 from tdds_kernels import TDDSTracker
 from tdds_kernels.core.baselines import KEEP_SIGN, NAMES, BaselineScores, keep_scores
 
+from helpers import backend_cases
+
 
 def same(a, b):
     torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
 
 
-def make_tracker(n, c, **kw):
-    return TDDSTracker(n, c, window=3, trajectory_len=None, backend="reference", on_nonfinite="skip", **kw)
+def make_tracker(n, c, backend="reference", device="cpu", **kw):
+    return TDDSTracker(n, c, window=3, trajectory_len=None, backend=backend, device=device, on_nonfinite="skip", **kw)
 
 
 def random_epochs(n, c, epochs, seed):
@@ -78,19 +80,23 @@ def dense_reference(n, c, labels, epochs, window, el2n_epoch=None):
 
 
 def feed(tracker, epochs, labels):
+    dev = tracker.device
     for batches in epochs:
         for z, idx in batches:
-            tracker.update(z, idx, targets=labels[idx])
+            tracker.update(z.to(dev), idx.to(dev), targets=labels[idx].to(dev))
         tracker.end_epoch()
 
 
+@pytest.mark.parametrize("pair", backend_cases())
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_tracker_baselines_match_dense_reference(seed):
+def test_tracker_baselines_match_dense_reference(seed, pair):
+    # Every (backend, device) pair: the row stats come from the backend's own update kernel.
+    device, backend = pair
     n, c = 23, 4
     labels, epochs = random_epochs(n, c, 9, seed)
-    tracker = make_tracker(n, c)
+    tracker = make_tracker(n, c, backend, device)
     feed(tracker, epochs, labels)
-    got = tracker.baseline_scores()
+    got = {k: v.cpu() for k, v in tracker.baseline_scores().items()}
     want = dense_reference(n, c, labels, epochs, window=5)
     assert set(got) == set(NAMES)
     for name in NAMES:
@@ -101,20 +107,14 @@ def test_tracker_baselines_match_dense_reference(seed):
 def test_el2n_at_a_chosen_epoch_and_window(el2n_epoch):
     n, c = 17, 3
     labels, epochs = random_epochs(n, c, 7, seed=5)
-    b = BaselineScores(n, c, window=3, el2n_epoch=el2n_epoch)
-    seen = torch.full((n,), -1, dtype=torch.int32)
-    for e, batches in enumerate(epochs):
-        for z, idx in batches:
-            b.update(z, idx, labels[idx], seen, e)
-            # What the TDDS op does after us: mark the usable rows as recorded.
-            ok = torch.isfinite(z).all(dim=1)
-            seen[idx[ok]] = e
-        b.end_epoch(seen, e)
+    tracker = make_tracker(n, c, baseline_options={"window": 3, "el2n_epoch": el2n_epoch})
+    feed(tracker, epochs, labels)
     want = dense_reference(n, c, labels, epochs, window=3, el2n_epoch=el2n_epoch)
+    got = tracker.baseline_scores()
     for name in NAMES:
-        torch.testing.assert_close(b.scores()[name], want[name], atol=1e-5, rtol=1e-5, equal_nan=True)
+        torch.testing.assert_close(got[name], want[name], atol=1e-5, rtol=1e-5, equal_nan=True)
     if el2n_epoch == 20:
-        assert torch.isnan(b.scores()["el2n"]).all()
+        assert torch.isnan(got["el2n"]).all()
 
 
 def test_hand_made_sequences():
@@ -138,16 +138,28 @@ def test_hand_made_sequences():
 
 
 def test_dyn_unc_windows_by_hand():
-    b = BaselineScores(1, 2, window=2)
-    seen = torch.full((1,), -1, dtype=torch.int32)
+    t = make_tracker(1, 2, baseline_options={"window": 2})
     target_probs = [0.5, 0.7, 0.7, 0.1]
-    for e, q in enumerate(target_probs):
-        z = torch.tensor([[math.log(q), math.log(1 - q)]])
-        b.update(z, torch.tensor([0]), torch.tensor([0]), seen, e)
-        seen[0] = e
-        b.end_epoch(seen, e)
+    for q in target_probs:
+        t.update(torch.tensor([[math.log(q), math.log(1 - q)]]), torch.tensor([0]), targets=torch.tensor([0]))
+        t.end_epoch()
     want = np.mean([np.std([0.5, 0.7]), np.std([0.7, 0.7]), np.std([0.7, 0.1])])
-    assert b.scores()["dyn_unc"].item() == pytest.approx(want, abs=1e-6)
+    assert t.baseline_scores()["dyn_unc"].item() == pytest.approx(want, abs=1e-6)
+
+
+def test_fold_skips_rows_without_stats_and_needs_no_selection():
+    # Rows with NaN stats (not applied, unusable target) change nothing, including a sample
+    # whose only row is a duplicate of one recorded earlier; the spare row N absorbs them.
+    b = BaselineScores(3, 2, window=2)
+    stats = torch.tensor([[1.0, 0.5, 2.0, 0.9], [float("nan")] * 4, [float("nan")] * 4])
+    b.fold(stats, torch.tensor([0, 0, 7]), torch.tensor(0))
+    s = b._state
+    assert s["count"].tolist() == [1, 0, 0] and s["learned"].tolist() == [True, False, False]
+    assert s["margin_sum"].tolist() == [2.0, 0.0, 0.0] and s["el2n"][0] == 0.5
+    assert torch.isnan(s["el2n"][1:]).all() and s["prob_ring"][0, 0] == 0.9 and torch.isnan(s["prob_ring"][1:]).all()
+    b.fold(torch.tensor([[0.0, 0.8, -1.0, 0.1]]), torch.tensor([0]), torch.tensor(1))
+    assert s["forgetting"].tolist() == [1, 0, 0] and s["count"].tolist() == [2, 0, 0]
+    assert s["prob_ring"][0].tolist() == pytest.approx([0.9, 0.1])
 
 
 @pytest.mark.filterwarnings("ignore:TDDSTracker")  # the forgotten-end_epoch heuristic, on purpose
@@ -234,15 +246,16 @@ def test_checkpoint_round_trip(tmp_path):
 
 def test_load_state_dict_validates_before_changing():
     b = BaselineScores(5, 3, window=3, el2n_epoch=2)
-    b.update(
-        torch.randn(5, 3), torch.arange(5), torch.zeros(5, dtype=torch.long), torch.full((5,), -1, dtype=torch.int32), 0
-    )
+    b.fold(torch.rand(5, 4).round(), torch.arange(5), 2)
     sd = b.state_dict()
     other = BaselineScores(5, 3)
     other.load_state_dict(sd)  # window / el2n_epoch come from the state dict
     assert (other.window, other.el2n_epoch) == (3, 2)
     for k, v in other.state_dict().items():
-        same(v, sd[k]) if isinstance(v, torch.Tensor) else v == sd[k]
+        if isinstance(v, torch.Tensor):
+            same(v, sd[k])
+        else:
+            assert v == sd[k], k
     fresh = BaselineScores(5, 3)
     before = fresh.state_dict()
     bad = dict(sd, aum=None, margin_sum=torch.zeros(4, dtype=torch.float64))

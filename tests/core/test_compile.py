@@ -16,10 +16,10 @@ from tdds_kernels.ops import registry as backends
 N, C, D, B = 24, 5, 8, 6
 
 
-def make_step(model, tracker):
+def make_step(model, tracker, targets=False):
     def step(x, y, idx):
         logits = model(x)
-        tracker.update(logits.detach(), idx)
+        tracker.update(logits.detach(), idx, targets=y if targets else None)
         return F.cross_entropy(logits, y)
 
     return step
@@ -33,13 +33,13 @@ def batches(epochs):
         yield [(x[i], y[i], i) for i in order.split(B)]
 
 
-def train(backend, compile_backend=None, epochs=4):
+def train(backend, compile_backend=None, epochs=4, targets=False):
     """Trains a linear model for `epochs`, eager or compiled; returns the tracker."""
     torch.manual_seed(0)
     model = torch.nn.Linear(D, C)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    tracker = tk.TDDSTracker(N, C, window=3, trajectory_len=None, backend=backend)
-    step = make_step(model, tracker)
+    tracker = tk.TDDSTracker(N, C, window=3, trajectory_len=None, backend=backend, baseline_options={"window": 2})
+    step = make_step(model, tracker, targets)
     if compile_backend is not None:
         step = torch.compile(step, backend=compile_backend, fullgraph=True)
     for e, epoch in enumerate(batches(epochs)):
@@ -59,19 +59,22 @@ def need(backend):
         pytest.skip(reason)
 
 
-@pytest.mark.parametrize("backend", ["reference", "triton"])
-def test_training_step_has_no_graph_break(backend):
+@pytest.mark.parametrize("targets", [False, True])
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+def test_training_step_has_no_graph_break(backend, targets):
+    # With targets the op writes the baselines' row stats and the fold is fixed-shape tensor
+    # code: still one graph.
     need(backend)
     torch._dynamo.reset()
     model = torch.nn.Linear(D, C)
     tracker = tk.TDDSTracker(N, C, window=3, backend=backend)
     x, y, idx = torch.randn(B, D), torch.randint(0, C, (B,)), torch.arange(B)
-    explanation = torch._dynamo.explain(make_step(model, tracker))(x, y, idx)
+    explanation = torch._dynamo.explain(make_step(model, tracker, targets))(x, y, idx)
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
     # The op is in the graph, not run around it.
     ops = [n.target for g in explanation.graphs for n in g.graph.nodes if n.op == "call_function"]
-    suffix = "" if backend == "reference" else "_triton"
+    suffix = {"reference": "", "cpu": "_ext", "triton": "_triton"}[backend]
     assert (
         getattr(torch.ops.tdds, "update" + suffix) in ops or getattr(torch.ops.tdds, "update" + suffix).default in ops
     ), ops
@@ -88,6 +91,19 @@ def test_compiled_training_matches_eager(backend, compile_backend):
     torch.testing.assert_close(compiled.scores(), eager.scores(), atol=1e-5, rtol=1e-5)
     assert compiled.stats == eager.stats
     assert (compiled.scores() > 0).any()  # windows folded: the check is not vacuous
+
+
+@pytest.mark.parametrize("backend,compile_backend", [("reference", "inductor"), ("cpu", "inductor")])
+def test_compiled_training_with_targets_matches_eager(backend, compile_backend):
+    need(backend)
+    torch._dynamo.reset()
+    eager = train(backend, targets=True)
+    compiled = train(backend, compile_backend, targets=True)
+    torch.testing.assert_close(compiled.scores(), eager.scores(), atol=1e-5, rtol=1e-5)
+    got, want = compiled.baseline_scores(), eager.baseline_scores()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], atol=1e-5, rtol=1e-5, equal_nan=True, msg=name)
+    assert (want["dyn_unc"] > 0).any() and want["el2n"].isfinite().all()  # not vacuous
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

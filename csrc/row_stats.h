@@ -1,0 +1,9 @@
+// Columns of the update ops' row_stats output (tdds_kernels/ops/schema.py ROW_STATS, same
+// order): per row with target y, [argmax z == y], ||p - onehot(y)||_2, z_y - max_{c != y} z_c and
+// p_y; NaN for rows not applied. Free of torch headers: the per-ISA CPU kernels include it.
+#pragma once
+#include <cstdint>
+
+namespace tdds {
+enum RowStat : int64_t { kCorrect = 0, kEl2n = 1, kMargin = 2, kTargetProb = 3, kNumRowStats = 4 };
+}  // namespace tdds
