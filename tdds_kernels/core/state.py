@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..ops.schema import COUNTERS, NUM_SLOTS, topk_index_dtype
+from . import huge_pages
 from .config import TrackerConfig
 
 _full = lambda c: c.prev_topk is None  # noqa: E731
@@ -91,7 +92,7 @@ class TrackerState:
         self.names = tuple(tensor_specs(config))
         for name, (shape, dtype) in tensor_specs(config).items():
             dev = "cpu" if name == "epoch_start_counters" else device
-            setattr(self, name, torch.full(shape, TENSORS[name][1], dtype=dtype, device=dev))
+            setattr(self, name, huge_pages.full(shape, TENSORS[name][1], dtype, dev))
         self.epoch = 0
         self.complete = False
         self.start_epoch_bookkeeping()
