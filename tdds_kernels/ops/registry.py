@@ -17,8 +17,9 @@ Host syncs on CUDA (tests/test_cuda_runtime.py checks each under sync debug mode
               so they can be captured in a CUDA graph and run under torch.compile without breaks
     per call  reference update (nonzero and boolean indexing: data-dependent shapes); its
               epoch_step does not sync
-    per call  TDDSTracker.update(..., targets=...) (the baselines select rows with nonzero), and
-              update with debug=True (index range check)
+              with targets= too (the op writes the baselines' row stats, a fixed-shape fold adds
+              them up per sample)
+    per call  update with debug=True (index range check)
     per epoch TDDSTracker.end_epoch (reads the counters to raise on skipped rows)
     on demand stats, scores() copied to the host, state_dict / save; the sharded tracker's update
               (a control collective every step)
