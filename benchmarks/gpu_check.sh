@@ -12,7 +12,8 @@
 #   build         the C++/CUDA extension in place (FORCE_CUDA=1, this card's arch only)
 #   ext_tests     the extension's CUDA tests (a missing build fails them here, never skips)
 #   sanitize      compute-sanitizer memcheck and racecheck on a short extension run
-#   bench_ops     benchmarks/bench_ops.py --device cuda (table: ops_<card>.md)
+#   bench_ops     benchmarks/bench_ops.py --device cuda (table: ops_<card>.md), then
+#                 benchmarks/bench_targets.py (targets= overhead: targets_<card>.md)
 #   train_step    benchmarks/bench_train_step.py (table: train_step_<card>.md)
 #
 # Results: RESULTS = $OUT if set, else benchmarks/results/gpu_check_<card>/. When a stage ends,
@@ -159,7 +160,9 @@ stage_sanitize() {
   return $rc
 }
 stage_bench_ops() {
-  "$PY" benchmarks/bench_ops.py --device cuda --budget-s $((BUDGET_S - 25)) --out "$RESULTS/ops_$card.md"
+  "$PY" benchmarks/bench_ops.py --device cuda --budget-s $((BUDGET_S - 40)) --out "$RESULTS/ops_$card.md" || return
+  # what targets= adds per backend (the baselines' row stats in the kernel pass, and their fold)
+  "$PY" benchmarks/bench_targets.py --device cuda --calls 20 --out "$RESULTS/targets_$card.md"
 }
 stage_train_step() {
   "$PY" benchmarks/bench_train_step.py --device cuda --budget-s $((BUDGET_S - 15)) \
