@@ -244,7 +244,7 @@ class TDDSTracker(metaclass=_Constructor):
             baselines = self._baselines
             if baselines is None:
                 baselines = BaselineScores(self.num_samples, self.num_classes, self.device, **self.baseline_options)
-            if not compiling and self.device.type == "cpu":
+            if not compiling and (self.device.type == "cpu" or self.debug):  # as the index check
                 baselines.check_labels(targets)
             if targets.dtype not in (torch.int64, torch.int32):
                 targets = targets.to(torch.int64)
