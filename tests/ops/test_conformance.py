@@ -653,6 +653,27 @@ def test_opcheck_targets(case):
     torch.library.opcheck(case.update.default, (logits, index, prev, seen, ring, counters, targets, stats))
 
 
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (lambda t, r: (t, None), "targets and row_stats must be given together"),
+        (lambda t, r: (None, r), "targets and row_stats must be given together"),
+        (lambda t, r: (t.float(), r), "targets must be a contiguous"),
+        (lambda t, r: (t[:4], r), "targets must be a contiguous"),
+        (lambda t, r: (t, r[:, :3]), "row_stats must be a contiguous"),
+        (lambda t, r: (t, r.double()), "row_stats must be a contiguous"),
+    ],
+    ids=["no-row-stats", "no-targets", "float-targets", "short-targets", "three-columns", "float64-stats"],
+)
+def test_bad_targets_name_the_argument(other, bad, message):
+    """The compiled backends check targets / row_stats (metadata only) before launching."""
+    prev, seen, ring, _, counters = other.to(*make_state(8, 5, 3, torch.float32, epoch=1))
+    logits, index, targets = other.to(torch.randn(5, 5), torch.tensor([0, 2, 2, 7, 9]), torch.tensor([1, 0, 4, 5, -1]))
+    t, r = bad(targets, torch.empty(5, len(ROW_STATS), device=other.device))
+    with pytest.raises((ValueError, RuntimeError), match=message):
+        other.update(logits, index, prev, seen, ring, counters, t, r)
+
+
 # ------------------------------------------------------------------ fuzz
 @settings(
     max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
