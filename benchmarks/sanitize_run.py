@@ -2,8 +2,9 @@
 
 Covers the paths where kernels go wrong: in-batch and cross-batch duplicates (thousands of rows
 racing for a few samples), non-finite rows, out-of-range indices (negative and >= N), int32 and
-int64 indices, every storage dtype, a single-block and a chunked row width, and epoch steps
-before and after the first window. Each call's state is compared with the reference op on a
+int64 indices, every storage dtype, a single-block and a chunked row width, epoch steps
+before and after the first window, and the update with targets / row_stats (every second
+batch; int64 and int32 targets, some outside [0, C)). Each call's state is compared with the reference op on a
 copy, so a kernel that writes wrong values (not only out of bounds) also fails the run.
 
     compute-sanitizer --tool memcheck --error-exitcode 9 python benchmarks/sanitize_run.py
@@ -19,7 +20,7 @@ import torch
 
 import tdds_kernels  # noqa: F401  (the reference ops)
 from tdds_kernels.ops import registry as backends
-from tdds_kernels.ops.schema import EPOCH, NUM_SLOTS
+from tdds_kernels.ops.schema import EPOCH, NUM_SLOTS, ROW_STATS
 
 
 def state(n, c, w, storage, device):
@@ -68,11 +69,22 @@ def main(argv=None):
     failures = 0
     for n, b, c, zdt, storage, idt in cases:
         mine, theirs = state(n, c, w, storage, device), state(n, c, w, storage, device)
+        stats_ok = True
         for epoch in range(a.epochs):
-            for _ in range(2):  # two batches per epoch: cross-batch duplicates too
+            for k in range(2):  # two batches per epoch: cross-batch duplicates too
                 z, index = batch(n, b, c, epoch, zdt, idt, device, gen)
-                ops.update(z, index, mine[0], mine[1], mine[2], mine[4])
-                ref.update(z, index, theirs[0], theirs[1], theirs[2], theirs[4])
+                extra, expected = (), ()
+                if k == 1:  # the second with targets: the kernels' row-stats variant
+                    y = torch.randint(-1, c + 1, (b,), generator=gen).to(device, idt)
+                    extra = (y, torch.full((b, len(ROW_STATS)), 7.0, device=device))
+                    expected = (y, torch.empty(b, len(ROW_STATS), device=device))
+                ops.update(z, index, mine[0], mine[1], mine[2], mine[4], *extra)
+                ref.update(z, index, theirs[0], theirs[1], theirs[2], theirs[4], *expected)
+                if extra:
+                    got, want = extra[1], expected[1]
+                    stats_ok &= torch.equal(got.isnan(), want.isnan()) and torch.allclose(
+                        got, want, rtol=1e-4, atol=1e-5, equal_nan=True
+                    )
             ops.epoch_step(mine[1], mine[2], mine[3], mine[4], decay)
             ref.epoch_step(theirs[1], theirs[2], theirs[3], theirs[4], decay)
         # Duplicates of one batch carry different logits here, so which row wins matters: the
@@ -82,6 +94,7 @@ def main(argv=None):
             and torch.equal(mine[4], theirs[4])
             and torch.allclose(mine[3], theirs[3], rtol=1e-4, atol=1e-5)
             and torch.allclose(mine[2], theirs[2], rtol=1e-4, atol=1e-5, equal_nan=True)
+            and stats_ok
         )
         failures += not ok
         print(

@@ -31,8 +31,39 @@ __device__ __forceinline__ float warp_sum(float v) {
   for (int o = kWarp / 2; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
 }
+__device__ __forceinline__ int64_t warp_min(int64_t v) {
+  for (int o = kWarp / 2; o > 0; o /= 2) v = min(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
 __device__ __forceinline__ void count(int64_t* counters, int slot, int64_t v) {
   atomicAdd(reinterpret_cast<unsigned long long*>(counters + slot), static_cast<unsigned long long>(v));
+}
+
+// targets / row_stats (op_contract.h RowStat), used by the kernel instantiated with kStats (the
+// one without keeps its registers: 46-48 per thread on sm_90). The targets' dtype is a runtime
+// flag: it is read once per row, and a template parameter would add instantiations.
+struct RowStatsArgs {
+  const void* targets = nullptr;
+  bool targets_long = false;
+  float* stats = nullptr;
+};
+
+__device__ __forceinline__ int64_t target_of(const RowStatsArgs& a, int64_t row) {
+  return a.targets_long ? static_cast<const int64_t*>(a.targets)[row]
+                        : static_cast<int64_t>(static_cast<const int32_t*>(a.targets)[row]);
+}
+
+__device__ __forceinline__ void store_row_stats(float* stats, int64_t row, float correct, float el2n,
+                                                float margin, float target_prob) {
+  float* out = stats + row * kNumRowStats;
+  out[kCorrect] = correct;
+  out[kEl2n] = el2n;
+  out[kMargin] = margin;
+  out[kTargetProb] = target_prob;
+}
+
+__device__ __forceinline__ void store_nan_row(float* stats, int64_t row) {
+  store_row_stats(stats, row, NAN, NAN, NAN, NAN);
 }
 
 // One warp per position of the batch sorted by sample index (sorted: the indices, stably
@@ -43,12 +74,14 @@ __device__ __forceinline__ void count(int64_t* counters, int slot, int64_t v) {
 // batch position among the usable rows whatever order the warps run in, and seen/prev/ring of a
 // sample are touched by one warp only (no atomics on them). The epoch is read from
 // counters[kEpoch] on the device (no host sync); bad indices are skipped and counted (the
-// tracker raises at end_epoch).
-template <typename T, typename S, typename I>
+// tracker raises at end_epoch). With targets, the head warp writes row_stats for every row of
+// its run: the stats of the applied row if its target is in [0, C), NaN for every other row.
+template <typename T, typename S, typename I, bool kStats>
 __global__ void update_kernel(const T* __restrict__ logits, const I* __restrict__ sorted,
                               const int64_t* __restrict__ order, S* __restrict__ prev,
                               int32_t* __restrict__ seen, float* __restrict__ ring,
-                              int64_t* __restrict__ counters, int64_t B, int64_t C, int64_t N, int64_t W1) {
+                              int64_t* __restrict__ counters, int64_t B, int64_t C, int64_t N, int64_t W1,
+                              RowStatsArgs rs) {
   const int lane = threadIdx.x % kWarp;
   const int64_t pos = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
   if (pos >= B) return;  // whole warps exit together
@@ -58,6 +91,8 @@ __global__ void update_kernel(const T* __restrict__ logits, const I* __restrict_
   while (end < B && static_cast<int64_t>(sorted[end]) == n) ++end;
   if (n < 0 || n >= N) {
     if (lane == 0) count(counters, kOutOfRange, end - pos);
+    if (kStats)
+      for (int64_t k = pos + lane; k < end; k += kWarp) store_nan_row(rs.stats, order[k]);
     return;
   }
   const int32_t epoch = static_cast<int32_t>(counters[kEpoch]);
@@ -66,7 +101,8 @@ __global__ void update_kernel(const T* __restrict__ logits, const I* __restrict_
   const bool with_d = epoch >= 1 && old == epoch - 1;  // d_{e-1} needs a record in epoch e - 1
   int64_t duplicates = 0, nonfinite = 0;
   for (int64_t k = pos; k < end; ++k) {
-    const T* x = logits + order[k] * C;
+    const int64_t row = order[k];
+    const T* x = logits + row * C;
 
     // 1. row max; x - x is NaN exactly for inf/NaN, so `bad` flags a non-finite row
     float m = -INFINITY, bad = 0.f;
@@ -78,14 +114,23 @@ __global__ void update_kernel(const T* __restrict__ logits, const I* __restrict_
     m = warp_max(m);
     if (isnan(warp_sum(bad))) {  // skipped: the sample stays unrecorded by this row
       ++nonfinite;
+      if (kStats && lane == 0) store_nan_row(rs.stats, row);
       continue;
     }
     // 2. the first usable row of the sample in the epoch wins (values are warp-uniform)
     if (!fresh) {
       ++duplicates;
+      if (kStats && lane == 0) store_nan_row(rs.stats, row);
       continue;
     }
     fresh = false;
+    // with targets: the row's stats are computed if its target y is a class (warp-uniform)
+    int64_t y = -1;
+    if (kStats) {
+      const int64_t t = target_of(rs, row);
+      if (t >= 0 && t < C) y = t;
+    }
+    const bool want = y >= 0;
 
     // 3. softmax denominator
     float s = 0.f;
@@ -94,18 +139,45 @@ __global__ void update_kernel(const T* __restrict__ logits, const I* __restrict_
 
     // 4. p, log(p + eps), d against the cached log, and the new cached log (re-reading x and
     // recomputing exp is cheaper than staging the row: the kernel is memory-bound)
+    // With targets, from the same values: the lowest class whose z is the row max (each lane
+    // visits its classes in increasing order, so its first hit is its lowest; exact, since m is
+    // the max of these very values), max_{c != y} z, and sum_{c != y} p_c^2, to which
+    // (1 - p_y)^2 is added (not sum p^2 - 2 p_y + 1: that cancels when p_y ~ 1).
     S* q = prev + n * C;
-    float d = 0.f;
+    float d = 0.f, other = -INFINITY, e2 = 0.f;
+    int64_t first = C;
     for (int64_t c = lane; c < C; c += kWarp) {
-      const float p = expf(static_cast<float>(x[c]) - m) * inv;
+      const float z = static_cast<float>(x[c]);
+      const float p = expf(z - m) * inv;
       const float lp = logf(p + kEps);
       if (with_d) d += fabsf(p * (lp - static_cast<float>(q[c])));
       q[c] = static_cast<S>(lp);
+      if (want) {
+        if (z == m && first == C) first = c;
+        if (c != y) {
+          other = fmaxf(other, z);
+          e2 += p * p;
+        }
+      }
     }
     d = warp_sum(d);
+    if (want) {
+      first = warp_min(first);
+      other = warp_max(other);
+      e2 = warp_sum(e2);
+    }
     if (lane == 0) {
       ring[n * W1 + ring_slot(epoch, W1)] = with_d ? d : NAN;
       seen[n] = epoch;
+      if (want) {
+        // p_y as every p_c above: exactly the term left out of e2. margin: +inf when C = 1.
+        const float zy = static_cast<float>(x[y]);
+        const float py = expf(zy - m) * inv;
+        store_row_stats(rs.stats, row, first == y ? 1.f : 0.f, sqrtf(e2 + (1.f - py) * (1.f - py)),
+                        zy - other, py);
+      } else if (kStats) {
+        store_nan_row(rs.stats, row);
+      }
     }
   }
   if (lane == 0) {  // integer sums: the same whatever order the warps add them in
@@ -156,7 +228,7 @@ __global__ void advance_epoch_kernel(int64_t* counters) {
 template <typename T, typename S, typename I>
 void launch_update(const at::Tensor& logits, const at::Tensor& index, const at::Tensor& prev,
                    const at::Tensor& seen, const at::Tensor& ring, const at::Tensor& counters,
-                   cudaStream_t stream) {
+                   const RowStatsArgs& rs, cudaStream_t stream) {
   const int64_t B = logits.size(0);
   // Stable sort on the current stream: equal indices keep batch order, so the head of each run
   // is its first row. Device-side, no host sync; the temporaries go back to the caching
@@ -164,31 +236,33 @@ void launch_update(const at::Tensor& logits, const at::Tensor& index, const at::
   const auto [sorted, order] =
       at::sort(index, /*stable=*/std::optional<bool>(true), /*dim=*/0, /*descending=*/false);
   const unsigned blocks = static_cast<unsigned>((B + kWarpsPerBlock - 1) / kWarpsPerBlock);
-  update_kernel<T, S, I><<<blocks, kWarpsPerBlock * kWarp, 0, stream>>>(
+  auto* kernel = rs.stats != nullptr ? update_kernel<T, S, I, true> : update_kernel<T, S, I, false>;
+  kernel<<<blocks, kWarpsPerBlock * kWarp, 0, stream>>>(
       static_cast<const T*>(logits.data_ptr()), static_cast<const I*>(sorted.data_ptr()),
       order.data_ptr<int64_t>(), static_cast<S*>(prev.data_ptr()), seen.data_ptr<int32_t>(),
-      ring.data_ptr<float>(), counters.data_ptr<int64_t>(), B, logits.size(1), prev.size(0), ring.size(1));
+      ring.data_ptr<float>(), counters.data_ptr<int64_t>(), B, logits.size(1), prev.size(0), ring.size(1),
+      rs);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <typename T, typename S>
 void by_index(const at::Tensor& l, const at::Tensor& i, const at::Tensor& p, const at::Tensor& s,
-              const at::Tensor& r, const at::Tensor& c, cudaStream_t st) {
+              const at::Tensor& r, const at::Tensor& c, const RowStatsArgs& rs, cudaStream_t st) {
   if (i.scalar_type() == at::kLong)
-    launch_update<T, S, int64_t>(l, i, p, s, r, c, st);
+    launch_update<T, S, int64_t>(l, i, p, s, r, c, rs, st);
   else
-    launch_update<T, S, int32_t>(l, i, p, s, r, c, st);
+    launch_update<T, S, int32_t>(l, i, p, s, r, c, rs, st);
 }
 template <typename T>
 void by_storage(const at::Tensor& l, const at::Tensor& i, const at::Tensor& p, const at::Tensor& s,
-                const at::Tensor& r, const at::Tensor& c, cudaStream_t st) {
+                const at::Tensor& r, const at::Tensor& c, const RowStatsArgs& rs, cudaStream_t st) {
   switch (p.scalar_type()) {
     case at::kFloat:
-      return by_index<T, float>(l, i, p, s, r, c, st);
+      return by_index<T, float>(l, i, p, s, r, c, rs, st);
     case at::kHalf:
-      return by_index<T, c10::Half>(l, i, p, s, r, c, st);
+      return by_index<T, c10::Half>(l, i, p, s, r, c, rs, st);
     default:
-      return by_index<T, c10::BFloat16>(l, i, p, s, r, c, st);
+      return by_index<T, c10::BFloat16>(l, i, p, s, r, c, rs, st);
   }
 }
 
@@ -197,17 +271,22 @@ void update_cuda(const at::Tensor& logits, const at::Tensor& index, const at::Te
                  const OptTensor& targets, const OptTensor& row_stats) {
   check_update(logits, index, prev, seen, ring, counters);
   check_targets("update_ext", logits, targets, row_stats);
-  TORCH_CHECK(!targets.has_value(), "update_ext: targets are not implemented on CUDA yet");
   if (logits.size(0) == 0) return;
   const c10::cuda::CUDAGuard guard(logits.device());
   const cudaStream_t st = c10::cuda::getCurrentCUDAStream(logits.device().index()).stream();
+  RowStatsArgs rs;
+  if (targets.has_value()) {
+    rs.targets = targets->data_ptr();
+    rs.targets_long = targets->scalar_type() == at::kLong;
+    rs.stats = row_stats->data_ptr<float>();
+  }
   switch (logits.scalar_type()) {
     case at::kFloat:
-      return by_storage<float>(logits, index, prev, seen, ring, counters, st);
+      return by_storage<float>(logits, index, prev, seen, ring, counters, rs, st);
     case at::kHalf:
-      return by_storage<c10::Half>(logits, index, prev, seen, ring, counters, st);
+      return by_storage<c10::Half>(logits, index, prev, seen, ring, counters, rs, st);
     default:
-      return by_storage<c10::BFloat16>(logits, index, prev, seen, ring, counters, st);
+      return by_storage<c10::BFloat16>(logits, index, prev, seen, ring, counters, rs, st);
   }
 }
 

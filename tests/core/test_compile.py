@@ -141,6 +141,7 @@ def test_triton_on_cuda_under_inductor(storage):
 # interpreter forgives (loop-carried types, layouts, unsupported ops). Run in a subprocess: the
 # kernels here were defined under TRITON_INTERPRET=1.
 AOT_SCRIPT = r"""
+import itertools
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
@@ -148,28 +149,37 @@ from tdds_kernels.ops.triton.epoch_step import _epoch_step_kernel
 from tdds_kernels.ops.triton.update import _config, _update_kernel
 assert isinstance(_update_kernel, triton.JITFunction)
 target = GPUTarget("cuda", 90, 32)
-for z, p in (("fp32", "fp32"), ("bf16", "bf16"), ("fp16", "fp16")):
+# Without targets, targets_ptr / stats_ptr are constexpr None (what a launch with None gives);
+# with them, the HAS_TARGETS variant for int64 and int32 labels.
+TARGETS = (({"targets_ptr": "constexpr", "stats_ptr": "constexpr"}, False),
+           ({"targets_ptr": "*i64", "stats_ptr": "*fp32"}, True),
+           ({"targets_ptr": "*i32", "stats_ptr": "*fp32"}, True))
+for (tsig, has), (z, p) in itertools.product(TARGETS, (("fp32", "fp32"), ("bf16", "bf16"), ("fp16", "fp16"))):
     for c in (10, 1000, 32000):
         block, single, warps = _config(c)
         sig = {"logits_ptr": "*" + z, "logits_stride": "i64", "sorted_ptr": "*i64",
                "order_ptr": "*i64", "prev_ptr": "*" + p, "seen_ptr": "*i32", "ring_ptr": "*fp32",
-               "counters_ptr": "*i64", "B": "i32", "N": "i32", "C": "i32", "W1": "i32",
-               "SINGLE": "constexpr", "BLOCK": "constexpr"}
-        k = triton.compile(ASTSource(_update_kernel, sig, {(12,): single, (13,): block}),
-                           target=target, options={"num_warps": warps})
-        assert "ld.local" not in k.asm["ptx"], ("local memory", z, p, c)
+               "counters_ptr": "*i64", **tsig, "B": "i32", "N": "i32", "C": "i32", "W1": "i32",
+               "SINGLE": "constexpr", "BLOCK": "constexpr", "HAS_TARGETS": "constexpr"}
+        consts = {(14,): single, (15,): block, (16,): has}
+        if not has:
+            consts.update({(8,): None, (9,): None})
+        k = triton.compile(ASTSource(_update_kernel, sig, consts), target=target, options={"num_warps": warps})
+        assert "ld.local" not in k.asm["ptx"], ("local memory", z, p, c, has)
 from tdds_kernels.ops.triton.update_topk import _update_topk_kernel
-for z, p in (("fp32", "fp32"), ("bf16", "bf16"), ("fp16", "fp16")):
+for (tsig, has), (z, p) in itertools.product(TARGETS, (("fp32", "fp32"), ("bf16", "bf16"), ("fp16", "fp16"))):
     for c, ids, kk in ((10, "i16", 4), (1000, "i16", 16), (32000, "i16", 128), (40000, "i32", 8)):
         block, _, warps = _config(c)
         sig = {"logits_ptr": "*" + z, "logits_stride": "i64", "sorted_ptr": "*i64",
                "order_ptr": "*i64", "val_ptr": "*" + p, "idx_ptr": "*" + ids, "rest_ptr": "*" + p,
-               "seen_ptr": "*i32", "ring_ptr": "*fp32", "counters_ptr": "*i64", "B": "i32",
+               "seen_ptr": "*i32", "ring_ptr": "*fp32", "counters_ptr": "*i64", **tsig, "B": "i32",
                "N": "i32", "C": "i32", "K": "i32", "W1": "i32",
-               "BLOCK": "constexpr", "KBLOCK": "constexpr"}
-        k = triton.compile(ASTSource(_update_topk_kernel, sig, {(15,): block, (16,): triton.next_power_of_2(kk)}),
-                           target=target, options={"num_warps": warps})
-        assert "ld.local" not in k.asm["ptx"], ("local memory, top-K", z, p, c)
+               "BLOCK": "constexpr", "KBLOCK": "constexpr", "HAS_TARGETS": "constexpr"}
+        consts = {(17,): block, (18,): triton.next_power_of_2(kk), (19,): has}
+        if not has:
+            consts.update({(10,): None, (11,): None})
+        k = triton.compile(ASTSource(_update_topk_kernel, sig, consts), target=target, options={"num_warps": warps})
+        assert "ld.local" not in k.asm["ptx"], ("local memory, top-K", z, p, c, has)
 sig = {"seen_ptr": "*i32", "ring_ptr": "*fp32", "score_ptr": "*fp32", "counters_ptr": "*i64",
        "N": "i32", "W1": "i32", "keep": "fp32", "decay": "fp32",
        "BLOCK_N": "constexpr", "BLOCK_W": "constexpr"}

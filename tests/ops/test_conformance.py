@@ -631,18 +631,19 @@ def test_row_stats_reference_statement():
 
 @pytest.mark.parametrize("target_dtype", [torch.int64, torch.int32])
 def test_row_stats_topk_match_reference(other, target_dtype):
-    update = other.need_topk()
+    other.need_topk()
     n, c, b, k = 40, 50, 60, 4
     state = make_topk_state(n, c, 3, k, epoch=2, seed=4)
     logits, index, targets = targets_batch(n, c, b, seed=5, index_dtype=torch.int32, target_dtype=target_dtype)
-    out = clone(other.to(*state))
-    stats = torch.full((b, len(ROW_STATS)), 7.0, device=other.device)
-    update(*other.to(logits, index), *out, *other.to(targets), stats)
     ref = clone(state)
     ref_stats = torch.empty(b, len(ROW_STATS))
     REF_UPDATE_TOPK(logits, index, *ref, targets, ref_stats)
-    assert_topk_state(out, ref)
-    assert_row_stats(stats, ref_stats)
+    for _, update in other.topk_updates:  # chunk16: the row stats over several chunks
+        out = clone(other.to(*state))
+        stats = torch.full((b, len(ROW_STATS)), 7.0, device=other.device)
+        update(*other.to(logits, index), *out, *other.to(targets), stats)
+        assert_topk_state(out, ref)
+        assert_row_stats(stats, ref_stats)
 
 
 def test_opcheck_targets(case):
@@ -650,6 +651,27 @@ def test_opcheck_targets(case):
     logits, index, targets = case.to(torch.randn(5, 5), torch.tensor([0, 2, 2, 7, 9]), torch.tensor([1, 0, 4, 5, -1]))
     stats = torch.empty(5, len(ROW_STATS), device=case.device)
     torch.library.opcheck(case.update.default, (logits, index, prev, seen, ring, counters, targets, stats))
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (lambda t, r: (t, None), "targets and row_stats must be given together"),
+        (lambda t, r: (None, r), "targets and row_stats must be given together"),
+        (lambda t, r: (t.float(), r), "targets must be a contiguous"),
+        (lambda t, r: (t[:4], r), "targets must be a contiguous"),
+        (lambda t, r: (t, r[:, :3]), "row_stats must be a contiguous"),
+        (lambda t, r: (t, r.double()), "row_stats must be a contiguous"),
+    ],
+    ids=["no-row-stats", "no-targets", "float-targets", "short-targets", "three-columns", "float64-stats"],
+)
+def test_bad_targets_name_the_argument(other, bad, message):
+    """The compiled backends check targets / row_stats (metadata only) before launching."""
+    prev, seen, ring, _, counters = other.to(*make_state(8, 5, 3, torch.float32, epoch=1))
+    logits, index, targets = other.to(torch.randn(5, 5), torch.tensor([0, 2, 2, 7, 9]), torch.tensor([1, 0, 4, 5, -1]))
+    t, r = bad(targets, torch.empty(5, len(ROW_STATS), device=other.device))
+    with pytest.raises((ValueError, RuntimeError), match=message):
+        other.update(logits, index, prev, seen, ring, counters, t, r)
 
 
 # ------------------------------------------------------------------ fuzz

@@ -1,7 +1,8 @@
 """What the backends do to a CUDA training loop: host syncs, CUDA-graph capture, streams.
 
     - triton and cuda: update and epoch_step never sync the host (sync debug mode "error"),
-      through the ops and through TDDSTracker.update, forgotten-end_epoch check included;
+      through the ops (with targets / row_stats too) and through TDDSTracker.update,
+      forgotten-end_epoch check included;
     - the paths that do sync are pinned down by tests too (reference backend, targets=...);
     - a whole training step (forward, tracker.update, backward, SGD step) captured once in a
       CUDA graph and replayed across epoch boundaries gives what eager execution gives;
@@ -19,7 +20,7 @@ import torch
 import tdds_kernels as tk
 from tdds_kernels.core.host_counters import HostSnapshots
 from tdds_kernels.ops import registry as backends
-from tdds_kernels.ops.schema import DUPLICATES, EPOCH, NUM_SLOTS, OUT_OF_RANGE
+from tdds_kernels.ops.schema import DUPLICATES, EPOCH, NUM_SLOTS, OUT_OF_RANGE, ROW_STATS
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="no CUDA GPU: CUDA runtime behaviour not tested")
@@ -127,6 +128,37 @@ def test_ops_do_not_sync(name, c, storage):
             step(seen, ring, score, counters, 0.9)
     assert counters[EPOCH].item() == 2 * w + 1 and counters[OUT_OF_RANGE].item() > 0
     assert (score > 0).any()  # windows were folded: the ops did their work
+
+
+@needs_cuda
+@pytest.mark.parametrize("target_dtype", [torch.int64, torch.int32])
+@pytest.mark.parametrize("c", [10, 9000])  # one block; chunked rows
+@pytest.mark.parametrize("name", FAST)
+def test_ops_with_targets_do_not_sync(name, c, target_dtype):
+    # The row stats (targets, row_stats) come from the same sync-free pass: same launches, no
+    # host read; checked against the reference on CPU copies after the block.
+    update, step = ops_or_skip(name)
+    n, w, b = 64, 3, 40
+    prev, seen, ring, score, counters = fresh_state(n, c, w)
+    z, index = awkward_batch(n, b, c, seed=c)
+    targets = torch.randint(0, c, (b,), generator=torch.Generator().manual_seed(c)).to(DEV, target_dtype)
+    targets[5:7] = torch.tensor([-1, c])  # outside [0, C): NaN rows
+    stats = torch.empty(b, len(ROW_STATS), device=DEV)
+    update(z, index, prev, seen, ring, counters, targets, stats)  # compiles outside the block
+    step(seen, ring, score, counters, 0.9)
+    snapshots = []
+    with no_sync():
+        for e in range(3):
+            before = tuple(t.clone() for t in (prev, seen, ring, counters))
+            update(z + e, index, prev, seen, ring, counters, targets, stats)
+            snapshots.append((e, before, stats.clone()))
+            step(seen, ring, score, counters, 0.9)
+    for e, before, got in snapshots:
+        ref = tuple(t.cpu() for t in before)
+        want = torch.empty(b, len(ROW_STATS))
+        torch.ops.tdds.update((z + e).cpu(), index.cpu(), *ref, targets.cpu(), want)
+        assert torch.equal(got.isnan().cpu(), want.isnan()) and not want.isnan().all()
+        torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=1e-6, equal_nan=True)
 
 
 @needs_cuda

@@ -14,6 +14,8 @@ epoch (missing). Triton runs under TRITON_INTERPRET=1 with the interpreter's pro
 reversed and shuffled (on a GPU the scheduler picks the order).
 """
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -168,15 +170,14 @@ def test_cpu_backend_strided_indices(index_dtype, threads):
 
 
 # --------------------------------------------------------------- Triton, any program order
-@pytest.fixture(params=["forward", "reverse", "shuffled"])
-def program_order(request, monkeypatch):
-    """Run the interpreter's programs in the given order along grid axis 0.
+@contextlib.contextmanager
+def programs_in(order):
+    """Run the interpreter's programs in `order` ("forward", "reverse", "shuffled") along grid
+    axis 0; yields the list of program ids in the order they ran.
 
     Triton 3.9's interpreter (triton/runtime/interpreter.py, GridExecutor.__call__) loops
     `for x in range(grid[0])` and calls interpreter_builder.set_grid_idx(x, y, z) before each
     program; tl.program_id reads what it set. Remapping x there permutes the programs."""
-    if backends.unavailable_reason("triton", torch.device("cpu")) is not None:
-        pytest.skip("the Triton interpreter is not in use (TRITON_INTERPRET=1 not set)")
     from triton.runtime import interpreter
 
     builder = interpreter.interpreter_builder
@@ -185,15 +186,30 @@ def program_order(request, monkeypatch):
 
     def permuted(x, y, z):
         count = builder.grid_dim[0]
-        if request.param == "reverse":
+        if order == "reverse":
             x = count - 1 - x
-        elif request.param == "shuffled":
+        elif order == "shuffled":
             x = int(np.random.default_rng(count).permutation(count)[x])
         ran.append(x)
         original(x, y, z)
 
-    monkeypatch.setattr(builder, "set_grid_idx", permuted)
-    return request.param, ran
+    builder.set_grid_idx = permuted
+    try:
+        yield ran
+    finally:
+        builder.set_grid_idx = original
+
+
+def need_interpreter():
+    if backends.unavailable_reason("triton", torch.device("cpu")) is not None:
+        pytest.skip("the Triton interpreter is not in use (TRITON_INTERPRET=1 not set)")
+
+
+@pytest.fixture(params=["forward", "reverse", "shuffled"])
+def program_order(request):
+    need_interpreter()
+    with programs_in(request.param) as ran:
+        yield request.param, ran
 
 
 @pytest.mark.parametrize(
@@ -221,6 +237,66 @@ def test_triton_first_occurrence_wins_in_any_program_order(program_order, c, blo
     assert sorted(ran[:rows]) == list(range(rows))
     assert ran[:rows] == expected[order] if order in expected else ran[:rows] != sorted(ran[:rows])
     assert_matches_reference(out, ref, storage)
+
+
+def with_targets(batches, seed):
+    """Targets for scenario() batches: mostly random classes, some the row's argmax (correct),
+    some tied with another class for the largest logit, some outside [0, C) (NaN rows)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for logits, index in batches:
+        c = logits.shape[1]
+        logits = logits.clone()
+        y = torch.randint(0, c, (len(index),), generator=g)
+        kind = torch.randint(0, 6, (len(index),), generator=g)
+        best = logits.nan_to_num(0, 0, 0).argmax(dim=1)
+        y = torch.where(kind == 0, best, y)
+        tie = kind == 1
+        logits[tie, (best[tie] + 1) % c] = logits[tie, best[tie]]
+        y = torch.where(kind == 2, c, torch.where(kind == 3, -1, y))
+        out.append((logits, index, y))
+    return out
+
+
+def run_with_targets(update, epoch_step, batches, n, storage, k=None, **kw):
+    """run() with targets: (final state, the row_stats of every batch)."""
+    state = fresh_state(n, batches[0][0].shape[1], storage, "cpu", k)
+    stats = []
+    for logits, index, y in batches:
+        stats.append(torch.full((len(index), len(_ops.ROW_STATS)), 7.0))
+        update(logits, index, *state[:-2], state[-1], y, stats[-1], **kw)
+        epoch_step(*state[-4:], DECAY)
+    return state, stats
+
+
+@pytest.mark.parametrize(
+    "c, block, k", [(10, None, None), (300, 128, None), (40, 16, 3)], ids=["C10", "C300-chunked", "C40-chunked-top3"]
+)
+def test_triton_row_stats_identical_in_any_program_order(c, block, k):
+    """With targets, the row stats (written by the head program of each row's run) and the TDDS
+    state come out bit for bit the same whatever order the programs run in, and match the
+    reference."""
+    import tdds_kernels.ops.triton as tt
+
+    need_interpreter()
+    n, copies = 12, 8
+    batches = with_targets(scenario(n, copies, c, 2, seed=4), seed=5)
+    ref_update = torch.ops.tdds.update if k is None else torch.ops.tdds.update_topk
+    ref_state, ref_stats = run_with_targets(ref_update, torch.ops.tdds.epoch_step, batches, n, torch.float32, k)
+    assert any(bool((s[:, _ops.CORRECT] == 1).any()) for s in ref_stats), "no correct row: a weak scenario"
+    update = tt.update if k is None else tt.update_topk
+    runs = {}
+    for order in ("forward", "reverse", "shuffled"):
+        with programs_in(order) as ran:
+            runs[order] = run_with_targets(update, tt.epoch_step, batches, n, torch.float32, k, block=block)
+        assert ran[: n * copies + 6] != sorted(ran[: n * copies + 6]) or order == "forward"
+    for state, stats in runs.values():
+        assert_matches_reference(state, ref_state, torch.float32)
+        for got, want in zip(stats, ref_stats):
+            assert torch.equal(got.isnan(), want.isnan())
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, equal_nan=True)
+        assert_identical(state, runs["forward"][0])
+        assert_identical(stats, runs["forward"][1])
 
 
 # ------------------------------------------------------------------------ CUDA devices

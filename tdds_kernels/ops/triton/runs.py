@@ -4,7 +4,7 @@ Both kernels run one program per position of the stably sorted batch; the progra
 a run of equal indices walks the run in batch order and applies the first usable row. These
 helpers hold the parts that are the same in both: the run head and the sample's epoch state,
 the streamed softmax statistics, the ring/seen record, the step to the next position with the
-per-run counts, and the counters' masked atomic adds.
+per-run counts, the counters' masked atomic adds, and (with targets) the baselines' row stats.
 """
 
 from __future__ import annotations
@@ -19,6 +19,11 @@ _DUPLICATES = tl.constexpr(_ops.DUPLICATES)
 _NONFINITE = tl.constexpr(_ops.NONFINITE)
 _OUT_OF_RANGE = tl.constexpr(_ops.OUT_OF_RANGE)
 _EPOCH = tl.constexpr(_ops.EPOCH)
+_NUM_STATS = tl.constexpr(len(_ops.ROW_STATS))
+_CORRECT = tl.constexpr(_ops.CORRECT)
+_EL2N = tl.constexpr(_ops.EL2N)
+_MARGIN = tl.constexpr(_ops.MARGIN)
+_TARGET_PROB = tl.constexpr(_ops.TARGET_PROB)
 
 
 @triton.jit
@@ -94,3 +99,52 @@ def add_counts(counters_ptr, n_dup, n_bad, n_oor):
     tl.atomic_add(counters_ptr + _DUPLICATES, n_dup.to(tl.int64), mask=n_dup > 0)
     tl.atomic_add(counters_ptr + _NONFINITE, n_bad.to(tl.int64), mask=n_bad > 0)
     tl.atomic_add(counters_ptr + _OUT_OF_RANGE, n_oor.to(tl.int64), mask=n_oor > 0)
+
+
+@triton.jit
+def target_of(targets_ptr, row, C, apply):
+    """(y, want): the row's target as int32 (−1 when outside [0, C)) and whether its row stats
+    are written (the row is applied and 0 <= y < C). The range test is made on the stored
+    dtype: an int64 target such as 2^32 must not wrap into [0, C)."""
+    y = tl.load(targets_ptr + row).to(tl.int64)
+    want = apply & (y >= 0) & (y < C)
+    return tl.where(want, y, -1).to(tl.int32), want
+
+
+@triton.jit
+def stats_init(C):
+    """Accumulators of row_stats_chunk: (first argmax, z_y, max_{c≠y} z, Σ_{c≠y} p_c²)."""
+    return (
+        tl.full((), 0, tl.int32) + C,
+        tl.zeros((), tl.float32),
+        tl.full((), float("-inf"), tl.float32),
+        tl.zeros((), tl.float32),
+    )
+
+
+@triton.jit
+def row_stats_chunk(z, p, c, mask, y, m, first, zy, other, e2):
+    """Folds the classes c of a row (z float32 logits, −inf past C; p = softmax(z)[c]) into the
+    accumulators. The argmax is the lowest class whose z equals the row max m (ties: the lowest
+    index, as torch.argmax), exact because m is the max of these very values. The squared error
+    is accumulated over c ≠ y and (1 − p_y)² added at the end: Σ p² − 2 p_y + 1 would cancel
+    when p_y ≈ 1."""
+    not_y = mask & (c != y)
+    first = tl.min(tl.where(mask & (z == m), c, first), 0)
+    zy += tl.sum(tl.where(mask & (c == y), z, 0.0), 0)
+    other = tl.maximum(other, tl.max(tl.where(not_y, z, float("-inf")), 0))
+    e2 += tl.sum(tl.where(not_y, p * p, 0.0), 0)
+    return first, zy, other, e2
+
+
+@triton.jit
+def store_row_stats(stats_ptr, row, want, y, m, inv_s, first, zy, other, e2):
+    """row_stats[row] (ops/schema.py ROW_STATS) from the accumulators; NaN unless `want`.
+    p_y is computed as every p_c of the row is (exp(z − m) / s), so it is the p_y left out of
+    e2. The margin is +inf when C = 1 (no other class: max is −inf)."""
+    p_y = tl.exp(zy - m) * inv_s
+    out = stats_ptr + row * _NUM_STATS
+    tl.store(out + _CORRECT, tl.where(want, (first == y).to(tl.float32), float("nan")))
+    tl.store(out + _EL2N, tl.where(want, tl.sqrt(e2 + (1.0 - p_y) * (1.0 - p_y)), float("nan")))
+    tl.store(out + _MARGIN, tl.where(want, zy - other, float("nan")))
+    tl.store(out + _TARGET_PROB, tl.where(want, p_y, float("nan")))

@@ -24,7 +24,17 @@ import triton
 import triton.language as tl
 
 from .. import schema as _ops
-from .runs import add_counts, record, run_next, run_start, softmax_stats
+from .runs import (
+    add_counts,
+    record,
+    row_stats_chunk,
+    run_next,
+    run_start,
+    softmax_stats,
+    stats_init,
+    store_row_stats,
+    target_of,
+)
 
 # Module constants used inside the kernel must be constexpr.
 _EPS = tl.constexpr(_ops.EPS)
@@ -58,14 +68,18 @@ def _update_kernel(
     seen_ptr,
     ring_ptr,
     counters_ptr,
+    targets_ptr,
+    stats_ptr,
     B,
     N,
     C,
     W1,
     SINGLE: tl.constexpr,
     BLOCK: tl.constexpr,
+    HAS_TARGETS: tl.constexpr,
 ):
     # sorted_ptr: the batch's indices sorted stably; order_ptr: their batch positions (int64).
+    # targets_ptr / stats_ptr: None unless HAS_TARGETS (the plain update compiles without them).
     pos, n, head, epoch, slot, in_range, had_prev, fresh = run_start(sorted_ptr, seen_ptr, counters_ptr, N, W1)
     prev_row = prev_ptr + n * C  # int64 offsets: N·C passes 2^31 at ImageNet shape
     cols = tl.arange(0, BLOCK)
@@ -101,12 +115,18 @@ def _update_kernel(
         apply = usable & fresh
         has_d = apply & had_prev
         inv_s = 1.0 / s
+        if HAS_TARGETS:
+            # Every row of the run passes here once: each row_stats row is written by one program.
+            y, want = target_of(targets_ptr, row, C, apply)
+            first, zy, other, e2 = stats_init(C)
 
         # Pass 2 (applied row only): p, ℓ, d against prev[n] (read only when d is defined),
-        # then prev[n] = ℓ.
+        # then prev[n] = ℓ; with targets, the row stats from the same values.
         d = tl.zeros((), tl.float32)
         if SINGLE:
             p = tl.exp(zm - m) * inv_s  # padding lanes: p = 0
+            if HAS_TARGETS:
+                first, zy, other, e2 = row_stats_chunk(zm, p, cols, mask, y, m, first, zy, other, e2)
             lp = tl.log(p + _EPS)
             q = tl.load(prev_row + cols, mask=tl.where(has_d, mask, False), other=0.0).to(tl.float32)
             d = tl.sum(tl.where(mask, tl.abs(p * (lp - q)), 0.0), 0)
@@ -118,10 +138,14 @@ def _update_kernel(
                 z = tl.load(z_row + c, mask=tl.where(apply, mask, False), other=0.0).to(tl.float32)
                 z = tl.where((tl.abs(z) < float("inf")) & mask, z, float("-inf"))
                 p = tl.exp(z - m) * inv_s  # padding lanes: p = 0; a skipped row's values: anything
+                if HAS_TARGETS:
+                    first, zy, other, e2 = row_stats_chunk(z, p, c, mask, y, m, first, zy, other, e2)
                 lp = tl.log(p + _EPS)
                 q = tl.load(prev_row + c, mask=tl.where(has_d, mask, False), other=0.0).to(tl.float32)
                 d += tl.sum(tl.where(mask, tl.abs(p * (lp - q)), 0.0), 0)
                 tl.store(prev_row + c, _to_storage(lp, prev_ptr), mask=tl.where(apply, mask, False))
+        if HAS_TARGETS:
+            store_row_stats(stats_ptr, row, want, y, m, inv_s, first, zy, other, e2)
         record(ring_ptr, seen_ptr, n, W1, slot, epoch, d, has_d, apply)
         fresh, n_dup, n_bad, n_oor, k, todo = run_next(
             sorted_ptr, B, n, k, fresh, apply, usable, in_range, bad, n_dup, n_bad, n_oor
@@ -147,6 +171,25 @@ def _config(num_classes: int, block: int | None = None) -> tuple[int, bool, int]
     return block, single, num_warps
 
 
+def check_targets(op: str, logits: torch.Tensor, targets, row_stats) -> None:
+    """targets (B,) int64/int32 and row_stats (B, 4) float32, both or neither, on the logits'
+    device (ops/schema.py); the checks read metadata only (no host sync)."""
+    if (targets is None) != (row_stats is None):
+        raise ValueError(f"{op}: targets and row_stats must be given together")
+    if targets is None:
+        return
+    batch = logits.shape[0]
+    for name, t, shape, dtypes in (
+        ("targets", targets, (batch,), (torch.int64, torch.int32)),
+        ("row_stats", row_stats, (batch, len(_ops.ROW_STATS)), (torch.float32,)),
+    ):
+        if tuple(t.shape) != shape or t.dtype not in dtypes or not t.is_contiguous():
+            want = "/".join(str(d).removeprefix("torch.") for d in dtypes)
+            raise ValueError(f"{op}: {name} must be a contiguous {shape} {want} tensor, got {tuple(t.shape)} {t.dtype}")
+        if t.device != logits.device:
+            raise ValueError(f"{op}: {name} must be on {logits.device}, got {t.device}")
+
+
 def prepare(logits: torch.Tensor, index: torch.Tensor, block: int | None):
     """The launchers' common start: (logits with unit class stride, sorted index, order, _config).
 
@@ -166,10 +209,13 @@ def update(
     seen: torch.Tensor,
     ring: torch.Tensor,
     counters: torch.Tensor,
+    targets: torch.Tensor | None = None,
+    row_stats: torch.Tensor | None = None,
     *,
     block: int | None = None,
 ) -> None:
     """Launcher for UPDATE_SCHEMA (tdds_kernels/ops/schema.py)."""
+    check_targets("update_triton", logits, targets, row_stats)
     batch, num_classes = logits.shape
     if batch == 0:
         return
@@ -184,11 +230,14 @@ def update(
             seen,
             ring,
             counters,
+            targets,
+            row_stats,
             batch,
             prev.shape[0],
             num_classes,
             ring.shape[1],
             SINGLE=single,
             BLOCK=block,
+            HAS_TARGETS=targets is not None,
             num_warps=num_warps,
         )

@@ -22,18 +22,35 @@ import triton
 import triton.language as tl
 
 from .. import schema as _ops
-from .runs import add_counts, record, run_next, run_start, softmax_stats
-from .update import _to_storage, device_of, prepare
+from .runs import (
+    add_counts,
+    record,
+    row_stats_chunk,
+    run_next,
+    run_start,
+    softmax_stats,
+    stats_init,
+    store_row_stats,
+    target_of,
+)
+from .update import _to_storage, check_targets, device_of, prepare
 
 _EPS = tl.constexpr(_ops.EPS)
 
 
 @triton.jit
-def _probs(z_row, c, C, m, inv_s):
-    """(mask, p) for the classes c of an applied row: p = softmax(z)[c], 0 past C."""
+def _logits(z_row, c, C):
+    """(mask, z) for the classes c of an applied row: z in float32, −inf past C."""
     mask = c < C
     z = tl.load(z_row + c, mask=mask, other=0.0).to(tl.float32)
-    return mask, tl.exp(tl.where(mask, z, float("-inf")) - m) * inv_s
+    return mask, tl.where(mask, z, float("-inf"))
+
+
+@triton.jit
+def _probs(z_row, c, C, m, inv_s):
+    """(mask, p) for the classes c of an applied row: p = softmax(z)[c], 0 past C."""
+    mask, z = _logits(z_row, c, C)
+    return mask, tl.exp(z - m) * inv_s
 
 
 @triton.jit
@@ -54,6 +71,8 @@ def _update_topk_kernel(
     seen_ptr,
     ring_ptr,
     counters_ptr,
+    targets_ptr,
+    stats_ptr,
     B,
     N,
     C,
@@ -61,6 +80,7 @@ def _update_topk_kernel(
     W1,
     BLOCK: tl.constexpr,
     KBLOCK: tl.constexpr,
+    HAS_TARGETS: tl.constexpr,
 ):
     pos, n, head, epoch, slot, in_range, had_prev, fresh = run_start(sorted_ptr, seen_ptr, counters_ptr, N, W1)
     cols = tl.arange(0, BLOCK)
@@ -80,6 +100,9 @@ def _update_topk_kernel(
         apply = usable & fresh
         has_d = apply & had_prev
         inv_s = 1.0 / s
+        if HAS_TARGETS:  # every row of the run passes here once, as in update.py
+            y, want = target_of(targets_ptr, row, C, apply)
+            first, zy, other, e2 = stats_init(C)
 
         # d against the old compressed row (read before it is overwritten below).
         d = tl.zeros((), tl.float32)
@@ -119,14 +142,20 @@ def _update_topk_kernel(
                 tl.store(idx_ptr + n * K + j, best_c.to(idx_ptr.dtype.element_ty))
                 last_p = best_p
                 last_c = best_c
+            # With targets, the row stats ride on this last pass.
             residual = tl.zeros((), tl.float32)
             for start in range(0, C, BLOCK):
                 c = start + cols
-                mask, p = _probs(z_row, c, C, m, inv_s)
+                mask, z = _logits(z_row, c, C)
+                p = tl.exp(z - m) * inv_s
                 worse = _worse(p, c, mask, last_p, last_c)
                 residual += tl.sum(tl.where(worse, p, 0.0), 0)
+                if HAS_TARGETS:
+                    first, zy, other, e2 = row_stats_chunk(z, p, c, mask, y, m, first, zy, other, e2)
             mean = tl.where(K < C, residual / tl.maximum(C - K, 1).to(tl.float32), 0.0)
             tl.store(rest_ptr + n, _to_storage(tl.log(mean + _EPS), rest_ptr))
+        if HAS_TARGETS:
+            store_row_stats(stats_ptr, row, want, y, m, inv_s, first, zy, other, e2)
         record(ring_ptr, seen_ptr, n, W1, slot, epoch, d, has_d, apply)
         fresh, n_dup, n_bad, n_oor, k, todo = run_next(
             sorted_ptr, B, n, k, fresh, apply, usable, in_range, bad, n_dup, n_bad, n_oor
@@ -144,10 +173,13 @@ def update_topk(
     seen: torch.Tensor,
     ring: torch.Tensor,
     counters: torch.Tensor,
+    targets: torch.Tensor | None = None,
+    row_stats: torch.Tensor | None = None,
     *,
     block: int | None = None,
 ) -> None:
     """Launcher for UPDATE_TOPK_SCHEMA (tdds_kernels/ops/schema.py)."""
+    check_targets("update_topk_triton", logits, targets, row_stats)
     batch, num_classes = logits.shape
     if batch == 0:
         return
@@ -165,6 +197,8 @@ def update_topk(
             seen,
             ring,
             counters,
+            targets,
+            row_stats,
             batch,
             prev_val.shape[0],
             num_classes,
@@ -172,5 +206,6 @@ def update_topk(
             ring.shape[1],
             BLOCK=block,
             KBLOCK=triton.next_power_of_2(k),
+            HAS_TARGETS=targets is not None,
             num_warps=num_warps,
         )
