@@ -210,10 +210,14 @@ inline float hmax(const Vec& v) {
   return m;
 }
 
-// Lanes [count, kVF) of v replaced by fill (count may be <= 0 or >= kVF).
-inline Vec keep(const Vec& v, float fill, int64_t count) {
-  if (count >= kVF) return v;
+// Lanes [count, kVF) of v replaced by fill (count may be <= 0 or >= kVF). Only a row's tail
+// takes the partial case; it stays out of line because at::vec's per-count switch, inlined,
+// made g++ keep v in memory on every step of the hot loops.
+C10_NOINLINE inline Vec keep_part(Vec v, float fill, int64_t count) {
   return Vec::set(Vec(fill), v, std::max<int64_t>(count, 0));
+}
+C10_ALWAYS_INLINE Vec keep(const Vec& v, float fill, int64_t count) {
+  return count >= kVF ? v : keep_part(v, fill, count);
 }
 
 // The K largest p of a row, ties to the lower class id (docs/design.md §2.1): a min-heap of the
@@ -342,16 +346,21 @@ void update_rows_t(const UpdateArgs& a, const int64_t* rows, int64_t count, Upda
     }
     const T* x = logits + i * C;
 
-    // 1. max and non-finite check
-    Vec vmax(-inf), vbad(0.f);
+    // 1. max and non-finite check. Two accumulators each, so the loop is not bound by the
+    // latency of one chain; clamp_min is a plain max (at::vec::maximum adds NaN propagation,
+    // which the check makes unnecessary).
+    Vec vmax0(-inf), vmax1(-inf), vbad0(0.f), vbad1(0.f);
     for (int64_t j = 0; j < C; j += kStep) {
       const int64_t r = C - j;
       Vec x0, x1;
       Io<T>::load(x + j, r, x0, x1);  // tail lanes load as 0: finite, but must not raise the max
-      vbad = vbad + (x0 - x0) + (x1 - x1);
-      vmax = at::vec::maximum(vmax, at::vec::maximum(keep(x0, -inf, r), keep(x1, -inf, r - kVF)));
+      vbad0 = vbad0 + (x0 - x0);
+      vbad1 = vbad1 + (x1 - x1);
+      vmax0 = at::vec::clamp_min(vmax0, keep(x0, -inf, r));
+      vmax1 = at::vec::clamp_min(vmax1, keep(x1, -inf, r - kVF));
     }
-    if (std::isnan(hsum(vbad))) {  // the row is ignored: no claim, no state change
+    const Vec vmax = at::vec::clamp_min(vmax0, vmax1);
+    if (std::isnan(hsum(vbad0 + vbad1))) {  // the row is ignored: no claim, no state change
       cnt.nonfinite++;
       continue;
     }
