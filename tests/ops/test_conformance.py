@@ -28,7 +28,7 @@ from tdds_kernels.ops.schema import DUPLICATES, EPOCH, EPS, NONFINITE, OUT_OF_RA
 
 from conftest import FIXTURES
 from dense import dense_scores
-from helpers import backend_cases, clone, make_state, random_epochs
+from helpers import backend_cases, clone, make_state, probability_sweep, random_epochs
 
 pytestmark = pytest.mark.filterwarnings("ignore:tdds_kernels. using the reference backend")
 
@@ -252,6 +252,19 @@ def test_extreme_logits(other, c):
             seen.fill_(0)  # all recorded last epoch
             out, ref = run_update(update, *other.to(z.to(dtype), torch.arange(8)), other.to(prev, seen, ring, counters))
             assert_update_state(out, ref)
+
+
+@pytest.mark.parametrize("storage", STORAGE)
+def test_probability_sweep(other, storage):
+    # Each backend's own exp and log over their whole input range, d defined on every row.
+    z = probability_sweep()
+    b, c = z.shape
+    for _, update in other.updates:
+        prev, seen, ring, _, counters = make_state(b, c, 3, storage, epoch=1, seed=7)
+        seen.fill_(0)  # all recorded last epoch
+        out, ref = run_update(update, *other.to(z, torch.arange(b)), other.to(prev, seen, ring, counters))
+        assert_update_state(out, ref, storage)
+        assert not out[2].cpu()[:, 0].isnan().any()  # every row applied, d defined (slot (1 - 1) mod 2)
 
 
 def test_known_transition_and_epoch_zero(case):
