@@ -10,11 +10,12 @@
 // included by kernels_isa_prelude.h *before* the target pragma, so they are compiled for the
 // baseline ISA in every TU and any copy the linker keeps is safe to call on any CPU.
 //
-// Update, per row of the list it is given, in list order (one pass over the row in L1 per step,
-// two transcendentals per element):
-//   1. max over the row, and a non-finite check (x - x is NaN exactly for inf/NaN)
+// Update, per row of the list it is given, in list order (two passes over the row in L1, two
+// transcendentals per element):
+//   1. max over the row, a non-finite check (x - x is NaN exactly for inf/NaN), and in the same
+//      pass e = exp(x - x[0]) into a row buffer, s = sum(e) (any shift gives the same p = e / s)
 //   2. the first finite row of a sample in the epoch wins: seen[n] == epoch means a duplicate
-//   3. e = exp(x - max) into a row buffer, s = sum(e)
+//   3. only where the max is far above x[0] (exp may have overflowed): e = exp(x - max), s again
 //   4. p = e / s, lp = log(p + eps); d += |p * (lp - prev)|; prev = lp   (prev caches the log)
 // Step 2 is a plain read and write: the caller gives each concurrent call the rows of a disjoint
 // set of samples, each sample's rows in batch order (ops_cpu.cpp), so the winner is the lowest
@@ -131,10 +132,11 @@ inline Vec fast_log(const Vec& x) {
   q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(kL2));
   return _mm512_fmadd_ps(_mm512_mul_ps(r, r), q, _mm512_add_ps(head, r));
 }
-// exp(t) for t <= 0 (tail lanes may exceed 0: their result is discarded). exp(-104) is below
-// half the smallest subnormal, so clamping there keeps every result while making t = -inf
-// (x - max overflows for finite logits 3e38 apart) give 0 instead of NaN; scalef then flushes
-// through the subnormals to 0 as exp does.
+// exp(t) for t <= 64 (t = x - x[0] or x - max; a larger t only in lanes whose result is
+// discarded: a row's tail, and rows that step 3 redoes). exp(-104) is below half the smallest
+// subnormal, so clamping there keeps every result while making t = -inf (x - max overflows for
+// finite logits 3e38 apart) give 0 instead of NaN; scalef then flushes through the subnormals
+// to 0 as exp does.
 inline Vec fast_exp(const Vec& t_in) {
   const __m512 t = _mm512_max_ps(t_in, _mm512_set1_ps(-104.f));
   const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(t, _mm512_set1_ps(kLog2e)),
@@ -166,9 +168,9 @@ inline Vec fast_log(const Vec& x) {  // as the AVX-512 version
   q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(kL2));
   return _mm256_fmadd_ps(_mm256_mul_ps(r, r), q, _mm256_add_ps(head, r));
 }
-// As the AVX-512 version, but 2^k is built from its bits, which needs k >= -126: t is clamped
-// at -126 ln 2 and the lanes below it set to 0 (exp's subnormal results, flushed to zero: below
-// 1.2e-38 they cannot change a probability compared at 1e-5).
+// As the AVX-512 version, but 2^k is built from its bits, which needs -126 <= k <= 127 (t <= 64
+// keeps the upper bound): t is clamped at -126 ln 2 and the lanes below it set to 0 (exp's subnormal results,
+// flushed to zero: below 1.2e-38 they cannot change a probability compared at 1e-5).
 inline Vec fast_exp(const Vec& t_in) {
   const __m256 lim = _mm256_set1_ps(-87.33654f);
   const __m256 live = _mm256_cmp_ps(t_in, lim, _CMP_GE_OQ);
@@ -350,10 +352,14 @@ void update_rows_t(const UpdateArgs& a, const int64_t* rows, int64_t count, Upda
     }
     const T* x = logits + i * C;
 
-    // 1. max and non-finite check. Two accumulators each, so the loop is not bound by the
-    // latency of one chain; clamp_min is a plain max (at::vec::maximum adds NaN propagation,
-    // which the check makes unnecessary).
-    Vec vmax0(-inf), vmax1(-inf), vbad0(0.f), vbad1(0.f);
+    // 1. max and non-finite check, and (step 3 below) e = exp(x - x[0]) into the row buffer with
+    // s = sum(e) in the same pass: any shift gives the same p = e / s, and x[0] instead of the
+    // max saves a second pass over the row. Two accumulators each, so the loop is not bound by
+    // the latency of one chain; clamp_min is a plain max (at::vec::maximum adds NaN
+    // propagation, which the check makes unnecessary).
+    const float first = static_cast<float>(x[0]);
+    const Vec shift(first);
+    Vec vmax0(-inf), vmax1(-inf), vbad0(0.f), vbad1(0.f), vs(0.f);
     for (int64_t j = 0; j < C; j += kStep) {
       const int64_t r = C - j;
       Vec x0, x1;
@@ -362,8 +368,11 @@ void update_rows_t(const UpdateArgs& a, const int64_t* rows, int64_t count, Upda
       vbad1 = vbad1 + (x1 - x1);
       vmax0 = at::vec::clamp_min(vmax0, keep(x0, -inf, r));
       vmax1 = at::vec::clamp_min(vmax1, keep(x1, -inf, r - kVF));
+      const Vec e0 = keep(fast_exp(x0 - shift), 0.f, r), e1 = keep(fast_exp(x1 - shift), 0.f, r - kVF);
+      e0.store(buf.get() + j);
+      e1.store(buf.get() + j + kVF);
+      vs = vs + e0 + e1;
     }
-    const Vec vmax = at::vec::clamp_min(vmax0, vmax1);
     if (std::isnan(hsum(vbad0 + vbad1))) {  // the row is ignored: no claim, no state change
       cnt.nonfinite++;
       continue;
@@ -378,17 +387,22 @@ void update_rows_t(const UpdateArgs& a, const int64_t* rows, int64_t count, Upda
     }
     a.seen[n] = epoch;
 
-    // 3. e = exp(x - max), s = sum(e); tail lanes forced to 0 so they add nothing below
-    const Vec vm(hmax(vmax));
-    Vec vs(0.f);
-    for (int64_t j = 0; j < C; j += kStep) {
-      const int64_t r = C - j;
-      Vec x0, x1;
-      Io<T>::load(x + j, r, x0, x1);
-      const Vec e0 = keep(fast_exp(x0 - vm), 0.f, r), e1 = keep(fast_exp(x1 - vm), 0.f, r - kVF);
-      e0.store(buf.get() + j);
-      e1.store(buf.get() + j + kVF);
-      vs = vs + e0 + e1;
+    // 3. e = exp(x - max), s = sum(e), again, where the max is so far above x[0] that exp(x -
+    // x[0]) may have overflowed (exp(88.7) is float's largest; below exp(64), s cannot overflow
+    // either); tail lanes forced to 0 so they add nothing below
+    const float row_max = hmax(at::vec::clamp_min(vmax0, vmax1));
+    if (row_max - first > 64.f) {
+      const Vec vm(row_max);
+      vs = Vec(0.f);
+      for (int64_t j = 0; j < C; j += kStep) {
+        const int64_t r = C - j;
+        Vec x0, x1;
+        Io<T>::load(x + j, r, x0, x1);
+        const Vec e0 = keep(fast_exp(x0 - vm), 0.f, r), e1 = keep(fast_exp(x1 - vm), 0.f, r - kVF);
+        e0.store(buf.get() + j);
+        e1.store(buf.get() + j + kVF);
+        vs = vs + e0 + e1;
+      }
     }
 
     // 4. p, log(p + eps), the transition d against the cached log, and the new cached log
