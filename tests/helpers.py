@@ -1,5 +1,6 @@
 """Shared test utilities: backends to parametrize over, feeding epochs, snapshots of state."""
 
+import math
 import os
 import warnings
 from pathlib import Path
@@ -107,6 +108,23 @@ def make_state(n, c, w, storage=torch.float32, epoch=1, seed=0):
     score = torch.rand(n, generator=g)
     counters = torch.tensor([3, 5, 7, 11, epoch], dtype=torch.int64)
     return prev, seen, ring, score, counters
+
+
+def probability_sweep(c=1000, seed=0):
+    """Logit rows whose probabilities sweep 1e-12..1 densely, so a kernel's exp and log see their
+    whole input range (p + eps covers [1e-8, 1], x - max covers [-27.6, 0]); then rows whose
+    logits span far beyond exp's range (it underflows through the subnormals to 0; logits 3e38
+    apart make x - max overflow to -inf) and a row with p = 1 to float precision. Columns are
+    shuffled per row, so every value meets both whole vectors and a row's tail."""
+    g = torch.Generator().manual_seed(seed)
+    grid = torch.linspace(math.log(1e-12), 0.0, c)
+    dense = grid + torch.rand(12, c, generator=g) * float(grid[1] - grid[0])  # 12 shifted copies
+    wide = torch.stack([torch.linspace(-120.0, 0.0, c), torch.linspace(-1e4, 0.0, c), torch.randn(c, generator=g)])
+    wide[2, :2] = torch.tensor([3e38, -3e38])
+    peak = torch.full((1, c), -40.0)
+    peak[0, 0] = 0.0
+    z = torch.cat([dense, wide, peak])
+    return torch.gather(z, 1, torch.argsort(torch.rand(z.shape, generator=g), 1))
 
 
 def clone(ts):

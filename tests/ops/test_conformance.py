@@ -40,7 +40,7 @@ from tdds_kernels.ops.schema import (
 
 from conftest import FIXTURES
 from dense import dense_scores
-from helpers import backend_cases, clone, make_state, random_epochs
+from helpers import backend_cases, clone, make_state, probability_sweep, random_epochs
 
 pytestmark = pytest.mark.filterwarnings("ignore:tdds_kernels. using the reference backend")
 
@@ -264,6 +264,19 @@ def test_extreme_logits(other, c):
             seen.fill_(0)  # all recorded last epoch
             out, ref = run_update(update, *other.to(z.to(dtype), torch.arange(8)), other.to(prev, seen, ring, counters))
             assert_update_state(out, ref)
+
+
+@pytest.mark.parametrize("storage", STORAGE)
+def test_probability_sweep(other, storage):
+    # Each backend's own exp and log over their whole input range, d defined on every row.
+    z = probability_sweep()
+    b, c = z.shape
+    for _, update in other.updates:
+        prev, seen, ring, _, counters = make_state(b, c, 3, storage, epoch=1, seed=7)
+        seen.fill_(0)  # all recorded last epoch
+        out, ref = run_update(update, *other.to(z, torch.arange(b)), other.to(prev, seen, ring, counters))
+        assert_update_state(out, ref, storage)
+        assert not out[2].cpu()[:, 0].isnan().any()  # every row applied, d defined (slot (1 - 1) mod 2)
 
 
 def test_known_transition_and_epoch_zero(case):
@@ -543,7 +556,8 @@ def targets_batch(n, c, b, seed, index_dtype=torch.int64, target_dtype=torch.int
     """(logits, index, targets) with every row kind the row stats must handle: duplicates (in the
     batch and of samples seen this epoch), out-of-range indices, non-finite rows, targets outside
     [0, C), ties for the largest logit (argmax takes the lowest class), a one-hot-like row whose
-    other classes underflow exp, and correct rows (target = argmax)."""
+    other classes underflow exp, a row whose largest logit is far above its first, and correct
+    rows (target = argmax)."""
     g = torch.Generator().manual_seed(seed)
     index = torch.randint(-1, n + 1, (b,), generator=g)
     logits = torch.randn(b, c, generator=g) * 4
@@ -561,6 +575,9 @@ def targets_batch(n, c, b, seed, index_dtype=torch.int64, target_dtype=torch.int
     big = (kinds == 5).nonzero().squeeze(1)
     logits[big] = -200.0
     logits[big, targets[big]] = 200.0
+    # the largest logit 50 above the first: exp(x − x[0]) reaches e^50 (its square overflows float)
+    far = (kinds == 6).nonzero().squeeze(1)
+    logits[far, targets[far]] = logits[far, 0] + 50.0
     return logits, index.to(index_dtype), targets.to(target_dtype)
 
 

