@@ -41,6 +41,7 @@ import warnings
 import torch
 
 import tdds_kernels  # noqa: F401
+from tdds_kernels.core import huge_pages
 from tdds_kernels.ops import reference
 from tdds_kernels.ops import registry as backends
 from tdds_kernels.ops.schema import EPOCH, NUM_SLOTS
@@ -202,7 +203,8 @@ def timed(rows, row, device, fn, calls, reset, flush=None, capturable=False):
 def bench_update(device, fns, b, c, n_req, window, storage, zdt, budget, max_calls):
     n = fit_samples(n_req, c, storage, budget, b)
     calls = max(1, min(max_calls, n // b))
-    prev = torch.empty(n, c, dtype=storage, device=device).uniform_(-18.0, 0.0)
+    # On huge pages where the host has them, as the tracker allocates its state (core/huge_pages.py)
+    prev = huge_pages.full((n, c), 0.0, storage, device).uniform_(-18.0, 0.0)
     seen = torch.zeros(n, dtype=torch.int32, device=device)
     ring = torch.zeros(n, window - 1, device=device)
     counters = torch.zeros(NUM_SLOTS, dtype=torch.int64, device=device)

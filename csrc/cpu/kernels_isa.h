@@ -303,48 +303,78 @@ float compressed_row(const UpdateArgs& a, int64_t n, float* buf, float* lp, floa
   return d;
 }
 
-// max of x[lo, hi) as float (-inf if empty), vectorized like step 1.
-template <typename T>
-float range_max(const T* x, int64_t lo, int64_t hi) {
-  const float inf = std::numeric_limits<float>::infinity();
-  Vec v(-inf);
-  for (int64_t j = lo; j < hi; j += kStep) {
-    const int64_t r = hi - j;
-    Vec x0, x1;
-    Io<T>::load(x + j, r, x0, x1);
-    v = at::vec::maximum(v, at::vec::maximum(keep(x0, -inf, r), keep(x1, -inf, r - kVF)));
+// sum p^2 over the row buffer (e = exp(x - shift), padding lanes 0) scaled by inv = 1 / sum e:
+// squares of p <= 1, not of e (up to e^64 after the fused pass: overflow). Four accumulators:
+// with one chain of dependent fmadds this pass cost a quarter of the whole row.
+inline float sum_p2(const float* buf, int64_t C, float inv) {
+  const Vec vinv(inv);
+  Vec sq0(0.f), sq1(0.f), sq2(0.f), sq3(0.f);
+  for (int64_t j = 0; j < C; j += 2 * kStep) {  // buf is zero-padded to whole kSteps
+    const Vec p0 = Vec::loadu(buf + j) * vinv, p1 = Vec::loadu(buf + j + kVF) * vinv;
+    sq0 = at::vec::fmadd(p0, p0, sq0);
+    sq1 = at::vec::fmadd(p1, p1, sq1);
+    if (j + kStep < C) {
+      const Vec p2 = Vec::loadu(buf + j + kStep) * vinv, p3 = Vec::loadu(buf + j + kStep + kVF) * vinv;
+      sq2 = at::vec::fmadd(p2, p2, sq2);
+      sq3 = at::vec::fmadd(p3, p3, sq3);
+    }
   }
-  return hmax(v);
+  return hsum((sq0 + sq1) + (sq2 + sq3));
 }
 
 // The baselines' statistics of an applied row with target y in [0, C) (op_contract.h RowStat),
 // from its logits x, e = exp(x - shift) in buf for some shift <= m (padding lanes 0), m = max x
 // and s = sum e (p = e / s whatever the shift):
 //   correct: argmax x == y, the lowest index among ties (as torch.argmax);
-//   margin:  x_y - max_{c != y} x_c, which is x_y - m unless y holds the max (then a rescan);
+//   margin:  x_y - max_{c != y} x_c: x_y - m unless y holds the max; then the second largest x
+//            (as a multiset: m again if another class ties), found in the pass that sums p^2;
 //   el2n:    sqrt(sum_{c != y} p_c^2 + (1 - p_y)^2), with y left out of the sum rather than
 //            subtracted from sum p^2 (that would cancel to noise when p_y ~ 1).
+// One extra pass over the row (in L1) where y is not the argmax, one over x and the buffer
+// together where it is.
 template <typename T>
 void row_stats_of(const T* x, float* buf, int64_t C, int64_t y, float m, float s, float* out) {
-  const float xy = static_cast<float>(x[y]);
+  const float inf = std::numeric_limits<float>::infinity();
+  const float xy = static_cast<float>(x[y]), ey = buf[y], inv = 1.f / s, py = ey * inv;
   bool correct = xy == m;
-  float other = m;
-  if (correct) {
-    other = std::max(range_max(x, 0, y), range_max(x, y + 1, C));
-    // a tie for the max: argmax is y only if no lower class reaches it
-    if (other == m && range_max(x, 0, y) == m) correct = false;
-  }
-  const float ey = buf[y], inv = 1.f / s, py = ey * inv;
+  float other = m, sq;
   buf[y] = 0.f;  // (restored below: step 4 reads the buffer)
-  const Vec vinv(inv);
-  Vec sq(0.f);
-  for (int64_t j = 0; j < C; j += kVF) {
-    const Vec p = Vec::loadu(buf + j) * vinv;  // squares of p <= 1, not of e (up to e^64: overflow)
-    sq = at::vec::fmadd(p, p, sq);
+  if (!correct) {
+    sq = sum_p2(buf, C, inv);
+  } else {
+    // Per lane the largest and second largest x, next to sum p^2.
+    const Vec vinv(inv);
+    Vec sq0(0.f), sq1(0.f), hi(-inf), second(-inf);
+    for (int64_t j = 0; j < C; j += kStep) {
+      const int64_t r = C - j;
+      const Vec p0 = Vec::loadu(buf + j) * vinv, p1 = Vec::loadu(buf + j + kVF) * vinv;
+      sq0 = at::vec::fmadd(p0, p0, sq0);
+      sq1 = at::vec::fmadd(p1, p1, sq1);
+      Vec x0, x1;
+      Io<T>::load(x + j, r, x0, x1);
+      x0 = keep(x0, -inf, r);
+      x1 = keep(x1, -inf, r - kVF);
+      second = at::vec::clamp_min(second, at::vec::minimum(hi, x0));
+      hi = at::vec::clamp_min(hi, x0);
+      second = at::vec::clamp_min(second, at::vec::minimum(hi, x1));
+      hi = at::vec::clamp_min(hi, x1);
+    }
+    sq = hsum(sq0 + sq1);
+    alignas(64) float h[kVF], s2[kVF];
+    hi.store(h);
+    second.store(s2);
+    float top = -inf;
+    other = -inf;
+    for (int64_t k = 0; k < kVF; ++k) {
+      other = std::max({other, s2[k], std::min(top, h[k])});
+      top = std::max(top, h[k]);
+    }
+    if (other == m)  // a tie for the max: argmax is y only if no lower class reaches it
+      for (int64_t c = 0; c < y && correct; ++c) correct = static_cast<float>(x[c]) != m;
   }
   buf[y] = ey;
   out[kCorrect] = correct ? 1.f : 0.f;
-  out[kEl2n] = std::sqrt(hsum(sq) + (1.f - py) * (1.f - py));
+  out[kEl2n] = std::sqrt(sq + (1.f - py) * (1.f - py));
   out[kMargin] = xy - other;
   out[kTargetProb] = py;
 }

@@ -58,6 +58,18 @@ TENSORS = {
 }
 PER_SAMPLE = tuple(TENSORS)
 FORMAT_VERSION = 1
+# Everything fold() changes per row, kept as the columns of one (N + 1, 6 + window) float64
+# tensor (exact for these counts, flags and float32 values): one gather and one scatter of rows
+# per batch. A dozen gathers and scatters of the separate tensors (each row a cache miss: the
+# update streams the large TDDS state through the caches) measured 0.2-0.3 ms at B = 4096 on
+# the 2-core sandbox, as much as the kernel's own extra work. state_dict() and _state show the
+# named tensors of TENSORS.
+PACKED = ("count", "forgetting", "last_correct", "learned", "el2n", "margin_sum", "prob_ring")
+RING_COL = PACKED.index("prob_ring")  # prob_ring: columns RING_COL .. RING_COL + window - 1
+
+
+def _cols(name: str):
+    return slice(RING_COL, None) if name == "prob_ring" else PACKED.index(name)
 
 
 def keep_scores(name: str, values: torch.Tensor) -> torch.Tensor:
@@ -101,19 +113,29 @@ class BaselineScores:
         self.num_samples, self.num_classes = num_samples, num_classes
         self.window, self.el2n_epoch = window, el2n_epoch
         self.device = torch.device(device)
-        self._set_state(self._fresh(window))
+        self._padded = self._fresh(window)
 
     def _fresh(self, window: int) -> dict[str, torch.Tensor]:
         # One spare row past N (row N): fold() sends the rows that record nothing there, so it
         # needs no data-dependent selection (a host sync, a graph break). Nothing reads it.
-        return {
-            name: torch.full((self.num_samples + 1, *(window,) * ring), fill, dtype=dtype, device=self.device)
-            for name, (dtype, ring, fill) in TENSORS.items()
-        }
+        rows = self.num_samples + 1
+        padded = {"packed": torch.empty(rows, RING_COL + window, dtype=torch.float64, device=self.device)}
+        for name, (dtype, _, fill) in TENSORS.items():
+            if name in PACKED:
+                padded["packed"][:, _cols(name)] = float(fill)
+            else:
+                padded[name] = torch.full((rows,), fill, dtype=dtype, device=self.device)
+        return padded
 
-    def _set_state(self, padded: dict[str, torch.Tensor]) -> None:
-        self._padded = padded
-        self._state = {name: t[: self.num_samples] for name, t in padded.items()}  # views
+    @property
+    def _state(self) -> dict[str, torch.Tensor]:
+        """The named tensors of TENSORS, N rows each: converted copies of the packed columns,
+        views of the others."""
+        p, n = self._padded, self.num_samples
+        return {
+            name: p["packed"][:n, _cols(name)].to(dtype) if name in PACKED else p[name][:n]
+            for name, (dtype, _, _) in TENSORS.items()
+        }
 
     def check_labels(self, targets: torch.Tensor) -> None:
         """Raise (naming `targets`) unless every label is in [0, num_classes): one host sync, so
@@ -131,34 +153,35 @@ class BaselineScores:
         their rows; rows with NaN stats (not applied, or no usable target) change nothing.
         `epoch`: the epoch being recorded, an int or a 0-d tensor (the tracker passes its
         device-side counter, so a compiled step stays valid across epochs). No host sync."""
-        s, n = self._padded, self.num_samples
+        p, n = self._padded, self.num_samples
         epoch = torch.as_tensor(epoch, device=self.device)
         ok = ~torch.isnan(row_stats[:, CORRECT])
         # Each sample has at most one row with stats per epoch (the op's first-occurrence rule),
         # so the index_copy_ below never writes one sample twice; the other rows go to row N.
         dst = torch.where(ok, index.to(self.device, torch.long), n)
-        correct = row_stats[:, CORRECT] == 1.0
-        count = s["count"].index_select(0, dst)
-        forgot = (count > 0) & s["last_correct"].index_select(0, dst) & ~correct
-        s["forgetting"].index_copy_(0, dst, s["forgetting"].index_select(0, dst) + forgot.to(torch.int32))
-        s["last_correct"].index_copy_(0, dst, correct)
-        s["learned"].index_copy_(0, dst, s["learned"].index_select(0, dst) | correct)
-        el2n = row_stats[:, EL2N]
+        rows = p["packed"].index_select(0, dst)  # changed in place below, then written back
+        count, forgetting, last_correct, learned, el2n, margin_sum = rows[:, :RING_COL].unbind(1)
+        stats = row_stats.to(torch.float64)
+        correct = (stats[:, CORRECT] == 1.0).to(torch.float64)
+        forgetting.add_(((count > 0) & (last_correct > correct)).to(torch.float64))  # correct before, not now
+        learned.copy_(torch.maximum(learned, correct))
+        last_correct.copy_(correct)
+        new_el2n = stats[:, EL2N]
         if self.el2n_epoch is not None:
-            el2n = torch.where(epoch == self.el2n_epoch, el2n, s["el2n"].index_select(0, dst))
-        s["el2n"].index_copy_(0, dst, el2n)
-        margin_sum = s["margin_sum"].index_select(0, dst) + row_stats[:, MARGIN].to(torch.float64)
-        s["margin_sum"].index_copy_(0, dst, margin_sum)
-        s["count"].index_copy_(0, dst, count + 1)
-        slot = torch.remainder(epoch.to(torch.long), self.window)
-        s["prob_ring"].view(-1).index_copy_(0, dst * self.window + slot, row_stats[:, TARGET_PROB])
+            new_el2n = torch.where(epoch == self.el2n_epoch, new_el2n, el2n)
+        el2n.copy_(new_el2n)
+        margin_sum.add_(stats[:, MARGIN])
+        count.add_(1.0)
+        slot = RING_COL + torch.remainder(epoch.to(torch.long), self.window)
+        rows.scatter_(1, slot.view(1, 1).expand(rows.shape[0], 1), stats[:, TARGET_PROB : TARGET_PROB + 1])
+        p["packed"].index_copy_(0, dst, rows)
 
     def end_epoch(self, seen, epoch: int) -> None:
         """Mark samples missing from `epoch`, then fold Dyn-Unc's window ending at `epoch`."""
-        s = self._state
-        s["prob_ring"][:, epoch % self.window].masked_fill_(seen != epoch, float("nan"))
+        p, n = self._padded, self.num_samples
+        ring = p["packed"][:n, RING_COL:]  # a view: the mark below lands in the state
+        ring[:, epoch % self.window].masked_fill_(seen != epoch, float("nan"))
         if epoch >= self.window - 1:
-            ring = s["prob_ring"]
             defined = ~torch.isnan(ring)
             k = defined.sum(dim=1)
             vals = torch.where(defined, ring, torch.zeros_like(ring))
@@ -166,8 +189,8 @@ class BaselineScores:
             var = torch.where(defined, ring - mean[:, None], torch.zeros_like(ring)).square().sum(dim=1)
             std = (var / k.clamp(min=1)).sqrt()
             ok = k >= 2
-            s["std_sum"] += torch.where(ok, std, torch.zeros_like(std)).to(torch.float64)
-            s["windows"] += ok.to(torch.int32)
+            p["std_sum"][:n] += torch.where(ok, std, torch.zeros_like(std))
+            p["windows"][:n] += ok.to(torch.int32)
 
     def scores(self) -> dict[str, torch.Tensor]:
         """{name: (N,) float32 by dataset index} for NAMES (raw values; see KEEP_SIGN)."""
@@ -224,13 +247,16 @@ class BaselineScores:
         window, el2n_epoch = self.check_state_dict(sd)
         padded = self._fresh(window)
         for k in TENSORS:
-            padded[k][: self.num_samples].copy_(sd[k])
+            if k in PACKED:
+                padded["packed"][: self.num_samples, _cols(k)].copy_(sd[k])
+            else:
+                padded[k][: self.num_samples].copy_(sd[k])
         self.window, self.el2n_epoch = window, el2n_epoch
-        self._set_state(padded)
+        self._padded = padded
 
     def recorded_anything(self) -> bool:
         """Whether any row has been recorded (one host sync)."""
-        return bool(self._state["count"].any())
+        return bool(self._padded["packed"][: self.num_samples, _cols("count")].any())
 
 
 def scores_of(s: dict) -> dict[str, torch.Tensor]:

@@ -158,6 +158,7 @@ def test_fold_skips_rows_without_stats_and_needs_no_selection():
     assert s["margin_sum"].tolist() == [2.0, 0.0, 0.0] and s["el2n"][0] == 0.5
     assert torch.isnan(s["el2n"][1:]).all() and s["prob_ring"][0, 0] == 0.9 and torch.isnan(s["prob_ring"][1:]).all()
     b.fold(torch.tensor([[0.0, 0.8, -1.0, 0.1]]), torch.tensor([0]), torch.tensor(1))
+    s = b._state
     assert s["forgetting"].tolist() == [1, 0, 0] and s["count"].tolist() == [2, 0, 0]
     assert s["prob_ring"][0].tolist() == pytest.approx([0.9, 0.1])
 
