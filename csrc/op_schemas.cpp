@@ -14,6 +14,7 @@ void update_meta(const at::Tensor&, const at::Tensor&, const at::Tensor&, const 
 void update_topk_meta(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                       const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                       const OptTensor&, const OptTensor&) {}
+void fold_meta(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t) {}
 void epoch_step_meta(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double) {}
 }  // namespace
 }  // namespace tdds
@@ -23,10 +24,12 @@ TORCH_LIBRARY_FRAGMENT(tdds, m) {
   m.def("update_ext" TDDS_UPDATE_SCHEMA);
   m.def("update_topk_ext" TDDS_UPDATE_TOPK_SCHEMA);
   m.def("epoch_step_ext" TDDS_EPOCH_STEP_SCHEMA);
+  m.def("fold_baselines_ext" TDDS_FOLD_SCHEMA);
 }
 
 TORCH_LIBRARY_IMPL(tdds, Meta, m) {
   m.impl("update_ext", &tdds::update_meta);
   m.impl("update_topk_ext", &tdds::update_topk_meta);
   m.impl("epoch_step_ext", &tdds::epoch_step_meta);
+  m.impl("fold_baselines_ext", &tdds::fold_meta);
 }

@@ -35,7 +35,8 @@ from __future__ import annotations
 
 import torch
 
-from ..ops.schema import CORRECT, EL2N, MARGIN, TARGET_PROB
+from ..ops import registry
+from ..ops.schema import BASELINE_COLUMNS, RING_COL
 
 NAMES = ("forgetting", "el2n", "aum", "dyn_unc")
 # Multiply a baseline by its sign to get "higher means keep" (the convention of TDDS and select()):
@@ -64,8 +65,7 @@ FORMAT_VERSION = 1
 # update streams the large TDDS state through the caches) measured 0.2-0.3 ms at B = 4096 on
 # the 2-core sandbox, as much as the kernel's own extra work. state_dict() and _state show the
 # named tensors of TENSORS.
-PACKED = ("count", "forgetting", "last_correct", "learned", "el2n", "margin_sum", "prob_ring")
-RING_COL = PACKED.index("prob_ring")  # prob_ring: columns RING_COL .. RING_COL + window - 1
+PACKED = (*BASELINE_COLUMNS, "prob_ring")  # prob_ring: columns RING_COL .. RING_COL + window - 1
 
 
 def _cols(name: str):
@@ -97,12 +97,19 @@ class BaselineScores:
     """Streaming forgetting / EL2N / AUM / Dyn-Unc over the epochs a TDDSTracker records.
 
     `window` is Dyn-Unc's window (epochs); `el2n_epoch` the epoch whose EL2N is kept (None: the
-    latest recorded). The tracker calls update() before its own op, with its `seen` (last epoch
-    each sample was recorded), so the same rows count for both.
+    latest recorded). The tracker passes the update op's row_stats to fold() after each update
+    with targets, and calls end_epoch() before its own epoch step; `fold` is the fold op
+    (registry.fold_op(device) if None).
     """
 
     def __init__(
-        self, num_samples: int, num_classes: int, device="cpu", window: int = 5, el2n_epoch: int | None = None
+        self,
+        num_samples: int,
+        num_classes: int,
+        device="cpu",
+        window: int = 5,
+        el2n_epoch: int | None = None,
+        fold=None,
     ):
         if isinstance(window, bool) or not isinstance(window, int) or window < 2:
             raise ValueError(f"window: expected an int >= 2, got {window!r}")
@@ -114,6 +121,9 @@ class BaselineScores:
         self.window, self.el2n_epoch = window, el2n_epoch
         self.device = torch.device(device)
         self._padded = self._fresh(window)
+        # tdds::fold_baselines*: the C++ kernel on CPU, else the reference op (registry.fold_op;
+        # a tracker passes the one it resolved, so nothing is looked up inside a compiled step)
+        self._fold = registry.fold_op(self.device) if fold is None else fold
 
     def _fresh(self, window: int) -> dict[str, torch.Tensor]:
         # One spare row past N (row N): fold() sends the rows that record nothing there, so it
@@ -153,28 +163,9 @@ class BaselineScores:
         their rows; rows with NaN stats (not applied, or no usable target) change nothing.
         `epoch`: the epoch being recorded, an int or a 0-d tensor (the tracker passes its
         device-side counter, so a compiled step stays valid across epochs). No host sync."""
-        p, n = self._padded, self.num_samples
-        epoch = torch.as_tensor(epoch, device=self.device)
-        ok = ~torch.isnan(row_stats[:, CORRECT])
-        # Each sample has at most one row with stats per epoch (the op's first-occurrence rule),
-        # so the index_copy_ below never writes one sample twice; the other rows go to row N.
-        dst = torch.where(ok, index.to(self.device, torch.long), n)
-        rows = p["packed"].index_select(0, dst)  # changed in place below, then written back
-        count, forgetting, last_correct, learned, el2n, margin_sum = rows[:, :RING_COL].unbind(1)
-        stats = row_stats.to(torch.float64)
-        correct = (stats[:, CORRECT] == 1.0).to(torch.float64)
-        forgetting.add_(((count > 0) & (last_correct > correct)).to(torch.float64))  # correct before, not now
-        learned.copy_(torch.maximum(learned, correct))
-        last_correct.copy_(correct)
-        new_el2n = stats[:, EL2N]
-        if self.el2n_epoch is not None:
-            new_el2n = torch.where(epoch == self.el2n_epoch, new_el2n, el2n)
-        el2n.copy_(new_el2n)
-        margin_sum.add_(stats[:, MARGIN])
-        count.add_(1.0)
-        slot = RING_COL + torch.remainder(epoch.to(torch.long), self.window)
-        rows.scatter_(1, slot.view(1, 1).expand(rows.shape[0], 1), stats[:, TARGET_PROB : TARGET_PROB + 1])
-        p["packed"].index_copy_(0, dst, rows)
+        epoch = torch.as_tensor(epoch, dtype=torch.int64, device=self.device)
+        el2n_epoch = -1 if self.el2n_epoch is None else self.el2n_epoch
+        self._fold(row_stats, index, self._padded["packed"], epoch, el2n_epoch)
 
     def end_epoch(self, seen, epoch: int) -> None:
         """Mark samples missing from `epoch`, then fold Dyn-Unc's window ending at `epoch`."""

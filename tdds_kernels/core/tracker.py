@@ -107,6 +107,7 @@ class TDDSTracker(metaclass=_Constructor):
         self.debug = bool(debug)
         self.device = resolve_device(device)
         self._backend = registry.resolve(backend, self.device, topk=self.config.prev_topk is not None)
+        self._fold = registry.fold_op(self.device)  # the baselines' fold, resolved outside any compiled step
         self._state = TrackerState(self.config, self.device)
         self._host_counters = HostSnapshots()  # counters copies for the check below (no CUDA sync)
         # Detects two threads inside update/end_epoch at once (docs/design.md §3, threads): taken
@@ -243,7 +244,9 @@ class TDDSTracker(metaclass=_Constructor):
             check_targets(targets, logits)  # before anything changes: a rejected targets= creates nothing
             baselines = self._baselines
             if baselines is None:
-                baselines = BaselineScores(self.num_samples, self.num_classes, self.device, **self.baseline_options)
+                baselines = BaselineScores(
+                    self.num_samples, self.num_classes, self.device, fold=self._fold, **self.baseline_options
+                )
             if not compiling and (self.device.type == "cpu" or self.debug):  # as the index check
                 baselines.check_labels(targets)
             if targets.dtype not in (torch.int64, torch.int32):
@@ -350,7 +353,9 @@ class TDDSTracker(metaclass=_Constructor):
         on_nonfinite, on_out_of_range = check_state_dict(self.config, sd, where)
         baselines = None
         if sd["baselines"] is not None:
-            baselines = BaselineScores(self.num_samples, self.num_classes, self.device, **self.baseline_options)
+            baselines = BaselineScores(
+                self.num_samples, self.num_classes, self.device, fold=self._fold, **self.baseline_options
+            )
             baselines.load_state_dict(sd["baselines"])  # checked above: only allocates and copies
 
         def apply() -> None:

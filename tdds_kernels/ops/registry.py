@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import reference, reference_topk  # noqa: F401  (define the reference ops)
+from . import reference, reference_fold, reference_topk  # noqa: F401  (define the reference ops)
 
 NAMES = ("reference", "triton", "cpu", "cuda")
 # Order "auto" tries per device type, fastest first (benchmarks/results/ has the measurements).
@@ -147,6 +147,16 @@ def _backend(name: str, topk: bool = False) -> Backend:
     suffix = SUFFIX[name]
     update = getattr(torch.ops.tdds, ("update_topk" if topk else "update") + suffix)
     return Backend(name, update, getattr(torch.ops.tdds, "epoch_step" + suffix))
+
+
+def fold_op(device) -> object:
+    """The baselines' fold (FOLD_SCHEMA) for a state on `device`: the C++ CPU kernel where the
+    extension has one (a serial loop that fetches the packed rows ahead: the torch statement's
+    gather and scatter wait on a cache miss per row), else the reference op."""
+    device = torch.device(device)
+    if device.type == "cpu" and _base_reason("cpu", device) is None and _has_kernel("tdds::fold_baselines_ext", "CPU"):
+        return torch.ops.tdds.fold_baselines_ext
+    return torch.ops.tdds.fold_baselines
 
 
 def available(device, topk: bool = False) -> list[str]:

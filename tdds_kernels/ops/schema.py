@@ -66,6 +66,14 @@ NUM_SLOTS = EPOCH + 1
 ROW_STATS = ("correct", "el2n", "margin", "target_prob")
 CORRECT, EL2N, MARGIN, TARGET_PROB = range(len(ROW_STATS))
 
+# The baselines' per-sample state that tdds::fold_baselines* update from row_stats, one float64
+# row per sample (plus a spare row N that absorbs rows without stats): these columns, then the
+# Dyn-Unc ring of p_y over `window` epochs (tdds_kernels/core/baselines.py owns the layout).
+BASELINE_COLUMNS = ("count", "forgetting", "last_correct", "learned", "el2n", "margin_sum")
+RING_COL = len(BASELINE_COLUMNS)
+# epoch: a 0-d int64 tensor on the state's device (counters[EPOCH]); el2n_epoch: -1 = the latest.
+FOLD_SCHEMA = "(Tensor row_stats, Tensor index, Tensor(a!) packed, Tensor epoch, int el2n_epoch) -> ()"
+
 EPS = 1e-8  # the release's epsilon inside log(p + eps)
 
 _lib = torch.library.Library(NAMESPACE, "FRAGMENT")
@@ -95,6 +103,15 @@ def define_topk_sibling(suffix: str) -> str:
     """Declare tdds::update_topk{suffix} (UPDATE_TOPK_SCHEMA); returns the qualified name."""
     name = f"update_topk{suffix}"
     _lib.define(name + UPDATE_TOPK_SCHEMA)
+    qualname = f"{NAMESPACE}::{name}"
+    torch.library.register_fake(qualname, _fake_noop, lib=_lib)
+    return qualname
+
+
+def define_fold_sibling(suffix: str) -> str:
+    """Declare tdds::fold_baselines{suffix} (FOLD_SCHEMA); returns the qualified name."""
+    name = f"fold_baselines{suffix}"
+    _lib.define(name + FOLD_SCHEMA)
     qualname = f"{NAMESPACE}::{name}"
     torch.library.register_fake(qualname, _fake_noop, lib=_lib)
     return qualname
