@@ -5,6 +5,9 @@
     cpu        tdds::update_ext / ..._ext (CPU kernel)    C++ extension, CPU trackers
     cuda       tdds::update_ext / ..._ext (CUDA kernel)   C++ extension built with CUDA
 
+The baselines' fold (tdds::fold_baselines*, fold_op) is the C++ CPU kernel where the extension
+has it and the reference op everywhere else, whatever the backend.
+
 With topk=True (a tracker's prev_topk=K) the update op is the backend's tdds::update_topk{suffix}
 sibling; a backend without one is unavailable for such trackers (reference: tdds::update_topk).
 
