@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 #include <limits>
+#include <optional>
 #include <vector>
 
 namespace {
@@ -26,10 +27,19 @@ bool close(double a, double b, double rtol = 1e-5, double atol = 1e-6) {
 }
 
 using T = const at::Tensor&;
-void update(T logits, T index, T prev, T seen, T ring, T counters) {
-  static auto op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("tdds::update_ext", "").typed<void(T, T, T, T, T, T)>();
-  op.call(logits, index, prev, seen, ring, counters);
+using O = const std::optional<at::Tensor>&;
+void update(T logits, T index, T prev, T seen, T ring, T counters, O targets = std::nullopt,
+            O row_stats = std::nullopt) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("tdds::update_ext", "")
+                       .typed<void(T, T, T, T, T, T, O, O)>();
+  op.call(logits, index, prev, seen, ring, counters, targets, row_stats);
+}
+void fold(T row_stats, T index, T packed, T epoch, int64_t el2n_epoch) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("tdds::fold_baselines_ext", "")
+                       .typed<void(T, T, T, T, int64_t)>();
+  op.call(row_stats, index, packed, epoch, el2n_epoch);
 }
 void epoch_step(T seen, T ring, T score, T counters, double decay) {
   static auto op = c10::Dispatcher::singleton()
@@ -147,6 +157,41 @@ void test_threads_give_one_result() {
   }
 }
 
+// The baselines' row stats of p = softmax([0, log 3]) = [1/4, 3/4], by hand: target 1 (correct,
+// ||p - e1|| = sqrt(2)/4, margin log 3, p_y 3/4) and target 0 (wrong, sqrt(2) 3/4, -log 3, 1/4);
+// a duplicate and a label outside [0, C) get NaN. Then the fold of those stats.
+void test_row_stats_and_fold() {
+  const float l3 = std::log(3.f);
+  auto logits = at::tensor({0.f, l3, 0.f, l3, 0.f, l3, 0.f, l3}).reshape({4, 2});
+  auto index = at::tensor(std::vector<int64_t>{0, 1, 0, 2});
+  auto targets = at::tensor(std::vector<int64_t>{1, 0, 1, 2});
+  auto prev = at::zeros({3, 2});
+  auto seen = at::full({3}, -1, at::kInt);
+  auto ring = at::zeros({3, 2});
+  auto counters = counters_at(0);
+  auto stats = at::full({4, 4}, 7.f);
+  update(logits, index, prev, seen, ring, counters, targets, stats);
+  const double r2 = std::sqrt(2.0);
+  const double want[2][4] = {{1, r2 / 4, std::log(3.0), 0.75}, {0, 3 * r2 / 4, -std::log(3.0), 0.25}};
+  for (int b = 0; b < 2; ++b)
+    for (int k = 0; k < 4; ++k) EXPECT(close(stats[b][k].item<float>(), want[b][k]));
+  for (int b = 2; b < 4; ++b) EXPECT(at::isnan(stats[b]).all().item<bool>());
+  // packed: count, forgetting, last_correct, learned, el2n, margin_sum, ring (window 2); sample
+  // 0 was correct last epoch and is wrong now (a forgetting event) in the second fold.
+  auto packed = at::zeros({4, 8}, at::kDouble);
+  fold(stats, index, packed, at::scalar_tensor(3, at::kLong), -1);
+  EXPECT(packed[0][0].item<double>() == 1 && packed[0][2].item<double>() == 1 &&
+         packed[0][3].item<double>() == 1);
+  EXPECT(close(packed[0][4].item<double>(), r2 / 4) && close(packed[0][5].item<double>(), std::log(3.0)));
+  EXPECT(close(packed[0][6 + 3 % 2].item<double>(), 0.75) && packed[0][6].item<double>() == 0);
+  EXPECT(packed[2].abs().sum().item<double>() == 0);  // row 3 of the batch had no stats
+  auto wrong = stats.clone();
+  wrong[0][0] = 0.f;
+  fold(wrong, index, packed, at::scalar_tensor(4, at::kLong), 7);  // el2n kept only at epoch 7
+  EXPECT(packed[0][1].item<double>() == 1 && packed[0][0].item<double>() == 2);
+  EXPECT(close(packed[0][4].item<double>(), r2 / 4));
+}
+
 }  // namespace
 
 int main() {
@@ -155,6 +200,7 @@ int main() {
   for (auto storage : {at::kFloat, at::kBFloat16, at::kHalf}) test_wide_rows_and_counters(storage);
   test_epoch_step_window();
   test_threads_give_one_result();
+  test_row_stats_and_fold();
   if (failures) {
     std::fprintf(stderr, "%d check(s) failed\n", failures);
     return 1;
