@@ -29,6 +29,8 @@ def test_bench_targets_small(tmp_path):
     from tdds_kernels.ops import registry
 
     assert {r[0] for r in rows} == set(registry.available(torch.device("cpu"))) - {"triton"}
+    h = 0.0005  # the times are printed to 0.001 ms, the ratio to 0.01
     for _, plain, with_targets, ratio in rows:
-        assert float(plain) > 0 and float(with_targets) > 0
-        assert abs(float(ratio) - float(with_targets) / float(plain)) < 0.01 + 0.01 * float(ratio)
+        p, w, r = float(plain), float(with_targets), float(ratio)
+        assert p > 0 and w > 0
+        assert (w - h) / (p + h) - 0.005 <= r <= (w + h) / (p - h) + 0.005, (p, w, r)
