@@ -147,17 +147,6 @@ class BaselineScores:
             for name, (dtype, _, _) in TENSORS.items()
         }
 
-    def check_labels(self, targets: torch.Tensor) -> None:
-        """Raise (naming `targets`) unless every label is in [0, num_classes): one host sync, so
-        the tracker calls it on CPU only; on CUDA the op gives such rows NaN stats (skipped)."""
-        y = targets.to(torch.long)
-        bad = (y < 0) | (y >= self.num_classes)
-        if bool(bad.any()):
-            raise ValueError(
-                f"targets: expected class labels in [0, {self.num_classes}), got "
-                f"{int(bad.sum())} outside it (first: {int(y[bad][0])})"
-            )
-
     def fold(self, row_stats: torch.Tensor, index: torch.Tensor, epoch) -> None:
         """Add one batch's row_stats (written by the update op with targets) to the samples of
         their rows; rows with NaN stats (not applied, or no usable target) change nothing.

@@ -61,3 +61,14 @@ def check_options(sd: dict, where: str) -> tuple[str, str]:
         if not isinstance(value, str) or value not in allowed:
             raise ValueError(f"{where}: {name}: expected one of {allowed}, got {value!r}")
     return values
+
+
+def check_in_range(name: str, values: torch.Tensor, upper: int, what: str) -> None:
+    """Raise (naming `name`, with the count and the first offender) unless every value lies in
+    [0, upper): one host sync, so callers check eagerly only where that is free (CPU) or asked
+    for (debug=True)."""
+    bad = (values < 0) | (values >= upper)
+    if bool(bad.any()):
+        raise ValueError(
+            f"{name}: expected {what} in [0, {upper}), got {int(bad.sum())} outside it (first: {int(values[bad][0])})"
+        )

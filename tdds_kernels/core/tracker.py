@@ -19,6 +19,7 @@ from .inputs import (  # noqa: F401  (re-exported)
     ON_NONFINITE,
     ON_OUT_OF_RANGE,
     check_batch,
+    check_in_range,
     check_on_nonfinite,
     check_on_out_of_range,
     check_options,
@@ -189,15 +190,6 @@ class TDDSTracker(metaclass=_Constructor):
         )
 
     # ------------------------------------------------------------------ recording
-    def _check_range(self, index):
-        bad = (index < 0) | (index >= self.num_samples)
-        if bool(bad.any()):
-            first = int(index[bad][0])
-            raise ValueError(
-                f"index: expected dataset indices in [0, {self.num_samples}), got "
-                f"{int(bad.sum())} outside it (first: {first})"
-            )
-
     def update(self, logits: torch.Tensor, index: torch.Tensor, targets: torch.Tensor | None = None) -> None:
         """Record one batch of the current epoch: logits (B, C) and dataset indices (B,).
 
@@ -228,7 +220,7 @@ class TDDSTracker(metaclass=_Constructor):
         # On CPU the range check is free, so bad indices raise before anything changes; on CUDA
         # it would sync every step, so the kernels skip and count them and end_epoch raises.
         if not compiling and (self.device.type == "cpu" or self.debug):
-            self._check_range(index)
+            check_in_range("index", index, self.num_samples, "dataset indices")
         self._record(logits, index, targets, logits.shape[0])
 
     def _record(self, logits, index, targets, rows: int) -> None:
@@ -242,13 +234,13 @@ class TDDSTracker(metaclass=_Constructor):
             self._backend.update(logits, index, *st.previous_row(), st.seen, st.ring, st.counters)
         else:
             check_targets(targets, logits)  # before anything changes: a rejected targets= creates nothing
+            if not compiling and (self.device.type == "cpu" or self.debug):  # as the index check
+                check_in_range("targets", targets, self.num_classes, "class labels")
             baselines = self._baselines
             if baselines is None:
                 baselines = BaselineScores(
                     self.num_samples, self.num_classes, self.device, fold=self._fold, **self.baseline_options
                 )
-            if not compiling and (self.device.type == "cpu" or self.debug):  # as the index check
-                baselines.check_labels(targets)
             if targets.dtype not in (torch.int64, torch.int32):
                 targets = targets.to(torch.int64)
             # The op computes the rows' baseline quantities in its pass over the logits, for

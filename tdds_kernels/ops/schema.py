@@ -84,37 +84,30 @@ def _fake_noop(*args, **kwargs):
     return None
 
 
+def _define(name: str, schema: str) -> str:
+    """Declare tdds::{name} with `schema` and its no-op fake kernel; returns the qualified name."""
+    _lib.define(name + schema)
+    qualname = f"{NAMESPACE}::{name}"
+    torch.library.register_fake(qualname, _fake_noop, lib=_lib)
+    return qualname
+
+
 def define_sibling(suffix: str) -> tuple[str, str]:
     """Declare tdds::update{suffix} and tdds::epoch_step{suffix} with the shared schemas.
 
     Returns the qualified names; the caller registers kernels for its devices.
     """
-    names = []
-    for base, schema in (("update", UPDATE_SCHEMA), ("epoch_step", EPOCH_STEP_SCHEMA)):
-        name = f"{base}{suffix}"
-        _lib.define(name + schema)
-        qualname = f"{NAMESPACE}::{name}"
-        torch.library.register_fake(qualname, _fake_noop, lib=_lib)
-        names.append(qualname)
-    return names[0], names[1]
+    return _define(f"update{suffix}", UPDATE_SCHEMA), _define(f"epoch_step{suffix}", EPOCH_STEP_SCHEMA)
 
 
 def define_topk_sibling(suffix: str) -> str:
     """Declare tdds::update_topk{suffix} (UPDATE_TOPK_SCHEMA); returns the qualified name."""
-    name = f"update_topk{suffix}"
-    _lib.define(name + UPDATE_TOPK_SCHEMA)
-    qualname = f"{NAMESPACE}::{name}"
-    torch.library.register_fake(qualname, _fake_noop, lib=_lib)
-    return qualname
+    return _define(f"update_topk{suffix}", UPDATE_TOPK_SCHEMA)
 
 
 def define_fold_sibling(suffix: str) -> str:
     """Declare tdds::fold_baselines{suffix} (FOLD_SCHEMA); returns the qualified name."""
-    name = f"fold_baselines{suffix}"
-    _lib.define(name + FOLD_SCHEMA)
-    qualname = f"{NAMESPACE}::{name}"
-    torch.library.register_fake(qualname, _fake_noop, lib=_lib)
-    return qualname
+    return _define(f"fold_baselines{suffix}", FOLD_SCHEMA)
 
 
 def topk_index_dtype(num_classes: int) -> torch.dtype:
