@@ -2,8 +2,8 @@
 // cpu/kernels_<isa>.cpp defines
 // CPU_CAPABILITY (+ CPU_CAPABILITY_<ISA>), switches the code generation target with
 // `#pragma GCC target` and includes this file, so one set of compiler flags builds DEFAULT, AVX2
-// and AVX512 variants and ops_cpu.cpp picks one at run time (at::get_cpu_capability(), which
-// honours ATEN_CPU_CAPABILITY) instead of baking -march=native into the binary.
+// and AVX512 variants and ops_cpu.cpp picks one at run time (cpu_isa.cpp: the widest the CPU
+// supports, narrowed by ATEN_CPU_CAPABILITY) instead of baking -march=native into the binary.
 //
 // at::vec puts Vectorized<> in an inline namespace named after CPU_CAPABILITY, so the variants
 // do not collide. Inline helpers shared with other translation units (libstdc++, c10) are

@@ -1,26 +1,28 @@
 // CPU kernels of tdds::update_ext, tdds::update_topk_ext and tdds::epoch_step_ext.
 #include <ATen/Parallel.h>
-#include <ATen/Version.h>
 #include <torch/library.h>
 
 #include <atomic>
 #include <vector>
 
+#include "cpu_isa.h"
 #include "kernel_args.h"
 #include "../op_contract.h"
 
 namespace tdds {
 namespace {
 
-// The widest variant this CPU (or ATEN_CPU_CAPABILITY) allows, chosen once.
+// The variant cpu_isa.cpp selects: what the CPU supports, narrowed by ATEN_CPU_CAPABILITY.
 template <typename Fn>
 Fn pick(Fn avx512, Fn avx2, Fn fallback) {
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-  const std::string cap = at::get_cpu_capability();
-  if (cap == "AVX512") return avx512;
-  if (cap == "AVX2") return avx2;
-#endif
-  return fallback;
+  switch (cpu::selected_isa()) {
+    case cpu::Isa::kAvx512:
+      return avx512;
+    case cpu::Isa::kAvx2:
+      return avx2;
+    default:
+      return fallback;
+  }
 }
 UpdateRowsFn pick_update_rows() {
   return pick(&cpu::update_rows_AVX512, &cpu::update_rows_AVX2, &cpu::update_rows_DEFAULT);

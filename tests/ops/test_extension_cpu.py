@@ -16,7 +16,7 @@ from helpers import probability_sweep
 
 if os.environ.get("TDDS_NO_EXT") == "1":
     pytest.skip("TDDS_NO_EXT=1: the C++ extension was not built", allow_module_level=True)
-import tdds_kernels._C  # noqa: E402,F401  (a missing build is an error, not a skip)
+import tdds_kernels._C  # noqa: E402  (a missing build is an error, not a skip)
 
 EXT_UPDATE, EXT_STEP = torch.ops.tdds.update_ext, torch.ops.tdds.epoch_step_ext
 
@@ -72,16 +72,77 @@ def test_in_batch_duplicates_over_two_threads_apply_exactly_one_row():
         torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("capability", ["default", "avx2", "avx512"])
+ISA_ORDER = ["default", "avx2", "avx512"]  # each variant runs on a CPU that runs the next one
+
+
+def supported(capability):
+    """Whether this CPU (and OS) can run the variant, from cpuid, not from ATEN_CPU_CAPABILITY."""
+    widest = tdds_kernels._C.cpu_variant_supported().lower()
+    return ISA_ORDER.index(capability) <= ISA_ORDER.index(widest)
+
+
+def run_with_capability(capability, code, *args):
+    env = dict(os.environ, ATEN_CPU_CAPABILITY=capability)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_supported_variant_is_from_cpuid():
+    """cpu_variant_supported() agrees with the CPU flags the kernel reports in /proc/cpuinfo."""
+    widest = tdds_kernels._C.cpu_variant_supported()
+    assert widest in ("DEFAULT", "AVX2", "AVX512")
+    if not os.path.exists("/proc/cpuinfo") or os.uname().machine != "x86_64":
+        assert widest == "DEFAULT"
+        return
+    flags = set()
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    avx2 = {"avx2", "fma", "f16c", "bmi1", "bmi2", "popcnt", "abm"} <= flags
+    avx512 = avx2 and {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags
+    assert widest == ("AVX512" if avx512 else "AVX2" if avx2 else "DEFAULT")
+
+
+@pytest.mark.parametrize("capability", ["avx512", "AVX512", "avx2", "zvector", "no-such-isa", ""])
+def test_capability_variable_never_widens_the_choice(capability):
+    """ATEN_CPU_CAPABILITY names a variant at most: one this CPU lacks (or a name torch does not
+    know) must not crash the update (it used to die with SIGILL on AVX2-only CPUs): the kernels
+    run the narrower of the variable and the CPU's widest variant."""
+    out = run_with_capability(
+        capability,
+        """
+        import torch, tdds_kernels as tk, tdds_kernels._C as C
+        t = tk.TDDSTracker(64, 1000, window=3, trajectory_len=4, backend="cpu")
+        for e in range(4):
+            t.update(torch.randn(64, 1000), torch.randperm(64))
+            t.end_epoch()
+        assert torch.isfinite(t.scores()).all()
+        print(C.cpu_variant(), C.cpu_variant_supported())
+        """,
+    )
+    assert out.returncode == 0, f"returncode={out.returncode}: {out.stderr[-2000:]}"
+    used, widest = out.stdout.split()
+    assert ISA_ORDER.index(used.lower()) <= ISA_ORDER.index(widest.lower())
+    if capability.lower() in ISA_ORDER and supported(capability.lower()):
+        assert used == capability.upper()
+
+
+@pytest.mark.parametrize("capability", ISA_ORDER)
 def test_isa_variants_match_reference(capability, tmp_path):
-    """The kernels are compiled per ISA and picked at run time; force each one (a wider one than
-    the CPU has falls back). Each has its own exp and log: on the probability sweep the stored
-    logs and d stay within 1e-6 of the reference (measured: 2.2e-7)."""
+    """The kernels are compiled per ISA and picked at run time; force each one the CPU supports
+    (the others skip, saying so). Each has its own exp and log: on the probability sweep the
+    stored logs and d stay within 1e-6 of the reference (measured: 2.2e-7)."""
+    if not supported(capability):
+        pytest.skip(
+            f"this CPU cannot run the {capability.upper()} variant (widest: {tdds_kernels._C.cpu_variant_supported()})"
+        )
     torch.save(probability_sweep(), tmp_path / "sweep.pt")
     code = textwrap.dedent("""
         import sys, torch, tdds_kernels, tdds_kernels._C
         torch.manual_seed(0)
-        print(torch.backends.cpu.get_cpu_capability())
+        print(tdds_kernels._C.cpu_variant())
         z = torch.load(sys.argv[1])
         b, c = z.shape
         state = [torch.log_softmax(torch.randn(b, c), 1), torch.zeros(b, dtype=torch.int32),
@@ -119,13 +180,7 @@ def test_isa_variants_match_reference(capability, tmp_path):
             assert torch.equal(ext[3], ref[3])
         print("ok")
     """)
-    env = dict(os.environ, ATEN_CPU_CAPABILITY=capability)
-    out = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path / "sweep.pt")], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert out.returncode == 0, out.stderr
-    cap, ok = out.stdout.split()
-    assert ok == "ok"
-    if capability != "default" and cap != capability.upper():
-        pytest.skip(f"this CPU has no {capability.upper()}; the {cap} variant ran")
-    assert cap == capability.upper()
+    out = run_with_capability(capability, code, str(tmp_path / "sweep.pt"))
+    assert out.returncode == 0, f"returncode={out.returncode}: {out.stderr[-2000:]}"
+    used, ok = out.stdout.split()
+    assert ok == "ok" and used == capability.upper()
