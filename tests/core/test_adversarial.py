@@ -631,6 +631,25 @@ def test_out_of_range_labels_skipped_when_compiling_are_reported(backend, monkey
     assert tr.epoch == 2
 
 
+@pytest.mark.parametrize("case", backend_cases(exclude=("cpu-reference", "cpu-cpu", "cpu-triton")))
+def test_out_of_range_labels_on_cuda_have_the_same_way_out(case, tmp_path):
+    device, backend = case
+    tr = tk.TDDSTracker(N, C, window=W, trajectory_len=T, device=device, backend=backend)
+    x, index = torch.randn(4, C, device=device), torch.arange(4, device=device)
+    tr.update(x, index, torch.tensor([0, C, -1, 1], device=device))  # no sync, no raise
+    before = snapshot(tr)
+    with pytest.raises(ValueError) as info:
+        tr.end_epoch()
+    one_line(info, "targets", "2 rows of epoch 0", "on_out_of_range = 'skip'")
+    assert_same_state(before, snapshot(tr))
+    tr.save(tmp_path / "t.pt")
+    back = tk.TDDSTracker.load(tmp_path / "t.pt", device=device, backend=backend)
+    for t in (tr, back):
+        t.on_out_of_range = "skip"
+        t.end_epoch()
+        assert t.epoch == 1 and t.baseline_state_dict()["out_of_range_targets"].tolist() == [2, 2]
+
+
 def test_out_of_range_labels_in_a_really_compiled_update():
     tr = tk.TDDSTracker(N, C, window=W, trajectory_len=T, backend="reference")
 
