@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core.checkpoint import replace_files
+from .core.atomic_files import replace_files
 from .core.config import TrackerConfig, check_int
 from .core.selection import ascending_order
 from .core.state import tensor_specs
@@ -283,7 +283,7 @@ def release_arrays(scores, window: int, trajectory_len: int) -> dict[str, np.nda
 
 
 def write_arrays(arrays: dict[str, np.ndarray], out_dir) -> None:
-    """np.save every array into `out_dir` under its name, all or none (core.checkpoint.replace_files:
+    """np.save every array into `out_dir` under its name, all or none (core.atomic_files.replace_files:
     on an error every previous file is back as it was and no temporary file remains); folders
     created for them are removed again on an error."""
     out_dir = Path(out_dir)

@@ -37,6 +37,7 @@ import torch
 
 from ..ops import registry
 from ..ops.schema import BASELINE_COLUMNS, RING_COL
+from .state import check_readable
 
 NAMES = ("forgetting", "el2n", "aum", "dyn_unc")
 # Multiply a baseline by its sign to get "higher means keep" (the convention of TDDS and select()):
@@ -59,6 +60,10 @@ TENSORS = {
 }
 PER_SAMPLE = tuple(TENSORS)
 FORMAT_VERSION = 1
+# Rows whose target lay outside [0, C) where update() could not raise (a compiled step, CUDA): the
+# op leaves them out of the baselines; counted on the device as [all epochs, at the open epoch's
+# start], and the tracker's end_epoch reports the open epoch's (state_dict entry, optional).
+OUT_OF_RANGE = "out_of_range_targets"
 # Everything fold() changes per row, kept as the columns of one (N + 1, 6 + window) float64
 # tensor (exact for these counts, flags and float32 values): one gather and one scatter of rows
 # per batch. A dozen gathers and scatters of the separate tensors (each row a cache miss: the
@@ -121,6 +126,7 @@ class BaselineScores:
         self.window, self.el2n_epoch = window, el2n_epoch
         self.device = torch.device(device)
         self._padded = self._fresh(window)
+        self._out_of_range = torch.zeros(2, dtype=torch.int64, device=self.device)
         # tdds::fold_baselines*: the C++ kernel on CPU, else the reference op (registry.fold_op;
         # a tracker passes the one it resolved, so nothing is looked up inside a compiled step)
         self._fold = registry.fold_op(self.device) if fold is None else fold
@@ -156,8 +162,25 @@ class BaselineScores:
         el2n_epoch = -1 if self.el2n_epoch is None else self.el2n_epoch
         self._fold(row_stats, index, self._padded["packed"], epoch, el2n_epoch)
 
+    def count_out_of_range(self, targets: torch.Tensor) -> None:
+        """Count the rows of a batch whose target lies outside [0, C) (no host sync)."""
+        self._out_of_range[0] += ((targets < 0) | (targets >= self.num_classes)).sum()
+
+    def check_out_of_range(self, epoch: int, on_out_of_range: str) -> None:
+        """The tracker's end_epoch check (one host sync): with on_out_of_range "error", raise if
+        rows of the open epoch were counted by count_out_of_range; the epoch stays open."""
+        total, at_start = self._out_of_range.tolist()
+        if total > at_start and on_out_of_range == "error":
+            raise ValueError(
+                f"targets: {total - at_start} rows of epoch {epoch} had class labels outside "
+                f"[0, {self.num_classes}) and were left out of the baselines; the epoch is not "
+                "closed (set tracker.on_out_of_range = 'skip' to accept that and call end_epoch() "
+                "again; debug=True raises at the offending update)"
+            )
+
     def end_epoch(self, seen, epoch: int) -> None:
         """Mark samples missing from `epoch`, then fold Dyn-Unc's window ending at `epoch`."""
+        self._out_of_range[1] = self._out_of_range[0]
         p, n = self._padded, self.num_samples
         ring = p["packed"][:n, RING_COL:]  # a view: the mark below lands in the state
         ring[:, epoch % self.window].masked_fill_(seen != epoch, float("nan"))
@@ -191,6 +214,7 @@ class BaselineScores:
             "version": FORMAT_VERSION,
             "config": self._config(),
             **{k: v.cpu().clone() for k, v in self._state.items()},
+            OUT_OF_RANGE: self._out_of_range.cpu().clone(),
         }
 
     def check_state_dict(self, sd: dict) -> tuple:
@@ -216,6 +240,20 @@ class BaselineScores:
                 raise ValueError(
                     f"baselines state_dict: {key}: expected shape {tuple(ref.shape)} dtype {ref.dtype}, got {got}"
                 )
+            check_readable("baselines state_dict", key, t)
+        counts = sd.get(OUT_OF_RANGE)  # absent from files written before it was counted
+        if counts is not None:
+            if not isinstance(counts, torch.Tensor) or counts.shape != (2,) or counts.dtype != torch.int64:
+                got = (tuple(counts.shape), counts.dtype) if isinstance(counts, torch.Tensor) else type(counts).__name__
+                raise ValueError(
+                    f"baselines state_dict: {OUT_OF_RANGE}: expected shape (2,) dtype torch.int64, got {got}"
+                )
+            check_readable("baselines state_dict", OUT_OF_RANGE, counts)
+            if not 0 <= int(counts[1]) <= int(counts[0]):
+                raise ValueError(
+                    f"baselines state_dict: {OUT_OF_RANGE}: expected [total, at epoch start] with "
+                    f"0 <= at epoch start <= total, got {counts.tolist()}"
+                )
         return other.window, other.el2n_epoch
 
     def load_state_dict(self, sd: dict) -> None:
@@ -226,13 +264,17 @@ class BaselineScores:
         """
         window, el2n_epoch = self.check_state_dict(sd)
         padded = self._fresh(window)
-        for k in TENSORS:
-            if k in PACKED:
-                padded["packed"][: self.num_samples, _cols(k)].copy_(sd[k])
-            else:
-                padded[k][: self.num_samples].copy_(sd[k])
+        counts = torch.zeros(2, dtype=torch.int64, device=self.device)
+        with torch.no_grad():
+            for k in TENSORS:
+                if k in PACKED:
+                    padded["packed"][: self.num_samples, _cols(k)].copy_(sd[k])
+                else:
+                    padded[k][: self.num_samples].copy_(sd[k])
+            if sd.get(OUT_OF_RANGE) is not None:
+                counts.copy_(sd[OUT_OF_RANGE])
         self.window, self.el2n_epoch = window, el2n_epoch
-        self._padded = padded
+        self._padded, self._out_of_range = padded, counts
 
     def recorded_anything(self) -> bool:
         """Whether any row has been recorded (one host sync)."""

@@ -1,36 +1,36 @@
-"""Checkpoint files: the header, the format version, the one atomic writer, the reader.
+"""The tracker's checkpoint file format: the header, the format version, the checksums, the reader.
 
 A tracker checkpoint is a torch.save'd dict: {"format": FORMAT, "version": FORMAT_VERSION,
 "config": TrackerConfig.to_dict(), ...TrackerState entries..., "on_nonfinite", "baselines"},
-plus a "shard" entry for one rank's file of a sharded tracker, and (written by save_atomic
-since the checksums were added; version 1 files without them still load) a "checksums" entry:
-{tensor name: crc32 of its bytes, "__meta__": crc32 of every other entry's repr}. Files are
-read with weights_only=True: a checkpoint is data, never code. Everything read from disk is
-treated as untrusted input: an unreadable file, a checksum mismatch or a state that does not fit
-its own config is a one-line ValueError naming the file.
+plus a "shard" entry for one rank's file of a sharded tracker, and a "checksums" entry (written
+by save_atomic; files written before checksums existed load unverified): {tensor name: crc32
+of its bytes, "__meta__": crc32 of every other entry's repr}. Files are written atomically
+(core/atomic_files.py) and read with weights_only=True: a checkpoint is data, never code.
+Everything read from disk is treated as untrusted input: an unreadable file, a tensor the file
+does not hold in full, a checksum mismatch or a state that does not fit its own config is a
+one-line ValueError naming the file.
 
-Temporary files: a file is written as ".{name}.{pid}.{random}.tmp" beside it and renamed into
-place. A writer killed mid-write (kill -9, OOM killer, power loss) leaves its temporary file
-behind; the next write of the same path removes such leftovers (remove_stale_temps).
+Versions: 2 (current) dropped the forgotten-end_epoch() check's bookkeeping ("next_dup_check",
+"dup_check_mark"), which is host-side diagnostics, not state; version 1 files carry it and
+still load (the entries are ignored).
 """
 
 from __future__ import annotations
 
 import os
 import re
-import secrets
-import shutil
-import tempfile
-import time
 import warnings
+import zipfile
 import zlib
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from .atomic_files import replace_files
+
 FORMAT = "tdds_kernels.TDDSTracker"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 def header() -> dict:
@@ -38,148 +38,20 @@ def header() -> dict:
 
 
 def check_header(sd, where: str) -> None:
-    """Raise unless `sd` is a tracker state dict of this format version; `where` names it."""
+    """Raise unless `sd` is a tracker state dict of a readable format version; `where` names it."""
     if not isinstance(sd, dict) or sd.get("format") != FORMAT:
         got = sd.get("format") if isinstance(sd, dict) else type(sd).__name__
         raise ValueError(f"{where}: not a {FORMAT} checkpoint (format {got!r})")
-    if sd.get("version") != FORMAT_VERSION:
-        raise ValueError(f"{where}: expected format version {FORMAT_VERSION}, got {sd.get('version')!r}")
-
-
-# A temporary file is removed by a later write only when its writer is surely gone: the pid in
-# its name is not a live process on this machine AND it has not been modified for this long.
-# The pid test alone would do on one machine; the age guards a writer in another pid namespace
-# or on another host sharing the filesystem (its pid means nothing here), whose file keeps a
-# fresh mtime while it is being written.
-STALE_TEMP_AGE_S = 60.0
-
-
-def _temp_prefix(path: Path) -> str:
-    return f".{path.name}.{os.getpid()}."
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, ValueError):
-        return pid > 0  # exists, owned by someone else (or not a pid at all: keep it)
-    return True
-
-
-def remove_stale_temps(path) -> list[Path]:
-    """Remove the temporary files a killed writer of `path` left beside it; returns them.
-
-    Only names of our own pattern for this very path (".{name}.{pid}.{8 random}.tmp", and the
-    pid-less ".{name}.{8 random}.tmp" of earlier versions) are candidates, and only when stale
-    (STALE_TEMP_AGE_S): a concurrent writer's file is left alone."""
-    path = Path(path)
-    pattern = re.compile(r"\." + re.escape(path.name) + r"\.(?:(\d+)\.)?[A-Za-z0-9_]{8}\.tmp")
-    removed = []
-    try:
-        candidates = list(path.parent.iterdir())
-    except OSError:
-        return removed
-    now = time.time()
-    for p in candidates:
-        m = pattern.fullmatch(p.name)
-        if m is None or (m.group(1) is not None and _pid_alive(int(m.group(1)))):
-            continue
-        try:
-            if now - p.lstat().st_mtime < STALE_TEMP_AGE_S or not p.is_file() or p.is_symlink():
-                continue
-            p.unlink()
-            removed.append(p)
-        except OSError:  # gone meanwhile, or not ours to remove: a leftover is harmless
-            pass
-    return removed
-
-
-def replace_files(writers: dict[Path, Callable]) -> None:
-    """Write every file of `writers` ({path: fn(binary file object)}) to a temporary file beside
-    it, fsync, then rename them all into place (_swap_in), as a set: an error at any point (a
-    failing writer, a full disk, a failing rename) leaves every previous file as it was, or
-    absent if it was absent, and no temporary file behind. Each file is whole after a crash too;
-    only a process killed between two of the renames can leave a mix of old and new files."""
-    tmps = {}
-    try:
-        for path, write in writers.items():
-            path = Path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            remove_stale_temps(path)
-            fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
-            tmps[path] = tmp
-            with os.fdopen(fd, "wb") as f:
-                write(f)
-                f.flush()
-                os.fsync(f.fileno())
-        _swap_in(tmps)
-    finally:
-        for tmp in tmps.values():
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    for folder in {Path(p).parent for p in writers}:  # make the renames themselves durable
-        try:
-            dfd = os.open(folder, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        except OSError:
-            pass
-
-
-def _swap_in(tmps: dict[Path, str]) -> None:
-    """os.replace each temporary file onto its path, all or none. Every existing path is first
-    hard-linked (copied where the filesystem has no hard links) to a hidden backup beside it; on
-    an error the paths already replaced get their backups back (or are removed, if they did not
-    exist), by renames alone, which need no free space. The backups are then removed."""
-    backups, done = {}, []
-    try:
-        for path in tmps:
-            if os.path.lexists(path):
-                backups[path] = _backup(path)
-        for path, tmp in tmps.items():
-            os.replace(tmp, path)
-            done.append(path)
-    except BaseException:
-        for path in reversed(done):
-            if path in backups:
-                os.replace(backups.pop(path), path)
-            else:
-                os.unlink(path)
-        raise
-    finally:
-        for backup in backups.values():
-            if os.path.lexists(backup):
-                os.unlink(backup)
-
-
-def _backup(path: Path) -> str:
-    """A second name for `path`'s current file, named like the temporary files (so that
-    remove_stale_temps also clears one that a killed process left)."""
-    while True:
-        backup = os.path.join(path.parent, f"{_temp_prefix(path)}{secrets.token_hex(4)}.tmp")
-        try:
-            os.link(path, backup, follow_symlinks=False)
-            return backup
-        except FileExistsError:
-            continue
-        except OSError:  # no hard links here (e.g. FAT, some network mounts): a copy instead
-            fd, backup = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
-            os.close(fd)
-            try:
-                shutil.copy2(path, backup)
-            except BaseException:
-                os.unlink(backup)
-                raise
-            return backup
+    version = sd.get("version")
+    if type(version) is not int or version not in READABLE_VERSIONS:  # type: True == 1
+        raise ValueError(
+            f"{where}: expected format version {' or '.join(map(str, READABLE_VERSIONS))}, got {version!r}"
+        )
 
 
 def save_atomic(obj, path) -> None:
-    """torch.save `obj` to `path` atomically (replace_files); a tracker state dict (one with
-    this module's header) gets its "checksums" entry added on the way."""
+    """torch.save `obj` to `path` atomically (atomic_files.replace_files); a tracker state dict
+    (one with this module's header) gets its "checksums" entry added on the way."""
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         obj = {**obj, CHECKSUMS: checksums(obj)}
     replace_files({Path(path): lambda f: torch.save(obj, f)})
@@ -273,20 +145,95 @@ def _reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {first}" if first and first != type(exc).__name__ else type(exc).__name__
 
 
-def read(path, where: str | None = None) -> dict:
-    """A checkpoint's dict, header and checksums checked; `where` (default: the path) names it
-    in errors. Anything torch.load cannot read (random bytes, a truncated or empty file, a zip
-    of garbage, a pickle that would run code: weights_only=True refuses it without running it)
-    is a one-line ValueError; a missing file stays FileNotFoundError."""
-    where = where or str(path)
+def _all_tensors(obj, prefix: str = ""):
+    # Every tensor anywhere in a loaded object (dict values, list and tuple items), by path.
+    if isinstance(obj, torch.Tensor):
+        yield prefix.rstrip("/"), obj
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            yield from _all_tensors(value, f"{prefix}{key}/")
+    elif isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            yield from _all_tensors(value, f"{prefix}{i}/")
+
+
+def _check_archive(path, where: str) -> int:
+    """The file's size, after checking it is a zip archive of uncompressed records (what
+    torch.save writes) that the file holds in full. A compressed record could inflate to any
+    size, and a record size the directory claims beyond the file would be allocated before
+    the read fails; the older non-zip torch format sizes its storages from the pickle alone."""
+    try:
+        size = os.path.getsize(path)
+        with zipfile.ZipFile(path) as zf:
+            records = zf.infolist()
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        reason = "not a zip archive, which torch.save writes" if isinstance(exc, zipfile.BadZipFile) else _reason(exc)
+        raise ValueError(f"{where}: not a readable {FORMAT} checkpoint ({reason})") from None
+    for r in records:
+        if r.compress_type != zipfile.ZIP_STORED or r.compress_size != r.file_size:
+            raise ValueError(
+                f"{where}: not a readable {FORMAT} checkpoint (record {r.filename!r} is compressed; "
+                "torch.save stores every record as it is)"
+            )
+    held = sum(r.file_size for r in records)
+    if held > size:
+        raise ValueError(
+            f"{where}: not a readable {FORMAT} checkpoint (its records claim {held} bytes, the file has {size})"
+        )
+    return size
+
+
+def _check_tensors_stored(sd, size: int, where: str) -> None:
+    """Raise unless every tensor of `sd` (loaded on the meta device: shapes, strides and the
+    storage sizes the file claims, no data) has all its elements stored, and all of them fit in
+    the file's `size` bytes. torch.save keeps a view's shape and strides beside its storage, so
+    a file of a few KB can describe a tensor of any size: a stride-0 (expanded) view of one
+    element. Loading it would make the tracker allocate and fill the state those shapes ask for.
+    (torch.load itself refuses a storage larger than its record, and _check_archive bounds the
+    records by the file.)"""
+    total = 0
+    for name, t in _all_tensors(sd):
+        need = t.numel() * t.element_size()
+        held = t.untyped_storage().nbytes() - t.storage_offset() * t.element_size()
+        if need > held:
+            raise ValueError(
+                f"{where}: tensor {name!r} of shape {tuple(t.shape)} {t.dtype} needs {need} bytes but "
+                f"the file stores {max(held, 0)} for it (an expanded or crafted view): the file is corrupt or crafted"
+            )
+        total += need
+    if total > size:
+        raise ValueError(
+            f"{where}: its tensors need {total} bytes, more than the file's {size}: the file is corrupt or crafted"
+        )
+
+
+def _torch_load(path, where: str, map_location: str):
     try:
         with warnings.catch_warnings():  # a foreign pickle's protocol warning is noise next to the error
             warnings.simplefilter("ignore", UserWarning)
-            sd = torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True)
     except (FileNotFoundError, IsADirectoryError, PermissionError):
         raise
     except Exception as exc:  # torch raises a zoo here: UnpicklingError, RuntimeError, EOFError, OSError...
         raise ValueError(f"{where}: not a readable {FORMAT} checkpoint ({_reason(exc)})") from None
+
+
+def read(path, where: str | None = None) -> dict:
+    """A checkpoint's dict, header, stored sizes and checksums checked; `where` (default: the
+    path) names it in errors. Nothing is read into memory before the file is known to hold
+    every tensor it describes (_check_archive, then the structure on the meta device), so the
+    memory a load takes is bounded by the file's size. Anything torch.load cannot read (random
+    bytes, a truncated or empty file, a zip of garbage, a pickle that would run code:
+    weights_only=True refuses it without running it) is a one-line ValueError; a missing file
+    stays FileNotFoundError."""
+    where = where or str(path)
+    size = _check_archive(path, where)
+    structure = _torch_load(path, where, "meta")
+    check_header(structure, where)
+    _check_tensors_stored(structure, size, where)
+    sd = _torch_load(path, where, "cpu")
     check_header(sd, where)
     verify_checksums(sd, where)
     return sd

@@ -10,8 +10,9 @@
     counters (5,)     int64          ops.schema.COUNTERS (cumulative), then the epoch; on the device
     epoch_start_counters (5,) int64  counters when the open epoch began (host copy)
 
-plus host bookkeeping: the epoch, whether the trajectory is complete, and the rows of the open
-epoch that drive the forgotten-end_epoch() warning. The per-sample tensors (first dimension N)
+plus host bookkeeping: the epoch, whether the trajectory is complete, the rows of the open epoch,
+and the forgotten-end_epoch() check's marks (next_dup_check, dup_check_mark: diagnostics, not
+state; they are not saved and restart from the loaded epoch's counts). The per-sample tensors (first dimension N)
 are the ones a sharded tracker splits by dataset index; PER_SAMPLE, SUMMED and RESET below say
 how each entry of the state dict behaves under a change of layout (tdds_kernels.distributed.layout).
 """
@@ -23,7 +24,7 @@ import numbers
 import numpy as np
 import torch
 
-from ..ops.schema import COUNTERS, NUM_SLOTS, topk_index_dtype
+from ..ops.schema import COUNTERS, DUPLICATES, NUM_SLOTS, topk_index_dtype
 from . import huge_pages
 from .config import TrackerConfig
 
@@ -53,7 +54,7 @@ RECORDING = ("prev", "prev_val", "prev_idx", "prev_rest", "ring", "seen")
 SUMMED_COUNTERS = ("counters", "epoch_start_counters")
 NUM_SUMMED_SLOTS = len(COUNTERS)
 SUMMED_SCALARS = ("rows_in_epoch",)
-SCALARS = ("epoch", "complete", "rows_in_epoch", "next_dup_check", "dup_check_mark")
+SCALARS = ("epoch", "complete", "rows_in_epoch")
 
 
 def tensor_specs(config: TrackerConfig) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
@@ -76,6 +77,20 @@ def _int(where: str, name: str, value, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < minimum:
         raise ValueError(f"{where}: {name}: expected an int >= {minimum}, got {value!r}")
     return int(value)
+
+
+def check_readable(where: str, name: str, t: torch.Tensor) -> None:
+    """Raise unless `t`'s data can be copied out: a meta tensor holds none, and a fake or
+    otherwise unreadable tensor fails on its first element here rather than half-way through
+    a load (one element read: a sync on CUDA, once per entry at load time)."""
+    if t.is_meta:
+        raise ValueError(f"{where}: {name}: expected a tensor holding data, got one on the meta device")
+    try:
+        t.detach().reshape(-1)[:1].to("cpu")
+    except Exception as exc:  # whatever the device or subclass raises
+        raise ValueError(
+            f"{where}: {name}: expected a tensor whose data can be copied, got one on {t.device} ({type(exc).__name__})"
+        ) from None
 
 
 def _bool(where: str, name: str, value) -> bool:
@@ -101,23 +116,20 @@ class TrackerState:
         """The previous-row tensors the update op takes: (prev,) or (prev_val, prev_idx, prev_rest)."""
         return tuple(getattr(self, name) for name in PREVIOUS_ROW if name in self.names)
 
-    def start_epoch_bookkeeping(self) -> None:
-        """Rows of the open epoch and the forgotten-end_epoch() check: zero at an epoch's start."""
-        self.rows_in_epoch = 0
-        self.next_dup_check = self.config.num_samples
-        self.dup_check_mark = (0, 0)  # (rows, duplicates) of this epoch at the last check
+    def start_epoch_bookkeeping(self, rows: int = 0, duplicates: int = 0) -> None:
+        """Rows of the open epoch and the forgotten-end_epoch() check's marks: zero at an epoch's
+        start; after a load, where the loaded epoch stands (`rows` recorded in it, `duplicates`
+        among them), so the check looks at the rows recorded after the load."""
+        n = self.config.num_samples
+        self.rows_in_epoch = rows
+        self.next_dup_check = (rows // n + 1) * n  # the check runs once per N rows of an epoch
+        self.dup_check_mark = (rows, duplicates)  # (rows, duplicates) of this epoch at the last check
 
     # ------------------------------------------------------------------ state dict
     def to_dict(self) -> dict:
         """Tensors as CPU copies, scalars as Python values (the keys of a tracker's state dict)."""
         out = {name: getattr(self, name).cpu().clone() for name in self.names}
-        out.update(
-            epoch=self.epoch,
-            complete=self.complete,
-            rows_in_epoch=self.rows_in_epoch,
-            next_dup_check=self.next_dup_check,
-            dup_check_mark=list(self.dup_check_mark),
-        )
+        out.update(epoch=self.epoch, complete=self.complete, rows_in_epoch=self.rows_in_epoch)
         return out
 
     @staticmethod
@@ -125,7 +137,8 @@ class TrackerState:
         """Validate every state entry of `sd` against `config` without changing anything; returns
         the scalars normalized. Raises a one-line ValueError naming the entry.
 
-        Checked: each tensor's shape and dtype; each scalar's type and range; and the invariants
+        Checked: each tensor's shape, dtype and layout, and that its data can be copied (not on
+        the meta device: all of them before any copy); each scalar's type and range; the invariants
         the kernels rely on (the epoch slot of both counter tensors equals `epoch`, counts are
         non-negative and never below the epoch's start, `seen` lies in [-1, epoch], `complete`
         agrees with epoch and trajectory_len), so a hand-edited or corrupt dict cannot make a
@@ -141,6 +154,7 @@ class TrackerState:
                 raise ValueError(f"{where}: {name}: expected shape {shape} dtype {dtype}, got {got}")
             if t.layout != torch.strided or t.is_quantized:
                 raise ValueError(f"{where}: {name}: expected a dense tensor, got layout {t.layout}")
+            check_readable(where, name, t)
         ids = sd.get("prev_idx")
         if (
             config.prev_topk is not None
@@ -155,18 +169,7 @@ class TrackerState:
             "epoch": _int(where, "epoch", sd["epoch"], 0),
             "complete": _bool(where, "complete", sd["complete"]),
             "rows_in_epoch": _int(where, "rows_in_epoch", sd["rows_in_epoch"], 0),
-            "next_dup_check": _int(where, "next_dup_check", sd["next_dup_check"], 0),
         }
-        mark = sd["dup_check_mark"]
-        if not isinstance(mark, (list, tuple)) or len(mark) != 2:
-            raise ValueError(f"{where}: dup_check_mark: expected a pair [rows, duplicates], got {mark!r}")
-        rows, dups = (_int(where, "dup_check_mark", v, 0) for v in mark)
-        if dups > rows or rows > scalars["rows_in_epoch"]:
-            raise ValueError(
-                f"{where}: dup_check_mark: expected duplicates <= rows <= rows_in_epoch "
-                f"({scalars['rows_in_epoch']}), got {list(mark)!r}"
-            )
-        scalars["dup_check_mark"] = (rows, dups)
         epoch, t_len = scalars["epoch"], config.trajectory_len
         if t_len is not None and (epoch > t_len or scalars["complete"] != (epoch == t_len)):
             raise ValueError(
@@ -195,13 +198,15 @@ class TrackerState:
         return scalars
 
     def load_dict(self, sd: dict, where: str = "state_dict") -> None:
-        """Copy a state dict in: everything is checked first, so a bad one changes nothing."""
+        """Copy a state dict in: everything is checked first, so a bad one changes nothing.
+        (No autograd: a source that requires grad must not make the state require it.)"""
         scalars = self.check_dict(self.config, sd, where)
-        for name in self.names:
-            target = getattr(self, name)
-            if name == "epoch_start_counters":
-                setattr(self, name, sd[name].clone())
-            else:
-                target.copy_(sd[name])
-        for name, value in scalars.items():
-            setattr(self, name, value)
+        with torch.no_grad():
+            for name in self.names:
+                if name == "epoch_start_counters":  # kept on the host
+                    setattr(self, name, sd[name].to("cpu", copy=True))
+                else:
+                    getattr(self, name).copy_(sd[name])
+        self.epoch, self.complete = scalars["epoch"], scalars["complete"]
+        duplicates = int(sd["counters"][DUPLICATES]) - int(sd["epoch_start_counters"][DUPLICATES])
+        self.start_epoch_bookkeeping(scalars["rows_in_epoch"], duplicates)

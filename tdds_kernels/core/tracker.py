@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import warnings
 
@@ -142,9 +143,10 @@ class TDDSTracker(metaclass=_Constructor):
 
     @property
     def on_out_of_range(self) -> str:
-        """Rows whose index was skipped as out of range (CUDA, or a compiled update: the check is
-        deferred to end_epoch): "error" (end_epoch raises, the epoch stays open) or "skip"
-        (end_epoch accepts the epoch; the rows stay counted in stats["out_of_range"])."""
+        """Rows whose index (or label, with targets) was skipped as out of range (CUDA, or a
+        compiled update: the check is deferred to end_epoch): "error" (end_epoch raises, the epoch
+        stays open) or "skip" (end_epoch accepts the epoch; the rows stay counted, in
+        stats["out_of_range"], or for labels in the baselines' "out_of_range_targets")."""
         return self._on_out_of_range
 
     @on_out_of_range.setter
@@ -202,19 +204,22 @@ class TDDSTracker(metaclass=_Constructor):
         compiling = torch.compiler.is_compiling()
         if compiling:  # a compiled graph holds no Python lock (and must not trace one)
             return self._update(logits, index, targets, compiling)
-        if not self._busy.acquire(blocking=False):
-            raise self._concurrent("update")
-        try:
+        with self._exclusive("update"):
             self._update(logits, index, targets, compiling)
+
+    @contextlib.contextmanager
+    def _exclusive(self, method: str):
+        # update, end_epoch, state_dict and load_state_dict hold self._busy (taken without blocking).
+        if not self._busy.acquire(blocking=False):
+            raise RuntimeError(
+                f"{method}: another thread is inside update(), end_epoch(), state_dict() or load_state_dict() "
+                f"of this tracker ({type(self).__name__} at {id(self):#x}); a tracker is not thread-safe: "
+                "feed it from one thread, or give each thread its own tracker"
+            )
+        try:
+            yield
         finally:
             self._busy.release()
-
-    def _concurrent(self, method: str) -> RuntimeError:
-        return RuntimeError(
-            f"{method}: another thread is inside update() or end_epoch() of this tracker "
-            f"({type(self).__name__} at {id(self):#x}); a tracker is not thread-safe: feed it "
-            "from one thread, or give each thread its own tracker"
-        )
 
     def _update(self, logits, index, targets, compiling: bool) -> None:
         # On CPU the range check is free, so bad indices raise before anything changes; on CUDA
@@ -250,6 +255,7 @@ class TDDSTracker(metaclass=_Constructor):
                 logits, index, *st.previous_row(), st.seen, st.ring, st.counters, targets.contiguous(), row_stats
             )
             baselines.fold(row_stats, index, st.counters[EPOCH])
+            baselines.count_out_of_range(targets)  # rows the op left out (compiled, CUDA): end_epoch reports them
             self._baselines = baselines
         if not compiling:  # host-side bookkeeping stays out of compiled graphs (no guards on it)
             st.rows_in_epoch += rows
@@ -260,12 +266,8 @@ class TDDSTracker(metaclass=_Constructor):
         """Close the current epoch: mark missing samples and fold a completed window into S."""
         if self._state.complete:
             return
-        if not self._busy.acquire(blocking=False):
-            raise self._concurrent("end_epoch")
-        try:
+        with self._exclusive("end_epoch"):
             self._end_epoch()
-        finally:
-            self._busy.release()
 
     def _end_epoch(self) -> None:
         st = self._state
@@ -277,6 +279,8 @@ class TDDSTracker(metaclass=_Constructor):
                 "not closed (set tracker.on_out_of_range = 'skip' to accept that and call "
                 "end_epoch() again; debug=True raises at the offending update)"
             )
+        if self._baselines is not None:
+            self._baselines.check_out_of_range(st.epoch, self.on_out_of_range)
         if new["nonfinite"] and self.on_nonfinite == "error":
             raise ValueError(
                 f"logits: {new['nonfinite']} rows of epoch {st.epoch} had non-finite "
@@ -323,19 +327,23 @@ class TDDSTracker(metaclass=_Constructor):
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
-        """Everything needed to resume bit-identically; tensors are CPU copies."""
-        return {
-            **checkpoint.header(),
-            "config": self.config.to_dict(),
-            "on_nonfinite": self.on_nonfinite,
-            "on_out_of_range": self.on_out_of_range,
-            **self._state.to_dict(),
-            "baselines": None if self._baselines is None else self._baselines.state_dict(),
-        }
+        """Everything needed to resume bit-identically; tensors are CPU copies. Raises while another
+        thread is inside update() (it would capture a half-recorded batch)."""
+        with self._exclusive("state_dict"):
+            return {
+                **checkpoint.header(),
+                "config": self.config.to_dict(),
+                "on_nonfinite": self.on_nonfinite,
+                "on_out_of_range": self.on_out_of_range,
+                **self._state.to_dict(),
+                "baselines": None if self._baselines is None else self._baselines.state_dict(),
+            }
 
     def load_state_dict(self, sd: dict) -> None:
         """Restore a state_dict; raises (naming what mismatched) and changes nothing if it doesn't fit."""
-        self.prepare_load(sd)()
+        apply = self.prepare_load(sd)
+        with self._exclusive("load_state_dict"):
+            apply()
 
     def prepare_load(self, sd: dict, where: str = "state_dict"):
         """Validate `sd` completely (header, config, every tensor and scalar, the options, the

@@ -5,8 +5,8 @@ in local row ``n // W`` (a strided split: shard sizes differ by at most one row,
 equal padded shards then reading them column-wise gives dataset order without an index tensor).
 
 A tracker state dict (tdds_kernels.core.checkpoint) splits into W shard state dicts and merges
-back with split_state / merge_states; which entries are per sample, which add up over the shards
-and which restart is declared by tdds_kernels.core.state and tdds_kernels.core.baselines, not
+back with split_state / merge_states; which entries are per sample and which add up over the
+shards is declared by tdds_kernels.core.state and tdds_kernels.core.baselines, not
 guessed here. merge_shards (files), ShardedTDDSTracker.full_state_dict (a collective) and
 load_full_state_dict all go through these two functions.
 """
@@ -58,7 +58,7 @@ class ShardLayout:
         """Rank `rank`'s shard of a whole-dataset tracker state dict (no "shard" entry added).
 
         Counts go to rank 0 so their sum over the ranks stays the same; every rank keeps the
-        epoch. The forgotten-end_epoch() heuristic restarts (it is per rank)."""
+        epoch."""
         local_n = self.shard_size(rank)
         shard = dict(sd)
         shard["config"] = dict(sd["config"], num_samples=local_n)
@@ -71,7 +71,6 @@ class ShardLayout:
                 shard[key][: state_mod.NUM_SUMMED_SLOTS] = 0
         for key in state_mod.SUMMED_SCALARS:
             shard[key] = int(sd.get(key, 0)) // self.world_size
-        _restart_heuristics(shard, local_n)
         if sd.get("baselines") is not None:
             b = dict(sd["baselines"])
             b["config"] = dict(b["config"], num_samples=local_n)
@@ -93,7 +92,6 @@ class ShardLayout:
             full[key] = torch.cat([sum(sd[key][:k] for sd in shards), first[key][k:]])
         for key in state_mod.SUMMED_SCALARS:
             full[key] = sum(int(sd[key]) for sd in shards)
-        _restart_heuristics(full, self.num_samples)
         if first.get("baselines") is not None:
             b = dict(first["baselines"])
             b["config"] = dict(b["config"], num_samples=self.num_samples)
@@ -101,10 +99,3 @@ class ShardLayout:
                 b[key] = self.interleave([sd["baselines"][key] for sd in shards])
             full["baselines"] = b
         return full
-
-
-def _restart_heuristics(sd: dict, num_samples: int) -> None:
-    # The forgotten-end_epoch() check restarts with the new layout's counts.
-    sd["next_dup_check"] = num_samples
-    if "dup_check_mark" in sd:
-        sd["dup_check_mark"] = [0, 0]

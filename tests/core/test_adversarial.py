@@ -18,6 +18,7 @@ import textwrap
 import threading
 import time
 import warnings
+import zipfile
 
 import numpy as np
 import pytest
@@ -25,8 +26,9 @@ import torch
 import torch.distributed as dist
 
 import tdds_kernels as tk
-from tdds_kernels.core import checkpoint
-from tdds_kernels.core.state import TrackerState
+from tdds_kernels.core import atomic_files, checkpoint
+from tdds_kernels.core.config import TrackerConfig
+from tdds_kernels.core.state import TrackerState, initial_values
 from tdds_kernels.distributed import ShardedTDDSTracker
 
 from helpers import FAST_CPU_BACKENDS, backend_cases, feed, random_epochs
@@ -98,11 +100,9 @@ def broken_state_dicts(sd):
         "epoch": [-1, True, 3.0, sd["epoch"] + 1],  # the last disagrees with the counters' epoch slot
         "complete": [1, True, "False", None],  # True: not complete at this epoch
         "rows_in_epoch": [-1, "5", 2.5, True],
-        "next_dup_check": [-3, None, 1.5],
-        "dup_check_mark": [[1], [1, 2, 3], [5, 9], [-1, 0], [10**9, 0], "ab", None],
         "on_nonfinite": ["Skip", "errors", 1, None],
         "on_out_of_range": ["Skip", None, 0],
-        "version": [2, "1", None],
+        "version": [3, "1", None, True, 1.0],
         "format": ["tdds_kernels.Other", None],
     }
     for key, values in bad_values.items():
@@ -129,6 +129,14 @@ def broken_state_dicts(sd):
     cases.append(("baselines-shape", {**sd, "baselines": {**b, "el2n": b["el2n"][:-1]}}, "el2n"))
     cases.append(("baselines-window", {**sd, "baselines": {**b, "config": {**b["config"], "window": 1}}}, "window"))
     cases.append(("baselines-junk", {**sd, "baselines": ["junk"]}, "baselines"))
+    counts = b["out_of_range_targets"]
+    for i, bad in enumerate((counts[:1], counts.int(), torch.tensor([1, 2]), torch.tensor([-1, -1]))):
+        cases.append((f"baselines-targets-{i}", {**sd, "baselines": {**b, "out_of_range_targets": bad}}, "targets"))
+    # Tensors that pass every shape and dtype check but hold no data to copy (the meta device):
+    # refused before the first copy, whichever entry it is.
+    for key in ("prev", "seen", "ring", "score", "epoch_start_counters"):
+        cases.append((f"meta-{key}", {**sd, key: sd[key].to("meta")}, key))
+    cases.append(("meta-baselines", {**sd, "baselines": {**b, "el2n": b["el2n"].to("meta")}}, "el2n"))
     return cases
 
 
@@ -149,6 +157,13 @@ def test_every_broken_state_dict_is_refused_and_changes_nothing(backend):
         assert_same_state(before, snapshot(dst))
     dst.load_state_dict(SOURCE)  # and the intact one still loads
     assert torch.equal(dst.scores(), SOURCE["score"]) and dst.epoch == SOURCE["epoch"]
+
+
+def test_a_source_that_requires_grad_leaves_no_autograd_in_the_state():
+    dst = fed_tracker("reference", seed=2, epochs=2)
+    score = SOURCE["score"].clone().requires_grad_()
+    dst.load_state_dict({**SOURCE, "score": score})
+    assert not dst._state.score.requires_grad and torch.equal(dst._state.score, SOURCE["score"])
 
 
 @pytest.fixture(scope="module")
@@ -448,8 +463,10 @@ def test_unreadable_files_give_one_line(tmp_path, kind):
     one_line(info, str(path), "not a readable tdds_kernels.TDDSTracker checkpoint")
     assert not _Evil.marker.exists(), "a pickle ran code"
     assert path.read_bytes() == written
-    if kind.startswith("evil"):
+    if kind == "evil-torch-save":
         assert "weights_only refused it" in str(info.value)
+    if kind == "evil-pickle":  # a bare pickle is torch's older format: refused before any unpickling
+        assert "not a zip archive" in str(info.value)
     with pytest.raises(FileNotFoundError):
         tk.TDDSTracker.load(tmp_path / "absent.pt")
 
@@ -463,7 +480,7 @@ def _dead_pid():
 
 def test_stale_temp_files_of_the_same_path_are_removed_on_the_next_save(tmp_path):
     path = saved(tmp_path)
-    dead, old = _dead_pid(), time.time() - 2 * checkpoint.STALE_TEMP_AGE_S
+    dead, old = _dead_pid(), time.time() - 2 * atomic_files.STALE_TEMP_AGE_S
     names = {
         f".t.pt.{dead}.abcd_123.tmp": (old, False),  # a killed writer's: removed
         ".t.pt.zyxw9876.tmp": (old, False),  # the pid-less pattern of earlier versions: removed
@@ -517,7 +534,7 @@ def test_kill_9_mid_save_leaves_a_temp_that_the_next_save_removes(tmp_path):
             break
     assert temps and all(t.name.startswith(f".big.pt.{pid}.") for t in temps)
     tk.TDDSTracker.load(path)  # the previous complete file survived the kill
-    old = time.time() - 2 * checkpoint.STALE_TEMP_AGE_S  # as if the next save came a while later
+    old = time.time() - 2 * atomic_files.STALE_TEMP_AGE_S  # as if the next save came a while later
     for t in temps:
         os.utime(t, (old, old))
     checkpoint.save_atomic({"x": 1}, path)
@@ -540,14 +557,211 @@ def test_a_second_thread_inside_update_raises_and_changes_nothing(backend, monke
     first = threading.Thread(target=tr.update, args=(torch.randn(3, C), torch.tensor([0, 1, 2])))
     first.start()
     assert inside.wait(10)
-    before = snapshot(tr)
+    before = tr._state.to_dict()  # state_dict() itself refuses while update() runs (below)
     for call in (lambda: tr.update(torch.randn(2, C), torch.tensor([3, 4])), tr.end_epoch):
         with pytest.raises(RuntimeError) as info:
             call()
         one_line(info, "not thread-safe", "TDDSTracker")
-        assert_same_state(before, snapshot(tr))
+        assert_same_state(before, tr._state.to_dict())
     release.set()
     first.join()
     assert int((tr._state.seen == 0).sum()) == 3 and tr.rows_in_epoch == 3
     tr.update(torch.randn(2, C), torch.tensor([3, 4]))  # free again once the first returned
     assert tr.rows_in_epoch == 5
+
+
+@pytest.mark.parametrize("backend", FAST_CPU_BACKENDS)
+def test_state_dict_from_another_thread_during_update_raises(backend, monkeypatch, tmp_path):
+    # A state_dict() taken while update() is half-way would hold a half-recorded batch (prev and
+    # seen written, counters not yet) that load_state_dict accepts: it raises as update() does.
+    tr = fed_tracker(backend, epochs=1)
+    good = tr.state_dict()
+    inside, release = threading.Event(), threading.Event()
+    real = tr._backend.update
+
+    def slow(*args):
+        real(*args)  # the batch is recorded ...
+        inside.set()
+        assert release.wait(10)  # ... and the thread is still inside update()
+
+    monkeypatch.setattr(tr, "_backend", dataclasses.replace(tr._backend, update=slow))
+    first = threading.Thread(target=tr.update, args=(torch.randn(3, C), torch.tensor([0, 1, 2])))
+    first.start()
+    try:
+        assert inside.wait(10)
+        for name, call in [
+            ("state_dict", tr.state_dict),
+            ("save", lambda: tr.save(tmp_path / "t.pt")),
+            ("load_state_dict", lambda: tr.load_state_dict(good)),
+        ]:
+            with pytest.raises(RuntimeError) as info:
+                call()
+            one_line(info, "not thread-safe", "state_dict" if name == "save" else name)
+        assert not (tmp_path / "t.pt").exists()
+    finally:
+        release.set()
+        first.join()
+    assert tr.state_dict()["rows_in_epoch"] == good["rows_in_epoch"] + 3  # free again, whole batch in
+
+
+# ---------------------------------------------------------------- labels the kernels left out
+@pytest.mark.parametrize("backend", FAST_CPU_BACKENDS)
+def test_out_of_range_labels_skipped_when_compiling_are_reported(backend, monkeypatch, tmp_path):
+    # As indices: inside a compiled step (and on CUDA) a label outside [0, C) cannot raise at the
+    # update; the op leaves the row out of the baselines, the tracker counts it and end_epoch
+    # decides, with the same option. Faking is_compiling takes the compiled path (below for real).
+    tr = tk.TDDSTracker(N, C, window=W, trajectory_len=T, backend=backend)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    tr.update(torch.randn(4, C), torch.tensor([0, 1, 2, 3]), torch.tensor([0, C, -1, 1]))
+    monkeypatch.undo()
+    assert tr.epoch_counts()["out_of_range"] == 0  # the TDDS rows were all applied
+    tr.save(tmp_path / "t.pt")  # the count travels with the open epoch
+    for t in (tr, tk.TDDSTracker.load(tmp_path / "t.pt", backend=backend)):
+        before = snapshot(t)
+        with pytest.raises(ValueError) as info:
+            t.end_epoch()
+        one_line(info, "targets", "2 rows of epoch 0", f"[0, {C})", "on_out_of_range = 'skip'")
+        assert_same_state(before, snapshot(t))
+        t.on_out_of_range = "skip"
+        t.end_epoch()
+        assert t.epoch == 1 and t.baseline_state_dict()["out_of_range_targets"].tolist() == [2, 2]
+        assert int(t.baseline_scores()["aum"].isfinite().sum()) == 2  # rows 0 and 3 only
+    tr.update(torch.randn(2, C), torch.tensor([4, 5]), torch.tensor([0, 1]))
+    tr.end_epoch()  # a clean epoch closes whatever the option
+    assert tr.epoch == 2
+
+
+@pytest.mark.parametrize("case", backend_cases(exclude=("cpu-reference", "cpu-cpu", "cpu-triton")))
+def test_out_of_range_labels_on_cuda_have_the_same_way_out(case, tmp_path):
+    device, backend = case
+    tr = tk.TDDSTracker(N, C, window=W, trajectory_len=T, device=device, backend=backend)
+    x, index = torch.randn(4, C, device=device), torch.arange(4, device=device)
+    tr.update(x, index, torch.tensor([0, C, -1, 1], device=device))  # no sync, no raise
+    before = snapshot(tr)
+    with pytest.raises(ValueError) as info:
+        tr.end_epoch()
+    one_line(info, "targets", "2 rows of epoch 0", "on_out_of_range = 'skip'")
+    assert_same_state(before, snapshot(tr))
+    tr.save(tmp_path / "t.pt")
+    back = tk.TDDSTracker.load(tmp_path / "t.pt", device=device, backend=backend)
+    for t in (tr, back):
+        t.on_out_of_range = "skip"
+        t.end_epoch()
+        assert t.epoch == 1 and t.baseline_state_dict()["out_of_range_targets"].tolist() == [2, 2]
+
+
+def test_out_of_range_labels_in_a_really_compiled_update():
+    tr = tk.TDDSTracker(N, C, window=W, trajectory_len=T, backend="reference")
+
+    @torch.compile(fullgraph=True)  # inductor, the default: what a training script gets
+    def step(logits, index, targets):
+        tr.update(logits, index, targets)
+
+    step(torch.randn(3, C), torch.tensor([0, 1, 2]), torch.tensor([C + 5, 1, 2]))
+    step(torch.randn(3, C), torch.tensor([3, 4, 5]), torch.tensor([0, -3, 2]))
+    assert tr.epoch_counts()["out_of_range"] == 0
+    with pytest.raises(ValueError) as info:
+        tr.end_epoch()
+    one_line(info, "targets", "2 rows of epoch 0", "on_out_of_range")
+    tr.on_out_of_range = "skip"
+    tr.end_epoch()
+    assert tr.epoch == 1 and tr.baseline_state_dict()["out_of_range_targets"].tolist() == [2, 2]
+
+
+# ---------------------------------------------------------------- files that describe more than they hold
+CRAFTED_LOAD = textwrap.dedent("""
+    import re, sys
+    import tdds_kernels as tk
+
+    def status_kb(key):
+        return int(re.search(key + r":\\s+(\\d+)", open("/proc/self/status").read()).group(1))
+
+    # Reset the peak to the current RSS (the imports peaked higher than where they left it), so
+    # the peak read after the load is what the load itself reached.
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = status_kb("VmRSS")
+    try:
+        tk.TDDSTracker.load(sys.argv[1])
+        print("LOADED")
+    except ValueError as exc:
+        print("ValueError:", exc)
+    print("GROWTH_KB", status_kb("VmHWM") - before)
+""")
+
+
+def crafted_file(path, num_samples, num_classes, checksums=False):
+    """A fresh tracker's state dict whose tensors are stride-0 views shaped for `num_samples`:
+    a few KB on disk, a whole state once materialised."""
+    sd = tk.TDDSTracker(N, num_classes, window=W, backend="reference").state_dict()
+    sd["config"]["num_samples"] = num_samples
+    sd.update(initial_values(TrackerConfig.from_dict(sd["config"])))
+    if checksums:
+        sd["checksums"] = checkpoint.checksums(sd)
+    torch.save(sd, path)
+    return path
+
+
+@pytest.mark.parametrize("num_samples", [2 * 10**6, 10**8], ids=["2e6", "1e8"])
+def test_a_crafted_stride_0_file_allocates_nothing(tmp_path, num_samples):
+    # prev alone: 0.8 GB at N = 2e6, 40 GB at N = 1e8 (C = 100), from a 3 KB file.
+    path = crafted_file(tmp_path / "crafted.pt", num_samples, 100)
+    assert path.stat().st_size < 10_000
+    out = subprocess.run(
+        [sys.executable, "-c", CRAFTED_LOAD, str(path)], capture_output=True, text=True, timeout=300, check=True
+    ).stdout
+    error = next(line for line in out.splitlines() if line.startswith(("ValueError", "LOADED")))
+    assert error.startswith("ValueError") and all(s in error for s in (str(path), "'prev'", "(an expanded")), error
+    growth_mb = int(out.split("GROWTH_KB")[1]) / 1024
+    assert growth_mb < 100, f"load grew the peak RSS by {growth_mb:.0f} MB"
+
+
+def test_valid_checksums_do_not_make_a_stride_0_file_loadable(tmp_path):
+    path = crafted_file(tmp_path / "crafted.pt", 5000, C, checksums=True)
+    with pytest.raises(ValueError) as info:
+        tk.TDDSTracker.load(path)
+    one_line(info, str(path), "'prev'", "the file stores")
+
+
+def test_stride_0_baselines_and_shared_storages_are_refused(tmp_path):
+    sd = fed_tracker("reference").state_dict()
+    path = tmp_path / "t.pt"
+    torch.save({**sd, "baselines": {**sd["baselines"], "el2n": torch.zeros(()).expand(N)}}, path)
+    with pytest.raises(ValueError) as info:
+        tk.TDDSTracker.load(path)
+    one_line(info, str(path), "'baselines/el2n'")
+    # Views of one storage: each alone fits in it, together they describe more than the file holds.
+    big = torch.zeros(4 * 10**5)
+    torch.save({**sd, "junk": [big[:300000], big[:300000], big[:300000], big[:300000], big[:300000]]}, path)
+    assert path.stat().st_size < 2 * 10**6  # one 1.6 MB storage, five views of 1.2 MB each
+    with pytest.raises(ValueError) as info:
+        tk.TDDSTracker.load(path)
+    one_line(info, str(path), "more than the file's")
+
+
+def _rewrite_zip(src, dst, compress=zipfile.ZIP_STORED, edit=None):
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", compress) as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            zout.writestr(info.filename, edit(info.filename, data) if edit else data)
+
+
+def test_archive_records_are_checked_against_the_file(tmp_path):
+    good = saved(tmp_path)
+    deflated = tmp_path / "deflated.pt"
+    _rewrite_zip(good, deflated, zipfile.ZIP_DEFLATED)
+    with pytest.raises(ValueError) as info:
+        tk.TDDSTracker.load(deflated)
+    one_line(info, str(deflated), "is compressed")
+    # A central directory that claims a record far larger than the file.
+    raw = bytearray(good.read_bytes())
+    with zipfile.ZipFile(good) as zf:
+        name = next(i.filename for i in zf.infolist() if i.filename.endswith("data/0")).encode()
+    entries = [i for i in range(len(raw)) if raw[i : i + 4] == b"PK\x01\x02"]  # central directory
+    at = next(i for i in entries if raw[i + 46 : i + 46 + len(name)] == name)
+    raw[at + 20 : at + 28] = (2**31).to_bytes(4, "little") * 2  # compressed and uncompressed size
+    claimed = tmp_path / "claimed.pt"
+    claimed.write_bytes(bytes(raw))
+    with pytest.raises(ValueError) as info:
+        tk.TDDSTracker.load(claimed)
+    one_line(info, str(claimed), "not a readable")

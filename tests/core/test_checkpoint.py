@@ -138,13 +138,53 @@ def test_format_1_checkpoint_from_before_the_redesign_loads(tmp_path):
     assert torch.equal(tr.scores(), expected["scores"])
     for name, values in expected["baselines"].items():
         torch.testing.assert_close(tr.baseline_scores()[name], values, rtol=0, atol=0, equal_nan=True)
-    # What it writes back is the same format: the same entries, the same tensors, plus the two
-    # entries added since (both optional on reading, so version 1 stands).
+    # It is written back in the current format: the same tensors, plus the entries added since,
+    # less the forgotten-end_epoch() check's bookkeeping (version 2 dropped it).
     tr.save(tmp_path / "again.pt")
     again = torch.load(tmp_path / "again.pt", weights_only=True)
-    assert again.keys() - old.keys() == {"checksums", "on_out_of_range"} and old.keys() <= again.keys()
+    assert old["version"] == 1 and again["version"] == 2
+    assert again.keys() - old.keys() == {"checksums", "on_out_of_range"}
+    assert old.keys() - again.keys() == {"next_dup_check", "dup_check_mark"}
     assert again["config"] == old["config"] and again["on_out_of_range"] == "error"
+    assert again["rows_in_epoch"] == old["rows_in_epoch"]
     for key, value in old.items():
         if isinstance(value, torch.Tensor):
             torch.testing.assert_close(again[key], value, rtol=0, atol=0, equal_nan=True, msg=key)
-    assert again["baselines"].keys() == old["baselines"].keys()
+    assert again["baselines"].keys() - old["baselines"].keys() == {"out_of_range_targets"}
+    assert again["baselines"]["out_of_range_targets"].tolist() == [0, 0]
+
+
+def test_format_2_checkpoint_loads_and_resumes(tmp_path):
+    # Written by tests/fixtures/checkpoints/write_v2.py when version 2 was current: both options
+    # "skip", labels a compiled step left out (one in the open epoch), an open epoch.
+    expected = torch.load(CHECKPOINTS / "v2_single.expected.pt", weights_only=True)
+    tr = tk.TDDSTracker.load(CHECKPOINTS / "v2_single.pt", backend="reference")
+    assert tr.epoch == expected["epoch"] == 4 and tr.rows_in_epoch == expected["rows_in_epoch"] == 3
+    assert (tr.on_nonfinite, tr.on_out_of_range) == ("skip", "skip") and tr.stats == expected["stats"]
+    assert torch.equal(tr.scores(), expected["scores"])
+    for name, values in expected["baselines"].items():
+        torch.testing.assert_close(tr.baseline_scores()[name], values, rtol=0, atol=0, equal_nan=True)
+    counts = tr.baseline_state_dict()["out_of_range_targets"]
+    assert counts.tolist() == expected["out_of_range_targets"].tolist() == [2, 1]
+    tr.on_out_of_range = "error"  # the open epoch's left-out label is still reported
+    with pytest.raises(ValueError, match="targets: 1 rows of epoch 4"):
+        tr.end_epoch()
+    tr.on_out_of_range = "skip"
+    tr.end_epoch()
+    tr.save(tmp_path / "again.pt")
+    assert torch.load(tmp_path / "again.pt", weights_only=True)["version"] == 2
+
+
+def test_forgotten_end_epoch_check_is_not_saved_and_still_fires_after_a_load(tmp_path):
+    tr = tk.TDDSTracker(50, 4, window=3, backend="reference")
+    x = torch.randn(50, 4)
+    tr.update(x[:30], torch.arange(30))  # mid-epoch: 30 of the 50 rows that trigger the check
+    sd = tr.state_dict()
+    assert not {"next_dup_check", "dup_check_mark"} & sd.keys()
+    tr.save(tmp_path / "t.pt")
+    back = tk.TDDSTracker.load(tmp_path / "t.pt", backend="reference")
+    assert back.rows_in_epoch == 30
+    back.update(x[30:], torch.arange(30, 50))  # the 50th row: the check runs, all is well
+    with pytest.warns(RuntimeWarning, match="did you forget end_epoch"):
+        for _ in range(2):  # the epoch again, without end_epoch(): 50 duplicates in 50 rows
+            back.update(x[:25], torch.arange(25))
