@@ -139,6 +139,7 @@ class PruningSampler(Sampler[int]):
         self._resume_at = 0  # a loaded mid-epoch position the next iteration starts from
         self._started = False  # an iteration of this epoch has begun
         self._set_epoch_called = self._warned = False
+        self._loaded = False  # a state was loaded and no epoch has been set or iterated since
 
     # ------------------------------------------------------------------ what an epoch holds
     @property
@@ -182,13 +183,16 @@ class PruningSampler(Sampler[int]):
 
     # ------------------------------------------------------------------ epochs
     def set_epoch(self, epoch: int) -> None:
-        """Start `epoch` (call on every rank before iterating it). Setting the epoch a loaded
-        state stopped in keeps its position; any other call starts the epoch from its beginning.
+        """Start `epoch` (call on every rank before iterating it). The first call after
+        load_state_dict() with the saved epoch resumes it at the saved position (an epoch saved
+        after its last batch then yields nothing); any other call starts the epoch afresh.
         At the switch epoch the kept set is chosen here (collective for a sharded tracker)."""
         epoch = _int("epoch", epoch)
-        if epoch != self.epoch or self._started:
+        if self._loaded and epoch == self.epoch:  # the loop resumes the saved epoch: keep its position
+            self._started = False
+        elif epoch != self.epoch or self._started:
             self.epoch, self._position, self._resume_at, self._started = epoch, 0, 0, False
-        self._set_epoch_called = True
+        self._set_epoch_called, self._loaded = True, False
         self._prepare(epoch)
 
     def _prepare(self, epoch: int) -> None:
@@ -250,6 +254,7 @@ class PruningSampler(Sampler[int]):
                     stacklevel=2,
                 )
             self.epoch, self._position, self._resume_at = self.epoch + 1, 0, 0
+        self._loaded = False
         self._prepare(self.epoch)
         mine = self._rank_order(self.epoch).tolist()
         start, self._resume_at, self._started = self._resume_at, 0, True
@@ -311,5 +316,4 @@ class PruningSampler(Sampler[int]):
         epoch, position, finished, seed, kept, scores = check_state(self, sd)
         self.seed, self.epoch, self._kept, self._scores = seed, epoch, kept, scores
         self._verify = kept is not None
-        self._started, self._position = finished, position
-        self._resume_at = 0 if finished else position
+        self._started, self._position, self._resume_at, self._loaded = finished, position, position, True

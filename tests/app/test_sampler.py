@@ -216,7 +216,9 @@ def _checkpoint(model, opt, tr, s, epoch):
 
 
 @pytest.mark.parametrize("strategy", ["top", "ccs"])
-@pytest.mark.parametrize("stop", [(1, 3), (T - 1, -1), (T, 2), (T + 1, -1)], ids=str)
+# (epoch, batches done in it; -1: after end_epoch): mid-epoch, after an epoch's last batch (the
+# loop resumes that epoch, which then yields nothing) and at epoch ends, before and after the switch.
+@pytest.mark.parametrize("stop", [(1, 3), (1, 7), (T - 1, -1), (T, 2), (T, 4), (T + 1, -1)], ids=str)
 def test_a_resumed_run_takes_the_same_batches_scores_and_kept_set(strategy, stop):
     epochs = T + 3
     full, (scores, kept) = _run(epochs, strategy)
