@@ -14,6 +14,9 @@ KEYS = (
     "prune_fraction",
     "strategy",
     "epoch_length",
+    "shuffle",
+    "drop_last",
+    "strategy_options",
     "seed",
     "epoch",
     "position",
@@ -21,6 +24,9 @@ KEYS = (
     "kept",
     "scores",
 )
+
+
+SETTINGS = ("num_samples", "prune_fraction", "strategy", "epoch_length", "shuffle", "drop_last", "strategy_options")
 
 
 def _bad(key: str, expected: str, got) -> ValueError:
@@ -44,7 +50,8 @@ def check_state(sampler, sd) -> tuple:
         raise ValueError(f"state_dict: expected a PruningSampler state, missing {', '.join(missing)}")
     if sd["format"] != FORMAT:
         raise _bad("format", repr(FORMAT), sd["format"])
-    for key in ("num_samples", "prune_fraction", "strategy", "epoch_length"):
+    # Settings that decide which batches a run takes: a resumed run must use the same ones.
+    for key in SETTINGS:
         if sd[key] != getattr(sampler, key):
             raise _bad(key, f"this sampler's {getattr(sampler, key)!r}", sd[key])
     epoch, position, replicas = _int(sd, "epoch"), _int(sd, "position"), _int(sd, "num_replicas", 1)

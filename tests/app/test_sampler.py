@@ -254,6 +254,7 @@ def _sd_after_switch():
     "change,text",
     [
         (dict(strategy="ccs"), r"^state_dict\['strategy'\]: expected this sampler's 'top'"),
+        (dict(drop_last=True), r"^state_dict\['drop_last'\]: expected this sampler's False"),
         (dict(kept=torch.arange(3)), r"^state_dict\['kept'\]: expected an int64 tensor of shape \(25,\)"),
         (dict(kept=torch.arange(25).flip(0)), r"^state_dict\['kept'\]: expected ascending distinct"),
         (dict(kept=None, scores=None), r"^state_dict\['kept'\]: expected the kept set"),
