@@ -16,6 +16,7 @@ from .data import IndexedDataset
 from .distributed import ShardedTDDSTracker, load_tracker, make_tracker, merge_shards
 from .ops import reference  # noqa: F401  (registers the reference ops tdds::update / tdds::epoch_step)
 from .ops.registry import available as available_backends
+from .sampling import PruningSampler, PruningWeights
 
 __version__ = "0.1.0"
 __all__ = [
@@ -29,6 +30,8 @@ __all__ = [
     "importance_weights",
     "keep_scores",
     "IndexedDataset",
+    "PruningSampler",
+    "PruningWeights",
     "available_backends",
     "__version__",
 ]

@@ -151,6 +151,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add("--out", type=Path, default=Path("demo_out"), help="folder for results.{json,md} and plot.png")
     add("--no-progress", action="store_true")
+    add("--in-run", action="store_true", help="prune inside the scoring run instead (docs/in_run.md)")
     parser.set_defaults(run=run, _parser=parser)
 
 
@@ -198,6 +199,10 @@ def run(args) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.in_run:  # full vs in-run TDDS vs in-run random vs score-then-retrain: OUT/in_run.*
+        from . import in_run
+
+        return in_run.run(args, command)
     torch.set_num_threads(max(1, args.threads))
     t_start = time.time()
     ds = data.load(args.dataset, args.num_samples)
