@@ -13,6 +13,7 @@ indices from the same (collective) scores.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -79,7 +80,9 @@ def write_release_files(tracker: TDDSTracker, out_dir, allow_incomplete: bool = 
             f"epochs), got {tracker.epoch} epochs recorded; pass allow_incomplete=True to "
             "write the scores so far"
         )
-    scores = tracker.scores()  # collective when sharded
+    with warnings.catch_warnings():  # "not complete": the caller said so with allow_incomplete
+        warnings.filterwarnings("ignore", "TDDSTracker.scores: the trajectory is not complete", RuntimeWarning)
+        scores = tracker.scores()  # collective when sharded
     if getattr(tracker, "rank", 0) != 0:
         return None
     epochs = tracker.trajectory_len if tracker.complete else tracker.epoch

@@ -55,6 +55,8 @@ class TrackerConfig:
         set_ = lambda name, value: object.__setattr__(self, name, value)
         set_("num_samples", check_int("num_samples", self.num_samples, 1))
         set_("num_classes", check_int("num_classes", self.num_classes, 1))
+        if self.num_classes == 1:  # softmax of one class is 1 whatever the logit: every score is 0
+            raise ValueError("num_classes: expected an int >= 2, got 1 (with one class every prediction is 1)")
         window = check_int("window", self.window, 2)
         if window == 2:
             raise ValueError(

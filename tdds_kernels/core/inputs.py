@@ -5,6 +5,8 @@ Every check raises a one-line error naming the argument, expected vs got, before
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 LOGIT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -71,4 +73,25 @@ def check_in_range(name: str, values: torch.Tensor, upper: int, what: str) -> No
     if bool(bad.any()):
         raise ValueError(
             f"{name}: expected {what} in [0, {upper}), got {int(bad.sum())} outside it (first: {int(values[bad][0])})"
+        )
+
+
+PROBABILITY_ROWS = 64  # rows looked at: enough to tell, cheap beside the update itself
+
+
+def warn_if_probabilities(logits: torch.Tensor) -> None:
+    """Warn when logits look like softmax outputs: every value of the first PROBABILITY_ROWS rows
+    in [0, 1] and every row summing to 1 (within 1e-3). The tracker applies softmax itself, so
+    probabilities would be squashed towards uniform and every score would mean little.
+    Log-probabilities are fine (softmax recovers the probabilities). The tracker calls this on
+    an epoch's first batch, where it reads the values anyway (CPU, or debug=True: no extra sync)."""
+    rows = logits[:PROBABILITY_ROWS].float()
+    if rows.shape[1] < 2 or not bool(((rows >= 0) & (rows <= 1)).all()):
+        return
+    if bool(((rows.sum(1) - 1).abs() <= 1e-3).all()):
+        warnings.warn(
+            "logits: the rows look like probabilities (every value in [0, 1], each row summing to 1); "
+            "TDDSTracker applies softmax itself: pass the raw logits (or log-probabilities)",
+            RuntimeWarning,
+            stacklevel=4,
         )
