@@ -1,5 +1,5 @@
 """What a user sees when something is off: files made with their umask, a junk checkpoint named
-in words, a warning for scores read early or probabilities passed as logits, one class refused,
+in words, a warning for scores read early, probabilities passed as logits or one class,
 unsigned labels accepted; and the README's claims about the scores' direction."""
 
 import os
@@ -92,8 +92,8 @@ def test_probabilities_passed_as_logits_warn():
             tr.update(ok, torch.arange(8))
 
 
-def test_one_class_is_refused():
-    with pytest.raises(ValueError, match=r"num_classes: expected an int >= 2, got 1"):
+def test_one_class_warns():
+    with pytest.warns(RuntimeWarning, match=r"num_classes=1: .* every score will be 0"):
         tk.TDDSTracker(8, 1)
 
 
