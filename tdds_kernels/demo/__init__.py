@@ -1,7 +1,7 @@
 """`tdds-kernels demo`: score a real dataset with TDDS while training on it, then retrain from
 scratch on coresets of it and compare strategies against random selection.
 
-    tdds-kernels demo --out demo_out            # MNIST-1D 20k, 5 seeds (358 s on a quiet 2-core AMD EPYC, AVX2)
+    tdds-kernels demo --out demo_out            # MNIST-1D 20k, 5 seeds (358 s on a quiet 2-core AMD EPYC, AVX-512)
     tdds-kernels demo --quick --out demo_quick  # a smoke test (24 s there)
 
 This module imports no torch: the options (options.py) are parsed and checked first, and the

@@ -69,7 +69,7 @@ runs    1. one full-data training run (30 epochs) of a ~9k-parameter 1-D CNN on 
            logits to a TDDSTracker (T=10, W=5, beta=0.9) that also tracks the baselines;
         2. for each seed (5), prune fraction (50%, 70%, 90%) and strategy (random, tdds,
            tdds-balanced, tdds-ccs, forgetting): a fresh model trained on that coreset.
-time    about 6 minutes: 358 s on a quiet 2-core AMD EPYC (AVX2, torch 2.13), and several
+time    about 6 minutes: 358 s on a quiet 2-core AMD EPYC (AVX-512, torch 2.13), several
         times that when other jobs share the cores; --quick (7,500 samples, 15 epochs, 3 seeds,
         3 strategies) 24 s there. After the first epoch the demo prints its estimate for this
         machine. Runs on CPU, one thread by default; no GPU used or needed.
@@ -161,6 +161,8 @@ def add_arguments(parser: argparse.ArgumentParser, run) -> None:
 def apply_quick(args) -> None:
     defaults = {a.dest: a.default for a in args._parser._actions}
     for key, value in QUICK.items():
+        if key == "num_samples" and args.dataset != "mnist1d":  # digits has 1,797 scans: all of them
+            continue
         if getattr(args, key) == defaults[key]:
             setattr(args, key, _strategies(value) if key == "strategies" else value)
 

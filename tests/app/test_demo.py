@@ -10,7 +10,7 @@ pytest.importorskip("matplotlib")
 pytest.importorskip("mnist1d")
 
 from tdds_kernels import demo  # noqa: E402
-from tdds_kernels.demo.main import parse_strategy  # noqa: E402
+from tdds_kernels.demo.options import apply_quick, parse_strategy  # noqa: E402
 
 
 def parse(argv):
@@ -67,9 +67,7 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
 
 def test_quick_applies_only_to_defaults():
     args = parse(["--quick", "--seeds", "4"])
-    from tdds_kernels.demo.main import _apply_quick
-
-    _apply_quick(args)
+    apply_quick(args)
     assert (args.seeds, args.epochs, args.num_samples) == (4, 15, 7500)
     assert args.strategies[0] == "random"
 
