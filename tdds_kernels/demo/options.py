@@ -71,7 +71,7 @@ runs    1. one full-data training run (30 epochs) of a ~9k-parameter 1-D CNN on 
            tdds-balanced, tdds-ccs, forgetting): a fresh model trained on that coreset.
 time    about 6 minutes: 358 s on a quiet 2-core AMD EPYC (AVX-512, torch 2.13), several
         times that when other jobs share the cores; --quick (7,500 samples, 15 epochs, 3 seeds,
-        3 strategies) 24 s there. After the first epoch the demo prints its estimate for this
+        3 strategies) 24 s there. After two epochs the demo prints its estimate for this
         machine. Runs on CPU, one thread by default; no GPU used or needed.
 repeats the same command, torch and CPU give the same table; another CPU (another ISA, or
         another torch) can move single cells by about one std (docs/demo.md#reproducibility)
