@@ -60,6 +60,8 @@ def kept_sampler(kept, shuffle: bool = True, seed: int | None = 0, num_samples: 
     """A sampler over the kept dataset indices, for ``DataLoader(dataset, sampler=...)``: shuffled
     each epoch (from `seed`; None draws from torch's global RNG) or in the given order.
     `num_samples` (the dataset size), when given, range-checks the indices."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise TypeError(f"seed: expected an int or None, got {type(seed).__name__}")
     indices = _kept_list(kept, num_samples)
     if not shuffle:
         return _InOrder(indices)

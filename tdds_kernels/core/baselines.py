@@ -39,6 +39,7 @@ from ..ops import registry
 from ..ops.schema import BASELINE_COLUMNS, RING_COL
 
 NAMES = ("forgetting", "el2n", "aum", "dyn_unc")
+OPTIONS = ("window", "el2n_epoch")  # BaselineScores' parameters a tracker's baseline_options may set
 # Multiply a baseline by its sign to get "higher means keep" (the convention of TDDS and select()):
 # all keep the hard / uncertain end, which for AUM is the low margins.
 KEEP_SIGN = {"forgetting": 1.0, "el2n": 1.0, "aum": -1.0, "dyn_unc": 1.0}

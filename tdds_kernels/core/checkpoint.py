@@ -193,7 +193,18 @@ def save_atomic(obj, path) -> None:
     this module's header) gets its "checksums" entry added on the way."""
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         obj = {**obj, CHECKSUMS: checksums(obj)}
-    replace_files({Path(path): lambda f: torch.save(obj, f)})
+    try:
+        replace_files({Path(path): lambda f: torch.save(obj, f)})
+    except OSError as exc:  # a full disk, a read-only folder: the file named, the old one intact
+        raise OSError(
+            exc.errno, f"{path}: cannot write the checkpoint ({exc.strerror or exc}); any previous file is unchanged"
+        ) from None
+    except RuntimeError as exc:  # torch's zip writer reports a failed write as RuntimeError
+        if "write" not in str(exc).lower():
+            raise
+        raise OSError(
+            f"{path}: cannot write the checkpoint (is the disk full?); any previous file is unchanged"
+        ) from None
 
 
 # ---------------------------------------------------------------------------- checksums

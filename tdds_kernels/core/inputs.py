@@ -95,3 +95,39 @@ def warn_if_probabilities(logits: torch.Tensor) -> None:
             RuntimeWarning,
             stacklevel=4,
         )
+
+
+def check_baseline_options(options, num_classes: int) -> dict:
+    """`baseline_options` as a dict of BaselineScores' parameters, validated now rather than at
+    the first update with targets; errors name the option as the caller wrote it."""
+    from .baselines import OPTIONS, BaselineScores
+
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise TypeError(f"baseline_options: expected a dict such as {{'window': 5}}, got {type(options).__name__}")
+    unknown = sorted(map(str, set(options) - set(OPTIONS)))
+    if unknown:
+        raise TypeError(f"baseline_options: unknown option {unknown[0]!r}; expected some of {OPTIONS}")
+    try:
+        BaselineScores(1, num_classes, "cpu", **options)
+    except ValueError as exc:
+        raise ValueError(f"baseline_options[{str(exc).split(':')[0]!r}]: {str(exc).split(':', 1)[1].strip()}") from None
+    return dict(options)
+
+
+def allocate(make, config, device):
+    """make(), with an allocation failure reported in the caller's terms (the sizes it asked for)
+    instead of the allocator's message."""
+    try:
+        return make()
+    except (RuntimeError, MemoryError) as exc:
+        text = str(exc).lower()
+        if not isinstance(exc, MemoryError) and "alloc" not in text and "out of memory" not in text:
+            raise
+        rows = config.num_samples * config.num_classes * config.storage_dtype.itemsize
+        size = f" ({rows / 2**30:.3g} GiB for the previous rows alone)" if config.prev_topk is None else ""
+        raise MemoryError(
+            f"num_samples={config.num_samples}, num_classes={config.num_classes}: the tracker state{size} "
+            f"could not be allocated on {device}"
+        ) from None

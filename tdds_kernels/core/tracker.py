@@ -18,6 +18,8 @@ from .inputs import (  # noqa: F401  (re-exported)
     LOGIT_DTYPES,
     ON_NONFINITE,
     ON_OUT_OF_RANGE,
+    allocate,
+    check_baseline_options,
     check_batch,
     check_in_range,
     check_on_nonfinite,
@@ -110,7 +112,7 @@ class TDDSTracker(metaclass=_Constructor):
         self.device = resolve_device(device)
         self._backend = registry.resolve(backend, self.device, topk=self.config.prev_topk is not None)
         self._fold = registry.fold_op(self.device)  # the baselines' fold, resolved outside any compiled step
-        self._state = TrackerState(self.config, self.device)
+        self._state = allocate(lambda: TrackerState(self.config, self.device), self.config, self.device)
         self._host_counters = HostSnapshots()  # counters copies for the check below (no CUDA sync)
         # Detects two threads inside update/end_epoch at once (docs/design.md §3, threads): taken
         # without blocking, so a second caller raises instead of interleaving with the first.
@@ -119,9 +121,7 @@ class TDDSTracker(metaclass=_Constructor):
         # tdds_kernels.core.baselines.BaselineScores, made on the first update with targets; like
         # the TDDS state it records only the first trajectory_len epochs.
         self._baselines = None
-        self.baseline_options = dict(baseline_options or {})
-        if self.baseline_options:  # validate now rather than at the first update with targets
-            BaselineScores(1, num_classes, "cpu", **self.baseline_options)
+        self.baseline_options = check_baseline_options(baseline_options, num_classes)
 
     # ------------------------------------------------------------------ properties
     num_samples = property(lambda self: self.config.num_samples)

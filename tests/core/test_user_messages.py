@@ -138,3 +138,70 @@ def test_readme_states_the_baselines_direction():
 
     row = next(line for line in (REPO / "README.md").read_text().splitlines() if "`tracker.baseline_scores()`" in line)
     assert "AUM lower = keep" in row and "tk.keep_scores(name, values)" in row, row
+
+
+# ---------------------------------------------------------------- below the promise (round 3)
+def test_an_unallocatable_state_names_the_sizes():
+    with pytest.raises(
+        MemoryError, match=r"num_samples=1000000000000, num_classes=1000: .*GiB.* could not be allocated"
+    ):
+        tk.TDDSTracker(10**12, 1000)
+
+
+@pytest.mark.parametrize(
+    "options,error,match",
+    [
+        ([("window", 3)], TypeError, r"baseline_options: expected a dict such as \{'window': 5\}, got list"),
+        (
+            {"windw": 3},
+            TypeError,
+            r"baseline_options: unknown option 'windw'; expected some of \('window', 'el2n_epoch'\)",
+        ),
+        ({"window": 1}, ValueError, r"baseline_options\['window'\]: expected an int >= 2, got 1"),
+        ({"el2n_epoch": -1}, ValueError, r"baseline_options\['el2n_epoch'\]: expected None or an int >= 0"),
+    ],
+)
+def test_bad_baseline_options_name_the_option(options, error, match):
+    with pytest.raises(error, match=match):
+        tk.TDDSTracker(8, 4, baseline_options=options)
+
+
+def test_negative_labels_are_refused_by_the_selection_helpers():
+    with pytest.raises(ValueError, match=r"labels: expected class labels >= 0, got -1"):
+        tk.select_coreset("class_balanced", torch.rand(6), torch.tensor([0, 1, -1, 0, 1, 0]), prune_fraction=0.5)
+
+
+def test_kept_sampler_names_a_bad_seed():
+    from tdds_kernels.retrain import kept_sampler
+
+    with pytest.raises(TypeError, match="seed: expected an int or None, got str"):
+        kept_sampler(torch.tensor([1, 2]), seed="0")
+
+
+def test_merge_shards_names_the_missing_shard_and_a_single_checkpoint(tmp_path):
+    tr = tracker()
+    tr.save(tmp_path / "single.pt")
+    with pytest.raises(FileNotFoundError, match=r"single\.pt\.rank0-of-2: no such shard file .*TDDSTracker\.load"):
+        tk.merge_shards(tmp_path / "single.pt", 2)
+    with pytest.raises(ValueError, match="world_size: expected an int >= 1"):
+        tk.merge_shards(tmp_path / "single.pt", 0)
+
+
+def test_a_full_disk_names_the_checkpoint_and_keeps_the_old_one(tmp_path, monkeypatch):
+    import errno
+
+    tr = tracker()
+    path = tmp_path / "ckpt.pt"
+    tr.save(path)
+    before = path.read_bytes()
+    feed(tr, 1)
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match=f"{path}: cannot write the checkpoint \\(No space left on device\\)") as exc:
+        tr.save(path)
+    assert exc.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]
