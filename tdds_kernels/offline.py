@@ -268,8 +268,8 @@ def score_dump(
                 nonfinite = tracker.epoch_counts()["nonfinite"]
                 if nonfinite and on_nonfinite == "error":
                     raise DumpError(
-                        f"{f.output}: {nonfinite} rows have inf/nan logits; pass --on-nonfinite skip "
-                        "(on_nonfinite='skip') to score without them"
+                        f"{f.output}: {nonfinite} rows of epoch {f.epoch} have inf/nan logits; pass "
+                        "--on-nonfinite skip (on_nonfinite='skip') to score without them"
                     )
                 tracker.end_epoch()
             except ValueError as exc:

@@ -88,7 +88,9 @@ def test_nonfinite_logits_point_to_the_cli_option(dump, capsys):  # noqa: F811
     logits = np.load(dump / "5_Output.npy")
     logits[3, 2] = np.nan
     np.save(dump / "5_Output.npy", logits)
-    line = fails_cleanly(capsys, [dump], ("5_Output.npy", "1 rows have inf/nan logits", "--on-nonfinite skip"), [dump])
+    line = fails_cleanly(
+        capsys, [dump], ("5_Output.npy", "1 rows of epoch 5 have inf/nan logits", "--on-nonfinite skip"), [dump]
+    )
     assert "tracker.on_nonfinite" not in line
     out = dump / "o"
     argv = ["score", str(dump), "-T", T, "-W", W, "--on-nonfinite", "skip", "--out", str(out), "--no-progress"]

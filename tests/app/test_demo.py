@@ -87,7 +87,7 @@ def test_strategy_names():
 def test_bad_settings_exit_2(tmp_path, capsys):
     args = parse(["--dataset", "digits", "-T", "3", "-W", "4", "--out", str(tmp_path)])
     assert args.run(args) == 2
-    assert "window" in capsys.readouterr().err
+    assert "-W/-T/--epochs: expected W <= T <= epochs, got W=4, T=3" in capsys.readouterr().err
 
 
 def test_cli_has_demo():
