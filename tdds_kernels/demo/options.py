@@ -104,7 +104,7 @@ def add_arguments(parser: argparse.ArgumentParser, run) -> None:
     parser.formatter_class = _HelpFormatter
     parser.description, parser.epilog = DESCRIPTION, EPILOG
     add = parser.add_argument
-    add("--dataset", choices=DATASETS, default="mnist1d")
+    add("--dataset", choices=DATASETS, default="mnist1d", help="mnist1d (generated locally) or digits (scikit-learn)")
     add(
         "--num-samples",
         type=int,

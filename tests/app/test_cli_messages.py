@@ -118,3 +118,11 @@ def test_an_unreadable_folder_is_one_line_and_exit_2(dump, capsys, monkeypatch):
 
     monkeypatch.setattr(offline, "scan", denied)
     fails_cleanly(capsys, [dump], ("0_Index.npy", "cannot read it (Permission denied)"), [dump])
+
+
+@pytest.mark.parametrize("command", ["score", "demo"])
+def test_every_option_has_help(command):
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+    bare = [a.option_strings[0] for a in sub._actions if a.option_strings and not a.help]
+    assert not bare, f"{command}: options without help text: {bare}"
