@@ -1,8 +1,13 @@
 """Build script: the package itself is pure Python (pyproject.toml); this adds the C++/CUDA
-extension tdds_kernels._C (csrc/). Install without build isolation so the extension builds
-against the torch you run:
+extension tdds_kernels._C (csrc/). Install torch first, then this without build isolation, so the
+extension builds against the torch you run (README, "Install"):
 
-    pip install -e . --no-build-isolation
+    pip install setuptools wheel ninja
+    pip install --no-build-isolation .
+
+A build that cannot import torch (pip's default isolated build, or no torch installed) stops
+with one line saying so (NO_TORCH); torch is not a build requirement in pyproject.toml on
+purpose: pip would fetch a multi-GB CUDA build of it just to compile against.
 
 CPU kernels always; CUDA kernels too when torch was built with CUDA and nvcc is found.
 Overrides: FORCE_CUDA=1 (require the CUDA kernels; fail if they can't be built), FORCE_CPU=1
@@ -16,6 +21,11 @@ import sys
 from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+NO_TORCH = (
+    "tdds_kernels: the C++ extension builds against your torch, which this build cannot import: "
+    "install torch first, then run `pip install setuptools wheel ninja && pip install --no-build-isolation .` "
+    "(or `TDDS_NO_EXT=1 pip install .` for the pure-Python package, reference and Triton backends only)"
+)
 
 
 def _flag(name):
@@ -43,7 +53,10 @@ def extensions():
     if _flag("TDDS_NO_EXT"):
         print("tdds_kernels: TDDS_NO_EXT set, building no extension (reference backend only)")
         return [], {}
-    import torch
+    try:
+        import torch
+    except ImportError:
+        sys.exit(NO_TORCH)
     from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
     cpu_sources = ["csrc/python_module.cpp", "csrc/op_schemas.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))

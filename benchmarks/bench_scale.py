@@ -598,7 +598,7 @@ def main(argv=None):
     ap.add_argument(
         "--mem-gb", type=float, default=9.0, help="largest state (and release-style footprint) to allocate, GiB"
     )
-    ap.add_argument("--machine", default="2-core AMD EPYC sandbox", help="named in the table")
+    ap.add_argument("--machine", default="2-core AMD EPYC (AVX-512)", help="named in the table")
     ap.add_argument("--out", default=str(HERE / "results"), help="folder for the table and plot")
     ap.add_argument("--name", default=None, help="file stem (default scale_<device>[_quick])")
     ap.add_argument(

@@ -9,7 +9,7 @@ OUT=${1:-benchmarks/results/train_step_cpu_epyc_2core.md}
 PY=${PYTHON:-python}
 mkdir -p "$(dirname "$OUT")"
 {
-  echo "# Tracker's share of a CPU training step: 2-core AMD EPYC sandbox"
+  echo "# Tracker's share of a CPU training step: 2-core AMD EPYC"
   echo
   echo "\`benchmarks/train_step_cpu.sh\`; load average (1/5/15 min) before: $(cut -d' ' -f1-3 /proc/loadavg)."
   echo "fp32 (no autocast), SGD, random data; each variant's steps alternate with the other's."

@@ -5,33 +5,51 @@ Layers, each importing only from those before it:
     core/         the tracker: config, per-sample state, checkpoints, baselines, selection
     distributed/  the sharded tracker: layout of the samples over ranks, collectives, the factory
     offline.py, cli/, demo/, integrations/   the application: dump scoring, commands, trainers
+
+The public names below are imported on first use (PEP 562), not by `import tdds_kernels`: the
+command line's --help and --version then answer without importing torch (seconds on a cold
+start). The first access of any of them imports the whole library at once, which also registers
+the reference ops and the sharded constructor that TDDSTracker(..., process_group=pg) routes to.
 """
 
-from .core.baselines import keep_scores
-from .core.selection import importance_weights, select, select_coreset
-from .core.tracker import TDDSTracker
-from .data import IndexedDataset
-
-# tdds_kernels.distributed also registers the constructor TDDSTracker(..., process_group=pg) routes to.
-from .distributed import ShardedTDDSTracker, load_tracker, make_tracker, merge_shards
-from .ops import reference  # noqa: F401  (registers the reference ops tdds::update / tdds::epoch_step)
-from .ops.registry import available as available_backends
-from .sampling import PruningSampler, PruningWeights
+import importlib
 
 __version__ = "0.1.0"
-__all__ = [
-    "TDDSTracker",
-    "ShardedTDDSTracker",
-    "make_tracker",
-    "load_tracker",
-    "merge_shards",
-    "select",
-    "select_coreset",
-    "importance_weights",
-    "keep_scores",
-    "IndexedDataset",
-    "PruningSampler",
-    "PruningWeights",
-    "available_backends",
-    "__version__",
-]
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "TDDSTracker": ".core.tracker",
+    "ShardedTDDSTracker": ".distributed",
+    "make_tracker": ".distributed",
+    "load_tracker": ".distributed",
+    "merge_shards": ".distributed",
+    "select": ".core.selection",
+    "select_coreset": ".core.selection",
+    "importance_weights": ".core.selection",
+    "keep_scores": ".core.baselines",
+    "IndexedDataset": ".data",
+    "PruningSampler": ".sampling",
+    "PruningWeights": ".sampling",
+    "available_backends": ".ops.registry",
+}
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def load() -> None:
+    """Import the library (idempotent): the names above, the reference ops, the sharded tracker."""
+    for module in ("distributed", "ops.reference"):  # side effects: the registrations
+        importlib.import_module(f".{module}", __name__)
+    for name, module in _EXPORTS.items():
+        attr = "available" if name == "available_backends" else name
+        globals()[name] = getattr(importlib.import_module(module, __name__), attr)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        load()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_EXPORTS])

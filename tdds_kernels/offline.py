@@ -103,6 +103,10 @@ def _missing(path: Path, what: str, dump_dir: Path, first: int, trajectory_len: 
     --first-epoch that would fit them."""
     present = _epochs_present(dump_dir)
     found = "no {t}_Output.npy at all" if not present else f"epochs {present[0]}..{present[-1]} ({len(present)} files)"
+    gaps = sorted(set(range(first, first + trajectory_len)) - set(present))
+    if present and gaps:  # name the epochs whose logits are absent, not just the span found
+        shown = ", ".join(f"{t}_Output.npy" for t in gaps[:5]) + (f" and {len(gaps) - 5} more" if len(gaps) > 5 else "")
+        found += f"; no {shown}"
     hint = ""
     if present and present[0] != first and set(range(present[0], present[0] + trajectory_len)) <= set(present):
         hint = f"; pass --first-epoch {present[0]}"
@@ -261,6 +265,12 @@ def score_dump(
                     tracker.update(torch.from_numpy(out), torch.from_numpy(idx.astype(np.int64, copy=False)))
                     if bar is not None:
                         bar.update(idx.shape[0])
+                nonfinite = tracker.epoch_counts()["nonfinite"]
+                if nonfinite and on_nonfinite == "error":
+                    raise DumpError(
+                        f"{f.output}: {nonfinite} rows of epoch {f.epoch} have inf/nan logits; pass "
+                        "--on-nonfinite skip (on_nonfinite='skip') to score without them"
+                    )
                 tracker.end_epoch()
             except ValueError as exc:
                 raise DumpError(f"{f.output}: {exc}") from None

@@ -13,6 +13,7 @@ indices from the same (collective) scores.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -59,6 +60,8 @@ def kept_sampler(kept, shuffle: bool = True, seed: int | None = 0, num_samples: 
     """A sampler over the kept dataset indices, for ``DataLoader(dataset, sampler=...)``: shuffled
     each epoch (from `seed`; None draws from torch's global RNG) or in the given order.
     `num_samples` (the dataset size), when given, range-checks the indices."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise TypeError(f"seed: expected an int or None, got {type(seed).__name__}")
     indices = _kept_list(kept, num_samples)
     if not shuffle:
         return _InOrder(indices)
@@ -79,7 +82,9 @@ def write_release_files(tracker: TDDSTracker, out_dir, allow_incomplete: bool = 
             f"epochs), got {tracker.epoch} epochs recorded; pass allow_incomplete=True to "
             "write the scores so far"
         )
-    scores = tracker.scores()  # collective when sharded
+    with warnings.catch_warnings():  # "not complete": the caller said so with allow_incomplete
+        warnings.filterwarnings("ignore", "TDDSTracker.scores: the trajectory is not complete", RuntimeWarning)
+        scores = tracker.scores()  # collective when sharded
     if getattr(tracker, "rank", 0) != 0:
         return None
     epochs = tracker.trajectory_len if tracker.complete else tracker.epoch

@@ -56,3 +56,24 @@ def test_short_and_its_make_targets_exist():
     named = set(re.findall(r"`make (\w+)`|^make (\w+)", text, re.M))
     named = {a or b for a, b in named}
     assert {"demo", "test"} <= named and named <= targets, (named, targets)
+
+
+def test_make_test_is_said_to_lint_first():
+    makefile = (README.parent / "Makefile").read_text()
+    prerequisites = re.search(r"^test:(.*)$", makefile, re.M).group(1).split()
+    assert "lint" in prerequisites, "make test no longer runs lint: update README"
+    line = next(line for line in README.read_text().splitlines() if line.startswith("make test"))
+    assert "lint" in line and line.index("lint") < line.index("test suite"), line
+
+
+# Phrases of a lab notebook rather than of the project's documentation.
+NOTEBOOK = [r"\bsandbox\b", r"\bof mine\b", r"\b[Ii]ssue \d+\b", r"\bI (measured|ran|tried|found)\b"]
+
+
+def test_docs_speak_in_the_project_voice():
+    root = README.parent
+    found = []
+    for path in [README, *sorted((root / "docs").glob("*.md"))]:
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            found += [f"{path.relative_to(root)}:{n}: {line.strip()}" for p in NOTEBOOK if re.search(p, line)]
+    assert not found, "\n".join(found)

@@ -10,9 +10,8 @@ import time
 import warnings
 from pathlib import Path
 
-from ..offline import DumpError, score_dump, write_release_outputs
-
 DEFAULT_TRAJECTORY_LEN, DEFAULT_WINDOW, DEFAULT_DECAY = 30, 10, 0.9  # the release's settings
+MIN_WINDOW = 3  # as TrackerConfig (docs/design.md §1): a 2-epoch window's R is always 0
 
 DESCRIPTION = """\
 Score a folder of per-epoch logit dumps with TDDS, as the release's scoring script does.
@@ -67,7 +66,9 @@ def add_arguments(parser) -> None:
         help="number of the first epoch scored (K), for folders whose dumps do not start at epoch 0 "
         "(default: 0, whatever epochs the folder holds)",
     )
-    parser.add_argument("--window", "-W", type=int, default=DEFAULT_WINDOW, help="window size (W)")
+    parser.add_argument(
+        "--window", "-W", type=int, default=DEFAULT_WINDOW, help=f"window size (W), >= {MIN_WINDOW} and <= T"
+    )
     parser.add_argument(
         "--decay", "-b", type=float, default=DEFAULT_DECAY, help="EMA weight of the newest window (beta)"
     )
@@ -88,6 +89,10 @@ def add_arguments(parser) -> None:
     parser.set_defaults(run=run)
 
 
+class OptionError(ValueError):
+    """A bad option, found before the offline scorer (and torch) is imported."""
+
+
 def _check_out_dir(out: Path) -> None:
     """Refuse an --out that cannot become a folder before spending the scoring time on it."""
     folder = out
@@ -95,31 +100,45 @@ def _check_out_dir(out: Path) -> None:
         folder = folder.parent
     if not folder.is_dir():
         what = "is a file" if folder == out else f"lies under {folder}, which is not a folder"
-        raise DumpError(f"--out {out}: expected a folder (existing or to create), but it {what}")
+        raise OptionError(f"--out {out}: expected a folder (existing or to create), but it {what}")
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise DumpError(f"--out {out}: {folder} is not writable")
+        raise OptionError(f"--out {out}: {folder} is not writable")
 
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+def check_options(args) -> None:
+    """The options alone, before anything is read or imported: an OptionError naming one."""
+    if args.window < MIN_WINDOW:
+        raise OptionError(
+            f"-W/--window: expected W >= {MIN_WINDOW}, got {args.window} (a window of 2 epochs holds one "
+            "transition, whose deviation from its own mean is 0: every score would be 0)"
+        )
+    if args.trajectory_len < args.window:
+        raise OptionError(f"-T/--trajectory-len: expected T >= W ({args.window}), got {args.trajectory_len}")
+    if not 0.0 < args.decay <= 1.0:
+        raise OptionError(f"-b/--decay: expected a value in (0, 1], got {args.decay}")
+    if args.first_epoch < 0:
+        raise OptionError(f"-K/--first-epoch: expected an epoch number >= 0, got {args.first_epoch}")
+    if args.num_samples is not None and args.num_samples < 1:
+        raise OptionError(f"--num-samples: expected a dataset size >= 1, got {args.num_samples}")
+    if args.out:
+        _check_out_dir(Path(args.out))
+
+
 def run(args) -> int:
     start = time.perf_counter()
     out_dir = Path(args.out) if args.out else Path(args.dump_dir)
     try:
-        if args.window < 2 or args.trajectory_len < args.window:
-            raise DumpError(
-                f"--window/--trajectory-len: need 2 <= W <= T, got W={args.window}, T={args.trajectory_len}"
-            )
-        if not 0.0 < args.decay <= 1.0:
-            raise DumpError(f"--decay: expected a value in (0, 1], got {args.decay}")
-        if args.first_epoch < 0:
-            raise DumpError(f"--first-epoch: expected an epoch number >= 0, got {args.first_epoch}")
-        if args.num_samples is not None and args.num_samples < 1:
-            raise DumpError(f"--num-samples: expected a dataset size >= 1, got {args.num_samples}")
-        if args.out:
-            _check_out_dir(out_dir)
+        check_options(args)
+    except OptionError as exc:
+        print(f"tdds-kernels score: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    from ..offline import DumpError, score_dump, write_release_outputs
+
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "auto" falling back is reported below
             scores, stats = score_dump(
@@ -135,6 +154,10 @@ def run(args) -> int:
             )
     except (DumpError, ValueError, TypeError) as exc:
         print(f"tdds-kernels score: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # an unreadable folder or file (permissions, I/O errors)
+        where = exc.filename or args.dump_dir
+        print(f"tdds-kernels score: error: {where}: cannot read it ({exc.strerror or _one_line(exc)})", file=sys.stderr)
         return 2
     n, t = scores.shape[0], args.trajectory_len
     if stats["missing"] or stats["duplicates"]:

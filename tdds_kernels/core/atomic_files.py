@@ -15,7 +15,6 @@ import os
 import re
 import secrets
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -70,6 +69,18 @@ def remove_stale_temps(path) -> list[Path]:
     return removed
 
 
+def _new_temp(path: Path) -> tuple[int, str]:
+    """A new temporary file beside `path`, opened for writing, with the permissions any new file
+    gets here (0666 less the umask), as the file it replaces would have had; tempfile.mkstemp
+    would make it 0600, and the rename would carry that to the output."""
+    while True:
+        tmp = os.path.join(path.parent, f"{_temp_prefix(path)}{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
+        except FileExistsError:
+            continue
+
+
 def replace_files(writers: dict[Path, Callable]) -> None:
     """Write every file of `writers` ({path: fn(binary file object)}) to a temporary file beside
     it, fsync, then rename them all into place (_swap_in), as a set: an error at any point (a
@@ -82,7 +93,7 @@ def replace_files(writers: dict[Path, Callable]) -> None:
             path = Path(path)
             path.parent.mkdir(parents=True, exist_ok=True)
             remove_stale_temps(path)
-            fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
+            fd, tmp = _new_temp(path)
             tmps[path] = tmp
             with os.fdopen(fd, "wb") as f:
                 write(f)
@@ -141,7 +152,7 @@ def _backup(path: Path) -> str:
         except FileExistsError:
             continue
         except OSError:  # no hard links here (e.g. FAT, some network mounts): a copy instead
-            fd, backup = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
+            fd, backup = _new_temp(path)
             os.close(fd)
             try:
                 shutil.copy2(path, backup)

@@ -40,6 +40,7 @@ from ..ops.schema import BASELINE_COLUMNS, RING_COL
 from .state import check_readable
 
 NAMES = ("forgetting", "el2n", "aum", "dyn_unc")
+OPTIONS = ("window", "el2n_epoch")  # BaselineScores' parameters a tracker's baseline_options may set
 # Multiply a baseline by its sign to get "higher means keep" (the convention of TDDS and select()):
 # all keep the hard / uncertain end, which for AUM is the low margins.
 KEEP_SIGN = {"forgetting": 1.0, "el2n": 1.0, "aum": -1.0, "dyn_unc": 1.0}
@@ -68,7 +69,7 @@ OUT_OF_RANGE = "out_of_range_targets"
 # tensor (exact for these counts, flags and float32 values): one gather and one scatter of rows
 # per batch. A dozen gathers and scatters of the separate tensors (each row a cache miss: the
 # update streams the large TDDS state through the caches) measured 0.2-0.3 ms at B = 4096 on
-# the 2-core sandbox, as much as the kernel's own extra work. state_dict() and _state show the
+# a 2-core AMD EPYC, as much as the kernel's own extra work. state_dict() and _state show the
 # named tensors of TENSORS.
 PACKED = (*BASELINE_COLUMNS, "prob_ring")  # prob_ring: columns RING_COL .. RING_COL + window - 1
 

@@ -54,7 +54,18 @@ def save_atomic(obj, path) -> None:
     (one with this module's header) gets its "checksums" entry added on the way."""
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         obj = {**obj, CHECKSUMS: checksums(obj)}
-    replace_files({Path(path): lambda f: torch.save(obj, f)})
+    try:
+        replace_files({Path(path): lambda f: torch.save(obj, f)})
+    except OSError as exc:  # a full disk, a read-only folder: the file named, the old one intact
+        raise OSError(
+            exc.errno, f"{path}: cannot write the checkpoint ({exc.strerror or exc}); any previous file is unchanged"
+        ) from None
+    except RuntimeError as exc:  # torch's zip writer reports a failed write as RuntimeError
+        if "write" not in str(exc).lower():
+            raise
+        raise OSError(
+            f"{path}: cannot write the checkpoint (is the disk full?); any previous file is unchanged"
+        ) from None
 
 
 # ---------------------------------------------------------------------------- checksums
@@ -130,6 +141,8 @@ def _reason(exc: Exception) -> str:
     # One short clause from torch's multi-line messages: for a pickle that weights_only refused,
     # what it refused (never torch's advice to load it unsafely); else the first sentence.
     text = str(exc).strip()
+    if isinstance(exc, (KeyError, IndexError)):  # the unpickler's internals on bytes that are no pickle
+        return "its bytes are neither a torch.save archive nor a pickle"
     if text.startswith("Weights only load failed"):
         m = re.search(r"WeightsUnpickler error:[ \t]*(\S[^\n]*)", text)
         details = [m.group(1)] if m else []

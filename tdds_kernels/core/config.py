@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
+import warnings
 
 import torch
 
@@ -55,6 +56,12 @@ class TrackerConfig:
         set_ = lambda name, value: object.__setattr__(self, name, value)
         set_("num_samples", check_int("num_samples", self.num_samples, 1))
         set_("num_classes", check_int("num_classes", self.num_classes, 1))
+        if self.num_classes == 1:  # allowed (the formula is defined), but nothing can be learnt from it
+            warnings.warn(
+                "num_classes=1: the softmax of one class is 1 whatever the logit, so every score will be 0",
+                RuntimeWarning,
+                stacklevel=4,
+            )
         window = check_int("window", self.window, 2)
         if window == 2:
             raise ValueError(

@@ -5,6 +5,8 @@ Every check raises a one-line error naming the argument, expected vs got, before
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 LOGIT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -72,3 +74,60 @@ def check_in_range(name: str, values: torch.Tensor, upper: int, what: str) -> No
         raise ValueError(
             f"{name}: expected {what} in [0, {upper}), got {int(bad.sum())} outside it (first: {int(values[bad][0])})"
         )
+
+
+PROBABILITY_ROWS = 64  # rows looked at: enough to tell, cheap beside the update itself
+
+
+def warn_if_probabilities(logits: torch.Tensor) -> None:
+    """Warn when logits look like softmax outputs: every value of the first PROBABILITY_ROWS rows
+    in [0, 1] and every row summing to 1 (within 1e-3). The tracker applies softmax itself, so
+    probabilities would be squashed towards uniform and every score would mean little.
+    Log-probabilities are fine (softmax recovers the probabilities). The tracker calls this on
+    an epoch's first batch, where it reads the values anyway (CPU, or debug=True: no extra sync)."""
+    rows = logits[:PROBABILITY_ROWS].float()
+    if rows.shape[1] < 2 or not bool(((rows >= 0) & (rows <= 1)).all()):
+        return
+    if bool(((rows.sum(1) - 1).abs() <= 1e-3).all()):
+        warnings.warn(
+            "logits: the rows look like probabilities (every value in [0, 1], each row summing to 1); "
+            "TDDSTracker applies softmax itself: pass the raw logits (or log-probabilities)",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+
+def check_baseline_options(options, num_classes: int) -> dict:
+    """`baseline_options` as a dict of BaselineScores' parameters, validated now rather than at
+    the first update with targets; errors name the option as the caller wrote it."""
+    from .baselines import OPTIONS, BaselineScores
+
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise TypeError(f"baseline_options: expected a dict such as {{'window': 5}}, got {type(options).__name__}")
+    unknown = sorted(map(str, set(options) - set(OPTIONS)))
+    if unknown:
+        raise TypeError(f"baseline_options: unknown option {unknown[0]!r}; expected some of {OPTIONS}")
+    try:
+        BaselineScores(1, num_classes, "cpu", **options)
+    except ValueError as exc:
+        raise ValueError(f"baseline_options[{str(exc).split(':')[0]!r}]: {str(exc).split(':', 1)[1].strip()}") from None
+    return dict(options)
+
+
+def allocate(make, config, device):
+    """make(), with an allocation failure reported in the caller's terms (the sizes it asked for)
+    instead of the allocator's message."""
+    try:
+        return make()
+    except (RuntimeError, MemoryError) as exc:
+        text = str(exc).lower()
+        if not isinstance(exc, MemoryError) and "alloc" not in text and "out of memory" not in text:
+            raise
+        rows = config.num_samples * config.num_classes * config.storage_dtype.itemsize
+        size = f" ({rows / 2**30:.3g} GiB for the previous rows alone)" if config.prev_topk is None else ""
+        raise MemoryError(
+            f"num_samples={config.num_samples}, num_classes={config.num_classes}: the tracker state{size} "
+            f"could not be allocated on {device}"
+        ) from None

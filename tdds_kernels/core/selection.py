@@ -96,7 +96,10 @@ def _check_labels(labels, n: int) -> torch.Tensor:
         raise ValueError(f"labels: expected shape ({n},) to match scores, got {tuple(labels.shape)}")
     if labels.dtype.is_floating_point or labels.dtype == torch.bool:
         raise TypeError(f"labels: expected an integer dtype, got {labels.dtype}")
-    return labels.to(torch.int64).cpu()
+    labels = labels.to(torch.int64).cpu()
+    if labels.numel() and int(labels.min()) < 0:
+        raise ValueError(f"labels: expected class labels >= 0, got {int(labels.min())}")
+    return labels
 
 
 def _generator(seed) -> torch.Generator:

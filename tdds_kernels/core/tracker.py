@@ -19,11 +19,14 @@ from .inputs import (  # noqa: F401  (re-exported)
     LOGIT_DTYPES,
     ON_NONFINITE,
     ON_OUT_OF_RANGE,
+    allocate,
+    check_baseline_options,
     check_batch,
     check_in_range,
     check_on_nonfinite,
     check_on_out_of_range,
     check_options,
+    warn_if_probabilities,
 )
 from .state import TrackerState
 
@@ -110,7 +113,7 @@ class TDDSTracker(metaclass=_Constructor):
         self.device = resolve_device(device)
         self._backend = registry.resolve(backend, self.device, topk=self.config.prev_topk is not None)
         self._fold = registry.fold_op(self.device)  # the baselines' fold, resolved outside any compiled step
-        self._state = TrackerState(self.config, self.device)
+        self._state = allocate(lambda: TrackerState(self.config, self.device), self.config, self.device)
         self._host_counters = HostSnapshots()  # counters copies for the check below (no CUDA sync)
         # Detects two threads inside update/end_epoch at once (docs/design.md §3, threads): taken
         # without blocking, so a second caller raises instead of interleaving with the first.
@@ -119,9 +122,7 @@ class TDDSTracker(metaclass=_Constructor):
         # tdds_kernels.core.baselines.BaselineScores, made on the first update with targets; like
         # the TDDS state it records only the first trajectory_len epochs.
         self._baselines = None
-        self.baseline_options = dict(baseline_options or {})
-        if self.baseline_options:  # validate now rather than at the first update with targets
-            BaselineScores(1, num_classes, "cpu", **self.baseline_options)
+        self.baseline_options = check_baseline_options(baseline_options, num_classes)
 
     # ------------------------------------------------------------------ properties
     num_samples = property(lambda self: self.config.num_samples)
@@ -226,6 +227,8 @@ class TDDSTracker(metaclass=_Constructor):
         # it would sync every step, so the kernels skip and count them and end_epoch raises.
         if not compiling and (self.device.type == "cpu" or self.debug):
             check_in_range("index", index, self.num_samples, "dataset indices")
+            if self._state.rows_in_epoch == 0:  # a sample of the epoch's first batch: no sync on CUDA
+                warn_if_probabilities(logits)
         self._record(logits, index, targets, logits.shape[0])
 
     def _record(self, logits, index, targets, rows: int) -> None:
@@ -239,6 +242,8 @@ class TDDSTracker(metaclass=_Constructor):
             self._backend.update(logits, index, *st.previous_row(), st.seen, st.ring, st.counters)
         else:
             check_targets(targets, logits)  # before anything changes: a rejected targets= creates nothing
+            if targets.dtype not in (torch.int64, torch.int32):  # uint16/32/64 have no min/max on CPU
+                targets = targets.to(torch.int64)
             if not compiling and (self.device.type == "cpu" or self.debug):  # as the index check
                 check_in_range("targets", targets, self.num_classes, "class labels")
             baselines = self._baselines
@@ -246,8 +251,6 @@ class TDDSTracker(metaclass=_Constructor):
                 baselines = BaselineScores(
                     self.num_samples, self.num_classes, self.device, fold=self._fold, **self.baseline_options
                 )
-            if targets.dtype not in (torch.int64, torch.int32):
-                targets = targets.to(torch.int64)
             # The op computes the rows' baseline quantities in its pass over the logits, for
             # the rows it applies (NaN for the others); fold adds them up per sample.
             row_stats = torch.empty(logits.shape[0], len(ROW_STATS), device=logits.device)
@@ -307,6 +310,13 @@ class TDDSTracker(metaclass=_Constructor):
                 f"TDDSTracker.scores: no window has been folded yet ({self.epoch} of the "
                 f"{self.window} epochs a first window needs have ended; {self.window - self.epoch} "
                 "more end_epoch() calls): every score is 0",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        elif self.trajectory_len is not None and not self._state.complete:
+            warnings.warn(
+                f"TDDSTracker.scores: the trajectory is not complete ({self.epoch} of {self.trajectory_len} "
+                "epochs have ended): these are the scores so far, not the final ones",
                 RuntimeWarning,
                 stacklevel=2,
             )

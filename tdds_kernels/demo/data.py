@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-DATASETS = ("mnist1d", "digits")
+from .options import DATASETS
 
 
 @dataclass

@@ -4,6 +4,7 @@ state dict on one machine (merge_shards)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..core import checkpoint
@@ -47,6 +48,19 @@ def merge_shards(path, world_size: int) -> dict:
     """The single-tracker state dict of a sharded checkpoint, read from all its shard files on
     one machine (no process group; N·C memory). Load it with TDDSTracker.load_state_dict to
     score on one machine, or with load_full_state_dict to resume on another world size."""
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"world_size: expected an int >= 1 (the number of shard files), got {world_size!r}")
+    for r in range(world_size):
+        if not os.path.exists(shard_path(path, r, world_size)):
+            hint = (
+                "; it exists as one file: a single tracker's checkpoint (TDDSTracker.load)"
+                if os.path.isfile(path)
+                else ""
+            )
+            raise FileNotFoundError(
+                f"{shard_path(path, r, world_size)}: no such shard file (merge_shards reads "
+                f"{shard_path(path, 0, world_size)} .. rank{world_size - 1}-of-{world_size} for {path}{hint})"
+            )
     shards = [checkpoint.read(shard_path(path, r, world_size)) for r in range(world_size)]
     infos = [sd.get("shard") or {} for sd in shards]
     if [i.get("rank") for i in infos] != list(range(world_size)) or len(

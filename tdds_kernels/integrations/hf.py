@@ -37,7 +37,13 @@ import warnings
 
 import torch
 import torch.distributed as dist
-from transformers import Trainer, TrainerCallback
+
+from . import missing_extra
+
+try:
+    from transformers import Trainer, TrainerCallback
+except ImportError:
+    raise missing_extra(__name__, "transformers", "hf") from None
 
 from ..core.checkpoint import save_atomic
 from ..core.tracker import TDDSTracker

@@ -31,10 +31,15 @@ import warnings
 import torch
 import torch.distributed as dist
 
+from . import missing_extra
+
 try:  # the `pytorch-lightning` distribution; the unified `lightning` one as a fallback
     import pytorch_lightning as pl
 except ImportError:  # pragma: no cover - depends on what is installed
-    import lightning.pytorch as pl
+    try:
+        import lightning.pytorch as pl
+    except ImportError:
+        raise missing_extra(__name__, "pytorch-lightning", "lightning") from None
 
 from ..core.tracker import TDDSTracker
 from ..distributed.factory import make_tracker

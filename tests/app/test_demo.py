@@ -10,7 +10,7 @@ pytest.importorskip("matplotlib")
 pytest.importorskip("mnist1d")
 
 from tdds_kernels import demo  # noqa: E402
-from tdds_kernels.demo.main import parse_strategy  # noqa: E402
+from tdds_kernels.demo.options import apply_quick, parse_strategy  # noqa: E402
 
 
 def parse(argv):
@@ -67,9 +67,7 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
 
 def test_quick_applies_only_to_defaults():
     args = parse(["--quick", "--seeds", "4"])
-    from tdds_kernels.demo.main import _apply_quick
-
-    _apply_quick(args)
+    apply_quick(args)
     assert (args.seeds, args.epochs, args.num_samples) == (4, 15, 7500)
     assert args.strategies[0] == "random"
 
@@ -89,7 +87,7 @@ def test_strategy_names():
 def test_bad_settings_exit_2(tmp_path, capsys):
     args = parse(["--dataset", "digits", "-T", "3", "-W", "4", "--out", str(tmp_path)])
     assert args.run(args) == 2
-    assert "window" in capsys.readouterr().err
+    assert "-W/-T/--epochs: expected W <= T <= epochs, got W=4, T=3" in capsys.readouterr().err
 
 
 def test_cli_has_demo():

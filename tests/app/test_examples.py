@@ -47,6 +47,19 @@ def test_plain_loop(tmp_path):
     assert torch.load(tmp_path / "s.pt").shape == (1024,)
 
 
+def test_plain_loop_resume_matches_an_uninterrupted_run(tmp_path):
+    """README: examples/plain_loop.py "adds resume": stopped after epoch 1 and run again, it gives
+    the uninterrupted run's scores exactly."""
+    example = EXAMPLES / "plain_loop.py"
+    run(sys.executable, example, "--epochs", "4", "--ckpt", tmp_path / "full", "--out", tmp_path / "full.pt")
+    out = run(sys.executable, example, "--epochs", "4", "--ckpt", tmp_path / "ck", "--stop-after", "1")
+    assert "epoch 1:" in out and "epoch 2:" not in out and "kept" not in out
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["model-2.pt", "tdds.pt"]
+    out = run(sys.executable, example, "--epochs", "4", "--ckpt", tmp_path / "ck", "--out", tmp_path / "resumed.pt")
+    assert "resumed at epoch 2" in out and "epoch 1:" not in out and "kept 512 of 1024" in out
+    assert torch.equal(torch.load(tmp_path / "resumed.pt"), torch.load(tmp_path / "full.pt"))
+
+
 def test_ddp_torchrun_resume_matches_an_uninterrupted_run(tmp_path):
     torchrun("--epochs", "4", "--out", tmp_path / "full.pt")
     out = torchrun("--epochs", "4", "--ckpt", tmp_path / "ck", "--stop-after", "1")

@@ -114,7 +114,9 @@ def test_nonfinite_logits_fail_unless_skipped(tmp_path, capsys):
     out = np.load(dump / "2_Output.npy")
     out[3, 1] = np.nan
     np.save(dump / "2_Output.npy", out)
-    _fails_cleanly(tmp_path, capsys, dump, match="2_Output.npy: logits: 1 rows of epoch 2 had non-finite")
+    _fails_cleanly(
+        tmp_path, capsys, dump, match="2_Output.npy: 1 rows of epoch 2 have inf/nan logits; pass --on-nonfinite skip"
+    )
     assert run_cli(dump, "-T", 4, "-W", 3, "-b", 0.9, "--on-nonfinite", "skip") == 0
     assert "nonfinite=1" in capsys.readouterr().out
 
@@ -122,9 +124,9 @@ def test_nonfinite_logits_fail_unless_skipped(tmp_path, capsys):
 def test_bad_parameters(tmp_path, capsys):
     dump = write_dump(tmp_path / "d", random_epochs(np.random.default_rng(8), 10, 3, 4))
     assert run_cli(dump, "-T", 3, "-W", 4, "-b", 0.9) == 2
-    assert "need 2 <= W <= T" in capsys.readouterr().err
+    assert "-T/--trajectory-len: expected T >= W (4), got 3" in capsys.readouterr().err
     assert run_cli(dump, "-T", 3, "-W", 2, "-b", 0.9) == 2  # a window of one transition scores 0
-    assert "window: expected an int >= 3, got 2" in capsys.readouterr().err
+    assert "-W/--window: expected W >= 3, got 2" in capsys.readouterr().err
     assert run_cli(tmp_path / "nope", "-T", 3, "-W", 3, "-b", 0.9) == 2
     assert "not a directory" in capsys.readouterr().err
 
