@@ -60,7 +60,8 @@ def test_a_text_file_as_checkpoint_is_named_in_words(tmp_path):
     with pytest.raises(ValueError) as exc:
         tk.TDDSTracker.load(junk)
     message = str(exc.value)
-    assert message.startswith(f"{junk}: not a readable") and "neither a torch.save archive nor a pickle" in message
+    # refused before unpickling anything: a torch.save file is a zip archive
+    assert message.startswith(f"{junk}: not a readable") and "not a zip archive, which torch.save writes" in message
     assert "KeyError" not in message and "IndexError" not in message
 
 
