@@ -12,7 +12,6 @@ release-style loop (rtol 1e-5).
 
 import argparse
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from machine import describe  # noqa: E402  (benchmarks/machine.py, beside this script)
 
 HERE = Path(__file__).resolve().parent
 
@@ -68,18 +68,6 @@ def copy_bandwidth_gbs(nbytes=256 << 20, repeats=5):
         dst.copy_(src)
         best = min(best, time.perf_counter() - t0)
     return 2 * nbytes / best / 1e9
-
-
-def machine_name():
-    model = platform.processor() or "cpu"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores"
 
 
 def main():
@@ -151,7 +139,7 @@ def main():
         lines = [
             f"# Offline scoring, N={args.n}, C={args.c}, T={args.t}, W={args.w}, beta={args.beta}",
             "",
-            f"Machine: {machine_name()}; torch copy bandwidth measured in this run: {bw:.1f} GB/s (read+write).",
+            f"Machine: {describe()}; torch copy bandwidth measured in this run: {bw:.1f} GB/s (read+write).",
             "",
             "| scorer | wall (s) | peak RSS (MiB) | speedup vs release | peak RSS vs release | "
             "RSS above import vs release | logits read rate / copy bandwidth |",

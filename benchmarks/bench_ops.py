@@ -34,11 +34,11 @@ import datetime
 import logging
 import math
 import os
-import platform
 import time
 import warnings
 
 import torch
+from machine import describe  # noqa: E402  (benchmarks/machine.py, beside this script)
 
 import tdds_kernels  # noqa: F401
 from tdds_kernels.core import huge_pages
@@ -293,10 +293,7 @@ def add_speedups(rows, copy_bps):
 def device_name(device):
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return (
-        f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores "
-        f"({torch.get_num_threads()} torch threads)"
-    )
+    return f"{describe(device)} ({torch.get_num_threads()} torch threads)"
 
 
 def table(rows, header, device_type):

@@ -57,6 +57,7 @@ import time
 from pathlib import Path
 
 import torch
+from machine import describe  # benchmarks/machine.py, beside this script
 
 import tdds_kernels as tk
 
@@ -598,7 +599,7 @@ def main(argv=None):
     ap.add_argument(
         "--mem-gb", type=float, default=9.0, help="largest state (and release-style footprint) to allocate, GiB"
     )
-    ap.add_argument("--machine", default="2-core AMD EPYC (AVX-512)", help="named in the table")
+    ap.add_argument("--machine", default=None, help="named in the table (default: read off this machine)")
     ap.add_argument("--out", default=str(HERE / "results"), help="folder for the table and plot")
     ap.add_argument("--name", default=None, help="file stem (default scale_<device>[_quick])")
     ap.add_argument(
@@ -626,7 +627,7 @@ def main(argv=None):
     stem = a.name or f"scale_{a.device}{'_quick' if a.quick else ''}"
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    machine = a.machine if a.device == "cpu" else torch.cuda.get_device_name()
+    machine = a.machine or describe(a.device)
     when = f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC"
     cmd = "python benchmarks/bench_scale.py " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = [

@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import sys
 import time
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from machine import describe  # noqa: E402  (benchmarks/machine.py, beside this script)
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -68,14 +68,6 @@ def run(world, root, sync_free, args, tmp):
     return float(rate)
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--before", help="an older checkout's root, measured with its default exchange")
@@ -102,7 +94,7 @@ def main():
     lines = [
         "# Sharded update over gloo: steps per second",
         "",
-        f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, {datetime.date.today()}; "
+        f"{describe()}, torch {torch.__version__}, {datetime.date.today()}; "
         f"load average {load0[0]:.2f} before, {load1[0]:.2f} after.",
         f"N = {args.samples}, C = {args.classes}, {args.batch} float32 rows per rank per step, backend cpu, "
         f"1 thread per rank, {args.steps} steps per run, {args.rounds} rounds interleaved; best of the rounds.",

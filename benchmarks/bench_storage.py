@@ -21,12 +21,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from machine import describe  # noqa: E402  (benchmarks/machine.py, beside this script)
 from scipy.stats import spearmanr
 from sklearn.datasets import make_classification
 
@@ -112,7 +112,7 @@ def main(argv=None):
 
     gib = 1e9
     lines = [
-        f"Machine: {platform.machine()} CPU, {os.cpu_count()} cores; torch {torch.__version__}; "
+        f"Machine: {describe()}; torch {torch.__version__}; "
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC.",
         "",
         f"State memory at ImageNet shape (N = {IMAGENET['n']:,}, C = {IMAGENET['c']}, "

@@ -16,11 +16,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import time
 
 import torch
+from machine import describe  # noqa: E402  (benchmarks/machine.py, beside this script)
 
 import tdds_kernels as tk
 from tdds_kernels.ops import registry
@@ -86,7 +86,7 @@ def main(argv=None):
         torch.set_num_threads(a.threads)
     names = [x for x in registry.available(device) if not (x == "triton" and device.type == "cpu")]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    where = describe(device)
     lines = [
         f"# targets= overhead, {where}, {datetime.date.today()}",
         "",

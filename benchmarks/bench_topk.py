@@ -28,7 +28,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import sys
 import time
 import warnings
@@ -43,6 +42,7 @@ from tdds_kernels.core.state import tensor_specs
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_storage import fidelity  # noqa: E402  (the same metrics as storage.md)
+from machine import describe  # noqa: E402
 
 KS = (8, 32, 128)
 IMAGENET21K = dict(n=14_197_122, c=21_841, w=10)
@@ -247,7 +247,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     data = json.load(open(a.json)) if os.path.exists(a.json) else {}
-    data.setdefault("machine", f"{platform.machine()} CPU, {os.cpu_count()} cores")
+    data.setdefault("machine", describe())
     data["when"] = f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC"
     if a.part == "train":
         r = part_train(a.classes, a.samples, a.epochs, a.window)

@@ -27,6 +27,10 @@ from pathlib import Path
 import torch
 
 from .atomic_files import replace_files
+from .baselines import BaselineScores
+from .config import TrackerConfig
+from .inputs import check_options
+from .state import TrackerState
 
 FORMAT = "tdds_kernels.TDDSTracker"
 FORMAT_VERSION = 2
@@ -250,3 +254,27 @@ def read(path, where: str | None = None) -> dict:
     check_header(sd, where)
     verify_checksums(sd, where)
     return sd
+
+
+def check_state_dict(config: TrackerConfig, sd, where: str = "state_dict") -> tuple[str, str]:
+    """Validate a whole tracker state dict against `config` (header, config, every tensor and
+    scalar, the options, the baselines) without changing or allocating anything N-sized; returns
+    (on_nonfinite, on_out_of_range). A one-line ValueError naming the entry otherwise."""
+    if isinstance(sd, dict) and sd.get("shard") is not None:
+        raise ValueError(
+            f"{where}: this is one shard of a sharded tracker; load it with "
+            "process_group=..., or merge the shards (tdds_kernels.distributed.merge_shards)"
+        )
+    check_header(sd, where)
+    if not isinstance(sd.get("config"), dict):
+        raise ValueError(f"{where}: config: expected a dict, got {type(sd.get('config')).__name__}")
+    diffs = config.mismatches(sd["config"])
+    if diffs:
+        raise ValueError(f"{where}: config mismatch: " + "; ".join(diffs))
+    TrackerState.check_dict(config, sd, where)
+    options = check_options(sd, where)
+    if "baselines" not in sd:
+        raise ValueError(f"{where}: missing entry 'baselines' (None when no targets were passed)")
+    if sd["baselines"] is not None:
+        BaselineScores(config.num_samples, config.num_classes, "meta").check_state_dict(sd["baselines"])
+    return options

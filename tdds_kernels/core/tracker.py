@@ -12,6 +12,7 @@ from ..ops import registry
 from ..ops.schema import COUNTERS, EPOCH, ROW_STATS
 from . import checkpoint, diagnostics
 from .baselines import BaselineScores, check_targets
+from .checkpoint import check_state_dict  # noqa: F401  (re-exported)
 from .config import STORAGE_DTYPES, TrackerConfig, check_int, resolve_device  # noqa: F401  (re-exported)
 from .host_counters import HostSnapshots
 from .inputs import (  # noqa: F401  (re-exported)
@@ -51,30 +52,6 @@ class _Constructor(type):
                 "process_group: sharded tracking needs tdds_kernels.distributed, which failed to import"
             )
         return _sharded_constructor(*args, process_group=process_group, **kwargs)
-
-
-def check_state_dict(config: TrackerConfig, sd, where: str = "state_dict") -> tuple[str, str]:
-    """Validate a whole tracker state dict against `config` (header, config, every tensor and
-    scalar, the options, the baselines) without changing or allocating anything N-sized; returns
-    (on_nonfinite, on_out_of_range). A one-line ValueError naming the entry otherwise."""
-    if isinstance(sd, dict) and sd.get("shard") is not None:
-        raise ValueError(
-            f"{where}: this is one shard of a sharded tracker; load it with "
-            "process_group=..., or merge the shards (tdds_kernels.distributed.merge_shards)"
-        )
-    checkpoint.check_header(sd, where)
-    if not isinstance(sd.get("config"), dict):
-        raise ValueError(f"{where}: config: expected a dict, got {type(sd.get('config')).__name__}")
-    diffs = config.mismatches(sd["config"])
-    if diffs:
-        raise ValueError(f"{where}: config mismatch: " + "; ".join(diffs))
-    TrackerState.check_dict(config, sd, where)
-    options = check_options(sd, where)
-    if "baselines" not in sd:
-        raise ValueError(f"{where}: missing entry 'baselines' (None when no targets were passed)")
-    if sd["baselines"] is not None:
-        BaselineScores(config.num_samples, config.num_classes, "meta").check_state_dict(sd["baselines"])
-    return options
 
 
 class TDDSTracker(metaclass=_Constructor):

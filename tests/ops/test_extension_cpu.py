@@ -141,6 +141,7 @@ def test_isa_variants_match_reference(capability, tmp_path):
     torch.save(probability_sweep(), tmp_path / "sweep.pt")
     code = textwrap.dedent("""
         import sys, torch, tdds_kernels, tdds_kernels._C
+        tdds_kernels.load()  # registers the reference ops (import tdds_kernels alone is lazy)
         torch.manual_seed(0)
         print(tdds_kernels._C.cpu_variant())
         z = torch.load(sys.argv[1])
