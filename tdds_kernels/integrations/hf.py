@@ -49,6 +49,8 @@ from ..core.checkpoint import save_atomic
 from ..core.tracker import TDDSTracker
 from ._final import expand_final_state, final_state
 from .loop import checkpoint_exists, load_tracker
+from .pruning import check_options as pruning_options
+from .pruning import make_sampler
 
 CHECKPOINT_FILE = "tdds.pt"
 
@@ -113,6 +115,13 @@ class TDDSCallback(TrainerCallback):
     `index_key` names the batch entry with the dataset indices; `targets_key` (e.g. "labels")
     also tracks the baseline scores; `logits_fn` takes the model's output to (B, C) logits. Other
     keyword arguments go to TDDSTracker. After training, ``scores`` is the (N,) CPU tensor.
+
+    `pruning` (PruningSampler's arguments, e.g. ``dict(prune_fraction=0.5,
+    epoch_length="repeat")``) prunes inside this run: ``TDDSTrainer`` draws the training batches
+    from ``callback.sampler``, every sample until the trajectory completes and the kept set after
+    (docs/in_run.md). The Trainer counts epochs as steps divided by the first epoch's steps, so
+    an epoch must keep its length: ``epoch_length`` "repeat" or "replacement" (required). Under
+    several processes the sampler gives one global order and Accelerate splits its batches.
     """
 
     def __init__(
@@ -123,10 +132,22 @@ class TDDSCallback(TrainerCallback):
         targets_key: str | None = None,
         logits_fn=None,
         checkpoint_file: str = CHECKPOINT_FILE,
+        pruning: dict | None = None,
         **tracker_kwargs,
     ):
         if "device" in tracker_kwargs or "process_group" in tracker_kwargs:
             raise ValueError("device / process_group: set by the callback from the TrainingArguments")
+        if pruning is not None:
+            pruning = pruning_options(pruning)
+            length = pruning.get("epoch_length", "pruned")
+            if length not in ("repeat", "replacement"):
+                raise ValueError(
+                    "pruning: epoch_length: expected 'repeat' or 'replacement' with the Hugging Face Trainer "
+                    f"(it counts epochs by steps, so an epoch must keep its length), got {length!r}"
+                )
+            for name in ("num_replicas", "rank"):
+                if name in pruning:
+                    raise ValueError(f"pruning: {name}: set by the Trainer (Accelerate splits the batches over ranks)")
         # Validate the arguments now rather than at train time, on a one-sample tracker (the real
         # one is N x C); the backend is checked when the tracker is built on the training device.
         for name, value in (("num_samples", num_samples), ("num_classes", num_classes)):
@@ -141,6 +162,8 @@ class TDDSCallback(TrainerCallback):
         self.tracker: TDDSTracker | None = None
         self.scores: torch.Tensor | None = None
         self.resume_dir: str | None = None  # set by TDDSTrainerMixin.train(resume_from_checkpoint=...)
+        # One global order on every rank (Accelerate gives each rank its share of the batches).
+        self.sampler = None if pruning is None else make_sampler(self, tracker_kwargs, pruning, num_replicas=1, rank=0)
 
     # ------------------------------------------------------------------ recording
     def record(self, outputs, index: torch.Tensor, targets: torch.Tensor | None = None) -> None:
@@ -281,6 +304,10 @@ class TDDSTrainerMixin:
             if isinstance(cb, TDDSCallback):
                 return cb
         raise ValueError("TDDSTrainer: no TDDSCallback among the callbacks; pass callbacks=[TDDSCallback(...)]")
+
+    def _get_train_sampler(self, *args, **kwargs):
+        sampler = self._tdds_callback().sampler
+        return sampler if sampler is not None else super()._get_train_sampler(*args, **kwargs)
 
     def _set_signature_columns_if_needed(self):
         # remove_unused_columns keeps only the model's forward arguments: add the index column,

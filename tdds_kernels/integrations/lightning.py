@@ -44,13 +44,20 @@ except ImportError:  # pragma: no cover - depends on what is installed
 from ..core.tracker import TDDSTracker
 from ..distributed.factory import make_tracker
 from ._final import expand_final_state, final_state
+from .pruning import check_options as pruning_options
+from .pruning import make_sampler
 
 
 class TDDSCallback(pl.Callback):
     """Feeds ``training_step``'s logits and dataset indices to a TDDSTracker, one epoch per
     training epoch. `logits_key` / `index_key` (and optionally `targets_key`, for the baseline
     scores) name the entries of the dict that ``training_step`` returns; the remaining keyword
-    arguments go to TDDSTracker."""
+    arguments go to TDDSTracker.
+
+    `pruning` (PruningSampler's arguments, e.g. ``dict(prune_fraction=0.5)``) prunes inside this
+    run: ``train_dataloader()`` passes ``sampler=callback.sampler``, which yields every sample
+    until the trajectory completes and the kept set after (docs/in_run.md). Under DDP the sampler
+    splits the epochs over the ranks itself: ``Trainer(use_distributed_sampler=False)``."""
 
     def __init__(
         self,
@@ -59,10 +66,13 @@ class TDDSCallback(pl.Callback):
         logits_key: str = "logits",
         index_key: str = "index",
         targets_key: str | None = None,
+        pruning: dict | None = None,
         **tracker_kwargs,
     ):
         if "device" in tracker_kwargs or "process_group" in tracker_kwargs:
             raise ValueError("device / process_group: set by the callback from the trainer")
+        self._pruning = None if pruning is None else pruning_options(pruning)
+        self._sampler = None
         self.num_samples, self.num_classes = num_samples, num_classes
         self.logits_key, self.index_key, self.targets_key = logits_key, index_key, targets_key
         self.tracker_kwargs = tracker_kwargs
@@ -70,6 +80,16 @@ class TDDSCallback(pl.Callback):
         self.scores: torch.Tensor | None = None  # (N,) CPU copy, set when fit ends (every rank)
         self._pending: dict | None = None  # a checkpoint's state, loaded once the tracker exists
         self._restored_rows: int | None = None  # rows of the open epoch in the restored checkpoint
+        if self._pruning is not None:  # bad options fail here, not when training starts
+            make_sampler(self, tracker_kwargs, self._pruning, num_replicas=1, rank=0)
+
+    @property
+    def sampler(self):
+        """The PruningSampler of the `pruning` option, made on first use (from train_dataloader(),
+        once Lightning has set up the ranks); None without the option."""
+        if self._pruning is not None and self._sampler is None:
+            self._sampler = make_sampler(self, self.tracker_kwargs, self._pruning)
+        return self._sampler
 
     @property
     def state_key(self) -> str:
@@ -88,6 +108,14 @@ class TDDSCallback(pl.Callback):
     def on_train_start(self, trainer, pl_module):
         if self.tracker is None:
             self._build(trainer, pl_module)
+        if self._sampler is not None and trainer.world_size > 1:
+            loader = trainer.train_dataloader
+            if getattr(loader, "sampler", None) is not self._sampler:
+                raise RuntimeError(
+                    "TDDSCallback: the train loader's sampler is not callback.sampler (Lightning wrapped it in "
+                    "its distributed sampler); pass Trainer(use_distributed_sampler=False), the sampler "
+                    "splits the epochs over the ranks itself"
+                )
         # A checkpoint taken after the last batch of an epoch but before epoch end (e.g. by
         # ModelCheckpoint at validation end) resumes at the next epoch: close the pending one.
         while self.tracker.epoch < trainer.current_epoch and not self.tracker.complete:
