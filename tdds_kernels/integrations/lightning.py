@@ -30,6 +30,7 @@ import warnings
 
 import torch
 import torch.distributed as dist
+from torch.utils.data import SequentialSampler
 
 from . import missing_extra
 
@@ -44,6 +45,7 @@ except ImportError:  # pragma: no cover - depends on what is installed
 from ..core.tracker import TDDSTracker
 from ..distributed.factory import make_tracker
 from ._final import expand_final_state, final_state
+from .epoch_orders import EpochOrders
 from .pruning import check_options as pruning_options
 from .pruning import make_sampler
 
@@ -80,6 +82,7 @@ class TDDSCallback(pl.Callback):
         self.scores: torch.Tensor | None = None  # (N,) CPU copy, set when fit ends (every rank)
         self._pending: dict | None = None  # a checkpoint's state, loaded once the tracker exists
         self._restored_rows: int | None = None  # rows of the open epoch in the restored checkpoint
+        self._orders = EpochOrders()  # notices a resume that replays an earlier epoch's order
         if self._pruning is not None:  # bad options fail here, not when training starts
             make_sampler(self, tracker_kwargs, self._pruning, num_replicas=1, rank=0)
 
@@ -152,9 +155,14 @@ class TDDSCallback(pl.Callback):
             logits, index = outputs[self.logits_key], outputs[self.index_key]
             targets = outputs[self.targets_key] if self.targets_key is not None else None
         self.tracker.update(logits.detach(), index, targets)
+        self._orders.record(batch_idx, index)
 
     def on_train_epoch_end(self, trainer, pl_module):
         self.tracker.end_epoch()
+        sequential = isinstance(getattr(trainer.train_dataloader, "sampler", None), SequentialSampler)
+        message = self._orders.end_epoch(trainer.current_epoch, sequential)
+        if message is not None:
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
 
     def on_train_end(self, trainer, pl_module):
         self.scores = self.tracker.scores().cpu()  # collective under DDP: every rank is here
@@ -162,14 +170,18 @@ class TDDSCallback(pl.Callback):
     def state_dict(self) -> dict:
         if self.tracker is None:  # nothing recorded yet (or restored but not started)
             p = self._pending
-            return {"tracker": final_state(p) if p is not None and p["complete"] else p}
+            return {
+                "tracker": final_state(p) if p is not None and p["complete"] else p,
+                "orders": self._orders.state_dict(),
+            }
         # The whole dataset's state (collective when sharded: every rank is here), so any world
         # size can resume it.
         sd = self.tracker.full_state_dict()
-        return {"tracker": final_state(sd) if sd["complete"] else sd}
+        return {"tracker": final_state(sd) if sd["complete"] else sd, "orders": self._orders.state_dict()}
 
     def load_state_dict(self, state_dict: dict) -> None:
         sd = state_dict.get("tracker")
+        self._orders.load_state_dict(state_dict.get("orders"))
         if sd is None:
             return
         sd = expand_final_state(sd)
