@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import tdds_kernels as tk
+from tdds_kernels.ops import registry
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -73,17 +74,18 @@ with warnings.catch_warnings():
 
 
 def backend_cases(include=None, exclude=()):
-    """Every (device, backend) pair as a pytest param with id "device-backend": the CPU backends
-    of this build (triton interpreted), and reference/triton/cuda on a GPU, skipped (never
-    faked) where there is no GPU or the backend is not built. `include`: backend names to keep;
-    `exclude`: ids ("cpu-reference") to leave out."""
+    """Every (device, backend) pair the backend table declares (tdds_kernels/ops/registry.py
+    BACKENDS) as a pytest param with id "device-backend": the CPU backends of this build (triton
+    interpreted), and reference/triton/cuda on a GPU, skipped (never faked) where there is no GPU
+    or the backend is not built. `include`: backend names to keep; `exclude`: ids
+    ("cpu-reference") to leave out."""
     params = []
-    for device, names, available in (
-        ("cpu", ("reference", "cpu", "triton"), CPU_BACKENDS),
-        ("cuda", ("reference", "triton", "cuda"), CUDA_BACKENDS),
-    ):
-        for name in names:
-            if (include is not None and name not in include) or f"{device}-{name}" in exclude:
+    for device, available in (("cpu", CPU_BACKENDS), ("cuda", CUDA_BACKENDS)):
+        for spec in registry.BACKENDS:
+            name = spec.name
+            if device not in spec.devices or (include is not None and name not in include):
+                continue
+            if f"{device}-{name}" in exclude:
                 continue
             marks = []
             if device == "cuda" and not CUDA:
