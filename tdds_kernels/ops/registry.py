@@ -2,7 +2,7 @@
 
 The backends are declared in one table (BACKENDS below: name, device types, ops, the module that
 registers them, a further condition); availability, "auto" and the tests' backend x device
-matrix (tests/helpers.py backend_cases) are all read from it:
+matrix (tests/support/helpers.py backend_cases) are all read from it:
 
     reference  tdds::update / tdds::epoch_step            always available, any device
     triton     tdds::update_triton / ..._triton           CUDA; CPU only under TRITON_INTERPRET=1
@@ -70,7 +70,7 @@ class Spec:
     needs: Callable[[torch.device], str | None] | None = None
 
 
-# The backends, in the order available() lists them; tests/helpers.py reads this table too.
+# The backends, in the order available() lists them; tests/support/helpers.py reads this table too.
 BACKENDS = (
     Spec("reference", ("cpu", "cuda"), "", OPS),
     Spec("triton", ("cpu", "cuda"), "_triton", ("update", "update_topk", "epoch_step"), ".triton", _triton_needs),

@@ -12,7 +12,7 @@ import torch
 
 import tdds_kernels as tk
 
-from helpers import probability_sweep
+from tests.support.helpers import probability_sweep
 
 if os.environ.get("TDDS_NO_EXT") == "1":
     pytest.skip("TDDS_NO_EXT=1: the C++ extension was not built", allow_module_level=True)

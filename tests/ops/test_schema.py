@@ -9,7 +9,7 @@ import torch
 
 from tdds_kernels.ops import registry, schema
 
-from helpers import CPU_BACKENDS, backend_cases
+from tests.support.helpers import CPU_BACKENDS, backend_cases
 
 
 @pytest.mark.parametrize("pair", backend_cases())
