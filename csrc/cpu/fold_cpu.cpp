@@ -47,25 +47,28 @@ void fold_rows(const float* stats, const I* index, double* packed, int64_t B, in
 
 void fold_baselines_cpu(const at::Tensor& row_stats, const at::Tensor& index, const at::Tensor& packed,
                         const at::Tensor& epoch, int64_t el2n_epoch) {
-  // Memory safety only (the tracker builds these): shapes, dtypes, contiguity, one device.
-  TORCH_CHECK(row_stats.dim() == 2 && row_stats.size(1) == kNumRowStats &&
-                  row_stats.scalar_type() == at::kFloat && row_stats.is_contiguous(),
-              "fold_baselines_ext: row_stats must be a contiguous (B, 4) float32 tensor, got ",
-              row_stats.sizes());
-  TORCH_CHECK(index.dim() == 1 && index.size(0) == row_stats.size(0) && index.is_contiguous() &&
-                  (index.scalar_type() == at::kLong || index.scalar_type() == at::kInt),
-              "fold_baselines_ext: index must be a contiguous (B,) int64/int32 tensor, got ", index.sizes());
-  TORCH_CHECK(packed.dim() == 2 && packed.size(0) >= 1 && packed.size(1) > kRingCol &&
-                  packed.scalar_type() == at::kDouble && packed.is_contiguous(),
-              "fold_baselines_ext: packed must be a contiguous (N + 1, 6 + window) float64 tensor, got ",
-              packed.sizes());
-  TORCH_CHECK(epoch.dim() == 0 && epoch.scalar_type() == at::kLong,
-              "fold_baselines_ext: epoch must be a 0-d int64 tensor, got ", epoch.sizes());
+  // The op contract (op_contract.h; ops/checks.py fold states it for the reference).
+  TORCH_CHECK_VALUE(row_stats.dim() == 2 && row_stats.size(1) == kNumRowStats &&
+                        row_stats.scalar_type() == at::kFloat && row_stats.is_contiguous(),
+                    "fold_baselines_ext: row_stats must be a contiguous (B, 4) float32 tensor, got ",
+                    row_stats.sizes(), " ", row_stats.scalar_type());
+  TORCH_CHECK_VALUE(index.dim() == 1 && index.size(0) == row_stats.size(0) && index.is_contiguous() &&
+                        (index.scalar_type() == at::kLong || index.scalar_type() == at::kInt),
+                    "fold_baselines_ext: index must be a contiguous (B,) int64/int32 tensor, got ",
+                    index.sizes(), " ", index.scalar_type());
+  TORCH_CHECK_VALUE(
+      packed.dim() == 2 && packed.size(0) >= 1 && packed.size(1) > kRingCol &&
+          packed.scalar_type() == at::kDouble && packed.is_contiguous(),
+      "fold_baselines_ext: packed must be a contiguous (N + 1, 6 + window) float64 tensor, got ",
+      packed.sizes(), " ", packed.scalar_type());
+  TORCH_CHECK_VALUE(epoch.dim() == 0 && epoch.scalar_type() == at::kLong,
+                    "fold_baselines_ext: epoch must be a 0-d int64 tensor, got ", epoch.sizes(), " ",
+                    epoch.scalar_type());
   for (const at::Tensor* t : {&index, &packed, &epoch})
-    TORCH_CHECK(t->device() == row_stats.device(), "fold_baselines_ext: all tensors must be on ",
-                row_stats.device(), ", got one on ", t->device());
+    TORCH_CHECK_VALUE(t->device() == row_stats.device(), "fold_baselines_ext: all tensors must be on ",
+                      row_stats.device(), ", got one on ", t->device());
   const int64_t e = epoch.item<int64_t>();
-  TORCH_CHECK(e >= 0, "fold_baselines_ext: epoch must be >= 0, got ", e);
+  TORCH_CHECK_VALUE(e >= 0 && e < INT32_MAX, "fold_baselines_ext: epoch must be in [0, 2^31 - 1), got ", e);
   const int64_t B = row_stats.size(0), N = packed.size(0) - 1, width = packed.size(1);
   if (index.scalar_type() == at::kLong)
     fold_rows(row_stats.data_ptr<float>(), index.data_ptr<int64_t>(), packed.data_ptr<double>(), B, N, width,

@@ -50,13 +50,6 @@ Dt dt_of(at::ScalarType t) {
   return t == at::kFloat ? Dt::f32 : t == at::kHalf ? Dt::f16 : Dt::bf16;
 }
 
-// Reads counters[EPOCH] (checked) for the update args.
-int64_t recorded_epoch(const int64_t* ctr, const char* op) {
-  const int64_t epoch = ctr[kEpoch];
-  TORCH_CHECK(epoch >= 0 && epoch < INT32_MAX, op, ": counters[EPOCH] must be in [0, 2^31 - 1), got ", epoch);
-  return epoch;
-}
-
 // The one update driver of update_ext and update_topk_ext (args say which row is kept).
 void run_update(const UpdateArgs& args, const at::Tensor& index, int64_t* ctr) {
   const int64_t B = args.B, C = args.C;
@@ -145,9 +138,9 @@ void update_cpu(const at::Tensor& logits, const at::Tensor& index, const at::Ten
                 const OptTensor& targets, const OptTensor& row_stats) {
   check_update(logits, index, prev, seen, ring, counters);
   check_targets("update_ext", logits, targets, row_stats);
+  const int64_t epoch = checked_epoch("update_ext", counters);
   if (logits.size(0) == 0) return;
   int64_t* ctr = counters.data_ptr<int64_t>();
-  const int64_t epoch = recorded_epoch(ctr, "update_ext");
   UpdateArgs args{logits.data_ptr(),
                   index.data_ptr(),
                   prev.data_ptr(),
@@ -172,9 +165,9 @@ void update_topk_cpu(const at::Tensor& logits, const at::Tensor& index, const at
                      const OptTensor& row_stats) {
   check_update_topk(logits, index, prev_val, prev_idx, prev_rest, seen, ring, counters);
   check_targets("update_topk_ext", logits, targets, row_stats);
+  const int64_t epoch = checked_epoch("update_topk_ext", counters);
   if (logits.size(0) == 0) return;
   int64_t* ctr = counters.data_ptr<int64_t>();
-  const int64_t epoch = recorded_epoch(ctr, "update_topk_ext");
   UpdateArgs args{logits.data_ptr(),
                   index.data_ptr(),
                   nullptr,
@@ -201,9 +194,9 @@ void update_topk_cpu(const at::Tensor& logits, const at::Tensor& index, const at
 void epoch_step_cpu(const at::Tensor& seen, const at::Tensor& ring, const at::Tensor& score,
                     const at::Tensor& counters, double decay) {
   check_epoch_step(seen, ring, score, counters);
+  const int64_t epoch = checked_epoch("epoch_step_ext", counters), W1 = ring.size(1);
   static const StepRowsFn rows_fn = pick_step_rows();
   int64_t* ctr = counters.data_ptr<int64_t>();
-  const int64_t epoch = ctr[kEpoch], W1 = ring.size(1);
   // float like the reference: (1 - decay) * S + decay * R
   const StepArgs args{seen.data_ptr<int32_t>(),
                       ring.data_ptr<float>(),

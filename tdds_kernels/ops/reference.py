@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import torch
 
-from . import schema as _ops
+from . import checks, schema
 from .schema import DUPLICATES, EPOCH, EPS, MISSING, NONFINITE, OUT_OF_RANGE, ROW_STATS
 
-UPDATE, EPOCH_STEP = _ops.define_sibling("")
+schema.define_sibling("")
 
 
 def first_occurrences(keys: torch.Tensor) -> torch.Tensor:
@@ -105,6 +105,7 @@ def update(logits, index, prev, seen, ring, counters, targets=None, row_stats=No
     Every backend must apply the same rows as applied_rows(), whatever its execution order.
     Syncs the host on CUDA: picking the applied rows (nonzero, boolean indexing) gives tensors
     whose shape depends on the data. The triton and cuda backends do not sync."""
+    checks.update("update", logits, index, prev, seen, ring, counters, targets, row_stats)
     x, n, epoch, rows = applied_rows(logits, index, prev.shape[0], seen, counters)
     if targets is not None:
         write_row_stats(x, targets, rows, row_stats)
@@ -129,6 +130,7 @@ def window_deviation(ring: torch.Tensor) -> torch.Tensor:
 def epoch_step(seen, ring, score, counters, decay: float) -> None:
     """Close epoch e = counters[EPOCH]: mark missing samples, fold window k = e−W+1 into S once
     e ≥ W−1, then advance counters[EPOCH]; no host sync."""
+    checks.epoch_step("epoch_step", seen, ring, score, counters)
     epoch = counters[EPOCH].to(torch.int32)
     missing = seen != epoch
     counters[MISSING] += missing.sum()
@@ -142,6 +144,5 @@ def epoch_step(seen, ring, score, counters, decay: float) -> None:
     counters[EPOCH] += 1
 
 
-for _name, _fn in (("update", update), ("epoch_step", epoch_step)):
-    for _key in ("CPU", "CUDA"):
-        _ops._lib.impl(_name, _fn, _key)
+schema.implement("update", update)
+schema.implement("epoch_step", epoch_step)

@@ -18,17 +18,21 @@ from __future__ import annotations
 
 import torch
 
-from . import schema as _ops
+from . import checks, schema
 from .schema import CORRECT, EL2N, MARGIN, RING_COL, TARGET_PROB
 
-FOLD = _ops.define_fold_sibling("")
+schema.define_fold_sibling("")
 
 
 def fold_baselines(row_stats, index, packed, epoch, el2n_epoch: int) -> None:
+    checks.fold("fold_baselines", row_stats, index, packed, epoch)
     n = packed.shape[0] - 1
     window = packed.shape[1] - RING_COL
-    ok = ~torch.isnan(row_stats[:, CORRECT])
-    dst = torch.where(ok, index.to(torch.long), n)
+    # A row with an index outside [0, N) is left out like a row without stats (the update never
+    # gives one stats; the C++ kernel skips it too): no index_select past the table.
+    idx = index.to(torch.long)
+    ok = ~torch.isnan(row_stats[:, CORRECT]) & (idx >= 0) & (idx < n)
+    dst = torch.where(ok, idx, n)
     rows = packed.index_select(0, dst)  # changed in place below, then written back
     count, forgetting, last_correct, learned, el2n, margin_sum = rows[:, :RING_COL].unbind(1)
     stats = row_stats.to(torch.float64)
@@ -47,5 +51,4 @@ def fold_baselines(row_stats, index, packed, epoch, el2n_epoch: int) -> None:
     packed.index_copy_(0, dst, rows)
 
 
-for _key in ("CPU", "CUDA"):
-    _ops._lib.impl("fold_baselines", fold_baselines, _key)
+schema.implement("fold_baselines", fold_baselines)

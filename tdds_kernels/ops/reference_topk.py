@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import torch
 
-from . import schema as _ops
+from . import checks, schema
 from .reference import applied_rows, contribution, record, write_row_stats
 from .schema import EPS
 
-UPDATE_TOPK = _ops.define_topk_sibling("")
+schema.define_topk_sibling("")
 
 
 def previous_logs(prev_val, prev_idx, prev_rest, num_classes: int) -> torch.Tensor:
@@ -57,6 +57,9 @@ def update_topk(
 ) -> None:
     """Record one batch of epoch e = counters[EPOCH] with a compressed previous row: the same
     rows are applied and counted (and row_stats written) as by tdds::update (docs/design.md §3)."""
+    checks.update_topk(
+        "update_topk", logits, index, prev_val, prev_idx, prev_rest, seen, ring, counters, targets, row_stats
+    )
     x, n, epoch, rows = applied_rows(logits, index, prev_val.shape[0], seen, counters)
     if targets is not None:
         write_row_stats(x, targets, rows, row_stats)
@@ -73,5 +76,4 @@ def update_topk(
     prev_rest.index_copy_(0, n, rest.to(prev_rest.dtype))
 
 
-for _key in ("CPU", "CUDA"):
-    _ops._lib.impl("update_topk", update_topk, _key)
+schema.implement("update_topk", update_topk)

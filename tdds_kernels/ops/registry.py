@@ -1,12 +1,19 @@
 """Which op pair a tracker calls: resolved once, by name and device; the tracker never branches.
 
+The backends are declared in one table (BACKENDS below: name, device types, ops, the module that
+registers them, a further condition); availability, "auto" and the tests' backend x device
+matrix (tests/support/helpers.py backend_cases) are all read from it:
+
     reference  tdds::update / tdds::epoch_step            always available, any device
     triton     tdds::update_triton / ..._triton           CUDA; CPU only under TRITON_INTERPRET=1
     cpu        tdds::update_ext / ..._ext (CPU kernel)    C++ extension, CPU trackers
     cuda       tdds::update_ext / ..._ext (CUDA kernel)   C++ extension built with CUDA
 
-The baselines' fold (tdds::fold_baselines*, fold_op) is the C++ CPU kernel where the extension
-has it and the reference op everywhere else, whatever the backend.
+A backend is available for an op on a device when the table lists both, its module imports and
+the dispatcher holds a kernel of tdds::{op}{suffix} for the device (an extension built without
+CUDA kernels has none). The baselines' fold (tdds::fold_baselines*, fold_op) is the first backend
+in the device's "auto" order that has one: the C++ CPU kernel where the extension has it, the
+reference op everywhere else, whatever the tracker's backend.
 
 With topk=True (a tracker's prev_topk=K) the update op is the backend's tdds::update_topk{suffix}
 sibling; a backend without one is unavailable for such trackers (reference: tdds::update_topk).
@@ -14,7 +21,7 @@ sibling; a backend without one is unavailable for such trackers (reference: tdds
 On CUDA, "auto" takes triton, then cuda, then reference, and never the Triton interpreter
 (TRITON_INTERPRET=1 is a CPU test tool; by name, backend="triton" still accepts it).
 
-Host syncs on CUDA (tests/test_cuda_runtime.py checks each under sync debug mode "error"):
+Host syncs on CUDA (tests/ops/test_cuda_runtime.py checks each under sync debug mode "error"):
     never     triton and cuda: update and epoch_step, and TDDSTracker.update with them, including
               its once-per-N-rows forgotten-end_epoch check (tdds_kernels/core/host_counters.py);
               so they can be captured in a CUDA graph and run under torch.compile without breaks
@@ -33,14 +40,47 @@ from __future__ import annotations
 import importlib
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from . import reference, reference_fold, reference_topk  # noqa: F401  (define the reference ops)
 
-NAMES = ("reference", "triton", "cpu", "cuda")
-# Order "auto" tries per device type, fastest first (benchmarks/results/ has the measurements).
+OPS = ("update", "update_topk", "epoch_step", "fold_baselines")  # tdds::{op}{suffix}, ops/schema.py
+
+
+def _triton_needs(device: torch.device) -> str | None:
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        return "the triton backend runs on CPU tensors only with TRITON_INTERPRET=1"
+    return None
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One backend as declared: the device types it runs on, its ops (tdds::{op}{suffix}), the
+    module that registers them (imported on first use; None: loaded with this package) and a
+    further condition (None if it runs, else why not)."""
+
+    name: str
+    devices: tuple[str, ...]
+    suffix: str
+    ops: tuple[str, ...]
+    module: str | None = None
+    needs: Callable[[torch.device], str | None] | None = None
+
+
+# The backends, in the order available() lists them; tests/support/helpers.py reads this table too.
+BACKENDS = (
+    Spec("reference", ("cpu", "cuda"), "", OPS),
+    Spec("triton", ("cpu", "cuda"), "_triton", ("update", "update_topk", "epoch_step"), ".triton", _triton_needs),
+    Spec("cpu", ("cpu",), "_ext", OPS, ".extension"),
+    Spec("cuda", ("cuda",), "_ext", ("update", "epoch_step"), ".extension"),
+)
+SPECS = {s.name: s for s in BACKENDS}
+NAMES = tuple(SPECS)
+# Order "auto" tries per device type, fastest first (benchmarks/results/ has the measurements);
+# the baselines' fold takes the first of these that has one (fold_op).
 AUTO_ORDER = {"cpu": ("cpu", "reference"), "cuda": ("triton", "cuda", "reference")}
 
 
@@ -66,47 +106,39 @@ def _load(module: str) -> bool:
         return False
 
 
-def _has_kernel(qualname: str, key: str) -> bool:
-    return torch._C._dispatch_has_kernel_for_dispatch_key(qualname, key)
+WHAT = {".triton": "tdds_kernels.ops.triton failed to import", ".extension": "the C++ extension is not built"}
 
 
-SUFFIX = {"reference": "", "triton": "_triton", "cpu": "_ext", "cuda": "_ext"}
+def op_reason(name: str, op: str, device) -> str | None:
+    """None if backend `name` runs tdds::{op}{suffix} (op one of OPS) on `device`, else why not."""
+    spec, device = SPECS[name], torch.device(device)
+    if device.type not in spec.devices:
+        if spec.devices == (spec.name,):
+            return f"backend {spec.name!r} runs on {spec.name} trackers, not on {device.type}"
+        return f"device type {device.type!r} is not supported"
+    if spec.needs is not None and (reason := spec.needs(device)) is not None:
+        return reason
+    if spec.module is not None and not _load(spec.module):
+        return f"{WHAT[spec.module]} ({_import_errors[spec.module]})"
+    key = "CUDA" if device.type == "cuda" else "CPU"
+    packet = getattr(torch.ops.tdds, op + spec.suffix, None) if op in spec.ops else None
+    if packet is None or not packet.default.has_kernel_for_dispatch_key(key):
+        if op == "update_topk":
+            return f"backend {spec.name!r} has no compressed-row kernel (prev_topk) for {device.type}"
+        return f"backend {spec.name!r} has no {key} kernel of tdds::{op}{spec.suffix} in this build"
+    return None
 
 
 def unavailable_reason(name: str, device: torch.device, topk: bool = False) -> str | None:
     """None if backend `name` can run on `device` (with a compressed previous row if `topk`),
     else why not."""
-    reason = _base_reason(name, device)
-    if reason is None and topk:
-        qualname = f"tdds::update_topk{SUFFIX[name]}"
-        key = "CUDA" if device.type == "cuda" else "CPU"
-        if not torch._C._dispatch_has_kernel(qualname) or not _has_kernel(qualname, key):
-            return f"backend {name!r} has no compressed-row kernel (prev_topk) for {device.type}"
-    return reason
-
-
-def _base_reason(name: str, device: torch.device) -> str | None:
-    kind = device.type
-    if name == "reference":
-        return None if kind in ("cpu", "cuda") else f"device type {kind!r} is not supported"
-    if name == "triton":
-        if kind == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-            return "the triton backend runs on CPU tensors only with TRITON_INTERPRET=1"
-        if kind not in ("cpu", "cuda"):
-            return f"device type {kind!r} is not supported"
-        if not _load(".triton"):
-            return f"tdds_kernels.ops.triton failed to import ({_import_errors['.triton']})"
-        return None
-    if name in ("cpu", "cuda"):
-        if kind != name:
-            return f"backend {name!r} runs on {name} trackers, not on {kind}"
-        if not _load(".extension"):
-            return f"the C++ extension is not built ({_import_errors['.extension']})"
-        key = "CPU" if name == "cpu" else "CUDA"
-        if not _has_kernel("tdds::update_ext", key):
-            return f"the C++ extension was built without {key} kernels"
-        return None
-    return f"unknown backend {name!r}; expected one of {('auto',) + NAMES}"
+    if name not in SPECS:
+        return f"unknown backend {name!r}; expected one of {('auto',) + NAMES}"
+    device = torch.device(device)
+    for op in ("update_topk" if topk else "update", "epoch_step"):
+        if (reason := op_reason(name, op, device)) is not None:
+            return reason
+    return None
 
 
 def _auto_reason(name: str, device: torch.device, topk: bool = False) -> str | None:
@@ -147,18 +179,20 @@ def resolve(name: str, device: torch.device, topk: bool = False) -> Backend:
 
 
 def _backend(name: str, topk: bool = False) -> Backend:
-    suffix = SUFFIX[name]
+    suffix = SPECS[name].suffix
     update = getattr(torch.ops.tdds, ("update_topk" if topk else "update") + suffix)
     return Backend(name, update, getattr(torch.ops.tdds, "epoch_step" + suffix))
 
 
 def fold_op(device) -> object:
-    """The baselines' fold (FOLD_SCHEMA) for a state on `device`: the C++ CPU kernel where the
-    extension has one (a serial loop that fetches the packed rows ahead: the torch statement's
-    gather and scatter wait on a cache miss per row), else the reference op."""
+    """The baselines' fold (FOLD_SCHEMA) for a state on `device`: the first backend of the device's
+    AUTO_ORDER that has one (on CPU the C++ kernel, a serial loop that fetches the packed rows
+    ahead: the torch statement's gather and scatter wait on a cache miss per row), else the
+    reference op."""
     device = torch.device(device)
-    if device.type == "cpu" and _base_reason("cpu", device) is None and _has_kernel("tdds::fold_baselines_ext", "CPU"):
-        return torch.ops.tdds.fold_baselines_ext
+    for name in AUTO_ORDER.get(device.type, ()):
+        if op_reason(name, "fold_baselines", device) is None:
+            return getattr(torch.ops.tdds, "fold_baselines" + SPECS[name].suffix)
     return torch.ops.tdds.fold_baselines
 
 

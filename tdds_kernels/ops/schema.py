@@ -110,6 +110,13 @@ def define_fold_sibling(suffix: str) -> str:
     return _define(f"fold_baselines{suffix}", FOLD_SCHEMA)
 
 
+def implement(name: str, kernel, keys=("CPU", "CUDA")) -> None:
+    """Register `kernel` as tdds::{name}'s implementation for each dispatch key in `keys`: the one
+    way a backend module registers a kernel (its schema declared by a define_* call first)."""
+    for key in keys:
+        _lib.impl(name, kernel, key)
+
+
 def topk_index_dtype(num_classes: int) -> torch.dtype:
     """The narrowest integer type that holds every class id of `num_classes` classes."""
     return torch.int16 if num_classes <= 2**15 else torch.int32

@@ -12,7 +12,7 @@ pytest.importorskip("accelerate")
 from tdds_kernels import TDDSTracker  # noqa: E402
 from tdds_kernels.integrations.accelerate import TrackerState  # noqa: E402
 
-from helpers import REPO, load_example, one_thread_per_module, torchrun  # noqa: E402, F401 (autouse fixture)
+from tests.support.helpers import REPO, load_example, one_thread_per_module, torchrun  # noqa: E402, F401 (autouse fixture)
 
 example = load_example("accelerate_example")
 

@@ -7,8 +7,8 @@ from test_offline import write_dump
 import tdds_kernels
 from tdds_kernels import cli
 
-from dense import dense_scores
-from helpers import random_epochs
+from tests.support.dense import dense_scores
+from tests.support.helpers import random_epochs
 
 
 def help_text(capsys, *argv):

@@ -106,7 +106,7 @@ def test_lightning_example_prunes_in_run(tmp_path):
 
 @pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="transformers not installed")
 def test_hf_trainer(tmp_path):
-    # Resumes and 2 ranks: tests/test_hf.py.
+    # Resumes and 2 ranks: tests/app/test_hf.py.
     out = run(
         sys.executable,
         EXAMPLES / "hf_trainer.py",
@@ -122,7 +122,7 @@ def test_hf_trainer(tmp_path):
 
 @pytest.mark.skipif(importlib.util.find_spec("accelerate") is None, reason="accelerate not installed")
 def test_accelerate_example(tmp_path):
-    # Resumes and 2 processes: tests/test_accelerate.py.
+    # Resumes and 2 processes: tests/app/test_accelerate.py.
     out = run(
         sys.executable, EXAMPLES / "accelerate_example.py", "--epochs", "3", "--out", tmp_path / "s.pt", cwd=tmp_path
     )

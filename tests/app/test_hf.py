@@ -16,7 +16,7 @@ pytest.importorskip("accelerate")
 from tdds_kernels import TDDSTracker  # noqa: E402
 from tdds_kernels.integrations.hf import TDDSCallback, add_index  # noqa: E402
 
-from helpers import REPO, load_example, one_thread_per_module, torchrun  # noqa: E402, F401 (autouse fixture)
+from tests.support.helpers import REPO, load_example, one_thread_per_module, torchrun  # noqa: E402, F401 (autouse fixture)
 
 ex = load_example("hf_trainer")
 STEPS_PER_EPOCH = len(ex.Tokens()) // 8  # 12 on one process

@@ -10,8 +10,8 @@ import pytest
 from tdds_kernels import cli
 
 from conftest import FIXTURES
-from dense import dense_scores
-from helpers import random_epochs
+from tests.support.dense import dense_scores
+from tests.support.helpers import random_epochs
 
 pytestmark = pytest.mark.filterwarnings("ignore:tdds_kernels. using the reference backend")
 

@@ -31,7 +31,7 @@ from tdds_kernels.core.config import TrackerConfig
 from tdds_kernels.core.state import TrackerState, initial_values
 from tdds_kernels.distributed import ShardedTDDSTracker
 
-from helpers import FAST_CPU_BACKENDS, backend_cases, feed, random_epochs
+from tests.support.helpers import FAST_CPU_BACKENDS, backend_cases, feed, random_epochs
 
 pytestmark = pytest.mark.filterwarnings("ignore:tdds_kernels. using the reference backend")
 N, C, W, T = 11, 4, 3, 6

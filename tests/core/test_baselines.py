@@ -9,7 +9,7 @@ import torch
 from tdds_kernels import TDDSTracker
 from tdds_kernels.core.baselines import KEEP_SIGN, NAMES, BaselineScores, keep_scores
 
-from helpers import backend_cases
+from tests.support.helpers import backend_cases
 
 
 def same(a, b):

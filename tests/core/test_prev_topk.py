@@ -10,7 +10,7 @@ from tdds_kernels.core.config import TrackerConfig
 from tdds_kernels.distributed.layout import ShardLayout
 from tdds_kernels.integrations._final import expand_final_state, final_state
 
-from helpers import assert_same_state, feed, random_epochs, snapshot
+from tests.support.helpers import assert_same_state, feed, random_epochs, snapshot
 
 pytestmark = pytest.mark.filterwarnings("ignore:tdds_kernels. using the reference backend")
 CFG = {"num_samples": 11, "num_classes": 6, "window": 3, "trajectory_len": 6}

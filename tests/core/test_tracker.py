@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 import tdds_kernels as tk
 
-from dense import dense_scores
-from helpers import CPU_BACKENDS, assert_same_state, feed, make_tracker, random_epochs, snapshot
+from tests.support.dense import dense_scores
+from tests.support.helpers import CPU_BACKENDS, assert_same_state, feed, make_tracker, random_epochs, snapshot
 
 pytestmark = pytest.mark.filterwarnings("ignore:tdds_kernels. using the reference backend")
 

@@ -39,8 +39,8 @@ from tdds_kernels.ops.schema import (
 )
 
 from conftest import FIXTURES
-from dense import dense_scores
-from helpers import backend_cases, clone, make_state, probability_sweep, random_epochs
+from tests.support.dense import dense_scores
+from tests.support.helpers import backend_cases, clone, make_state, probability_sweep, random_epochs
 
 pytestmark = pytest.mark.filterwarnings("ignore:tdds_kernels. using the reference backend")
 

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from tdds_kernels.ops import registry as backends
-from tdds_kernels.ops import schema as _ops
+from tdds_kernels.ops import schema
 
 DECAY = 0.9
 WINDOW = 3  # W − 1 = 2 ring slots: windows fold from epoch 2 on, so 5 epochs fold 3 times
@@ -61,13 +61,13 @@ def fresh_state(n, c, storage, device, k=None):
     else:
         row = (
             torch.zeros(n, k, dtype=storage, device=device),
-            torch.zeros(n, k, dtype=_ops.topk_index_dtype(c), device=device),
+            torch.zeros(n, k, dtype=schema.topk_index_dtype(c), device=device),
             torch.zeros(n, dtype=storage, device=device),
         )
     seen = torch.full((n,), -1, dtype=torch.int32, device=device)
     ring = torch.full((n, WINDOW - 1), float("nan"), device=device)
     score = torch.zeros(n, device=device)
-    counters = torch.zeros(_ops.NUM_SLOTS, dtype=torch.int64, device=device)
+    counters = torch.zeros(schema.NUM_SLOTS, dtype=torch.int64, device=device)
     return (*row, seen, ring, score, counters)
 
 
@@ -263,7 +263,7 @@ def run_with_targets(update, epoch_step, batches, n, storage, k=None, **kw):
     state = fresh_state(n, batches[0][0].shape[1], storage, "cpu", k)
     stats = []
     for logits, index, y in batches:
-        stats.append(torch.full((len(index), len(_ops.ROW_STATS)), 7.0))
+        stats.append(torch.full((len(index), len(schema.ROW_STATS)), 7.0))
         update(logits, index, *state[:-2], state[-1], y, stats[-1], **kw)
         epoch_step(*state[-4:], DECAY)
     return state, stats
@@ -283,7 +283,7 @@ def test_triton_row_stats_identical_in_any_program_order(c, block, k):
     batches = with_targets(scenario(n, copies, c, 2, seed=4), seed=5)
     ref_update = torch.ops.tdds.update if k is None else torch.ops.tdds.update_topk
     ref_state, ref_stats = run_with_targets(ref_update, torch.ops.tdds.epoch_step, batches, n, torch.float32, k)
-    assert any(bool((s[:, _ops.CORRECT] == 1).any()) for s in ref_stats), "no correct row: a weak scenario"
+    assert any(bool((s[:, schema.CORRECT] == 1).any()) for s in ref_stats), "no correct row: a weak scenario"
     update = tt.update if k is None else tt.update_topk
     runs = {}
     for order in ("forward", "reverse", "shuffled"):

@@ -12,7 +12,7 @@ import torch
 
 import tdds_kernels as tk
 
-from helpers import probability_sweep
+from tests.support.helpers import probability_sweep
 
 if os.environ.get("TDDS_NO_EXT") == "1":
     pytest.skip("TDDS_NO_EXT=1: the C++ extension was not built", allow_module_level=True)
@@ -40,15 +40,15 @@ def test_backend_resolves_to_the_extension():
 
 def test_bad_arguments_raise():
     prev, seen, ring, score, counters = small_state()
-    with pytest.raises(RuntimeError, match="logits"):
+    with pytest.raises(ValueError, match="logits"):
         EXT_UPDATE(torch.randn(2, 5).double(), torch.tensor([0, 1]), prev, seen, ring, counters)
-    with pytest.raises(RuntimeError, match="prev"):
+    with pytest.raises(ValueError, match="prev"):
         EXT_UPDATE(torch.randn(2, 4), torch.tensor([0, 1]), prev, seen, ring, counters)
-    with pytest.raises(RuntimeError, match="index"):
+    with pytest.raises(ValueError, match="index"):
         EXT_UPDATE(torch.randn(2, 5), torch.tensor([0.0, 1.0]), prev, seen, ring, counters)
-    with pytest.raises(RuntimeError, match="counters"):
+    with pytest.raises(ValueError, match="counters"):
         EXT_STEP(seen, ring, score, counters[:4], 0.9)
-    with pytest.raises(RuntimeError, match="seen"):
+    with pytest.raises(ValueError, match="seen"):
         EXT_STEP(seen.long(), ring, score, counters, 0.9)
 
 

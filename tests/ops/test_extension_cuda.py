@@ -23,7 +23,7 @@ try:
 except (ImportError, AttributeError) as exc:
     EXT_ERROR = f"{type(exc).__name__}: {exc}"
 
-from helpers import make_state  # noqa: E402
+from tests.support.helpers import make_state  # noqa: E402
 
 REF_UPDATE, REF_STEP = torch.ops.tdds.update, torch.ops.tdds.epoch_step
 

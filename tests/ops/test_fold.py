@@ -90,9 +90,9 @@ def test_schemas_and_opcheck():
 @needs_ext
 def test_cpu_kernel_rejects_bad_arguments():
     stats, index, packed = make_case(20, 12, 3, seed=2)
-    with pytest.raises(RuntimeError, match="packed must be"):
+    with pytest.raises(ValueError, match="packed must be"):
         EXT(stats, index, packed.float(), torch.tensor(1), -1)
-    with pytest.raises(RuntimeError, match="index must be"):
+    with pytest.raises(ValueError, match="index must be"):
         EXT(stats, index[:5], packed, torch.tensor(1), -1)
-    with pytest.raises(RuntimeError, match="epoch must be"):
+    with pytest.raises(ValueError, match="epoch must be"):
         EXT(stats, index, packed, torch.tensor([1]), -1)

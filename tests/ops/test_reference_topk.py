@@ -1,5 +1,5 @@
 """The compressed previous row (prev_topk, docs/design.md §2.1): the reference op against the
-dense float64 oracle (tests/dense.py), and its exactness at K = C."""
+dense float64 oracle (tests/support/dense.py), and its exactness at K = C."""
 
 import numpy as np
 import pytest
@@ -8,8 +8,8 @@ import torch
 from tdds_kernels.ops import reference_topk
 from tdds_kernels.ops.schema import topk_index_dtype
 
-from dense import compressed_log, dense_scores
-from helpers import feed, make_state, make_tracker, random_epochs
+from tests.support.dense import compressed_log, dense_scores
+from tests.support.helpers import feed, make_state, make_tracker, random_epochs
 
 
 @pytest.mark.parametrize("k", [1, 3, 8])

@@ -1,11 +1,15 @@
 """The op schemas: one text for every backend, written once, with the mutated arguments marked."""
 
+import itertools
+import re
+from pathlib import Path
+
 import pytest
 import torch
 
 from tdds_kernels.ops import registry, schema
 
-from helpers import backend_cases
+from tests.support.helpers import CPU_BACKENDS, backend_cases
 
 
 @pytest.mark.parametrize("pair", backend_cases())
@@ -47,3 +51,29 @@ def test_topk_schema_identical_across_backends(pair):
         "counters",
         "row_stats",
     ]
+
+
+@pytest.mark.parametrize("spec", registry.BACKENDS, ids=lambda s: s.name)
+def test_the_backend_table_matches_the_registered_kernels(spec):
+    """ops/registry.py BACKENDS declares what each backend implements: a declared op that loads
+    has a kernel for each declared device, and no kernel exists that the table leaves out."""
+    for device, op in itertools.product(spec.devices, registry.OPS):
+        reason = registry.op_reason(spec.name, op, device)
+        qualname = op + spec.suffix
+        if op not in spec.ops:
+            assert reason is not None
+            packet = getattr(torch.ops.tdds, qualname, None)
+            assert packet is None or not packet.default.has_kernel_for_dispatch_key(device.upper()), qualname
+        elif device == "cpu" and spec.name in CPU_BACKENDS:
+            assert reason is None, reason
+
+
+def test_only_the_schema_module_registers_kernels():
+    """ops/schema.py implement() is the one way in: no module reaches into its library."""
+    package = Path(registry.__file__).parents[1]
+    users = [
+        str(p.relative_to(package))
+        for p in package.rglob("*.py")
+        if p.name != "schema.py" and re.search(r"\b_lib\b|torch\.library\.(Library|impl)\(", p.read_text())
+    ]
+    assert users == []

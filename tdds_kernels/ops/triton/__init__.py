@@ -12,7 +12,7 @@ import functools
 
 import triton
 
-from .. import schema as _ops
+from .. import schema
 from .epoch_step import epoch_step
 from .update import _update_kernel, update
 from .update_topk import update_topk
@@ -20,8 +20,8 @@ from .update_topk import update_topk
 # Whether @triton.jit made interpreted functions: TRITON_INTERPRET is read at definition time.
 INTERPRETED = not isinstance(_update_kernel, triton.JITFunction)
 
-UPDATE, EPOCH_STEP = _ops.define_sibling("_triton")
-UPDATE_TOPK = _ops.define_topk_sibling("_triton")
+schema.define_sibling("_triton")
+schema.define_topk_sibling("_triton")
 
 
 def _cpu(fn):
@@ -37,7 +37,7 @@ def _cpu(fn):
 
 
 for _name, _fn in (("update_triton", update), ("update_topk_triton", update_topk), ("epoch_step_triton", epoch_step)):
-    _ops._lib.impl(_name, _fn, "CUDA")
-    _ops._lib.impl(_name, _cpu(_fn), "CPU")
+    schema.implement(_name, _fn, ("CUDA",))
+    schema.implement(_name, _cpu(_fn), ("CPU",))
 
-__all__ = ["update", "update_topk", "epoch_step", "UPDATE", "UPDATE_TOPK", "EPOCH_STEP", "INTERPRETED"]
+__all__ = ["update", "update_topk", "epoch_step", "INTERPRETED"]

@@ -15,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import checks
 from .. import schema as _ops
 from .update import device_of
 
@@ -66,6 +67,7 @@ def epoch_step(
     seen: torch.Tensor, ring: torch.Tensor, score: torch.Tensor, counters: torch.Tensor, decay: float
 ) -> None:
     """Launcher for EPOCH_STEP_SCHEMA (tdds_kernels/ops/schema.py)."""
+    checks.epoch_step("epoch_step_triton", seen, ring, score, counters)
     n, w1 = ring.shape
     block_w = triton.next_power_of_2(w1)
     block_n = max(32, 4096 // block_w)  # a BLOCK_N × BLOCK_W tile, ~16 values a thread

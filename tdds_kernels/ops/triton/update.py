@@ -23,6 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import checks
 from .. import schema as _ops
 from .runs import (
     add_counts,
@@ -215,7 +216,7 @@ def update(
     block: int | None = None,
 ) -> None:
     """Launcher for UPDATE_SCHEMA (tdds_kernels/ops/schema.py)."""
-    check_targets("update_triton", logits, targets, row_stats)
+    checks.update("update_triton", logits, index, prev, seen, ring, counters, targets, row_stats)
     batch, num_classes = logits.shape
     if batch == 0:
         return

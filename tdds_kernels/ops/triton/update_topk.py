@@ -21,6 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import checks
 from .. import schema as _ops
 from .runs import (
     add_counts,
@@ -33,7 +34,7 @@ from .runs import (
     store_row_stats,
     target_of,
 )
-from .update import _to_storage, check_targets, device_of, prepare
+from .update import _to_storage, device_of, prepare
 
 _EPS = tl.constexpr(_ops.EPS)
 
@@ -179,7 +180,9 @@ def update_topk(
     block: int | None = None,
 ) -> None:
     """Launcher for UPDATE_TOPK_SCHEMA (tdds_kernels/ops/schema.py)."""
-    check_targets("update_topk_triton", logits, targets, row_stats)
+    checks.update_topk(
+        "update_topk_triton", logits, index, prev_val, prev_idx, prev_rest, seen, ring, counters, targets, row_stats
+    )
     batch, num_classes = logits.shape
     if batch == 0:
         return
