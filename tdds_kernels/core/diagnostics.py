@@ -10,6 +10,7 @@ from __future__ import annotations
 import warnings
 
 from ..ops.schema import DUPLICATES
+from . import host_counters
 
 # The index-looks-like-labels hint: an epoch that recorded only samples below num_classes while
 # the dataset is at least this many times larger than the class count.
@@ -21,8 +22,13 @@ def check_forgotten_end_epoch(tracker) -> None:
     # duplicate, the loop most likely forgot end_epoch(). Repeated augmentation spreads its
     # duplicates over the epoch and stays far below the threshold. No sync on CUDA: it reads
     # the newest counters copy that has landed (one check late), see host_counters.
+    # Inside a CUDA graph capture it does nothing, next_dup_check included, so the first
+    # update after the capture (rows_in_epoch still past the mark) runs the skipped check.
     st = tracker._state
-    st.next_dup_check += tracker.num_samples
+    if host_counters.stream_capturing(st.counters.device):
+        return
+    n = tracker.num_samples
+    st.next_dup_check = (st.rows_in_epoch // n + 1) * n  # the next multiple of N, after any skips
     got = tracker._host_counters.take(st.counters, (st.epoch, st.rows_in_epoch))
     rows0, dups0 = st.dup_check_mark
     if got is None or got[0][0] != st.epoch or got[0][1] <= rows0:  # none, or stale
