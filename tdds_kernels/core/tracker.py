@@ -31,30 +31,8 @@ from .inputs import (  # noqa: F401  (re-exported)
 )
 from .state import TrackerState
 
-# The sharded tracker's constructor, registered by tdds_kernels.distributed (which builds on this
-# module; this module never imports it): TDDSTracker(..., process_group=pg) routes there.
-_sharded_constructor = None
 
-
-def register_sharded(constructor) -> None:
-    global _sharded_constructor
-    _sharded_constructor = constructor
-
-
-class _Constructor(type):
-    # TDDSTracker(..., process_group=pg) has always built a sharded tracker; the sharded tracker
-    # is a separate class that holds a TDDSTracker, so the call is routed rather than inherited.
-    def __call__(cls, *args, process_group=None, **kwargs):
-        if process_group is None:
-            return super().__call__(*args, **kwargs)
-        if _sharded_constructor is None:
-            raise NotImplementedError(
-                "process_group: sharded tracking needs tdds_kernels.distributed, which failed to import"
-            )
-        return _sharded_constructor(*args, process_group=process_group, **kwargs)
-
-
-class TDDSTracker(metaclass=_Constructor):
+class TDDSTracker:
     """Online TDDS scores with O(N·C) state, fed one batch of training logits at a time.
 
     ``prev_topk=K`` keeps a compressed previous row (K logs and ids per sample instead of C;
@@ -63,9 +41,15 @@ class TDDSTracker(metaclass=_Constructor):
     Per epoch: call ``update(logits, index)`` for every batch (index = dataset indices of the
     rows), then ``end_epoch()``. ``scores()`` gives the (N,) scores by dataset index; higher
     means keep. Duplicates, missing samples and non-finite rows follow docs/design.md §3 and are
-    counted in ``stats``. With ``process_group=pg`` the call builds a
-    tdds_kernels.distributed.ShardedTDDSTracker instead (same API, state split over the ranks).
+    counted in ``stats``. One process's tracker: for state sharded over DDP ranks build a
+    tdds_kernels.ShardedTDDSTracker, or call tdds_kernels.make_tracker, which picks either.
+    Both implement tdds_kernels.core.protocol.Tracker (here rank 0 of a world of 1).
     """
+
+    # The Tracker protocol's view of a process: one tracker, no process group.
+    rank = 0
+    world_size = 1
+    process_group = None
 
     def __init__(
         self,
@@ -82,7 +66,14 @@ class TDDSTracker(metaclass=_Constructor):
         baseline_options: dict | None = None,
         on_out_of_range: str = "error",
         prev_topk: int | None = None,
+        *,
+        process_group: None = None,
     ):
+        if process_group is not None:  # the sharded route of earlier releases: one line, what to call
+            raise TypeError(
+                "process_group: TDDSTracker is the single-process tracker; for state sharded over "
+                "the ranks call tdds_kernels.make_tracker(..., process_group=pg) (or ShardedTDDSTracker)"
+            )
         self.config = TrackerConfig(num_samples, num_classes, window, decay, trajectory_len, storage_dtype, prev_topk)
         self.on_nonfinite = on_nonfinite
         self.on_out_of_range = on_out_of_range

@@ -1,4 +1,5 @@
-"""Sharded TDDS state over torch.distributed: ``TDDSTracker(..., process_group=pg)``.
+"""Sharded TDDS state over torch.distributed: ``ShardedTDDSTracker(..., process_group=pg)``
+(or ``make_tracker``, which picks it when a process group is given or torch.distributed runs).
 
 The sharded tracker holds a TDDSTracker for this rank's shard (``local``: prev, seen, ring, score
 of ≈ 1/W of the samples, the same backend ops) and a ShardLayout (layout.py: rank r owns the
@@ -37,7 +38,7 @@ from ..core.baselines import PER_SAMPLE as BASELINE_PER_SAMPLE
 from ..core.baselines import check_targets, scores_of
 from ..core.config import TrackerConfig
 from ..core.state import PER_SAMPLE
-from ..core.tracker import TDDSTracker, check_batch, check_state_dict, register_sharded
+from ..core.tracker import TDDSTracker, check_batch, check_state_dict
 from ..ops.schema import COUNTERS
 from .collectives import _COL, Group, agree_group
 from .exchange import END_EPOCH, HELD, SyncFreeExchange, check_calls, eager_update, raise_held_errors
@@ -380,6 +381,3 @@ class ShardedTDDSTracker:
         apply()
         if self._exchange is not None:  # what sync-free updates held belongs to the replaced state
             self._exchange.forget_errors()
-
-
-register_sharded(ShardedTDDSTracker)

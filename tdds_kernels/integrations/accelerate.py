@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 
 from ..core.tracker import TDDSTracker
+from ..distributed import factory
 from ..distributed.sharded import ShardedTDDSTracker
 
 
@@ -43,7 +44,7 @@ def make_tracker(accelerator, num_samples: int, num_classes: int, **kwargs) -> T
         import torch.distributed as dist
 
         group = dist.group.WORLD
-    return TDDSTracker(
+    return factory.make_tracker(
         num_samples, num_classes, device=_tracker_device(accelerator.device), process_group=group, **kwargs
     )
 

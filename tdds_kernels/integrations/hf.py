@@ -48,7 +48,7 @@ except ImportError:
 from ..core.checkpoint import save_atomic
 from ..core.tracker import TDDSTracker
 from ._final import expand_final_state, final_state
-from .loop import checkpoint_exists, load_tracker
+from .loop import checkpoint_exists, load_tracker, make_tracker
 
 CHECKPOINT_FILE = "tdds.pt"
 
@@ -173,7 +173,7 @@ class TDDSCallback(TrainerCallback):
             final = _final_path(path)
             if checkpoint_exists(final, device=device, process_group=group):
                 # A complete tracker: scores, stats and config only; recording is over.
-                self.tracker = TDDSTracker(
+                self.tracker = make_tracker(
                     self.num_samples, self.num_classes, device=device, process_group=group, **self.tracker_kwargs
                 )
                 sd = torch.load(_rank_file(final, group), map_location="cpu", weights_only=True)
@@ -201,7 +201,7 @@ class TDDSCallback(TrainerCallback):
             self._check_config(path)
             self._check_resume(args, state, train_dataloader)
         else:
-            self.tracker = TDDSTracker(
+            self.tracker = make_tracker(
                 self.num_samples, self.num_classes, device=device, process_group=group, **self.tracker_kwargs
             )
         self.resume_dir = None

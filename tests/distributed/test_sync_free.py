@@ -27,7 +27,6 @@ from test_sharded import (
     spawn,
 )
 
-from tdds_kernels import TDDSTracker
 from tdds_kernels.distributed import ShardedTDDSTracker
 
 SCENARIOS = ("equivalence", "max_batch_size", "counts", "held_errors", "disagreement", "topk")
@@ -36,8 +35,8 @@ SCENARIOS = ("equivalence", "max_batch_size", "counts", "held_errors", "disagree
 def scenario_equivalence(rank, world, pg, tmp):
     # Duplicates across ranks (sampler padding), uneven and empty last batches, targets, bf16.
     for targets, dtype in ((True, torch.float32), (False, torch.bfloat16)):
-        eager = TDDSTracker(N, **CFG, process_group=pg, sync_free=False)
-        free = TDDSTracker(N, **CFG, process_group=pg, sync_free=True)
+        eager = ShardedTDDSTracker(N, **CFG, process_group=pg, sync_free=False)
+        free = ShardedTDDSTracker(N, **CFG, process_group=pg, sync_free=True)
         for e in range(T):
             feed(eager, e, world, rank, targets=targets, dtype=dtype)
             feed(free, e, world, rank, targets=targets, dtype=dtype)
@@ -58,8 +57,8 @@ def scenario_equivalence(rank, world, pg, tmp):
 def scenario_topk(rank, world, pg, tmp):
     # A compressed previous row (prev_topk=3 of C): the exchange routes rows to their owners,
     # whose update is the compressed one; the same scores as the eager sharded tracker.
-    eager = TDDSTracker(N, **CFG, process_group=pg, sync_free=False, prev_topk=3)
-    free = TDDSTracker(N, **CFG, process_group=pg, sync_free=True, prev_topk=3)
+    eager = ShardedTDDSTracker(N, **CFG, process_group=pg, sync_free=False, prev_topk=3)
+    free = ShardedTDDSTracker(N, **CFG, process_group=pg, sync_free=True, prev_topk=3)
     for e in range(T):
         feed(eager, e, world, rank)
         feed(free, e, world, rank)
@@ -69,9 +68,9 @@ def scenario_topk(rank, world, pg, tmp):
 
 def scenario_max_batch_size(rank, world, pg, tmp):
     # A first batch smaller than later ones is fine with max_batch_size; mixed dtypes go as float32.
-    expect_error(lambda: TDDSTracker(N, **CFG, process_group=pg, max_batch_size=0), ValueError, "max_batch_size")
-    eager = TDDSTracker(N, **CFG, process_group=pg, sync_free=False)
-    free = TDDSTracker(N, **CFG, process_group=pg, sync_free=True, max_batch_size=16)
+    expect_error(lambda: ShardedTDDSTracker(N, **CFG, process_group=pg, max_batch_size=0), ValueError, "max_batch_size")
+    eager = ShardedTDDSTracker(N, **CFG, process_group=pg, sync_free=False)
+    free = ShardedTDDSTracker(N, **CFG, process_group=pg, sync_free=True, max_batch_size=16)
     logits, _, steps = epoch_data(0, world)
     mixed = torch.float16 if rank == 0 else torch.float32
     for t in (eager, free):
@@ -129,7 +128,7 @@ def scenario_counts(rank, world, pg, tmp):
     logits, _, steps = epoch_data(0, world)
     per_step = {}
     for sync_free in (False, True):
-        t = TDDSTracker(N, **dict(CFG, backend="cpu"), process_group=pg, sync_free=sync_free)
+        t = ShardedTDDSTracker(N, **dict(CFG, backend="cpu"), process_group=pg, sync_free=sync_free)
         t.update(logits[steps[0][rank]], steps[0][rank])  # the sync-free path agrees on its capacity here
         with Counter() as count:
             for step in steps[1:]:
@@ -145,7 +144,7 @@ def scenario_held_errors(rank, world, pg, tmp):
     bad = world - 1
 
     def fresh():
-        t = TDDSTracker(N, **CFG, process_group=pg, sync_free=True)
+        t = ShardedTDDSTracker(N, **CFG, process_group=pg, sync_free=True)
         t.update(x, i)  # capacity 4, wire float32
         return t
 
@@ -170,7 +169,7 @@ def scenario_held_errors(rank, world, pg, tmp):
     assert t.epoch == 1 and t.stats["missing"] == N - 4 * world
     # A batch above the capacity, another dtype than the wire's, bad labels.
     for case, what in (("overflow", "max_batch_size="), ("dtype", "another dtype"), ("targets", "class labels")):
-        t = TDDSTracker(N, **CFG, process_group=pg, sync_free=True)
+        t = ShardedTDDSTracker(N, **CFG, process_group=pg, sync_free=True)
         t.update(x.to(torch.bfloat16), i, torch.zeros(4, dtype=torch.int64))
         xb, ib, yb = x.to(torch.bfloat16), i, torch.zeros(4, dtype=torch.int64)
         if rank == bad:
@@ -185,7 +184,7 @@ def scenario_held_errors(rank, world, pg, tmp):
 
 
 def scenario_disagreement(rank, world, pg, tmp):
-    t = TDDSTracker(N, **CFG, process_group=pg, sync_free=True)
+    t = ShardedTDDSTracker(N, **CFG, process_group=pg, sync_free=True)
     x, i = torch.randn(2, C), torch.arange(rank, N, world)[:2]
     # Before the capacity is agreed: every rank raises at once.
     expect_error(lambda: t.update(x, i) if rank == 0 else t.end_epoch(), RuntimeError, "different calls")
@@ -236,8 +235,8 @@ def _cuda_worker(rank, world, tmp):
     try:
         dev = torch.device("cuda", rank)
         cfg = dict(CFG, backend="auto")
-        free = TDDSTracker(N, **cfg, device=dev, process_group=dist.group.WORLD)  # NCCL: sync-free by default
-        eager = TDDSTracker(N, **cfg, device=dev, process_group=dist.group.WORLD, sync_free=False)
+        free = ShardedTDDSTracker(N, **cfg, device=dev, process_group=dist.group.WORLD)  # NCCL: sync-free by default
+        eager = ShardedTDDSTracker(N, **cfg, device=dev, process_group=dist.group.WORLD, sync_free=False)
         assert free._exchange is not None and eager._exchange is None
         for e in range(T):
             logits, _, steps = epoch_data(e, world)
