@@ -148,27 +148,29 @@ def scenario_held_errors(rank, world, pg, tmp):
         t.update(x, i)  # capacity 4, wire float32
         return t
 
-    # Out-of-range indices: recorded nowhere, counted on their rank, reported by end_epoch.
+    # Out-of-range indices: recorded nowhere, counted on their rank, reported by end_epoch, which
+    # follows on_out_of_range as a single tracker does: "error" keeps the epoch open, "skip" closes it.
     t = fresh()
     t.update(x, torch.tensor([0, N, N + 5, 1]) if rank == bad else i)
     expect_error(t.end_epoch, ValueError, f"index: 2 rows of epoch 0 had dataset indices outside [0, {N})")
     assert t.stats["out_of_range"] == 2 and t.epoch == 0
     expect_error(t.end_epoch, ValueError, "the epoch is not closed")  # the counters hold it
-    # A shape error: the bad rank gets the single tracker's error at end_epoch, the others name it.
-    t = fresh()
-    sd = t.full_state_dict()
-    kind, text = ValueError, f"logits: expected {C} classes"
-    t.update(torch.randn(4, C + 1) if rank == bad else x, i)
-    for _ in range(2):  # held until a state is loaded
-        if rank == bad:
-            expect_error(t.end_epoch, kind, text)
-        else:
-            expect_error(t.end_epoch, kind, f"update: rank {bad} failed, in an update of this epoch")
-    t.load_full_state_dict(sd)
+    t.on_out_of_range = "skip"
     t.end_epoch()
-    assert t.epoch == 1 and t.stats["missing"] == N - 4 * world
-    # A batch above the capacity, another dtype than the wire's, bad labels.
-    for case, what in (("overflow", "max_batch_size="), ("dtype", "another dtype"), ("targets", "class labels")):
+    assert t.epoch == 1 and t.stats["out_of_range"] == 2
+    # A shape error on one rank: every rank gets the same message once, the epoch closes without
+    # that rank's rows, the next epoch is clean (no reload).
+    t = fresh()
+    t.update(torch.randn(4, C + 1) if rank == bad else x, i)
+    text = expect_error(t.end_epoch, ValueError, f"update: rank {bad}: logits: expected {C} classes")
+    assert "epoch 0 was closed" in text and t.epoch == 1
+    t.update(x, i)
+    t.end_epoch()
+    assert t.epoch == 2 and t.stats["missing"] == 2 * (N - 4 * world)
+    # A batch above the capacity, another dtype than the wire's: reported once, the epoch closed.
+    # Bad labels: option-covered, like out-of-range indices.
+    cases = (("overflow", ValueError, "max_batch_size="), ("dtype", TypeError, "another dtype"))
+    for case, kind, what in (*cases, ("targets", ValueError, "class labels")):
         t = ShardedTDDSTracker(N, **CFG, process_group=pg, sync_free=True)
         t.update(x.to(torch.bfloat16), i, torch.zeros(4, dtype=torch.int64))
         xb, ib, yb = x.to(torch.bfloat16), i, torch.zeros(4, dtype=torch.int64)
@@ -180,7 +182,14 @@ def scenario_held_errors(rank, world, pg, tmp):
             else:
                 yb = torch.tensor([0, C, 1, -1])
         t.update(xb, ib, yb)
-        expect_error(t.end_epoch, (TypeError if case == "dtype" else ValueError), what)
+        expect_error(t.end_epoch, kind, what)
+        if case == "targets":
+            assert t.epoch == 0 and t.stats["out_of_range"] == 2
+            t.on_out_of_range = "skip"
+            t.end_epoch()
+        assert t.epoch == 1
+        t.end_epoch()  # clean: nothing held any more
+        assert t.epoch == 2
 
 
 def scenario_disagreement(rank, world, pg, tmp):
@@ -195,6 +204,10 @@ def scenario_disagreement(rank, world, pg, tmp):
     else:
         expect_error(t.end_epoch, RuntimeError, "different calls")
     expect_error(t.end_epoch, RuntimeError, "some ranks called update() while others called end_epoch()")
+    assert t.epoch == 1  # reported once, the epoch closed: the next one is clean
+    t.update(x, i)
+    t.end_epoch()
+    assert t.epoch == 2
 
 
 # ---------------------------------------------------------------- harness (as in test_sharded.py)
@@ -237,7 +250,7 @@ def _cuda_worker(rank, world, tmp):
         cfg = dict(CFG, backend="auto")
         free = ShardedTDDSTracker(N, **cfg, device=dev, process_group=dist.group.WORLD)  # NCCL: sync-free by default
         eager = ShardedTDDSTracker(N, **cfg, device=dev, process_group=dist.group.WORLD, sync_free=False)
-        assert free._exchange is not None and eager._exchange is None
+        assert free.sync_free and not eager.sync_free
         for e in range(T):
             logits, _, steps = epoch_data(e, world)
             for k, step in enumerate(steps):
