@@ -142,8 +142,11 @@ class SyncFreeExchange:
         keep = (
             (g_code != SKIP) & (layout.owner(g_idx) == self.group.rank) & same_call[:, None].expand(W, cap).reshape(-1)
         )
-        # In rank order then batch order: the lowest rank's row of a sample counts first.
-        local_idx = torch.where(keep, layout.local_row(g_idx), local.num_samples)
+        # In rank order then batch order: the lowest rank's row of a sample counts first. Rows not
+        # kept get distinct indices past the shard: after the op's sort each is a run of its own,
+        # skipped in one step, where one shared index would make one serial run of (W-1)·cap rows.
+        skip_idx = local.num_samples + torch.arange(W * cap, device=g_idx.device)
+        local_idx = torch.where(keep, layout.local_row(g_idx), skip_idx)
         local_y = torch.where(keep & (g_code >= 0), g_code, 0) if targets is not None else None
         local.record_routed(g_logits, local_idx, local_y, rows, at_fault)
 
