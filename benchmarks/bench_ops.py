@@ -294,6 +294,30 @@ def bench_sort(device, b, n, max_calls, emit=None):
     return rows
 
 
+def bench_foreign_rows(device, fns, c=1000, n=100_000, b=2048, foreign=1792, calls=20, window=10):
+    """The sharded sync-free exchange's update (issue 19 item 2): B rows of which `foreign` are
+    other ranks' and skipped. Rows: all in range; foreign rows at distinct indices past N (what
+    distributed/sync_free.py sends); foreign rows all at index N (one serial run, the old layout)."""
+    prev = torch.zeros(n, c, device=device).uniform_(-18.0, 0.0)
+    seen, ring = torch.zeros(n, dtype=torch.int32, device=device), torch.zeros(n, window - 1, device=device)
+    counters = torch.zeros(NUM_SLOTS, dtype=torch.int64, device=device)
+    counters[EPOCH] = 1  # rows recorded in epoch 0 (seen reset to 0 before each round): d is computed
+    logits, own = torch.randn(b, c, device=device) * 3, torch.randperm(n, device=device)[:b]
+    layouts = {
+        "all in range": own,
+        "distinct past N": torch.cat([own[: b - foreign], n + torch.arange(foreign, device=device)]),
+        "one index N": torch.cat([own[: b - foreign], torch.full((foreign,), n, device=device)]),
+    }
+    lines = ["| backend | B | foreign rows | index of foreign rows | time (µs) |", "|---|---:|---:|---|---:|"]
+    for name, (update, _) in fns.items():
+        for what, index in layouts.items():
+            run = lambda k, update=update, index=index: update(logits, index, prev, seen, ring, counters)  # noqa: E731
+            # one call per round, seen reset before each: every timed call applies its own rows
+            t = per_call_seconds(run, 1, device, reset=seen.zero_, rounds=calls)
+            lines.append(f"| {name} | {b} | {0 if what == 'all in range' else foreign} | {what} | {t * 1e6:,.1f} |")
+    return "\n".join(lines) + "\n"
+
+
 def dtype_name(dt):
     return str(dt).replace("torch.", "")
 
@@ -430,7 +454,11 @@ def main(argv=None):
         help="start no new case after this many seconds; the rest are listed as not run",
     )
     ap.add_argument("--out", default=None, help="write the markdown table here")
+    ap.add_argument("--foreign-rows", action="store_true", help="only the sync-free exchange's skipped rows")
     a = ap.parse_args(argv)
+    if a.foreign_rows:  # B = 2048 with 1,792 other ranks' rows (skipped) against all in range
+        print(bench_foreign_rows(torch.device(a.device), contenders(torch.device(a.device), False)))
+        return
     t_start = time.monotonic()
 
     device = torch.device(a.device)

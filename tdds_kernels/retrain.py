@@ -20,8 +20,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Sampler, Subset
 
-from .core.tracker import TDDSTracker
-from .distributed.sharded import ShardedTDDSTracker
+from .core.protocol import Tracker, check_tracker
 from .offline import release_arrays, write_arrays
 from .sampling.kept import KeptSampler
 
@@ -71,13 +70,12 @@ def kept_sampler(
     return KeptSampler(indices, shuffle, seed, num_replicas, rank, drop_last)
 
 
-def write_release_files(tracker: TDDSTracker, out_dir, allow_incomplete: bool = False) -> list[Path] | None:
+def write_release_files(tracker: Tracker, out_dir, allow_incomplete: bool = False) -> list[Path] | None:
     """Write ``data_mask_win{W}_ep{T}.npy``, ``score_win{W}_ep{T}.npy`` and ``scores.npy`` (as the
     offline scorer does) from a tracker, atomically. The tracker must be complete unless
     `allow_incomplete` (then T is the epochs recorded so far). Collective for a sharded tracker:
     call on every rank; rank 0 writes and returns the paths, the others return None."""
-    if not isinstance(tracker, (TDDSTracker, ShardedTDDSTracker)):
-        raise TypeError(f"tracker: expected a TDDSTracker, got {type(tracker).__name__}")
+    check_tracker(tracker)
     if not tracker.complete and not allow_incomplete:
         raise ValueError(
             f"tracker: expected a complete tracker (trajectory_len={tracker.trajectory_len} "
@@ -87,7 +85,7 @@ def write_release_files(tracker: TDDSTracker, out_dir, allow_incomplete: bool = 
     with warnings.catch_warnings():  # "not complete": the caller said so with allow_incomplete
         warnings.filterwarnings("ignore", "TDDSTracker.scores: the trajectory is not complete", RuntimeWarning)
         scores = tracker.scores()  # collective when sharded
-    if getattr(tracker, "rank", 0) != 0:
+    if tracker.rank != 0:
         return None
     epochs = tracker.trajectory_len if tracker.complete else tracker.epoch
     arrays = release_arrays(scores, tracker.window, epochs)

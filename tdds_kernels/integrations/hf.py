@@ -46,9 +46,11 @@ except ImportError:
     raise missing_extra(__name__, "transformers", "hf") from None
 
 from ..core.checkpoint import save_atomic
+from ..core.protocol import Tracker
 from ..core.tracker import TDDSTracker
+from ..distributed.factory import default_group
 from ._final import expand_final_state, final_state
-from .loop import checkpoint_exists, load_tracker
+from .loop import checkpoint_exists, load_tracker, make_tracker
 from .pruning import check_options as pruning_options
 from .pruning import make_sampler
 
@@ -86,12 +88,6 @@ def _tracker_device(device) -> torch.device:
     # "cpu". One spelling for the tracker until the tracker itself treats them as one device.
     device = torch.device(device)
     return torch.device("cpu") if device.type == "cpu" else device
-
-
-def _world_group():
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        return dist.group.WORLD
-    return None
 
 
 def default_logits(outputs):
@@ -159,7 +155,7 @@ class TDDSCallback(TrainerCallback):
         self.logits_fn = logits_fn or default_logits
         self.checkpoint_file = checkpoint_file
         self.tracker_kwargs = tracker_kwargs
-        self.tracker: TDDSTracker | None = None
+        self.tracker: Tracker | None = None
         self.scores: torch.Tensor | None = None
         self.resume_dir: str | None = None  # set by TDDSTrainerMixin.train(resume_from_checkpoint=...)
         # One global order on every rank (Accelerate gives each rank its share of the batches).
@@ -188,7 +184,7 @@ class TDDSCallback(TrainerCallback):
     # ------------------------------------------------------------------ trainer events
     def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
         self.scores = None
-        device, group = _tracker_device(args.device), _world_group()
+        device, group = _tracker_device(args.device), default_group()
         self.tracker = None
         if state.global_step > 0:  # resumed: the tracker saved with that checkpoint
             folder = self.resume_dir or os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
@@ -196,7 +192,7 @@ class TDDSCallback(TrainerCallback):
             final = _final_path(path)
             if checkpoint_exists(final, device=device, process_group=group):
                 # A complete tracker: scores, stats and config only; recording is over.
-                self.tracker = TDDSTracker(
+                self.tracker = make_tracker(
                     self.num_samples, self.num_classes, device=device, process_group=group, **self.tracker_kwargs
                 )
                 sd = torch.load(_rank_file(final, group), map_location="cpu", weights_only=True)
@@ -224,7 +220,7 @@ class TDDSCallback(TrainerCallback):
             self._check_config(path)
             self._check_resume(args, state, train_dataloader)
         else:
-            self.tracker = TDDSTracker(
+            self.tracker = make_tracker(
                 self.num_samples, self.num_classes, device=device, process_group=group, **self.tracker_kwargs
             )
         self.resume_dir = None
@@ -285,7 +281,7 @@ class TDDSCallback(TrainerCallback):
             self.tracker.save(path)
             return
         # Complete: scores and stats are final, so the N x C recording state stays out.
-        group, exc = getattr(self.tracker, "process_group", None), None
+        group, exc = self.tracker.process_group, None
         try:
             save_atomic(final_state(self.tracker.state_dict()), _rank_file(_final_path(path), group))
         except Exception as e:

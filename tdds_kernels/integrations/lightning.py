@@ -29,7 +29,6 @@ from __future__ import annotations
 import warnings
 
 import torch
-import torch.distributed as dist
 from torch.utils.data import SequentialSampler
 
 from . import missing_extra
@@ -42,7 +41,7 @@ except ImportError:  # pragma: no cover - depends on what is installed
     except ImportError:
         raise missing_extra(__name__, "pytorch-lightning", "lightning") from None
 
-from ..core.tracker import TDDSTracker
+from ..core.protocol import Tracker
 from ..distributed.factory import make_tracker
 from ._final import expand_final_state, final_state
 from .epoch_orders import EpochOrders
@@ -78,7 +77,7 @@ class TDDSCallback(pl.Callback):
         self.num_samples, self.num_classes = num_samples, num_classes
         self.logits_key, self.index_key, self.targets_key = logits_key, index_key, targets_key
         self.tracker_kwargs = tracker_kwargs
-        self.tracker: TDDSTracker | None = None
+        self.tracker: Tracker | None = None
         self.scores: torch.Tensor | None = None  # (N,) CPU copy, set when fit ends (every rank)
         self._pending: dict | None = None  # a checkpoint's state, loaded once the tracker exists
         self._restored_rows: int | None = None  # rows of the open epoch in the restored checkpoint
@@ -100,10 +99,8 @@ class TDDSCallback(pl.Callback):
 
     def _build(self, trainer, pl_module):
         # Built when training starts: by then the module sits on its device and DDP is set up.
-        group = dist.group.WORLD if trainer.world_size > 1 and dist.is_initialized() else None
-        self.tracker = make_tracker(
-            self.num_samples, self.num_classes, device=pl_module.device, process_group=group, **self.tracker_kwargs
-        )
+        # make_tracker resolves the process group (DDP's default group when world > 1)
+        self.tracker = make_tracker(self.num_samples, self.num_classes, device=pl_module.device, **self.tracker_kwargs)
         if self._pending is not None:
             self.tracker.load_full_state_dict(self._pending)
             self._pending = None

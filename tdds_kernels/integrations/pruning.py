@@ -10,17 +10,9 @@ restored scores and the sampler needs no checkpoint state of its own at epoch bo
 
 from __future__ import annotations
 
-import torch.distributed as dist
-
 from ..core.config import TrackerConfig
+from ..distributed.factory import default_group
 from ..sampling import PruningSampler
-
-
-def world_group():
-    """The default process group when more than one process trains, else None."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        return dist.group.WORLD
-    return None
 
 
 class CallbackTracker:
@@ -43,7 +35,7 @@ class CallbackTracker:
     @property
     def process_group(self):
         tracker = self._callback.tracker
-        return world_group() if tracker is None else tracker.process_group
+        return default_group() if tracker is None else tracker.process_group
 
     @property
     def complete(self) -> bool:
