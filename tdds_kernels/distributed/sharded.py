@@ -270,8 +270,16 @@ class ShardedTDDSTracker:
         mine = self._shard_info()
         for key in ("world_size", "rank", "num_samples", "ownership"):
             if info.get(key) != mine[key]:
+                # Rank r given rank 0's shard: a tool that saves on the main process only (e.g.
+                # Accelerate's register_for_checkpointing) saved one rank's shard for all.
+                hint = (
+                    "; a checkpoint written by the main process alone holds only its shard: with Accelerate, "
+                    "register integrations.accelerate.TrackerState(tracker), not the tracker"
+                    if key == "rank"
+                    else ""
+                )
                 raise ValueError(
-                    f"state_dict: shard {key}: tracker has {mine[key]!r}, state dict has {info.get(key)!r}"
+                    f"state_dict: shard {key}: tracker has {mine[key]!r}, state dict has {info.get(key)!r}{hint}"
                 )
         for key in ("run_id", "saves"):  # checked before anything changes
             if isinstance(info.get(key), bool) or not isinstance(info.get(key), int):

@@ -83,6 +83,17 @@ def _agree(group, exc, device):
         raise exc
 
 
+def _saved_world_size(path: str) -> int | None:
+    """The world size of the per-rank files `path`.rank0-of-W a sharded run left, if any."""
+    folder, name = os.path.split(path)
+    try:
+        names = os.listdir(folder or ".")
+    except OSError:
+        return None
+    sizes = [n[len(name) + len(".rank0-of-") :] for n in names if n.startswith(name + ".rank0-of-")]
+    return int(sizes[0]) if len(sizes) == 1 and sizes[0].isdigit() else None
+
+
 def _tracker_device(device) -> torch.device:
     # torchrun, Accelerate and TrainingArguments hand out "cpu:0"; a CPU tensor reports plain
     # "cpu". One spelling for the tracker until the tracker itself treats them as one device.
@@ -158,6 +169,7 @@ class TDDSCallback(TrainerCallback):
         self.tracker: Tracker | None = None
         self.scores: torch.Tensor | None = None
         self.resume_dir: str | None = None  # set by TDDSTrainerMixin.train(resume_from_checkpoint=...)
+        self._fed = False  # set by TDDSTrainerMixin.train: a Trainer that hands over the batches
         # One global order on every rank (Accelerate gives each rank its share of the batches).
         self.sampler = None if pruning is None else make_sampler(self, tracker_kwargs, pruning, num_replicas=1, rank=0)
 
@@ -183,6 +195,11 @@ class TDDSCallback(TrainerCallback):
 
     # ------------------------------------------------------------------ trainer events
     def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        if not self._fed:
+            raise RuntimeError(
+                "TDDSCallback: the Trainer does not feed it (a plain transformers.Trainer never hands the "
+                "callback a batch); train with TDDSTrainer, or a Trainer subclass with TDDSTrainerMixin"
+            )
         self.scores = None
         device, group = _tracker_device(args.device), default_group()
         self.tracker = None
@@ -200,6 +217,15 @@ class TDDSCallback(TrainerCallback):
                 self.resume_dir = None
                 return
             if not checkpoint_exists(path, device=device, process_group=group):
+                saved = _saved_world_size(path)
+                here = 1 if group is None else dist.get_world_size(group)
+                if saved is not None and saved != here:
+                    raise FileNotFoundError(
+                        f"TDDSCallback: resuming from step {state.global_step} on {here} process(es), but the "
+                        f"tracker in {folder} was saved by {saved} processes, one file per rank "
+                        f"({self.checkpoint_file}.rank{{r}}-of-{saved}): resume with {saved} processes, or merge "
+                        f"the files once on one process: torch.save(tk.merge_shards({path!r}, {saved}), {path!r})"
+                    )
                 raise FileNotFoundError(
                     f"TDDSCallback: resuming from step {state.global_step}, but {path} (the tracker saved "
                     "with that checkpoint) is missing"
@@ -270,6 +296,13 @@ class TDDSCallback(TrainerCallback):
             )
 
     def on_epoch_end(self, args, state, control, **kwargs):
+        # The Trainer calls this also when it stops inside an epoch (max_steps, early stopping,
+        # should_training_stop); closing then would record a partial epoch, and a checkpoint saved
+        # after it (save_strategy="epoch") would resume one epoch ahead. state.epoch is
+        # epoch + steps done / steps per epoch: whole only when every step of the epoch ran. Left
+        # open, the epoch resumes as from any mid-epoch checkpoint (the Trainer skips its steps).
+        if state.epoch is not None and abs(state.epoch - round(state.epoch)) > 1e-6:
+            return
         self.tracker.end_epoch()
 
     def on_save(self, args, state, control, **kwargs):
@@ -321,6 +354,7 @@ class TDDSTrainerMixin:
             cb.resume_dir = get_last_checkpoint(self.args.output_dir)
         elif isinstance(resume_from_checkpoint, (str, os.PathLike)):
             cb.resume_dir = os.fspath(resume_from_checkpoint)
+        cb._fed = True
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def training_step(self, model, inputs, *args, **kwargs):
