@@ -170,6 +170,7 @@ class TDDSCallback(TrainerCallback):
         self.scores: torch.Tensor | None = None
         self.resume_dir: str | None = None  # set by TDDSTrainerMixin.train(resume_from_checkpoint=...)
         self._fed = False  # set by TDDSTrainerMixin.train: a Trainer that hands over the batches
+        self._saved_step: int | None = None  # the global step whose checkpoint holds the tracker
         # One global order on every rank (Accelerate gives each rank its share of the batches).
         self.sampler = None if pruning is None else make_sampler(self, tracker_kwargs, pruning, num_replicas=1, rank=0)
 
@@ -306,8 +307,14 @@ class TDDSCallback(TrainerCallback):
         self.tracker.end_epoch()
 
     def on_save(self, args, state, control, **kwargs):
-        # Every rank runs callbacks; a sharded tracker writes one file per rank (collective).
-        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        # TDDSTrainerMixin has written it already, before the Trainer's own files (see there).
+        if self._saved_step != state.global_step:
+            self.save_checkpoint(os.path.join(args.output_dir, f"checkpoint-{state.global_step}"), state.global_step)
+
+    def save_checkpoint(self, folder: str, step: int) -> None:
+        """Write the tracker into the Trainer's checkpoint `folder` (every rank: a sharded
+        tracker writes one file per rank, collectively)."""
+        self._saved_step = step
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, self.checkpoint_file)
         if not self.tracker.complete:
@@ -337,6 +344,15 @@ class TDDSTrainerMixin:
     def _get_train_sampler(self, *args, **kwargs):
         sampler = self._tdds_callback().sampler
         return sampler if sampler is not None else super()._get_train_sampler(*args, **kwargs)
+
+    def _save_checkpoint(self, model, trial, *args, **kwargs):
+        # The tracker goes into the folder first: the Trainer treats the folder as complete once
+        # its own files are written and then deletes older checkpoints (save_total_limit), so a
+        # crash between that and on_save would leave a checkpoint without the tracker and,
+        # with the older ones gone, nothing to resume.
+        folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+        self._tdds_callback().save_checkpoint(folder, self.state.global_step)
+        return super()._save_checkpoint(model, trial, *args, **kwargs)
 
     def _set_signature_columns_if_needed(self):
         # remove_unused_columns keeps only the model's forward arguments: add the index column,

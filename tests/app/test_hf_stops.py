@@ -10,7 +10,7 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
-from transformers import Trainer  # noqa: E402
+from transformers import Trainer, TrainingArguments  # noqa: E402
 
 from tdds_kernels.integrations.hf import TDDSCallback, add_index  # noqa: E402
 
@@ -56,3 +56,29 @@ def test_a_checkpoint_from_more_processes_names_the_world_size_and_the_merge(tmp
     message = str(info.value)
     assert "\n" not in message and "saved by 2 processes" in message and "on 1 process" in message
     assert "resume with 2 processes" in message and "merge_shards" in message and "is missing" not in message
+
+
+class Killed(Exception):
+    """A kill right after the Trainer's own checkpoint (rotation included), before on_save."""
+
+
+def test_a_crash_right_after_the_trainers_checkpoint_still_resumes(tmp_path, monkeypatch):
+    _, whole = run(tmp_path / "whole")
+    per_epoch, plain = len(ex.Tokens()) // 8, ex.TDDSTrainer
+
+    class CrashAfterCheckpoint(plain):
+        def _save_checkpoint(self, *args, **kwargs):
+            super()._save_checkpoint(*args, **kwargs)
+            if self.state.global_step == 2 * per_epoch:
+                raise Killed
+
+    monkeypatch.setattr(ex, "TDDSTrainer", CrashAfterCheckpoint)
+    # save_total_limit=1: the older checkpoint is already deleted when the crash comes
+    monkeypatch.setattr(ex, "TrainingArguments", lambda **kw: ex.__dict__["_Args"](**kw, save_total_limit=1))
+    monkeypatch.setattr(ex, "_Args", TrainingArguments, raising=False)
+    with pytest.raises(Killed):
+        run(tmp_path / "run", "--save-steps", per_epoch)
+    assert [p.name for p in (tmp_path / "run").glob("checkpoint-*")] == [f"checkpoint-{2 * per_epoch}"]
+    monkeypatch.setattr(ex, "TDDSTrainer", plain)
+    _, resumed = run(tmp_path / "run", "--save-steps", per_epoch, "--resume")
+    assert torch.equal(resumed.scores, whole.scores)
