@@ -219,16 +219,19 @@ class ShardedTDDSTracker:
     @property
     def stats(self) -> dict[str, int]:
         """Counters summed over the ranks (collective: read it on every rank)."""
+        self._group.every_rank_here("stats")
         mine = self.local.stats
         summed = self._group.gather_rows(torch.tensor([mine[k] for k in COUNTERS])).sum(dim=0).tolist()
         return dict(zip(COUNTERS, (int(v) for v in summed)), epochs=mine["epochs"], windows=mine["windows"])
 
     def scores(self) -> torch.Tensor:
         """(N,) float32 scores by dataset index on every rank (collective)."""
+        self._group.every_rank_here("scores()")
         return self._gather_shards(self.local.scores())
 
     def baseline_scores(self) -> dict[str, torch.Tensor]:
         """The baselines over all N samples on every rank (collective)."""
+        self._group.every_rank_here("baseline_scores()")
         local = self.local.baseline_state_dict()
         if local is None:  # the same on every rank: update() agrees on whether targets came
             raise RuntimeError("baseline_scores: no targets were passed to update(), so no baselines were tracked")
@@ -294,6 +297,7 @@ class ShardedTDDSTracker:
     def save(self, path) -> None:
         """Write this rank's shard to shard_path(path, rank, world_size) atomically (collective:
         returns once every rank has written its file, raises on every rank if one failed)."""
+        self._group.every_rank_here("save()")
         self._saves += 1
         exc = None
         try:
@@ -342,6 +346,7 @@ class ShardedTDDSTracker:
         """The state a single TDDSTracker would have, assembled on every rank (collective; N·C
         memory on each rank while it lasts). Loadable by TDDSTracker.load_state_dict and by
         load_full_state_dict() at any world size: the way to change the number of ranks."""
+        self._group.every_rank_here("full_state_dict()")
         mine = self.local.state_dict()
         # Per-sample tensors travel as padded all_gathers, the small rest as objects; then the
         # layout merges the shards exactly as merge_shards merges files.
