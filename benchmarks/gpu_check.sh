@@ -133,7 +133,7 @@ stage_env() {
 }
 stage_triton_tests() {
   # No extension is built yet: its tests skip here (backend unavailable) and run in ext_tests.
-  run_pytest tests/ops/test_conformance.py tests/ops/test_schema.py tests/ops/test_determinism.py \
+  run_pytest tests/ops/test_conformance_*.py tests/ops/test_schema.py tests/ops/test_determinism.py \
     tests/core/test_compile.py tests/ops/test_cuda_runtime.py tests/distributed/test_sync_free.py -k cuda
 }
 stage_build() {
@@ -146,7 +146,7 @@ stage_build() {
 }
 stage_ext_tests() {
   TDDS_REQUIRE_EXT=1 run_pytest tests/ops/test_extension_cuda.py tests/ops/test_cuda_runtime.py \
-    tests/ops/test_conformance.py tests/ops/test_schema.py tests/ops/test_determinism.py -k "cuda and not triton"
+    tests/ops/test_conformance_*.py tests/ops/test_schema.py tests/ops/test_determinism.py -k "cuda and not triton"
 }
 stage_sanitize() {
   local rc=0
