@@ -23,8 +23,12 @@ CUDA, starts with a cold L2.
     python benchmarks/bench_ops.py --device cuda --budget-s 90   # stops starting cases at 90 s
     python benchmarks/bench_ops.py --device cpu --preset cpu      # a few minutes on 2 cores
 
-On CUDA the default matrix is B in {256, 1024, 8192} x C in {10, 100, 1000, 32000} x logits
-{float32, bfloat16} x storage {float32, float16}: 48 update cases, fp32/fp32 first.
+On CUDA it first times the headline shapes (B = 8192, C = 1000; fp32 logits and storage, then
+bf16 logits and storage) with every contender, the compiled reference included, then the
+update's sort alone (ops/triton/update.py sort_rows) beside the update at C = 1000 for B = 256,
+1024, 4096, 8192; then the matrix B in {256, 1024, 8192} x C in {10, 100, 1000, 32000} x logits
+{float32, bfloat16} x storage {float32, float16}: 48 update cases, fp32/fp32 first. The table is
+rewritten after every row, so a run cut short (--budget-s, a SIGINT) keeps what it measured.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import datetime
 import logging
 import math
 import os
+import sys
 import time
 import warnings
 
@@ -185,22 +190,25 @@ def fit_samples(n, c, storage, budget_bytes, batch):
     return max(batch, min(n, budget_bytes // per_sample))
 
 
-def timed(rows, row, device, fn, calls, reset, flush=None, capturable=False):
-    """Append `row` with its eager time t (and graph time tg where capturable on CUDA)."""
+def timed(rows, row, device, fn, calls, reset, flush=None, capturable=False, emit=None):
+    """Append `row` with its eager time t (and graph time tg where capturable on CUDA); emit(row)
+    as soon as it is measured (the caller rewrites its table: a run cut short keeps the row)."""
     try:
         row["t"] = per_call_seconds(fn, calls, device, reset=reset, flush=flush)
     except Exception as exc:  # e.g. out of memory in the reference's temporaries
-        rows.append(dict(row, error=f"{type(exc).__name__}: {exc}"[:80]))
-        return
-    if capturable and device.type == "cuda":
-        try:
-            row["tg"] = graph_seconds(fn, calls, device, reset=reset, flush=flush)
-        except Exception as exc:
-            row["graph_error"] = f"{type(exc).__name__}: {exc}"[:60]
+        row = dict(row, error=f"{type(exc).__name__}: {exc}"[:80])
+    else:
+        if capturable and device.type == "cuda":
+            try:
+                row["tg"] = graph_seconds(fn, calls, device, reset=reset, flush=flush)
+            except Exception as exc:
+                row["graph_error"] = f"{type(exc).__name__}: {exc}"[:60]
     rows.append(row)
+    if emit is not None:
+        emit(row)
 
 
-def bench_update(device, fns, b, c, n_req, window, storage, zdt, budget, max_calls):
+def bench_update(device, fns, b, c, n_req, window, storage, zdt, budget, max_calls, emit=None):
     n = fit_samples(n_req, c, storage, budget, b)
     calls = max(1, min(max_calls, n // b))
     # On huge pages where the host has them, as the tracker allocates its state (core/huge_pages.py)
@@ -224,11 +232,11 @@ def bench_update(device, fns, b, c, n_req, window, storage, zdt, budget, max_cal
         row = dict(
             op="update", B=b, C=c, N=n, logits=dtype_name(zdt), storage=dtype_name(storage), backend=name, nbytes=nbytes
         )
-        timed(rows, row, device, run, calls, reset=lambda: seen.zero_(), capturable=name in CAPTURABLE)
+        timed(rows, row, device, run, calls, reset=lambda: seen.zero_(), capturable=name in CAPTURABLE, emit=emit)
     return rows  # prev and the logits buffers are freed here, before the next shape allocates
 
 
-def bench_epoch_step(device, fns, n, window, max_calls, decay=0.9):
+def bench_epoch_step(device, fns, n, window, max_calls, decay=0.9, emit=None):
     w1 = window - 1
     calls = max_calls
     seen = torch.full((n,), w1, dtype=torch.int32, device=device)  # nobody missing
@@ -263,8 +271,51 @@ def bench_epoch_step(device, fns, n, window, max_calls, decay=0.9):
             reset=reset,
             flush=None if scratch is None else scratch.zero_,
             capturable=name in CAPTURABLE,
+            emit=emit,
         )
     return rows
+
+
+SORT_BATCHES = (256, 1024, 4096, 8192)  # the sort alone at these B, beside the update at C = 1000
+HEADLINE = ((8192, 1000, torch.float32, torch.float32), (8192, 1000, torch.bfloat16, torch.bfloat16))
+
+
+def bench_sort(device, b, n, max_calls, emit=None):
+    """The update launchers' sort of the batch by sample (ops/triton/update.py sort_rows, which
+    the extension mirrors), timed alone: the fixed cost every update pays whatever C is."""
+    from tdds_kernels.ops.triton.update import sort_rows
+
+    calls = max_calls
+    perm = torch.randperm(n, device=device)
+    index = [perm[(k * b) % (n - b) :][:b] for k in range(calls)]
+    rows = []
+    row = dict(op="sort", B=b, C="", N=n, logits="", storage="", backend="sort_rows", nbytes=b * (8 + 4 + 4 + 8))
+    timed(rows, row, device, lambda k: sort_rows(index[k], n), calls, reset=None, capturable=True, emit=emit)
+    return rows
+
+
+def bench_foreign_rows(device, fns, c=1000, n=100_000, b=2048, foreign=1792, calls=20, window=10):
+    """The sharded sync-free exchange's update (issue 19 item 2): B rows of which `foreign` are
+    other ranks' and skipped. Rows: all in range; foreign rows at distinct indices past N (what
+    distributed/sync_free.py sends); foreign rows all at index N (one serial run, the old layout)."""
+    prev = torch.zeros(n, c, device=device).uniform_(-18.0, 0.0)
+    seen, ring = torch.zeros(n, dtype=torch.int32, device=device), torch.zeros(n, window - 1, device=device)
+    counters = torch.zeros(NUM_SLOTS, dtype=torch.int64, device=device)
+    counters[EPOCH] = 1  # rows recorded in epoch 0 (seen reset to 0 before each round): d is computed
+    logits, own = torch.randn(b, c, device=device) * 3, torch.randperm(n, device=device)[:b]
+    layouts = {
+        "all in range": own,
+        "distinct past N": torch.cat([own[: b - foreign], n + torch.arange(foreign, device=device)]),
+        "one index N": torch.cat([own[: b - foreign], torch.full((foreign,), n, device=device)]),
+    }
+    lines = ["| backend | B | foreign rows | index of foreign rows | time (µs) |", "|---|---:|---:|---|---:|"]
+    for name, (update, _) in fns.items():
+        for what, index in layouts.items():
+            run = lambda k, update=update, index=index: update(logits, index, prev, seen, ring, counters)  # noqa: E731
+            # one call per round, seen reset before each: every timed call applies its own rows
+            t = per_call_seconds(run, 1, device, reset=seen.zero_, rounds=calls)
+            lines.append(f"| {name} | {b} | {0 if what == 'all in range' else foreign} | {what} | {t * 1e6:,.1f} |")
+    return "\n".join(lines) + "\n"
 
 
 def dtype_name(dt):
@@ -288,6 +339,28 @@ def add_speedups(rows, copy_bps):
             g = groups[tuple(r[k] for k in key)]
             for col, base in (("x_eager", "reference (eager)"), ("x_compile", "reference (compile)")):
                 r[col] = g[base] / r["t"] if base in g else None
+
+
+def sort_shares(rows):
+    """Lines: the sort alone as a share of each capturable backend's update at the same B
+    (C = 1000, float32 logits and storage), eager and graph-replayed."""
+    out = []
+    for r in rows:
+        if r["op"] != "sort" or "t" not in r:
+            continue
+        parts = []
+        for u in rows:
+            key = (u["op"], u.get("B"), u.get("C"), u.get("logits"), u.get("storage"))
+            if key == ("update", r["B"], 1000, "float32", "float32") and u["backend"] in CAPTURABLE and "t" in u:
+                part = f"{u['backend']} {r['t'] / u['t']:.0%}"
+                if "tg" in u and "tg" in r:
+                    part += f" (graph {r['tg'] / u['tg']:.0%})"
+                parts.append(part)
+        if parts:
+            out.append(f"- B = {r['B']}: " + ", ".join(parts))
+    if out:
+        out = ["", "The sort alone as a share of the update (C = 1000, float32 logits and storage):", *out]
+    return out
 
 
 def device_name(device):
@@ -368,13 +441,24 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile of the reference")
     ap.add_argument(
+        "--headline",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="time B=8192, C=1000 (fp32/fp32 and bf16/bf16) first, with every contender (default: on cuda)",
+    )
+    ap.add_argument("--no-sort", action="store_true", help="skip the sort-alone rows (cuda)")
+    ap.add_argument(
         "--budget-s",
         type=float,
         default=None,
         help="start no new case after this many seconds; the rest are listed as not run",
     )
     ap.add_argument("--out", default=None, help="write the markdown table here")
+    ap.add_argument("--foreign-rows", action="store_true", help="only the sync-free exchange's skipped rows")
     a = ap.parse_args(argv)
+    if a.foreign_rows:  # B = 2048 with 1,792 other ranks' rows (skipped) against all in range
+        print(bench_foreign_rows(torch.device(a.device), contenders(torch.device(a.device), False)))
+        return
     t_start = time.monotonic()
 
     device = torch.device(a.device)
@@ -432,75 +516,101 @@ def main(argv=None):
         f"call ({timing}), best of {ROUNDS} rounds of up to {calls} calls.",
         f"Backends available on {device.type}: {', '.join(backends.available(device))}.",
     ]
-    # fp32/fp32 first, over every shape, then the epoch steps, then the other dtype pairs: a run
-    # cut short by --budget-s keeps the most useful part.
-    pairs = [(z, st) for z in logits_dtypes for st in storages]
-    pairs.sort(key=lambda p: (p[0] != torch.float32) + (p[1] != torch.float32))
-    cases = [("update", (b, c, z, st)) for b, c in shapes for z, st in pairs[:1]]
-    cases += [("epoch step", n) for n in n_steps]
-    cases += [("update", (b, c, z, st)) for z, st in pairs[1:] for b, c in shapes]
-    # torch.compile of the reference costs the most time (a compile per dtype pair), so every
-    # case runs first without it and then, budget permitting, again for it alone.
+    # First what the GPU goals are about, with every contender, compiled reference included:
+    # the headline shapes, then the sort alone beside the update at C = 1000. Then fp32/fp32
+    # over every shape, the epoch steps, the other dtype pairs. torch.compile of the reference
+    # costs the most time (a compile per dtype pair), so outside the headline every case runs
+    # first without it and then, budget permitting, again for it alone. A run cut short by
+    # --budget-s (or a SIGINT) keeps the most useful part.
     compiled = {k: v for k, v in fns.items() if k == "reference (compile)"}
     others = {k: v for k, v in fns.items() if k not in compiled}
-    jobs = [(i, op, job, others) for i, (op, job) in enumerate(cases)]
-    jobs += [(i, op, job, compiled) for i, (op, job) in enumerate(cases)] if compiled else []
+    headline = HEADLINE if (a.headline if a.headline is not None else cuda) else ()
+    pairs = [(z, st) for z in logits_dtypes for st in storages]
+    pairs.sort(key=lambda p: (p[0] != torch.float32) + (p[1] != torch.float32))
+    cases = [("update", h, others) for h in headline]
+    cases += [("update", h, compiled) for h in headline if compiled]
+    if cuda and not a.no_sort:
+        for b in SORT_BATCHES:
+            if (b, 1000, torch.float32, torch.float32) not in headline:
+                cases.append(("update", (b, 1000, torch.float32, torch.float32), others))
+            cases.append(("sort", b, {}))
+    later = [("update", (b, c, z, st)) for b, c in shapes for z, st in pairs[:1]]
+    later += [("epoch step", n) for n in n_steps]
+    later += [("update", (b, c, z, st)) for z, st in pairs[1:] for b, c in shapes]
+    done = {job for op, job, _ in cases if op == "update"}
+    later = [(op, job) for op, job in later if not (op == "update" and job in done)]
+    cases += [(op, job, others) for op, job in later]
+    cases += [(op, job, compiled) for op, job in later] if compiled else []
+    # Rows sort by the case's first appearance, so a case's compiled row joins its other rows.
+    first = {}
+    for op, job, _ in cases:
+        first.setdefault((op, job), len(first))
     rows = []
 
     def report(final=False):
-        # Rewritten after every case: a run cut short still leaves its table.
+        # Rewritten after every row: a run cut short still leaves its table.
         add_speedups(rows, copy_bps)
         ordered = sorted(rows, key=lambda r: r["case"])  # stable: contenders keep their order
-        text = table(ordered, header + ([] if final else ["", "(partial: the run did not finish)"]), device.type)
+        note = [] if final else ["", "(partial: the run did not finish)"]
+        text = table(ordered, header + note, device.type) + "\n".join(sort_shares(ordered)) + "\n"
         if a.out:
             os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
             with open(a.out, "w") as fh:
                 fh.write(text)
         return text
 
-    for case, op, job, contenders_now in jobs:
-        if a.budget_s is not None and time.monotonic() - t_start > a.budget_s:
-            why = f"not run: --budget-s {a.budget_s:g} reached"
-            who = ", ".join(contenders_now)
+    def emit_for(case):
+        def emit(row):
+            row["case"] = case
+            rows.append(row)
+            report()
+
+        return emit
+
+    try:
+        for op, job, contenders_now in cases:
+            case = first[(op, job)]
+            if a.budget_s is not None and time.monotonic() - t_start > a.budget_s:
+                why = f"not run: --budget-s {a.budget_s:g} reached"
+                who = ", ".join(contenders_now) or "sort_rows"
+                row = dict(case=case, op=op, B="", C="", N="", logits="", storage="", backend=who, skipped=why)
+                if op == "update":
+                    b, c, z, st = job
+                    row.update(B=b, C=c, logits=dtype_name(z), storage=dtype_name(st))
+                elif op == "sort":
+                    row.update(B=job)
+                else:
+                    row.update(N=job)
+                rows.append(row)
+                continue
+            emit = emit_for(case)
             if op == "update":
                 b, c, z, st = job
-                rows.append(
-                    dict(
-                        case=case,
-                        op=op,
-                        B=b,
-                        C=c,
-                        N="",
-                        logits=dtype_name(z),
-                        storage=dtype_name(st),
-                        backend=who,
-                        skipped=why,
-                    )
+                new = bench_update(device, contenders_now, b, c, n_update, a.window, st, z, budget, calls, emit)
+                print(
+                    f"update B={b} C={c} {dtype_name(z)}/{dtype_name(st)}: "
+                    + ", ".join(
+                        f"{r['backend']} {r['t'] * 1e6:.0f} µs" + (f" (graph {r['tg'] * 1e6:.0f})" if "tg" in r else "")
+                        if "t" in r
+                        else f"{r['backend']} failed"
+                        for r in new
+                    ),
+                    flush=True,
+                )
+            elif op == "sort":
+                new = bench_sort(device, job, n_update, calls, emit)
+                print(
+                    f"sort B={job}: " + ", ".join(f"{r.get('t', float('nan')) * 1e6:.1f} µs" for r in new), flush=True
                 )
             else:
-                rows.append(dict(case=case, op=op, B="", C="", N=job, logits="", storage="", backend=who, skipped=why))
-            continue
-        if op == "update":
-            b, c, z, st = job
-            new = bench_update(device, contenders_now, b, c, n_update, a.window, st, z, budget, calls)
-            print(
-                f"update B={b} C={c} {dtype_name(z)}/{dtype_name(st)}: "
-                + ", ".join(
-                    f"{r['backend']} {r['t'] * 1e6:.0f} µs" + (f" (graph {r['tg'] * 1e6:.0f})" if "tg" in r else "")
-                    if "t" in r
-                    else f"{r['backend']} failed"
-                    for r in new
-                ),
-                flush=True,
-            )
-        else:
-            new = bench_epoch_step(device, contenders_now, job, a.window, calls)
-        for r in new:
-            r["case"] = case
-        rows += new
+                bench_epoch_step(device, contenders_now, job, a.window, calls, emit=emit)
+    except KeyboardInterrupt:
+        print("bench_ops: interrupted; the table holds the rows measured so far", flush=True)
         report()
+        return 130
     print(report(final=True))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -35,7 +35,7 @@ def _worker(rank, world, root, sync_free, args, store, out):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     kwargs = {} if sync_free is None else {"sync_free": sync_free}
-    t = tk.TDDSTracker(
+    t = tk.ShardedTDDSTracker(
         args.samples, args.classes, backend="cpu", trajectory_len=None, process_group=dist.group.WORLD, **kwargs
     )
     g = torch.Generator().manual_seed(rank)

@@ -17,6 +17,7 @@ import argparse
 import datetime
 import os
 import statistics
+import sys
 import time
 
 import torch
@@ -79,8 +80,10 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--calls", type=int, default=40)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--budget-s", type=float, default=None, help="start no backend after this many seconds")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
+    t_start = time.monotonic()
     device = torch.device(a.device)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -96,16 +99,31 @@ def main(argv=None):
         "| backend | update (ms) | update with targets (ms) | with / without |",
         "|---|---|---|---|",
     ]
-    for name in names:
-        t0, t1 = measure(name, device, a.samples, a.classes, a.batch, a.calls)
-        lines.append(f"| {name} | {t0 * 1e3:.3f} | {t1 * 1e3:.3f} | {t1 / t0:.2f}x |")
-        print(lines[-1], flush=True)
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(text)
+
+    def write(note=""):
+        # Rewritten after every row: a run cut short (its budget, a timeout's SIGINT) keeps them.
+        text = "\n".join(lines + (["", note] if note else [])) + "\n"
+        if a.out:
+            os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+            with open(a.out, "w") as f:
+                f.write(text)
+        return text
+
+    try:
+        for name in names:
+            if a.budget_s is not None and time.monotonic() - t_start > a.budget_s:
+                lines.append(f"| {name} | not run: --budget-s {a.budget_s:g} reached | | |")
+                continue
+            t0, t1 = measure(name, device, a.samples, a.classes, a.batch, a.calls)
+            lines.append(f"| {name} | {t0 * 1e3:.3f} | {t1 * 1e3:.3f} | {t1 / t0:.2f}x |")
+            print(lines[-1], flush=True)
+            write("(partial: the run did not finish)")
+    except KeyboardInterrupt:
+        write("(partial: interrupted)")
+        return 130
+    print(write())
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -257,29 +257,34 @@ def main(argv=None):
     if cuda:
         torch.cuda.synchronize(device)
     timers = {label: Timer(device) for label, _ in variants}
-    n = steps
-    for k in range(steps):
-        # Alternating: a load change during the run lands on both variants.
-        for label, track in variants:
-            timers[label](lambda track=track: step(track))
-        if a.budget_s is not None and k >= 2 and time.monotonic() - t_start > 0.6 * a.budget_s:
-            n = k + 1
-            budget_note = f" (timed steps cut to {n} by --budget-s {a.budget_s:g})"
-            break
+    update_timer, end_timer = Timer(device), Timer(device)
+    interrupted = ""
+    try:  # a SIGINT (gpu_check's stage limit) keeps what was measured: the table is still written
+        for k in range(steps):
+            # Alternating: a load change during the run lands on both variants.
+            for label, track in variants:
+                timers[label](lambda track=track: step(track))
+            if a.budget_s is not None and k >= 2 and time.monotonic() - t_start > 0.6 * a.budget_s:
+                budget_note = f" (timed steps cut to {k + 1} by --budget-s {a.budget_s:g})"
+                break
+        # The update alone on the last logits (bf16 under autocast), and one end_epoch.
+        logits = last_logits[0]
+        for _ in range(max(steps, 50)):  # cheap next to a step: more repeats, a steadier median
+            index = next_index()
+            update_timer(lambda index=index: tracker.update(logits, index, targets=y if a.targets else None))
+        end_timer(tracker.end_epoch)
+    except KeyboardInterrupt:
+        interrupted = " INTERRUPTED (SIGINT): only the steps measured before it"
+    n = min(len(timers[label].seconds()) for label, _ in variants)
+    if n == 0:
+        print("bench_train_step: interrupted before any timed step; no table written")
+        return 130
     results = {label: timers[label].seconds()[:n] for label, _ in variants}
     for label, _ in variants:
         print(f"{label}: median {statistics.median(results[label]) * 1e3:.2f} ms over {n} steps", flush=True)
-
-    # The update alone on the last logits (bf16 under autocast), and one end_epoch.
-    timer = Timer(device)
-    logits = last_logits[0]
-    for _ in range(max(steps, 50)):  # cheap next to a step: more repeats, a steadier median
-        index = next_index()
-        timer(lambda index=index: tracker.update(logits, index, targets=y if a.targets else None))
-    update_alone = timer.seconds()
-    timer = Timer(device)
-    timer(tracker.end_epoch)
-    end_epoch = timer.seconds()[0]
+    update_alone = update_timer.seconds() or [float("nan")]
+    end_epoch = (end_timer.seconds() or [float("nan")])[0]
+    budget_note += interrupted
 
     t_without = statistics.median(results["without tracker"])
     t_with = statistics.median(results["with tracker.update"])
@@ -331,7 +336,7 @@ def main(argv=None):
         os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
         with open(a.out, "a" if a.append else "w") as fh:
             fh.write(("\n" if a.append and fh.tell() else "") + text)
-    return 0
+    return 130 if interrupted else 0
 
 
 if __name__ == "__main__":

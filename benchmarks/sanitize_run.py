@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 import torch
 
@@ -51,7 +52,9 @@ def main(argv=None):
     ap.add_argument("--backend", default="cuda", choices=["cuda", "triton", "cpu", "reference"])
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--deadline-s", type=float, default=None, help="start no case after this many seconds")
     a = ap.parse_args(argv)
+    t0 = time.monotonic()
     device = torch.device(a.device)
     reason = backends.unavailable_reason(a.backend, device)
     if reason is not None:
@@ -66,8 +69,12 @@ def main(argv=None):
         (40, 300, 1000, torch.float16, torch.float16, torch.int64),
         (16, 64, 9000, torch.float32, torch.float32, torch.int32),  # wider than one block: chunked
     ]
-    failures = 0
+    failures = done = 0
     for n, b, c, zdt, storage, idt in cases:
+        if a.deadline_s is not None and time.monotonic() - t0 > a.deadline_s:
+            print(f"sanitize_run: --deadline-s {a.deadline_s:g} reached: {done} of {len(cases)} cases run")
+            break
+        done += 1
         mine, theirs = state(n, c, w, storage, device), state(n, c, w, storage, device)
         stats_ok = True
         for epoch in range(a.epochs):
@@ -105,7 +112,7 @@ def main(argv=None):
         )
     if failures:
         sys.exit(f"sanitize_run: {failures} case(s) differ from the reference")
-    print(f"sanitize_run: {a.backend} on {device}: {len(cases)} cases, all match the reference")
+    print(f"sanitize_run: {a.backend} on {device}: {done} of {len(cases)} cases run, all match the reference")
 
 
 if __name__ == "__main__":

@@ -90,6 +90,12 @@ def main(argv=None):
     ap.add_argument("--no-eval", action="store_true", help="no evaluation at epoch ends")
     ap.add_argument("--trajectory-len", type=int, help="epochs scored (default: all of them)")
     ap.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
+    ap.add_argument(
+        "--prune-in-run",
+        type=float,
+        metavar="FRACTION",
+        help="prune this fraction inside the run once the scores are ready (docs/in_run.md)",
+    )
     args = ap.parse_args(argv)
 
     targs = TrainingArguments(
@@ -109,7 +115,12 @@ def main(argv=None):
         disable_tqdm=True,
     )
     train_set = add_index(Tokens())  # items get "index": i
-    cb = TDDSCallback(len(train_set), CLASSES, window=3, trajectory_len=args.trajectory_len or args.epochs)
+    # In-run pruning: after the scored epochs, epochs of the same length drawn from the kept set
+    # (the Trainer counts epochs by steps, so their length stays the same).
+    pruning = None if args.prune_in_run is None else dict(prune_fraction=args.prune_in_run, epoch_length="repeat")
+    cb = TDDSCallback(
+        len(train_set), CLASSES, window=3, trajectory_len=args.trajectory_len or args.epochs, pruning=pruning
+    )
     callbacks = [cb] + ([StopAt(args.stop_at_step)] if args.stop_at_step else [])
 
     def accuracy(pred):  # a stock compute_metrics: label_ids stays the labels alone

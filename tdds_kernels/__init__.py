@@ -9,7 +9,8 @@ Layers, each importing only from those before it:
 The public names below are imported on first use (PEP 562), not by `import tdds_kernels`: the
 command line's --help and --version then answer without importing torch (seconds on a cold
 start). The first access of any of them imports the whole library at once, which also registers
-the reference ops and the sharded constructor that TDDSTracker(..., process_group=pg) routes to.
+the reference ops. make_tracker builds a TDDSTracker or, given a process group (or under
+torchrun), a ShardedTDDSTracker; both implement tdds_kernels.core.protocol.Tracker.
 """
 
 import importlib
@@ -36,8 +37,8 @@ __all__ = [*_EXPORTS, "__version__"]
 
 
 def load() -> None:
-    """Import the library (idempotent): the names above, the reference ops, the sharded tracker."""
-    for module in ("distributed", "ops.reference"):  # side effects: the registrations
+    """Import the library (idempotent): the names above and the reference ops."""
+    for module in ("ops.reference",):  # side effect: the registrations
         importlib.import_module(f".{module}", __name__)
     for name, module in _EXPORTS.items():
         attr = "available" if name == "available_backends" else name

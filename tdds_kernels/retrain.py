@@ -7,8 +7,9 @@ release's mask / score files written from a tracker.
     loader = DataLoader(train_set, batch_size=128, sampler=kept_sampler(kept, seed=0))
     write_release_files(tracker, "out/")   # data_mask_win{W}_ep{T}.npy, score_win{W}_ep{T}.npy, scores.npy
 
-Under DDP, wrap the Subset in a DistributedSampler as usual: every rank selects the same
-indices from the same (collective) scores.
+Under DDP every rank selects the same indices from the same (collective) scores; then either
+wrap the Subset in a DistributedSampler, or use kept_sampler, which splits the kept set over the
+ranks itself (call ``sampler.set_epoch(epoch)`` every epoch in both cases).
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ import warnings
 from pathlib import Path
 
 import torch
-from torch.utils.data import Sampler, Subset, SubsetRandomSampler
+from torch.utils.data import Sampler, Subset
 
-from .core.tracker import TDDSTracker
-from .distributed.sharded import ShardedTDDSTracker
+from .core.protocol import Tracker, check_tracker
 from .offline import release_arrays, write_arrays
+from .sampling.kept import KeptSampler
 
 
 def _kept_list(kept, num_samples: int | None) -> list[int]:
@@ -45,37 +46,36 @@ def kept_subset(dataset, kept) -> Subset:
     return Subset(dataset, _kept_list(kept, len(dataset)))
 
 
-class _InOrder(Sampler):
-    def __init__(self, indices):
-        self.indices = indices
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self):
-        return len(self.indices)
-
-
-def kept_sampler(kept, shuffle: bool = True, seed: int | None = 0, num_samples: int | None = None) -> Sampler:
-    """A sampler over the kept dataset indices, for ``DataLoader(dataset, sampler=...)``: shuffled
-    each epoch (from `seed`; None draws from torch's global RNG) or in the given order.
-    `num_samples` (the dataset size), when given, range-checks the indices."""
+def kept_sampler(
+    kept,
+    shuffle: bool = True,
+    seed: int | None = 0,
+    num_samples: int | None = None,
+    num_replicas: int | None = None,
+    rank: int | None = None,
+    drop_last: bool = False,
+) -> Sampler:
+    """A sampler over the kept dataset indices, for ``DataLoader(dataset, sampler=...)``: epoch e
+    is the kept set shuffled from ``seed + e`` (or in the given order with shuffle=False); call
+    ``sampler.set_epoch(epoch)`` before each epoch so a resumed run takes the same batches (an
+    iteration without it moves to the next epoch). Under DDP each rank takes its share, as
+    DistributedSampler (num_replicas / rank default to the default process group; drop_last).
+    seed None draws the base seed from torch's global RNG. `num_samples` (the dataset size),
+    when given, range-checks the indices."""
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise TypeError(f"seed: expected an int or None, got {type(seed).__name__}")
-    indices = _kept_list(kept, num_samples)
-    if not shuffle:
-        return _InOrder(indices)
-    generator = None if seed is None else torch.Generator().manual_seed(seed)
-    return SubsetRandomSampler(indices, generator=generator)
+    indices = torch.tensor(_kept_list(kept, num_samples), dtype=torch.int64)
+    if seed is None:
+        seed = int(torch.randint(2**62, ()))
+    return KeptSampler(indices, shuffle, seed, num_replicas, rank, drop_last)
 
 
-def write_release_files(tracker: TDDSTracker, out_dir, allow_incomplete: bool = False) -> list[Path] | None:
+def write_release_files(tracker: Tracker, out_dir, allow_incomplete: bool = False) -> list[Path] | None:
     """Write ``data_mask_win{W}_ep{T}.npy``, ``score_win{W}_ep{T}.npy`` and ``scores.npy`` (as the
     offline scorer does) from a tracker, atomically. The tracker must be complete unless
     `allow_incomplete` (then T is the epochs recorded so far). Collective for a sharded tracker:
     call on every rank; rank 0 writes and returns the paths, the others return None."""
-    if not isinstance(tracker, (TDDSTracker, ShardedTDDSTracker)):
-        raise TypeError(f"tracker: expected a TDDSTracker, got {type(tracker).__name__}")
+    check_tracker(tracker)
     if not tracker.complete and not allow_incomplete:
         raise ValueError(
             f"tracker: expected a complete tracker (trajectory_len={tracker.trajectory_len} "
@@ -85,7 +85,7 @@ def write_release_files(tracker: TDDSTracker, out_dir, allow_incomplete: bool = 
     with warnings.catch_warnings():  # "not complete": the caller said so with allow_incomplete
         warnings.filterwarnings("ignore", "TDDSTracker.scores: the trajectory is not complete", RuntimeWarning)
         scores = tracker.scores()  # collective when sharded
-    if getattr(tracker, "rank", 0) != 0:
+    if tracker.rank != 0:
         return None
     epochs = tracker.trajectory_len if tracker.complete else tracker.epoch
     arrays = release_arrays(scores, tracker.window, epochs)

@@ -93,7 +93,7 @@ def test_failing_build_does_not_stop_the_next_stages(tmp_path):
     assert "nvcc exploded" in (stages_dir / "03_build.log").read_text()
     assert "result=TIMEOUT" in status["ext_tests"] and "started" in (stages_dir / "04_ext_tests.log").read_text()
     # Every stage after the failed build still ran, each with its own budget.
-    assert "ran bench_ops with budget 100" in (stages_dir / "06_bench_ops.log").read_text()
+    assert "ran bench_ops with budget 125" in (stages_dir / "06_bench_ops.log").read_text()
 
     card = "testmode"
     summary = (out / f"summary_{card}.txt").read_text().strip().splitlines()
@@ -101,6 +101,161 @@ def test_failing_build_does_not_stop_the_next_stages(tmp_path):
     with tarfile.open(out / f"gpu_check_{card}.tar.gz") as tar:
         names = {pathlib.PurePath(m).name for m in tar.getnames()}
     assert {f"{n:02d}_{s}.{ext}" for n, s in enumerate(STAGES, 1) for ext in ("log", "status")} <= names
+
+
+def test_budgets_are_written_down_stage_by_stage():
+    # The header's table of budgets is the one the script runs with.
+    r, _ = run({}, "--list")
+    listed = dict(line.split() for line in r.stdout.strip().splitlines())
+    header = [line[1:].split() for line in SCRIPT.read_text().splitlines() if line.startswith("#   ")]
+    documented = {row[0]: row[1] for row in header if len(row) > 1 and row[0] in STAGES}
+    assert {s: f"{documented[s]}s" for s in STAGES} == {s: listed[s] for s in STAGES}
+    assert "480" in SCRIPT.read_text().split("set -uo pipefail")[0]
+
+
+def fake_tools(tmp_path):
+    """A python and a compute-sanitizer that only log their arguments (one line per call)."""
+    log = tmp_path / "calls.log"
+    for name in ("python", "compute-sanitizer"):
+        tool = tmp_path / name
+        # "1 passed": what run_pytest looks for in pytest's last lines (an all-skipped run fails)
+        tool.write_text(f'#!/bin/bash\necho "{name} $*" >>"{log}"\necho "1 passed"\n')
+        tool.chmod(0o755)
+    return log
+
+
+def test_real_stages_dry_run_with_fake_tools(tmp_path):
+    # The real stage functions (bar build, which replaces the extension in place) with a python
+    # and a compute-sanitizer that only log: what each stage would run, and where it writes.
+    log = fake_tools(tmp_path)
+    out = tmp_path / "out"
+    env = {
+        "OUT": str(out),
+        "GPU_CHECK_FAKE_GPU": "1",
+        "PYTHON": str(tmp_path / "python"),
+        "GPU_CHECK_SANITIZER": str(tmp_path / "compute-sanitizer"),
+        "GPU_CHECK_CMD_build": "echo build injected",
+        "GPU_CHECK_STAGES_DIR": str(tmp_path / "stages"),
+    }
+    r, _ = run(env, timeout=120)
+    calls = log.read_text().splitlines()
+    summary = (out / "summary_testmode.txt").read_text().splitlines()
+    assert [line.split()[0] for line in summary] == STAGES
+    for line in summary[1:]:
+        assert "result=ok" in line, r.stdout[-3000:]
+
+    # ext_tests: only what the build adds (checked by collecting its selection below).
+    ext = [c for c in calls if c.startswith("python -m pytest") and "test_extension_cuda.py" in c]
+    assert len(ext) == 1
+    # sanitize: memcheck on both kernel sets, racecheck on the Triton kernels; the extension's
+    # kernels use no shared memory, which its log says instead of running racecheck on them.
+    sanitized = [
+        c.split("--tool ")[1].split()[0] + " " + c.split("--backend ")[1].split()[0] for c in calls if "--tool" in c
+    ]
+    assert sanitized == ["memcheck cuda", "memcheck triton", "racecheck triton"]
+    assert "use no shared memory" in (tmp_path / "stages" / "05_sanitize.log").read_text()
+    # Every table lands under $OUT.
+    for script, table in (
+        ("bench_ops.py", "ops_testmode.md"),
+        ("bench_targets.py", "targets_testmode.md"),
+        ("bench_train_step.py", "train_step_testmode.md"),
+    ):
+        (call,) = [c for c in calls if script in c]
+        assert f"--out {out / table}" in call and "--device cuda" in call and "--budget-s" in call
+    assert (out / "gpu_check_testmode.tar.gz").exists()
+
+
+def test_ext_tests_select_the_cuda_backend_and_extension_tests_only():
+    # What stage_ext_tests passes to pytest, collected here: no reference (triton_tests ran
+    # those on CUDA already), no triton and no CPU case; the cuda-backend cases and the
+    # extension / runtime / capture tests all there.
+    text = SCRIPT.read_text()
+    files = text.split("EXT_TEST_FILES=(")[1].split(")")[0].split()
+    k = text.split('EXT_TEST_K="')[1].split('"')[0]
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *files, "-k", k],
+        cwd=SCRIPT.parents[1],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    ids = [line for line in r.stdout.splitlines() if "::" in line]
+    assert r.returncode == 0 and ids, r.stdout[-2000:] + r.stderr[-2000:]
+    params = [i.split("[", 1)[1] for i in ids if "[" in i]
+    assert not [i for i in ids if "triton" in i or "cuda-reference" in i or "cpu-" in i]
+    assert all("cuda" in p for p in params if not p.startswith(("False", "True")))
+    names = {i.split("[")[0] for i in ids}
+    for must in (
+        "tests/ops/test_conformance_update.py::test_update_matches_reference",
+        "tests/ops/test_determinism.py::test_cuda_first_occurrence_wins_on_every_run",
+        "tests/ops/test_extension_cuda.py::test_cuda_graph_capture_and_replay_across_epochs",
+        "tests/ops/test_cuda_runtime.py::test_training_step_graph_replays_across_epochs",
+        "tests/core/test_capture.py::test_captured_step_of_a_warmed_up_tracker_replays_like_eager",
+        "tests/ops/test_cuda_large_offsets.py::test_rows_past_two_to_the_31_elements",
+    ):
+        assert must in names, must
+    conformance = [i for i in ids if "test_conformance" in i]
+    assert conformance and all("cuda-cuda" in i for i in conformance)
+
+
+def wait_gone(pids, seconds=3.0):
+    """The pids still running after up to `seconds` (SIGKILL is sent when a stage ends)."""
+    deadline = time.monotonic() + seconds
+    while (alive := [p for p in pids if running(p)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return alive
+
+
+def test_nothing_of_a_stage_runs_on_after_it(tmp_path):
+    # A stage that leaves a process behind in its group (a background job, or a tool whose own
+    # timeout let its child live): killed when the stage ends, before the next stage starts.
+    pids = tmp_path / "pids"
+    env = {"OUT": str(tmp_path / "out"), "GPU_CHECK_FAKE_GPU": "1"}
+    for s in STAGES:
+        env[f"GPU_CHECK_CMD_{s}"] = "true"
+    env["GPU_CHECK_CMD_env"] = f'sleep 300 & echo $! >"{pids}"'
+    # The next stage looks (a killed process may linger as a zombie, waiting to be reaped).
+    env["GPU_CHECK_CMD_triton_tests"] = (
+        f'for p in $(cat "{pids}"); do grep -qs "^State:[[:space:]]*[^Z[:space:]]" /proc/$p/status '
+        '&& echo "LEFT""OVER $p"; done; true'
+    )
+    r, _ = run(env, "--only", "env,triton_tests", timeout=60)
+    assert r.returncode == 0, r.stdout
+    assert "LEFTOVER" not in r.stdout and not wait_gone(pids.read_text().split(), 0)
+
+
+def test_stage_limit_reaches_a_sanitizer_under_its_own_timeout(tmp_path):
+    # The real sanitize stage, whose compute-sanitizer runs under a timeout of its own; here it
+    # hangs, ignoring SIGINT and SIGTERM, with a child of its own. When the stage's limit comes,
+    # nothing of it may run on into the next stage.
+    pids = tmp_path / "pids"
+    sanitizer = tmp_path / "compute-sanitizer"
+    sanitizer.write_text(
+        f'#!/bin/bash\ntrap \'\' INT TERM\nsleep 300 &\necho $! >>"{pids}"\necho $$ >>"{pids}"\nsleep 300\n'
+    )
+    sanitizer.chmod(0o755)
+    env = {
+        "OUT": str(tmp_path / "out"),
+        "GPU_CHECK_FAKE_GPU": "1",
+        "GPU_CHECK_SANITIZER": str(sanitizer),
+        "GPU_CHECK_BUDGET_sanitize": "16",
+        "PYTHON": sys.executable,
+    }
+    r, secs = run(env, "--only", "sanitize", timeout=120)
+    assert secs < 40, r.stdout
+    assert "result=ok" not in (tmp_path / "out" / "summary_testmode.txt").read_text()
+    assert pids.read_text().split()
+    alive = wait_gone(pids.read_text().split())
+    assert not alive, f"still running after the stage: {alive}"
+
+
+def running(pid: str) -> bool:
+    """Whether process `pid` exists and is not a zombie (killed, waiting to be reaped)."""
+    try:
+        return pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def test_only_runs_the_named_stages_in_order(tmp_path):

@@ -37,6 +37,7 @@ import torch
 
 from ..ops import registry
 from ..ops.schema import BASELINE_COLUMNS, RING_COL
+from . import host_counters
 from .state import check_readable
 
 NAMES = ("forgetting", "el2n", "aum", "dyn_unc")
@@ -126,6 +127,15 @@ class BaselineScores:
         self.num_samples, self.num_classes = num_samples, num_classes
         self.window, self.el2n_epoch = window, el2n_epoch
         self.device = torch.device(device)
+        if host_counters.stream_capturing(self.device):
+            # The fills below would be recorded into the graph and re-run on every replay,
+            # resetting the baselines each step (the tracker creates this on its first update
+            # with targets, so that update must not be the captured one).
+            raise RuntimeError(
+                "targets: the baselines' state would be created inside a CUDA graph capture, and "
+                "every replay would reset it; call update(..., targets=...) once before capturing "
+                "(the usual warm-up step does)"
+            )
         self._padded = self._fresh(window)
         self._out_of_range = torch.zeros(2, dtype=torch.int64, device=self.device)
         # tdds::fold_baselines*: the C++ kernel on CPU, else the reference op (registry.fold_op;

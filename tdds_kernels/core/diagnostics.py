@@ -10,20 +10,26 @@ from __future__ import annotations
 import warnings
 
 from ..ops.schema import DUPLICATES
+from .host_counters import stream_capturing
 
 # The index-looks-like-labels hint: an epoch that recorded only samples below num_classes while
 # the dataset is at least this many times larger than the class count.
 LABELS_HINT_RATIO = 10
 
 
-def check_forgotten_end_epoch(tracker) -> None:
+def check_forgotten_end_epoch(st, host_counters) -> None:
     # Runs once per N rows of an epoch: if nearly every row since the last check was a
     # duplicate, the loop most likely forgot end_epoch(). Repeated augmentation spreads its
     # duplicates over the epoch and stays far below the threshold. No sync on CUDA: it reads
     # the newest counters copy that has landed (one check late), see host_counters.
-    st = tracker._state
-    st.next_dup_check += tracker.num_samples
-    got = tracker._host_counters.take(st.counters, (st.epoch, st.rows_in_epoch))
+    # `st`: the tracker's TrackerState (its bookkeeping marks live there).
+    # Inside a CUDA graph capture it does nothing, next_dup_check included, so the first
+    # update after the capture (rows_in_epoch still past the mark) runs the skipped check.
+    if stream_capturing(st.counters.device):
+        return
+    n = st.config.num_samples
+    st.next_dup_check = (st.rows_in_epoch // n + 1) * n  # the next multiple of N, after any skips
+    got = host_counters.take(st.counters, (st.epoch, st.rows_in_epoch))
     rows0, dups0 = st.dup_check_mark
     if got is None or got[0][0] != st.epoch or got[0][1] <= rows0:  # none, or stale
         return
@@ -31,7 +37,7 @@ def check_forgotten_end_epoch(tracker) -> None:
     dups = int(counters[DUPLICATES]) - int(st.epoch_start_counters[DUPLICATES])
     st.dup_check_mark = (rows, dups)
     if dups - dups0 >= 0.9 * (rows - rows0):
-        hint = labels_hint(tracker)
+        hint = labels_hint(st)
         warnings.warn(
             f"TDDSTracker: {dups - dups0} of the last {rows - rows0} rows "
             f"recorded in epoch {st.epoch} were duplicates of samples already "
@@ -41,26 +47,25 @@ def check_forgotten_end_epoch(tracker) -> None:
         )
 
 
-def labels_hint(tracker) -> str | None:
+def labels_hint(st) -> str | None:
     """The hint for an `index` that holds class labels, or None: every sample recorded in the
     open epoch is below num_classes while num_samples is much larger. Called only when a
     warning fires anyway (one reduction over `seen`, a sync on CUDA)."""
-    st, c = tracker._state, tracker.num_classes
-    if tracker.num_samples < LABELS_HINT_RATIO * c or tracker._labels_warned_epoch == st.epoch:
+    n, c = st.config.num_samples, st.config.num_classes
+    if n < LABELS_HINT_RATIO * c or st.labels_warned_epoch == st.epoch:
         return None
     if bool((st.seen[c:] == st.epoch).any()) or not bool((st.seen[:c] == st.epoch).any()):
         return None
-    tracker._labels_warned_epoch = st.epoch
+    st.labels_warned_epoch = st.epoch
     return (
         f"every index recorded in epoch {st.epoch} is below num_classes ({c}) while "
-        f"num_samples is {tracker.num_samples}: the index looks like class labels; pass dataset "
+        f"num_samples is {n}: the index looks like class labels; pass dataset "
         "indices (tdds_kernels.IndexedDataset appends them to each sample)"
     )
 
 
-def warn_empty_or_labels(tracker, new: dict) -> None:
+def warn_empty_or_labels(st, new: dict) -> None:
     # end_epoch already synced for `new`; these reductions run once per epoch.
-    st = tracker._state
     if st.rows_in_epoch == 0 and not any(new.values()) and not bool((st.seen == st.epoch).any()):
         # rows_in_epoch stays 0 under torch.compile (host bookkeeping is skipped there), so
         # `seen` decides whether anything was recorded.
@@ -71,6 +76,6 @@ def warn_empty_or_labels(tracker, new: dict) -> None:
             stacklevel=4,
         )
         return
-    hint = labels_hint(tracker)
+    hint = labels_hint(st)
     if hint is not None:
         warnings.warn(f"TDDSTracker.end_epoch: {hint}", RuntimeWarning, stacklevel=4)

@@ -8,11 +8,23 @@ event says it has landed (event.query() does not wait). On CPU the copy is immed
 
 So on CUDA the heuristic sees the counters one check late (N rows later), never stalls, and
 skips a check while the previous copy is still in flight.
+
+Nothing here runs while the current stream is capturing a CUDA graph (stream_capturing): an
+event query there is an error that invalidates the capture, and a copy and event recorded into
+the graph would re-run on every replay. The caller skips its check and runs it at the next call
+outside the capture.
 """
 
 from __future__ import annotations
 
 import torch
+
+
+def stream_capturing(device: torch.device) -> bool:
+    """Whether `device` is a CUDA device whose current stream is capturing a CUDA graph. The
+    tracker's host-side diagnostics stay out of a capture; its tests replace this function to
+    run that path on CPU."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
 class HostSnapshots:
@@ -27,8 +39,11 @@ class HostSnapshots:
 
         On CPU that is this very copy. On CUDA it is the copy started by an earlier take(),
         if its event has completed; while it is still in flight no new copy is started (the
-        labels then stay in order and at most one copy is ever outstanding).
+        labels then stay in order and at most one copy is ever outstanding). While the stream
+        is capturing a graph nothing is queried or started and the answer is None.
         """
+        if stream_capturing(values.device):
+            return None
         if values.device.type != "cuda":
             return label, values.detach().to("cpu", copy=True)
         ready = None

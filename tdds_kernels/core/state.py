@@ -124,6 +124,7 @@ class TrackerState:
         self.rows_in_epoch = rows
         self.next_dup_check = (rows // n + 1) * n  # the check runs once per N rows of an epoch
         self.dup_check_mark = (rows, duplicates)  # (rows, duplicates) of this epoch at the last check
+        self.labels_warned_epoch = -1  # the epoch the index-looks-like-labels hint last fired in
 
     # ------------------------------------------------------------------ state dict
     def to_dict(self) -> dict:

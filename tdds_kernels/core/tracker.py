@@ -9,7 +9,7 @@ import warnings
 import torch
 
 from ..ops import registry
-from ..ops.schema import COUNTERS, EPOCH, ROW_STATS
+from ..ops.schema import COUNTERS, EPOCH, OUT_OF_RANGE, ROW_STATS
 from . import checkpoint, diagnostics
 from .baselines import BaselineScores, check_targets
 from .checkpoint import check_state_dict  # noqa: F401  (re-exported)
@@ -31,30 +31,8 @@ from .inputs import (  # noqa: F401  (re-exported)
 )
 from .state import TrackerState
 
-# The sharded tracker's constructor, registered by tdds_kernels.distributed (which builds on this
-# module; this module never imports it): TDDSTracker(..., process_group=pg) routes there.
-_sharded_constructor = None
 
-
-def register_sharded(constructor) -> None:
-    global _sharded_constructor
-    _sharded_constructor = constructor
-
-
-class _Constructor(type):
-    # TDDSTracker(..., process_group=pg) has always built a sharded tracker; the sharded tracker
-    # is a separate class that holds a TDDSTracker, so the call is routed rather than inherited.
-    def __call__(cls, *args, process_group=None, **kwargs):
-        if process_group is None:
-            return super().__call__(*args, **kwargs)
-        if _sharded_constructor is None:
-            raise NotImplementedError(
-                "process_group: sharded tracking needs tdds_kernels.distributed, which failed to import"
-            )
-        return _sharded_constructor(*args, process_group=process_group, **kwargs)
-
-
-class TDDSTracker(metaclass=_Constructor):
+class TDDSTracker:
     """Online TDDS scores with O(N·C) state, fed one batch of training logits at a time.
 
     ``prev_topk=K`` keeps a compressed previous row (K logs and ids per sample instead of C;
@@ -63,9 +41,15 @@ class TDDSTracker(metaclass=_Constructor):
     Per epoch: call ``update(logits, index)`` for every batch (index = dataset indices of the
     rows), then ``end_epoch()``. ``scores()`` gives the (N,) scores by dataset index; higher
     means keep. Duplicates, missing samples and non-finite rows follow docs/design.md §3 and are
-    counted in ``stats``. With ``process_group=pg`` the call builds a
-    tdds_kernels.distributed.ShardedTDDSTracker instead (same API, state split over the ranks).
+    counted in ``stats``. One process's tracker: for state sharded over DDP ranks build a
+    tdds_kernels.ShardedTDDSTracker, or call tdds_kernels.make_tracker, which picks either.
+    Both implement tdds_kernels.core.protocol.Tracker (here rank 0 of a world of 1).
     """
+
+    # The Tracker protocol's view of a process: one tracker, no process group.
+    rank = 0
+    world_size = 1
+    process_group = None
 
     def __init__(
         self,
@@ -82,7 +66,14 @@ class TDDSTracker(metaclass=_Constructor):
         baseline_options: dict | None = None,
         on_out_of_range: str = "error",
         prev_topk: int | None = None,
+        *,
+        process_group: None = None,
     ):
+        if process_group is not None:  # the sharded route of earlier releases: one line, what to call
+            raise TypeError(
+                "process_group: TDDSTracker is the single-process tracker; for state sharded over "
+                "the ranks call tdds_kernels.make_tracker(..., process_group=pg) (or ShardedTDDSTracker)"
+            )
         self.config = TrackerConfig(num_samples, num_classes, window, decay, trajectory_len, storage_dtype, prev_topk)
         self.on_nonfinite = on_nonfinite
         self.on_out_of_range = on_out_of_range
@@ -95,7 +86,6 @@ class TDDSTracker(metaclass=_Constructor):
         # Detects two threads inside update/end_epoch at once (docs/design.md §3, threads): taken
         # without blocking, so a second caller raises instead of interleaving with the first.
         self._busy = threading.Lock()
-        self._labels_warned_epoch = -1  # the index-looks-like-labels hint: once per epoch
         # tdds_kernels.core.baselines.BaselineScores, made on the first update with targets; like
         # the TDDS state it records only the first trajectory_len epochs.
         self._baselines = None
@@ -208,10 +198,21 @@ class TDDSTracker(metaclass=_Constructor):
                 warn_if_probabilities(logits)
         self._record(logits, index, targets, logits.shape[0])
 
+    def record_routed(self, logits, index, targets, rows: int, out_of_range: torch.Tensor) -> None:
+        """Record rows that a sharded tracker's exchange checked at their source and routed here.
+
+        `index`: each row's (local) sample, or any value outside [0, num_samples) for a row to skip
+        (another rank's, or one at fault); `targets`: valid labels (anything on skipped rows).
+        `rows` advances rows_in_epoch; `out_of_range` (a device int64 scalar: no host sync) is how
+        many skipped rows count in stats["out_of_range"] (the op counts every skipped row)."""
+        compiling = torch.compiler.is_compiling()
+        with contextlib.nullcontext() if compiling else self._exclusive("update"):
+            self._record(logits, index, targets, rows)
+            skipped = ((index < 0) | (index >= self.num_samples)).sum()
+            self._state.counters[OUT_OF_RANGE] += out_of_range - skipped
+
     def _record(self, logits, index, targets, rows: int) -> None:
-        # update() after its checks. The sharded tracker's sync-free exchange calls it directly:
-        # its rows are checked at the source, and rows it does not own carry an out-of-range
-        # index on purpose (the op skips them). `rows`: what rows_in_epoch advances by.
+        # update() after its checks, and record_routed. `rows`: what rows_in_epoch advances by.
         st = self._state
         compiling = torch.compiler.is_compiling()
         logits, index = logits.detach().contiguous(), index.contiguous()
@@ -240,7 +241,7 @@ class TDDSTracker(metaclass=_Constructor):
         if not compiling:  # host-side bookkeeping stays out of compiled graphs (no guards on it)
             st.rows_in_epoch += rows
             if st.rows_in_epoch >= st.next_dup_check:
-                diagnostics.check_forgotten_end_epoch(self)
+                diagnostics.check_forgotten_end_epoch(st, self._host_counters)
 
     def end_epoch(self) -> None:
         """Close the current epoch: mark missing samples and fold a completed window into S."""
@@ -267,7 +268,7 @@ class TDDSTracker(metaclass=_Constructor):
                 "values and were ignored; the epoch is not closed (set "
                 "tracker.on_nonfinite = 'skip' to accept that and call end_epoch() again)"
             )
-        diagnostics.warn_empty_or_labels(self, new)
+        diagnostics.warn_empty_or_labels(st, new)
         if self._baselines is not None:
             self._baselines.end_epoch(st.seen, st.epoch)
         self._backend.epoch_step(st.seen, st.ring, st.score, st.counters, self.decay)
@@ -350,7 +351,6 @@ class TDDSTracker(metaclass=_Constructor):
             self._baselines = baselines
             self._on_nonfinite, self._on_out_of_range = on_nonfinite, on_out_of_range
             self._host_counters.clear()  # a counters copy in flight describes the old state
-            self._labels_warned_epoch = -1
 
         return apply
 

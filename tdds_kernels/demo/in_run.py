@@ -210,6 +210,12 @@ def _machine() -> str:
             name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         name = platform.processor() or platform.machine()
+    try:  # the widest vector ISA the C++ kernels run here (cpuid): AVX2 and AVX-512 times differ
+        from .. import _C
+
+        name += ", " + _C.cpu_variant_supported().upper()
+    except ImportError:
+        pass
     return f"{name}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch thread(s)"
 
 

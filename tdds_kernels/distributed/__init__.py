@@ -1,4 +1,4 @@
-"""Sharded TDDS state over torch.distributed: ``TDDSTracker(..., process_group=pg)``.
+"""Sharded TDDS state over torch.distributed: ``ShardedTDDSTracker(..., process_group=pg)``.
 
 layout    ShardLayout: owner and local row of a sample, shard sizes, split/merge of a state
 sharded   ShardedTDDSTracker (holds a TDDSTracker for its shard), merge_shards

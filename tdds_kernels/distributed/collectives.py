@@ -1,34 +1,95 @@
-"""The collectives of a sharded tracker: gathers in rank order, agreement on errors, the control
-row every rank contributes once per update/end_epoch call. Failures on one rank raise on every
-rank, so no rank is left waiting in a collective."""
+"""The collectives of a sharded tracker: gathers in rank order, "raise on every rank" (agree), and
+the control row every rank contributes once per update/end_epoch call. Failures on one rank raise
+on every rank, so no rank is left waiting in a collective."""
 
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
 
-# Columns of the control row every rank contributes to one all_gather per update/end_epoch call.
-_FIELDS = (
-    "kind",
-    "status",
+# The control row: one layout, named, for both exchanges. The eager exchange gathers it (then the
+# rows this rank sends to each rank) once per update and end_epoch; the sync-free exchange sends it
+# as the head of its fixed-size block. Unused fields are 0.
+FIELDS = (
+    "kind",  # UPDATE or END_EPOCH: the call this rank is making
     "epoch",
+    "status",  # 1: a host-side check failed on this rank (its message travels as an object)
     "has_targets",
-    "dtype",
-    "bad_index",
+    "dtype",  # the logits' index in LOGIT_DTYPES, -1 for no rows
+    "bad_index",  # eager: rows of this batch with an index outside [0, N), and the first of them
     "first_index",
-    "bad_target",
+    "bad_target",  # rows with a label outside [0, C): eager, this batch; sync-free, the epoch's
     "first_target",
-    "out_of_range",
+    "out_of_range",  # end_epoch: this rank's counters for the open epoch, and its options
     "nonfinite",
-    "error_mode",
+    "nonfinite_error",  # on_nonfinite == "error"
+    "out_of_range_error",  # on_out_of_range == "error"
+    "overflow",  # sync-free, held until end_epoch: rows over the capacity, the largest such batch,
+    "overflow_max",
+    "wrong_dtype",  # rows in a dtype the wire cannot carry, rows of blocks from another call/epoch,
+    "call_mismatch",
+    "targets_mismatch",  # and blocks whose targets= differed from this rank's
 )
-_COL = {name: i for i, name in enumerate(_FIELDS)}
-_HEAD = len(_FIELDS)  # then the rows this rank sends to each rank
-_KINDS = {1: "update", 2: "end_epoch"}
+COL = {name: i for i, name in enumerate(FIELDS)}
+WORDS = len(FIELDS)  # int64 words; the eager update's per-destination row counts follow
+UPDATE, END_EPOCH = 1, 2
+CALLS = {UPDATE: "update", END_EPOCH: "end_epoch"}
 
 
 def _exc_type(name: str):
     return {"TypeError": TypeError, "ValueError": ValueError}.get(name, RuntimeError)
+
+
+def agree(process_group, exc: BaseException | None, what: str, why: str = "so no rank went on", device="cpu"):
+    """Raise on every rank if `exc` is set on any (collective): the failing rank its own error, the
+    rest the same type and text naming the first failing rank. The one implementation of "raise on
+    every rank"; `device`: where the flag lives (NCCL needs the rank's GPU)."""
+    flag = torch.tensor([exc is not None], dtype=torch.int64, device=device)
+    flags = [torch.empty_like(flag) for _ in range(dist.get_world_size(process_group))]
+    dist.all_gather(flags, flag, group=process_group)
+    flags = [int(f) for f in torch.cat(flags).tolist()]
+    if not any(flags):
+        return
+    msgs = gather_messages(process_group, exc)
+    if exc is not None:
+        raise exc
+    src = flags.index(1)
+    kind, text = msgs[src]
+    raise _exc_type(kind)(f"{what}: rank {src} failed, {why}: {text}")
+
+
+def gather_messages(process_group, exc: BaseException | None) -> list:
+    """Every rank's (type name, text) of `exc`, None where unset (collective)."""
+    msgs = [None] * dist.get_world_size(process_group)
+    dist.all_gather_object(msgs, None if exc is None else (type(exc).__name__, str(exc)), group=process_group)
+    return msgs
+
+
+def group_device(process_group) -> torch.device:
+    """Where a group's collective tensors live before a tracker exists: NCCL needs the GPU."""
+    if dist.get_backend(process_group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def agree_group(process_group, exc, what):
+    """agree() for code that runs before a tracker exists."""
+    agree(process_group, exc, what, device=group_device(process_group))
+
+
+def check_calls(kinds, epochs) -> None:
+    """Raise (the same on every rank that sees the table) unless every rank makes the same call in
+    the same epoch."""
+    calls = [CALLS.get(k, "?") for k in kinds]
+    if len(set(calls)) > 1:
+        raise RuntimeError(
+            f"the ranks made different calls {calls}; every rank must call "
+            "update() once per step and end_epoch() once per epoch"
+        )
+    if len(set(epochs)) > 1:
+        raise RuntimeError(
+            f"the ranks are in different epochs {epochs}; every rank must call end_epoch() once per epoch"
+        )
 
 
 class Group:
@@ -51,19 +112,8 @@ class Group:
         return torch.stack(out).to(dtype)
 
     def agree(self, exc: BaseException | None, what: str, why: str = "so no rank went on") -> None:
-        """Raise on every rank if `exc` is set on any: the failing rank its own error, the rest
-        the same type and text naming the first failing rank."""
-        flags = self.gather_rows(torch.tensor([exc is not None], dtype=torch.int64))[:, 0].tolist()
-        if not any(flags):
-            return
-        msgs = [None] * self.world_size
-        info = None if exc is None else (type(exc).__name__, str(exc))
-        dist.all_gather_object(msgs, info, group=self.process_group)
-        if exc is not None:
-            raise exc
-        src = flags.index(1)
-        kind, text = msgs[src]
-        raise _exc_type(kind)(f"{what}: rank {src} failed, {why}: {text}")
+        """agree() on this group, with the flag on the tracker's device."""
+        agree(self.process_group, exc, what, why, self.device)
 
     @staticmethod
     def bad_summary(values: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
@@ -74,41 +124,18 @@ class Group:
         first = values.to(torch.int64)[pos.clamp(max=len(bad) - 1)]
         return torch.stack([bad.sum(), first])
 
-    def control(self, kind: str, epoch: int, counts=None, **fields) -> list[list[int]]:
+    def control(self, kind: int, epoch: int, counts=None, **fields) -> list[list[int]]:
         """All ranks' control rows (the one host sync of a call); raises on every rank, and the
         same error everywhere, if the ranks are not making the same call in the same epoch."""
-        head = torch.zeros(_HEAD + self.world_size, dtype=torch.int64, device=self.device)
-        head[_COL["kind"]] = 1 if kind == "update" else 2
-        head[_COL["epoch"]] = epoch
+        # One size for every call (per-destination counts or zeros), so ranks in different calls
+        # still pair in the all_gather and all of them see the mismatch.
+        head = torch.zeros(WORDS + self.world_size, dtype=torch.int64, device=self.device)
+        head[COL["kind"]] = kind
+        head[COL["epoch"]] = epoch
         for name, value in fields.items():
-            head[_COL[name]] = value
+            head[COL[name]] = value
         if counts is not None:
-            head[_HEAD:] = counts
+            head[WORDS:] = counts
         table = self.gather_rows(head).tolist()
-        calls = [_KINDS[row[_COL["kind"]]] for row in table]
-        if len(set(calls)) > 1:
-            raise RuntimeError(
-                f"{kind}: the ranks made different calls {calls}; every rank must call "
-                "update() once per step and end_epoch() once per epoch"
-            )
-        epochs = [row[_COL["epoch"]] for row in table]
-        if len(set(epochs)) > 1:
-            raise RuntimeError(
-                f"{kind}: the ranks are in different epochs {epochs}; every rank must call end_epoch() once per epoch"
-            )
+        check_calls([row[COL["kind"]] for row in table], [row[COL["epoch"]] for row in table])
         return table
-
-
-def agree_group(group, exc, what):
-    """_agree for code that runs before a tracker exists (CPU tensors need a CPU-capable group)."""
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" else "cpu"
-    flag = torch.tensor([exc is not None], dtype=torch.int64, device=device)
-    dist.all_reduce(flag, group=group)
-    if not int(flag):
-        return
-    msgs = [None] * dist.get_world_size(group)
-    dist.all_gather_object(msgs, None if exc is None else (type(exc).__name__, str(exc)), group=group)
-    if exc is not None:
-        raise exc
-    src = next(i for i, m in enumerate(msgs) if m is not None)
-    raise _exc_type(msgs[src][0])(f"{what}: rank {src} failed, so no rank went on: {msgs[src][1]}")

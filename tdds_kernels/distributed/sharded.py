@@ -1,11 +1,12 @@
-"""Sharded TDDS state over torch.distributed: ``TDDSTracker(..., process_group=pg)``.
+"""Sharded TDDS state over torch.distributed: ``ShardedTDDSTracker(..., process_group=pg)``
+(or ``make_tracker``, which picks it when a process group is given or torch.distributed runs).
 
 The sharded tracker holds a TDDSTracker for this rank's shard (``local``: prev, seen, ring, score
 of ≈ 1/W of the samples, the same backend ops) and a ShardLayout (layout.py: rank r owns the
 samples n with ``n % W == r``, at local row ``n // W``).
 
 Per step every rank calls ``update`` once (an empty batch is fine), as DDP loops do. The rows
-reach their owners by one of two exchanges (exchange.py), chosen by ``sync_free`` (default: by
+reach their owners by one of two exchanges (eager.py, sync_free.py), chosen by ``sync_free`` (default: by
 the process group's backend):
 
 - eager (gloo): one all_gather of a small control row (validity, epoch, dtype, rows per
@@ -37,12 +38,13 @@ from ..core.baselines import PER_SAMPLE as BASELINE_PER_SAMPLE
 from ..core.baselines import check_targets, scores_of
 from ..core.config import TrackerConfig
 from ..core.state import PER_SAMPLE
-from ..core.tracker import TDDSTracker, check_batch, check_state_dict, register_sharded
+from ..core.tracker import TDDSTracker, check_batch, check_state_dict
 from ..ops.schema import COUNTERS
-from .collectives import _COL, Group, agree_group
-from .exchange import END_EPOCH, HELD, SyncFreeExchange, check_calls, eager_update, raise_held_errors
+from .collectives import Group, agree_group
+from .eager import EagerExchange
 from .layout import OWNERSHIP, ShardLayout
 from .shard_files import read_shard, shard_path
+from .sync_free import SyncFreeExchange
 
 
 class ShardedTDDSTracker:
@@ -109,7 +111,10 @@ class ShardedTDDSTracker:
             isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1
         ):
             raise ValueError(f"max_batch_size: expected None or an int >= 1, got {max_batch_size!r}")
-        self._exchange = SyncFreeExchange(self, max_batch_size) if sync_free else None
+        if sync_free:
+            self._exchange = SyncFreeExchange(self._group, self.layout, self.local, max_batch_size)
+        else:
+            self._exchange = EagerExchange(self._group, self.layout, self.local)
         # Ties the shard files of one run together; rank 0's draw, agreed by the first collective.
         self._run_id = int(self._group.gather_rows(torch.tensor([int.from_bytes(os.urandom(7), "little")]))[0, 0])
         self._saves = 0
@@ -142,13 +147,18 @@ class ShardedTDDSTracker:
 
     @property
     def on_out_of_range(self) -> str:
-        # update() checks ranges eagerly on every rank, so a sharded epoch never wedges on them;
-        # kept for the same API (and saved in the shard's checkpoint).
+        # The eager exchange raises on bad indices and labels at update(); the sync-free one drops
+        # and counts those rows, and end_epoch follows this option as a single tracker does.
         return self.local.on_out_of_range
 
     @on_out_of_range.setter
     def on_out_of_range(self, value: str) -> None:
         self.local.on_out_of_range = value
+
+    @property
+    def sync_free(self) -> bool:
+        """Whether updates use the sync-free exchange (errors held until end_epoch) or the eager one."""
+        return self._exchange.sync_free
 
     # ------------------------------------------------------------------ plumbing
     def _gather_parts(self, local: torch.Tensor) -> list[torch.Tensor]:
@@ -178,55 +188,32 @@ class ShardedTDDSTracker:
             if exc is not None:
                 raise exc
             return
-        if self._exchange is not None:
-            self._exchange.update(logits, index, targets, exc)
-        else:
-            eager_update(self, logits, index, targets, exc)
+        self._exchange.update(logits, index, targets, exc)
 
     def end_epoch(self) -> None:
-        """Close the epoch on every rank (collective); raises on all ranks or on none."""
+        """Close the epoch on every rank (collective); the same decision and message on every rank
+        (distributed/verdict.py): an error an option covers raises and leaves the epoch open; what
+        the sync-free updates held is reported once, after the epoch is closed without those rows."""
         if self.complete:
             return
         new = self.local.epoch_counts()
-        mode = self.on_nonfinite == "error"
-        ex = self._exchange
-        if ex is not None and not ex.ready:
-            ex.setup(END_EPOCH, None, None)  # raises on every rank if some are still in update
-        if ex is not None and ex.ready:
-            table = ex.end_epoch_table(new, mode)
-            check_calls(self, [row[0] for row in table], [row[1] for row in table])
-            raise_held_errors(self, table)
-            out_of_range = sum(row[6] for row in table)
-            nonfinite = sum(row[7] for row in table)
-            error_mode = any(row[8] for row in table)
-        else:
-            held = ex is not None and ex.exc is not None
-            table = self._group.control(
-                "end_epoch",
-                self.epoch,
-                status=held,
-                out_of_range=new["out_of_range"],
-                nonfinite=new["nonfinite"],
-                error_mode=mode,
-            )
-            if any(row[_COL["status"]] for row in table):
-                self._group.agree(ex and ex.exc, "update", HELD)
-            out_of_range = sum(row[_COL["out_of_range"]] for row in table)
-            nonfinite = sum(row[_COL["nonfinite"]] for row in table)
-            error_mode = any(row[_COL["error_mode"]] for row in table)
-        if out_of_range:  # the sync-free path; unreachable on the eager one (update() raised)
-            raise ValueError(
-                f"index: {out_of_range} rows of epoch {self.epoch} had dataset indices "
-                f"outside [0, {self.num_samples}) and were skipped; the epoch is not closed"
-            )
-        if nonfinite and error_mode:
-            raise ValueError(
-                f"logits: {nonfinite} rows of epoch {self.epoch} (all ranks) had non-finite "
-                "values and were ignored; the epoch is not closed (set "
-                "tracker.on_nonfinite = 'skip' on every rank to accept that and call "
-                "end_epoch() again)"
-            )
-        self.local.end_epoch()
+        verdict = self._exchange.end_epoch(
+            {
+                "out_of_range": new["out_of_range"],
+                "nonfinite": new["nonfinite"],
+                "nonfinite_error": self.on_nonfinite == "error",
+                "out_of_range_error": self.on_out_of_range == "error",
+            }
+        )
+        exc = verdict.open_error(self.epoch, self.num_samples, self.num_classes)
+        if exc is not None:
+            raise exc
+        closed = self.epoch
+        self.local.end_epoch()  # its own checks pass: the options are "skip" wherever counts are
+        self._exchange.forget_errors()
+        exc = verdict.closing_error(closed)
+        if exc is not None:
+            raise exc
 
     # ------------------------------------------------------------------ results (collective)
     @property
@@ -265,7 +252,7 @@ class ShardedTDDSTracker:
             "ownership": OWNERSHIP,
             "run_id": self._run_id,
             "saves": self._saves,
-            "capacity": None if self._exchange is None else self._exchange.capacity,
+            "capacity": self._exchange.capacity,
         }
 
     def state_dict(self) -> dict:
@@ -290,8 +277,8 @@ class ShardedTDDSTracker:
             if isinstance(info.get(key), bool) or not isinstance(info.get(key), int):
                 raise ValueError(f"state_dict: shard {key}: expected an int, got {info.get(key)!r}")
         self.local.prepare_load({k: v for k, v in sd.items() if k != "shard"})()
-        if self._exchange is not None:  # what sync-free updates held belongs to the replaced state
-            self._exchange.forget_errors()
+        self._exchange.forget_errors()  # what sync-free updates held belongs to the replaced state
+        if self._exchange.sync_free:
             # the capacity agreed before the save: a resumed run may start at an epoch's short last batch
             self._exchange.capacity = self._exchange.capacity or info.get("capacity")
         self._run_id, self._saves = info["run_id"], info["saves"]
@@ -378,8 +365,4 @@ class ShardedTDDSTracker:
             exc = e
         self._group.agree(exc, "load_full_state_dict")
         apply()
-        if self._exchange is not None:  # what sync-free updates held belongs to the replaced state
-            self._exchange.forget_errors()
-
-
-register_sharded(ShardedTDDSTracker)
+        self._exchange.forget_errors()  # what sync-free updates held belongs to the replaced state

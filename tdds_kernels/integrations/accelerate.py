@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import torch
 
-from ..core.tracker import TDDSTracker
-from ..distributed.sharded import ShardedTDDSTracker
+from ..core.protocol import Tracker, check_tracker
+from ..distributed import factory
 
 
 def _tracker_device(device) -> torch.device:
@@ -34,26 +34,19 @@ def _tracker_device(device) -> torch.device:
     return torch.device("cpu") if device.type == "cpu" else device
 
 
-def make_tracker(accelerator, num_samples: int, num_classes: int, **kwargs) -> TDDSTracker:
+def make_tracker(accelerator, num_samples: int, num_classes: int, **kwargs) -> Tracker:
     """A tracker on ``accelerator.device``, sharded over the processes when there are several."""
     if "device" in kwargs or "process_group" in kwargs:
         raise ValueError("device / process_group: set from the accelerator")
-    group = None
-    if accelerator.num_processes > 1:
-        import torch.distributed as dist
-
-        group = dist.group.WORLD
-    return TDDSTracker(
-        num_samples, num_classes, device=_tracker_device(accelerator.device), process_group=group, **kwargs
-    )
+    # make_tracker resolves the process group: Accelerate's default group when num_processes > 1
+    return factory.make_tracker(num_samples, num_classes, device=_tracker_device(accelerator.device), **kwargs)
 
 
 class TrackerState:
     """What to pass to ``accelerator.register_for_checkpointing`` for a (sharded or single) tracker."""
 
-    def __init__(self, tracker: TDDSTracker | ShardedTDDSTracker):
-        if not isinstance(tracker, (TDDSTracker, ShardedTDDSTracker)):
-            raise TypeError(f"tracker: expected a TDDSTracker, got {type(tracker).__name__}")
+    def __init__(self, tracker: Tracker):
+        check_tracker(tracker)
         self.tracker = tracker
 
     def state_dict(self) -> dict:

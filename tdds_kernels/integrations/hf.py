@@ -46,9 +46,13 @@ except ImportError:
     raise missing_extra(__name__, "transformers", "hf") from None
 
 from ..core.checkpoint import save_atomic
+from ..core.protocol import Tracker
 from ..core.tracker import TDDSTracker
+from ..distributed.factory import default_group
 from ._final import expand_final_state, final_state
-from .loop import checkpoint_exists, load_tracker
+from .loop import checkpoint_exists, load_tracker, make_tracker
+from .pruning import check_options as pruning_options
+from .pruning import make_sampler
 
 CHECKPOINT_FILE = "tdds.pt"
 
@@ -86,12 +90,6 @@ def _tracker_device(device) -> torch.device:
     return torch.device("cpu") if device.type == "cpu" else device
 
 
-def _world_group():
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        return dist.group.WORLD
-    return None
-
-
 def default_logits(outputs):
     """The logits of a model output: ``outputs.logits`` (ModelOutput / dict), or the tensor itself."""
     if isinstance(outputs, torch.Tensor):
@@ -113,6 +111,13 @@ class TDDSCallback(TrainerCallback):
     `index_key` names the batch entry with the dataset indices; `targets_key` (e.g. "labels")
     also tracks the baseline scores; `logits_fn` takes the model's output to (B, C) logits. Other
     keyword arguments go to TDDSTracker. After training, ``scores`` is the (N,) CPU tensor.
+
+    `pruning` (PruningSampler's arguments, e.g. ``dict(prune_fraction=0.5,
+    epoch_length="repeat")``) prunes inside this run: ``TDDSTrainer`` draws the training batches
+    from ``callback.sampler``, every sample until the trajectory completes and the kept set after
+    (docs/in_run.md). The Trainer counts epochs as steps divided by the first epoch's steps, so
+    an epoch must keep its length: ``epoch_length`` "repeat" or "replacement" (required). Under
+    several processes the sampler gives one global order and Accelerate splits its batches.
     """
 
     def __init__(
@@ -123,10 +128,22 @@ class TDDSCallback(TrainerCallback):
         targets_key: str | None = None,
         logits_fn=None,
         checkpoint_file: str = CHECKPOINT_FILE,
+        pruning: dict | None = None,
         **tracker_kwargs,
     ):
         if "device" in tracker_kwargs or "process_group" in tracker_kwargs:
             raise ValueError("device / process_group: set by the callback from the TrainingArguments")
+        if pruning is not None:
+            pruning = pruning_options(pruning)
+            length = pruning.get("epoch_length", "pruned")
+            if length not in ("repeat", "replacement"):
+                raise ValueError(
+                    "pruning: epoch_length: expected 'repeat' or 'replacement' with the Hugging Face Trainer "
+                    f"(it counts epochs by steps, so an epoch must keep its length), got {length!r}"
+                )
+            for name in ("num_replicas", "rank"):
+                if name in pruning:
+                    raise ValueError(f"pruning: {name}: set by the Trainer (Accelerate splits the batches over ranks)")
         # Validate the arguments now rather than at train time, on a one-sample tracker (the real
         # one is N x C); the backend is checked when the tracker is built on the training device.
         for name, value in (("num_samples", num_samples), ("num_classes", num_classes)):
@@ -138,9 +155,11 @@ class TDDSCallback(TrainerCallback):
         self.logits_fn = logits_fn or default_logits
         self.checkpoint_file = checkpoint_file
         self.tracker_kwargs = tracker_kwargs
-        self.tracker: TDDSTracker | None = None
+        self.tracker: Tracker | None = None
         self.scores: torch.Tensor | None = None
         self.resume_dir: str | None = None  # set by TDDSTrainerMixin.train(resume_from_checkpoint=...)
+        # One global order on every rank (Accelerate gives each rank its share of the batches).
+        self.sampler = None if pruning is None else make_sampler(self, tracker_kwargs, pruning, num_replicas=1, rank=0)
 
     # ------------------------------------------------------------------ recording
     def record(self, outputs, index: torch.Tensor, targets: torch.Tensor | None = None) -> None:
@@ -165,7 +184,7 @@ class TDDSCallback(TrainerCallback):
     # ------------------------------------------------------------------ trainer events
     def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
         self.scores = None
-        device, group = _tracker_device(args.device), _world_group()
+        device, group = _tracker_device(args.device), default_group()
         self.tracker = None
         if state.global_step > 0:  # resumed: the tracker saved with that checkpoint
             folder = self.resume_dir or os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
@@ -173,7 +192,7 @@ class TDDSCallback(TrainerCallback):
             final = _final_path(path)
             if checkpoint_exists(final, device=device, process_group=group):
                 # A complete tracker: scores, stats and config only; recording is over.
-                self.tracker = TDDSTracker(
+                self.tracker = make_tracker(
                     self.num_samples, self.num_classes, device=device, process_group=group, **self.tracker_kwargs
                 )
                 sd = torch.load(_rank_file(final, group), map_location="cpu", weights_only=True)
@@ -201,7 +220,7 @@ class TDDSCallback(TrainerCallback):
             self._check_config(path)
             self._check_resume(args, state, train_dataloader)
         else:
-            self.tracker = TDDSTracker(
+            self.tracker = make_tracker(
                 self.num_samples, self.num_classes, device=device, process_group=group, **self.tracker_kwargs
             )
         self.resume_dir = None
@@ -262,7 +281,7 @@ class TDDSCallback(TrainerCallback):
             self.tracker.save(path)
             return
         # Complete: scores and stats are final, so the N x C recording state stays out.
-        group, exc = getattr(self.tracker, "process_group", None), None
+        group, exc = self.tracker.process_group, None
         try:
             save_atomic(final_state(self.tracker.state_dict()), _rank_file(_final_path(path), group))
         except Exception as e:
@@ -281,6 +300,10 @@ class TDDSTrainerMixin:
             if isinstance(cb, TDDSCallback):
                 return cb
         raise ValueError("TDDSTrainer: no TDDSCallback among the callbacks; pass callbacks=[TDDSCallback(...)]")
+
+    def _get_train_sampler(self, *args, **kwargs):
+        sampler = self._tdds_callback().sampler
+        return sampler if sampler is not None else super()._get_train_sampler(*args, **kwargs)
 
     def _set_signature_columns_if_needed(self):
         # remove_unused_columns keeps only the model's forward arguments: add the index column,

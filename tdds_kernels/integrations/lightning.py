@@ -29,7 +29,7 @@ from __future__ import annotations
 import warnings
 
 import torch
-import torch.distributed as dist
+from torch.utils.data import SequentialSampler
 
 from . import missing_extra
 
@@ -41,16 +41,24 @@ except ImportError:  # pragma: no cover - depends on what is installed
     except ImportError:
         raise missing_extra(__name__, "pytorch-lightning", "lightning") from None
 
-from ..core.tracker import TDDSTracker
+from ..core.protocol import Tracker
 from ..distributed.factory import make_tracker
 from ._final import expand_final_state, final_state
+from .epoch_orders import EpochOrders
+from .pruning import check_options as pruning_options
+from .pruning import make_sampler
 
 
 class TDDSCallback(pl.Callback):
     """Feeds ``training_step``'s logits and dataset indices to a TDDSTracker, one epoch per
     training epoch. `logits_key` / `index_key` (and optionally `targets_key`, for the baseline
     scores) name the entries of the dict that ``training_step`` returns; the remaining keyword
-    arguments go to TDDSTracker."""
+    arguments go to TDDSTracker.
+
+    `pruning` (PruningSampler's arguments, e.g. ``dict(prune_fraction=0.5)``) prunes inside this
+    run: ``train_dataloader()`` passes ``sampler=callback.sampler``, which yields every sample
+    until the trajectory completes and the kept set after (docs/in_run.md). Under DDP the sampler
+    splits the epochs over the ranks itself: ``Trainer(use_distributed_sampler=False)``."""
 
     def __init__(
         self,
@@ -59,17 +67,31 @@ class TDDSCallback(pl.Callback):
         logits_key: str = "logits",
         index_key: str = "index",
         targets_key: str | None = None,
+        pruning: dict | None = None,
         **tracker_kwargs,
     ):
         if "device" in tracker_kwargs or "process_group" in tracker_kwargs:
             raise ValueError("device / process_group: set by the callback from the trainer")
+        self._pruning = None if pruning is None else pruning_options(pruning)
+        self._sampler = None
         self.num_samples, self.num_classes = num_samples, num_classes
         self.logits_key, self.index_key, self.targets_key = logits_key, index_key, targets_key
         self.tracker_kwargs = tracker_kwargs
-        self.tracker: TDDSTracker | None = None
+        self.tracker: Tracker | None = None
         self.scores: torch.Tensor | None = None  # (N,) CPU copy, set when fit ends (every rank)
         self._pending: dict | None = None  # a checkpoint's state, loaded once the tracker exists
         self._restored_rows: int | None = None  # rows of the open epoch in the restored checkpoint
+        self._orders = EpochOrders()  # notices a resume that replays an earlier epoch's order
+        if self._pruning is not None:  # bad options fail here, not when training starts
+            make_sampler(self, tracker_kwargs, self._pruning, num_replicas=1, rank=0)
+
+    @property
+    def sampler(self):
+        """The PruningSampler of the `pruning` option, made on first use (from train_dataloader(),
+        once Lightning has set up the ranks); None without the option."""
+        if self._pruning is not None and self._sampler is None:
+            self._sampler = make_sampler(self, self.tracker_kwargs, self._pruning)
+        return self._sampler
 
     @property
     def state_key(self) -> str:
@@ -77,10 +99,8 @@ class TDDSCallback(pl.Callback):
 
     def _build(self, trainer, pl_module):
         # Built when training starts: by then the module sits on its device and DDP is set up.
-        group = dist.group.WORLD if trainer.world_size > 1 and dist.is_initialized() else None
-        self.tracker = make_tracker(
-            self.num_samples, self.num_classes, device=pl_module.device, process_group=group, **self.tracker_kwargs
-        )
+        # make_tracker resolves the process group (DDP's default group when world > 1)
+        self.tracker = make_tracker(self.num_samples, self.num_classes, device=pl_module.device, **self.tracker_kwargs)
         if self._pending is not None:
             self.tracker.load_full_state_dict(self._pending)
             self._pending = None
@@ -88,6 +108,14 @@ class TDDSCallback(pl.Callback):
     def on_train_start(self, trainer, pl_module):
         if self.tracker is None:
             self._build(trainer, pl_module)
+        if self._sampler is not None and trainer.world_size > 1:
+            loader = trainer.train_dataloader
+            if getattr(loader, "sampler", None) is not self._sampler:
+                raise RuntimeError(
+                    "TDDSCallback: the train loader's sampler is not callback.sampler (Lightning wrapped it in "
+                    "its distributed sampler); pass Trainer(use_distributed_sampler=False), the sampler "
+                    "splits the epochs over the ranks itself"
+                )
         # A checkpoint taken after the last batch of an epoch but before epoch end (e.g. by
         # ModelCheckpoint at validation end) resumes at the next epoch: close the pending one.
         while self.tracker.epoch < trainer.current_epoch and not self.tracker.complete:
@@ -124,9 +152,14 @@ class TDDSCallback(pl.Callback):
             logits, index = outputs[self.logits_key], outputs[self.index_key]
             targets = outputs[self.targets_key] if self.targets_key is not None else None
         self.tracker.update(logits.detach(), index, targets)
+        self._orders.record(batch_idx, index)
 
     def on_train_epoch_end(self, trainer, pl_module):
         self.tracker.end_epoch()
+        sequential = isinstance(getattr(trainer.train_dataloader, "sampler", None), SequentialSampler)
+        message = self._orders.end_epoch(trainer.current_epoch, sequential)
+        if message is not None:
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
 
     def on_train_end(self, trainer, pl_module):
         self.scores = self.tracker.scores().cpu()  # collective under DDP: every rank is here
@@ -134,14 +167,18 @@ class TDDSCallback(pl.Callback):
     def state_dict(self) -> dict:
         if self.tracker is None:  # nothing recorded yet (or restored but not started)
             p = self._pending
-            return {"tracker": final_state(p) if p is not None and p["complete"] else p}
+            return {
+                "tracker": final_state(p) if p is not None and p["complete"] else p,
+                "orders": self._orders.state_dict(),
+            }
         # The whole dataset's state (collective when sharded: every rank is here), so any world
         # size can resume it.
         sd = self.tracker.full_state_dict()
-        return {"tracker": final_state(sd) if sd["complete"] else sd}
+        return {"tracker": final_state(sd) if sd["complete"] else sd, "orders": self._orders.state_dict()}
 
     def load_state_dict(self, state_dict: dict) -> None:
         sd = state_dict.get("tracker")
+        self._orders.load_state_dict(state_dict.get("orders"))
         if sd is None:
             return
         sd = expand_final_state(sd)

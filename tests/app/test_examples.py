@@ -96,6 +96,14 @@ def test_lightning_example(tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "rel" / "score_win3_ep3.npy"), scores.numpy()[mask])
 
 
+@pytest.mark.skipif(importlib.util.find_spec("pytorch_lightning") is None, reason="pytorch-lightning not installed")
+def test_lightning_example_prunes_in_run(tmp_path):
+    args = ("--epochs", "4", "--trajectory-len", "3", "--prune-in-run", "0.5", "--out", tmp_path / "s.pt")
+    out = run(sys.executable, EXAMPLES / "lightning_example.py", *args, cwd=tmp_path)
+    assert "in-run: epochs 3..3 on 500 kept samples" in out
+    assert torch.load(tmp_path / "s.pt").shape == (1000,)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="transformers not installed")
 def test_hf_trainer(tmp_path):
     # Resumes and 2 ranks: tests/app/test_hf.py.

@@ -104,3 +104,27 @@ def test_bad_kept_indices_raise(kept, kind, text):
         kept_subset(dataset(), kept)
     with pytest.raises(kind, match=text):
         kept_sampler(kept, num_samples=20)
+
+
+def test_kept_sampler_set_epoch_reproduces_an_epoch_and_splits_over_ranks():
+    kept = torch.tensor([3, 7, 11, 0, 19, 5, 8])
+    run = kept_sampler(kept, seed=4)
+    epochs = []
+    for e in range(3):
+        run.set_epoch(e)
+        epochs.append(list(run))
+    assert len({tuple(o) for o in epochs}) > 1 and all(sorted(o) == sorted(kept.tolist()) for o in epochs)
+    resumed = kept_sampler(kept, seed=4)
+    resumed.set_epoch(2)  # a run resumed at epoch 2 takes epoch 2's order
+    assert list(resumed) == epochs[2]
+    # Two ranks: equal lengths, together the epoch's order (the first index repeated as padding).
+    ranks = [kept_sampler(kept, seed=4, num_replicas=2, rank=r) for r in (0, 1)]
+    for s in ranks:
+        s.set_epoch(1)
+    a, b = list(ranks[0]), list(ranks[1])
+    assert len(a) == len(b) == len(ranks[0]) == 4
+    assert [x for pair in zip(a, b) for x in pair] == epochs[1] + epochs[1][:1]
+    trimmed = kept_sampler(kept, seed=4, num_replicas=2, rank=1, drop_last=True)
+    assert len(list(trimmed)) == len(trimmed) == 3
+    with pytest.raises(ValueError, match=r"rank: expected an int in \[0, 2\)"):
+        kept_sampler(kept, num_replicas=2, rank=2)

@@ -296,3 +296,25 @@ def test_int32_and_int64_index_agree():
     feed(a, epochs)
     feed(b, [[(l, i.astype(np.int32)) for l, i in e] for e in epochs])
     assert torch.equal(a.scores(), b.scores())
+
+
+def test_constructor_shows_its_real_signature():
+    # One door (issue 20): a plain class, so help() and IDEs show every parameter and its default.
+    import inspect
+
+    params = inspect.signature(tk.TDDSTracker).parameters
+    assert list(params)[:2] == ["num_samples", "num_classes"]
+    assert params["window"].default == 10 and params["prev_topk"].default is None
+    assert params["on_out_of_range"].default == "error" and params["process_group"].default is None
+    assert all(p.kind is not p.VAR_KEYWORD and p.kind is not p.VAR_POSITIONAL for p in params.values())
+    assert type(tk.TDDSTracker) is type  # no metaclass
+    t = tk.TDDSTracker(4, 3)
+    assert isinstance(t, tk.TDDSTracker) and (t.rank, t.world_size, t.process_group) == (0, 1, None)
+
+
+def test_process_group_names_make_tracker():
+    # The sharded route of earlier releases: a one-line error saying what to call, nothing built.
+    with pytest.raises(TypeError, match=r"process_group: .*make_tracker\(\.\.\., process_group=pg\)") as info:
+        tk.TDDSTracker(4, 3, process_group=object())
+    assert "\n" not in str(info.value)
+    assert isinstance(tk.make_tracker(4, 3), tk.TDDSTracker)  # no process group, no torchrun: single

@@ -78,7 +78,7 @@ def single_error(fn):
 
 # ---------------------------------------------------------------- scenarios (run on every rank)
 def scenario_equivalence(rank, world, pg, tmp):
-    sharded = TDDSTracker(N, **CFG, process_group=pg)
+    sharded = ShardedTDDSTracker(N, **CFG, process_group=pg)
     assert isinstance(sharded, ShardedTDDSTracker) and sharded.num_samples == N
     assert sharded.local.num_samples == len(range(rank, N, world))  # 1/world of the state
     single = TDDSTracker(N, **CFG)
@@ -96,7 +96,7 @@ def scenario_equivalence(rank, world, pg, tmp):
 
 def scenario_dtypes(rank, world, pg, tmp):
     # bf16 logits on every rank; then mixed dtypes across ranks (sent as float32).
-    sharded, single = TDDSTracker(N, **CFG, process_group=pg), TDDSTracker(N, **CFG)
+    sharded, single = ShardedTDDSTracker(N, **CFG, process_group=pg), TDDSTracker(N, **CFG)
     feed(sharded, 0, world, rank, targets=False, dtype=torch.bfloat16)
     feed(single, 0, world, None, targets=False, dtype=torch.bfloat16)
     mixed = torch.float16 if rank == 0 else torch.float32
@@ -116,7 +116,7 @@ def scenario_dtypes(rank, world, pg, tmp):
 
 def scenario_save_load(rank, world, pg, tmp):
     path = os.path.join(tmp, "tdds.pt")
-    a, single = TDDSTracker(N, **CFG, process_group=pg), TDDSTracker(N, **CFG)
+    a, single = ShardedTDDSTracker(N, **CFG, process_group=pg), TDDSTracker(N, **CFG)
     for e in range(3):
         feed(a, e, world, rank)
         feed(single, e, world, None)
@@ -136,7 +136,7 @@ def scenario_save_load(rank, world, pg, tmp):
     for key in ("prev", "seen", "ring", "score", "counters", "epoch_start_counters"):
         assert torch.equal(merged[key].nan_to_num(-7), full[key].nan_to_num(-7)), key
     assert merged["baselines"]["config"]["num_samples"] == N
-    c = TDDSTracker(N, **CFG, process_group=pg)
+    c = ShardedTDDSTracker(N, **CFG, process_group=pg)
     c.load_full_state_dict(merged if rank % 2 else full)
     for t in (a, b, c, single):
         for step in steps[len(steps) // 2 :]:
@@ -166,7 +166,7 @@ def scenario_save_load(rank, world, pg, tmp):
 
 
 def scenario_bad_batch(rank, world, pg, tmp):
-    sharded, single = TDDSTracker(N, **CFG, process_group=pg), TDDSTracker(N, **CFG)
+    sharded, single = ShardedTDDSTracker(N, **CFG, process_group=pg), TDDSTracker(N, **CFG)
     bad_rank = world - 1
     good_x, good_i = torch.randn(4, C), torch.arange(rank, N, world)[:4]
     cases = {
@@ -203,7 +203,7 @@ def scenario_bad_batch(rank, world, pg, tmp):
 
 
 def scenario_disagreement(rank, world, pg, tmp):
-    t = TDDSTracker(N, **CFG, process_group=pg)
+    t = ShardedTDDSTracker(N, **CFG, process_group=pg)
     x, i = torch.randn(2, C), torch.arange(rank, N, world)[:2]
     # Rank 0 forgot end_epoch: the next call pairs its update with the others' end_epoch.
     t.update(x, i)
@@ -220,7 +220,7 @@ def scenario_disagreement(rank, world, pg, tmp):
 
 
 def scenario_nonfinite(rank, world, pg, tmp):
-    t = TDDSTracker(N, **CFG, process_group=pg)
+    t = ShardedTDDSTracker(N, **CFG, process_group=pg)
     x = torch.randn(3, C)
     if rank == 1:
         x[1, 2] = float("nan")
@@ -235,7 +235,7 @@ def scenario_topk(rank, world, pg, tmp):
     # A compressed previous row (prev_topk=3 of C=7): the same scores as one tracker with it,
     # through shard files and through the whole-dataset state.
     path = os.path.join(tmp, "tdds.pt")
-    sharded = TDDSTracker(N, **CFG, process_group=pg, prev_topk=3)
+    sharded = ShardedTDDSTracker(N, **CFG, process_group=pg, prev_topk=3)
     single = TDDSTracker(N, **CFG, prev_topk=3)
     assert sharded.prev_topk == 3 and sharded.local.state_dict()["prev_idx"].shape == (sharded.shard_size, 3)
     for e in range(3):

@@ -27,7 +27,6 @@ from test_sharded import (
     spawn,
 )
 
-from tdds_kernels import TDDSTracker
 from tdds_kernels.distributed import ShardedTDDSTracker
 
 SCENARIOS = ("equivalence", "max_batch_size", "counts", "held_errors", "disagreement", "topk")
@@ -36,8 +35,8 @@ SCENARIOS = ("equivalence", "max_batch_size", "counts", "held_errors", "disagree
 def scenario_equivalence(rank, world, pg, tmp):
     # Duplicates across ranks (sampler padding), uneven and empty last batches, targets, bf16.
     for targets, dtype in ((True, torch.float32), (False, torch.bfloat16)):
-        eager = TDDSTracker(N, **CFG, process_group=pg, sync_free=False)
-        free = TDDSTracker(N, **CFG, process_group=pg, sync_free=True)
+        eager = ShardedTDDSTracker(N, **CFG, process_group=pg, sync_free=False)
+        free = ShardedTDDSTracker(N, **CFG, process_group=pg, sync_free=True)
         for e in range(T):
             feed(eager, e, world, rank, targets=targets, dtype=dtype)
             feed(free, e, world, rank, targets=targets, dtype=dtype)
@@ -58,8 +57,8 @@ def scenario_equivalence(rank, world, pg, tmp):
 def scenario_topk(rank, world, pg, tmp):
     # A compressed previous row (prev_topk=3 of C): the exchange routes rows to their owners,
     # whose update is the compressed one; the same scores as the eager sharded tracker.
-    eager = TDDSTracker(N, **CFG, process_group=pg, sync_free=False, prev_topk=3)
-    free = TDDSTracker(N, **CFG, process_group=pg, sync_free=True, prev_topk=3)
+    eager = ShardedTDDSTracker(N, **CFG, process_group=pg, sync_free=False, prev_topk=3)
+    free = ShardedTDDSTracker(N, **CFG, process_group=pg, sync_free=True, prev_topk=3)
     for e in range(T):
         feed(eager, e, world, rank)
         feed(free, e, world, rank)
@@ -69,9 +68,9 @@ def scenario_topk(rank, world, pg, tmp):
 
 def scenario_max_batch_size(rank, world, pg, tmp):
     # A first batch smaller than later ones is fine with max_batch_size; mixed dtypes go as float32.
-    expect_error(lambda: TDDSTracker(N, **CFG, process_group=pg, max_batch_size=0), ValueError, "max_batch_size")
-    eager = TDDSTracker(N, **CFG, process_group=pg, sync_free=False)
-    free = TDDSTracker(N, **CFG, process_group=pg, sync_free=True, max_batch_size=16)
+    expect_error(lambda: ShardedTDDSTracker(N, **CFG, process_group=pg, max_batch_size=0), ValueError, "max_batch_size")
+    eager = ShardedTDDSTracker(N, **CFG, process_group=pg, sync_free=False)
+    free = ShardedTDDSTracker(N, **CFG, process_group=pg, sync_free=True, max_batch_size=16)
     logits, _, steps = epoch_data(0, world)
     mixed = torch.float16 if rank == 0 else torch.float32
     for t in (eager, free):
@@ -129,7 +128,7 @@ def scenario_counts(rank, world, pg, tmp):
     logits, _, steps = epoch_data(0, world)
     per_step = {}
     for sync_free in (False, True):
-        t = TDDSTracker(N, **dict(CFG, backend="cpu"), process_group=pg, sync_free=sync_free)
+        t = ShardedTDDSTracker(N, **dict(CFG, backend="cpu"), process_group=pg, sync_free=sync_free)
         t.update(logits[steps[0][rank]], steps[0][rank])  # the sync-free path agrees on its capacity here
         with Counter() as count:
             for step in steps[1:]:
@@ -145,32 +144,34 @@ def scenario_held_errors(rank, world, pg, tmp):
     bad = world - 1
 
     def fresh():
-        t = TDDSTracker(N, **CFG, process_group=pg, sync_free=True)
+        t = ShardedTDDSTracker(N, **CFG, process_group=pg, sync_free=True)
         t.update(x, i)  # capacity 4, wire float32
         return t
 
-    # Out-of-range indices: recorded nowhere, counted on their rank, reported by end_epoch.
+    # Out-of-range indices: recorded nowhere, counted on their rank, reported by end_epoch, which
+    # follows on_out_of_range as a single tracker does: "error" keeps the epoch open, "skip" closes it.
     t = fresh()
     t.update(x, torch.tensor([0, N, N + 5, 1]) if rank == bad else i)
     expect_error(t.end_epoch, ValueError, f"index: 2 rows of epoch 0 had dataset indices outside [0, {N})")
     assert t.stats["out_of_range"] == 2 and t.epoch == 0
     expect_error(t.end_epoch, ValueError, "the epoch is not closed")  # the counters hold it
-    # A shape error: the bad rank gets the single tracker's error at end_epoch, the others name it.
-    t = fresh()
-    sd = t.full_state_dict()
-    kind, text = ValueError, f"logits: expected {C} classes"
-    t.update(torch.randn(4, C + 1) if rank == bad else x, i)
-    for _ in range(2):  # held until a state is loaded
-        if rank == bad:
-            expect_error(t.end_epoch, kind, text)
-        else:
-            expect_error(t.end_epoch, kind, f"update: rank {bad} failed, in an update of this epoch")
-    t.load_full_state_dict(sd)
+    t.on_out_of_range = "skip"
     t.end_epoch()
-    assert t.epoch == 1 and t.stats["missing"] == N - 4 * world
-    # A batch above the capacity, another dtype than the wire's, bad labels.
-    for case, what in (("overflow", "max_batch_size="), ("dtype", "another dtype"), ("targets", "class labels")):
-        t = TDDSTracker(N, **CFG, process_group=pg, sync_free=True)
+    assert t.epoch == 1 and t.stats["out_of_range"] == 2
+    # A shape error on one rank: every rank gets the same message once, the epoch closes without
+    # that rank's rows, the next epoch is clean (no reload).
+    t = fresh()
+    t.update(torch.randn(4, C + 1) if rank == bad else x, i)
+    text = expect_error(t.end_epoch, ValueError, f"update: rank {bad}: logits: expected {C} classes")
+    assert "epoch 0 was closed" in text and t.epoch == 1
+    t.update(x, i)
+    t.end_epoch()
+    assert t.epoch == 2 and t.stats["missing"] == 2 * (N - 4 * world)
+    # A batch above the capacity, another dtype than the wire's: reported once, the epoch closed.
+    # Bad labels: option-covered, like out-of-range indices.
+    cases = (("overflow", ValueError, "max_batch_size="), ("dtype", TypeError, "another dtype"))
+    for case, kind, what in (*cases, ("targets", ValueError, "class labels")):
+        t = ShardedTDDSTracker(N, **CFG, process_group=pg, sync_free=True)
         t.update(x.to(torch.bfloat16), i, torch.zeros(4, dtype=torch.int64))
         xb, ib, yb = x.to(torch.bfloat16), i, torch.zeros(4, dtype=torch.int64)
         if rank == bad:
@@ -181,11 +182,18 @@ def scenario_held_errors(rank, world, pg, tmp):
             else:
                 yb = torch.tensor([0, C, 1, -1])
         t.update(xb, ib, yb)
-        expect_error(t.end_epoch, (TypeError if case == "dtype" else ValueError), what)
+        expect_error(t.end_epoch, kind, what)
+        if case == "targets":
+            assert t.epoch == 0 and t.stats["out_of_range"] == 2
+            t.on_out_of_range = "skip"
+            t.end_epoch()
+        assert t.epoch == 1
+        t.end_epoch()  # clean: nothing held any more
+        assert t.epoch == 2
 
 
 def scenario_disagreement(rank, world, pg, tmp):
-    t = TDDSTracker(N, **CFG, process_group=pg, sync_free=True)
+    t = ShardedTDDSTracker(N, **CFG, process_group=pg, sync_free=True)
     x, i = torch.randn(2, C), torch.arange(rank, N, world)[:2]
     # Before the capacity is agreed: every rank raises at once.
     expect_error(lambda: t.update(x, i) if rank == 0 else t.end_epoch(), RuntimeError, "different calls")
@@ -196,6 +204,10 @@ def scenario_disagreement(rank, world, pg, tmp):
     else:
         expect_error(t.end_epoch, RuntimeError, "different calls")
     expect_error(t.end_epoch, RuntimeError, "some ranks called update() while others called end_epoch()")
+    assert t.epoch == 1  # reported once, the epoch closed: the next one is clean
+    t.update(x, i)
+    t.end_epoch()
+    assert t.epoch == 2
 
 
 # ---------------------------------------------------------------- harness (as in test_sharded.py)
@@ -236,9 +248,9 @@ def _cuda_worker(rank, world, tmp):
     try:
         dev = torch.device("cuda", rank)
         cfg = dict(CFG, backend="auto")
-        free = TDDSTracker(N, **cfg, device=dev, process_group=dist.group.WORLD)  # NCCL: sync-free by default
-        eager = TDDSTracker(N, **cfg, device=dev, process_group=dist.group.WORLD, sync_free=False)
-        assert free._exchange is not None and eager._exchange is None
+        free = ShardedTDDSTracker(N, **cfg, device=dev, process_group=dist.group.WORLD)  # NCCL: sync-free by default
+        eager = ShardedTDDSTracker(N, **cfg, device=dev, process_group=dist.group.WORLD, sync_free=False)
+        assert free.sync_free and not eager.sync_free
         for e in range(T):
             logits, _, steps = epoch_data(e, world)
             for k, step in enumerate(steps):

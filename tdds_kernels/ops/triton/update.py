@@ -12,7 +12,7 @@ programs inside a run exit at once. No program touches another's seen/prev/ring 
 needs no atomic claim; only the counters (integer sums: order-free) use atomic adds.
 Traffic per applied row: the logits once (twice only when C exceeds one block: the second pass
 re-reads a row that is still in L2), prev[n] read once and written once, a few scalars, plus
-the sort (a few small kernels over the B indices).
+the sort (a few small kernels over the B indices; 32-bit keys, see sort_rows).
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def _update_kernel(
     # sorted_ptr: the batch's indices sorted stably; order_ptr: their batch positions (int64).
     # targets_ptr / stats_ptr: None unless HAS_TARGETS (the plain update compiles without them).
     pos, n, head, epoch, slot, in_range, had_prev, fresh = run_start(sorted_ptr, seen_ptr, counters_ptr, N, W1)
-    prev_row = prev_ptr + n * C  # int64 offsets: N·C passes 2^31 at ImageNet shape
+    prev_row = prev_ptr + n * C  # int64: n·C passes 2^31 elements at e.g. N = 70k, C = 32k
     cols = tl.arange(0, BLOCK)
     n_dup = tl.zeros((), tl.int32)
     n_bad = tl.zeros((), tl.int32)
@@ -155,6 +155,39 @@ def _update_kernel(
     add_counts(counters_ptr, n_dup, n_bad, n_oor)
 
 
+@triton.jit
+def _sort_keys_kernel(index_ptr, keys_ptr, B, N, BLOCK: tl.constexpr):
+    # keys[b] = index[b] where 0 <= index[b] < N, else N + b: int32 whenever N + B < 2^31.
+    b = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = b < B
+    n = tl.load(index_ptr + b, mask=mask, other=0).to(tl.int64)
+    key = tl.where((n >= 0) & (n < N), n, N + b)
+    tl.store(keys_ptr + b, key.to(tl.int32), mask=mask)
+
+
+KEYS_BLOCK = 1024
+
+
+def sort_rows(index: torch.Tensor, num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sorted keys, order): the batch sorted stably by sample, what the update kernels walk.
+
+    A stable sort of 64-bit keys costs twice the radix passes of 32-bit ones (CUB above 4096
+    rows), and it is a fixed cost per update whatever C is. So where N + B < 2^31 the keys are
+    32-bit: the index itself where it lies in [0, N), and N + b for an out-of-range row b. In-range
+    keys are the samples, in batch order among equals (stable), so the first-usable-row rule is
+    unchanged; out-of-range rows stay out of range (skipped and counted) and each is a run of
+    its own, so no program walks a run of them. One small kernel, then torch.sort; no host sync.
+    Otherwise (or without num_samples) the index itself is sorted.
+    """
+    batch = index.shape[0]
+    if num_samples is None or num_samples + batch >= 2**31:
+        return torch.sort(index, stable=True)
+    keys = torch.empty(batch, dtype=torch.int32, device=index.device)
+    with device_of(index):
+        _sort_keys_kernel[(triton.cdiv(batch, KEYS_BLOCK),)](index, keys, batch, num_samples, BLOCK=KEYS_BLOCK)
+    return torch.sort(keys, stable=True)
+
+
 def device_of(t: torch.Tensor):
     """Launch on the tensor's GPU: Triton launches on the current device."""
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
@@ -191,15 +224,15 @@ def check_targets(op: str, logits: torch.Tensor, targets, row_stats) -> None:
             raise ValueError(f"{op}: {name} must be on {logits.device}, got {t.device}")
 
 
-def prepare(logits: torch.Tensor, index: torch.Tensor, block: int | None):
-    """The launchers' common start: (logits with unit class stride, sorted index, order, _config).
+def prepare(logits: torch.Tensor, index: torch.Tensor, block: int | None, num_samples: int | None = None):
+    """The launchers' common start: (logits with unit class stride, sorted keys, order, _config).
 
     The sort is stable: equal indices keep batch order, so the head of each run is its first
-    row. On the device, with no host sync.
+    row. On the device, with no host sync. With num_samples, 32-bit keys (sort_rows).
     """
     if logits.stride(1) != 1:
         logits = logits.contiguous()
-    sorted_index, order = torch.sort(index, stable=True)
+    sorted_index, order = sort_rows(index, num_samples)
     return logits, sorted_index, order, _config(logits.shape[1], block)
 
 
@@ -220,7 +253,7 @@ def update(
     batch, num_classes = logits.shape
     if batch == 0:
         return
-    logits, sorted_index, order, (block, single, num_warps) = prepare(logits, index, block)
+    logits, sorted_index, order, (block, single, num_warps) = prepare(logits, index, block, prev.shape[0])
     with device_of(logits):
         _update_kernel[(batch,)](
             logits,
