@@ -11,11 +11,11 @@ import torch
 
 import tdds_kernels as tk
 
-from conftest import FIXTURES
 from tests.support import conformance
 from tests.support.conformance import STORAGE
 from tests.support.dense import dense_scores
 from tests.support.helpers import random_epochs
+from tests.support.paths import FIXTURES
 
 pytestmark = pytest.mark.filterwarnings("ignore:tdds_kernels. using the reference backend")
 case = conformance.pairs(**conformance.CASE)
