@@ -149,7 +149,7 @@ stage_env() {
 }
 stage_triton_tests() {
   # No extension is built yet: its tests skip here (backend unavailable) and run in ext_tests.
-  run_pytest tests/ops/test_conformance.py tests/ops/test_schema.py tests/ops/test_determinism.py \
+  run_pytest tests/ops/test_conformance_*.py tests/ops/test_schema.py tests/ops/test_determinism.py \
     tests/core/test_compile.py tests/ops/test_cuda_runtime.py tests/core/test_capture.py \
     tests/ops/test_cuda_large_offsets.py tests/distributed/test_sync_free.py -k cuda
 }
@@ -165,7 +165,9 @@ stage_build() {
 # "cuda-cuda", or "[cuda]" where the backend is the only parameter) and the modules about the
 # extension, the runtime and capture without their triton cases. The reference-on-CUDA cases
 # already ran in triton_tests. tests/test_gpu_check.py checks what this collects on CPU.
-EXT_TEST_FILES=(tests/ops/test_conformance.py tests/ops/test_schema.py tests/ops/test_determinism.py
+EXT_TEST_FILES=(tests/ops/test_conformance_update.py tests/ops/test_conformance_epoch_step.py
+  tests/ops/test_conformance_topk.py tests/ops/test_conformance_targets.py tests/ops/test_conformance_trackers.py
+  tests/ops/test_schema.py tests/ops/test_determinism.py
   tests/ops/test_extension_cuda.py tests/ops/test_cuda_runtime.py tests/core/test_capture.py
   tests/ops/test_cuda_large_offsets.py)
 EXT_TEST_K="cuda-cuda or cuda] or ((test_extension_cuda or test_cuda_runtime or test_capture or test_cuda_large_offsets) and not triton and not reference)"

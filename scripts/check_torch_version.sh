@@ -89,7 +89,7 @@ grep "tdds_kernels:" "$WORK/build.log" || true
 
 echo "== tests (cpu and reference backends)"
 status=0
-"$PY" -m pytest -q -p no:cacheprovider tests/ops/test_conformance.py tests/ops/test_extension_cpu.py \
+"$PY" -m pytest -q -p no:cacheprovider tests/ops/test_conformance_*.py tests/ops/test_extension_cpu.py \
     tests/ops/test_determinism.py -k "not triton" || status=$?
 
 echo "== versions"

@@ -14,8 +14,8 @@ import pathlib  # noqa: E402
 
 import pytest  # noqa: E402
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-FIXTURES = REPO / "tests" / "fixtures"  # the release-format conformance fixtures, in the repository
+REPO = pathlib.Path(__file__).resolve().parents[1]  # tests import these from tests/support/paths.py
+FIXTURES = REPO / "tests" / "fixtures"
 # Subprocesses (examples, the CLI, resumes in a fresh process) import this checkout's package,
 # not another copy that happens to be installed.
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)

@@ -187,7 +187,7 @@ def test_ext_tests_select_the_cuda_backend_and_extension_tests_only():
     assert all("cuda" in p for p in params if not p.startswith(("False", "True")))
     names = {i.split("[")[0] for i in ids}
     for must in (
-        "tests/ops/test_conformance.py::test_update_matches_reference",
+        "tests/ops/test_conformance_update.py::test_update_matches_reference",
         "tests/ops/test_determinism.py::test_cuda_first_occurrence_wins_on_every_run",
         "tests/ops/test_extension_cuda.py::test_cuda_graph_capture_and_replay_across_epochs",
         "tests/ops/test_cuda_runtime.py::test_training_step_graph_replays_across_epochs",

@@ -5,7 +5,7 @@ import re
 import subprocess
 import sys
 
-from conftest import REPO
+from tests.support.paths import REPO
 
 # Runs setup.py as pip's build backend would, with `import torch` failing as in an isolated build.
 PROBE = (

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from tests.support.paths import REPO
 
 PACKAGE = REPO / "tdds_kernels"
 LAYERS = {"ops": 0, "core": 1, "data": 1, "distributed": 2}  # everything else: the application (3)

@@ -17,7 +17,7 @@ import pytest
 
 from tdds_kernels import cli, offline
 
-from conftest import FIXTURES
+from tests.support.paths import FIXTURES
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:tdds_kernels. using the reference backend"),

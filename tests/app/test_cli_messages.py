@@ -14,7 +14,7 @@ from test_cli_adversarial import SRC, T, W, dump, fails_cleanly  # noqa: F401  (
 
 from tdds_kernels import cli, offline
 
-from conftest import REPO
+from tests.support.paths import REPO
 
 pytestmark = pytest.mark.filterwarnings("ignore:tdds_kernels. using the reference backend")
 

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from tests.support.paths import REPO
 
 CASES = {
     "tdds_kernels.integrations.lightning": (("pytorch_lightning", "lightning"), "pytorch-lightning", "lightning"),

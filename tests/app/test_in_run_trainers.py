@@ -112,7 +112,7 @@ def test_lightning_pruning_options_are_checked_up_front():
 def hf_example():
     pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
-    from helpers import load_example
+    from tests.support.helpers import load_example
 
     ex = load_example("hf_trainer")
     ex.PlainTrainer = ex.TDDSTrainer  # what each recording run subclasses

@@ -9,9 +9,9 @@ import pytest
 
 from tdds_kernels import cli
 
-from conftest import FIXTURES
 from tests.support.dense import dense_scores
 from tests.support.helpers import random_epochs
+from tests.support.paths import FIXTURES
 
 pytestmark = pytest.mark.filterwarnings("ignore:tdds_kernels. using the reference backend")
 

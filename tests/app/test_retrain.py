@@ -11,7 +11,7 @@ import tdds_kernels as tk
 from tdds_kernels import cli
 from tdds_kernels.retrain import kept_sampler, kept_subset, release_arrays, write_release_files
 
-from conftest import FIXTURES
+from tests.support.paths import FIXTURES
 
 
 @pytest.mark.skipif(not FIXTURES.is_dir(), reason="fixtures not found")

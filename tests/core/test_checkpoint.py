@@ -11,8 +11,8 @@ import torch
 
 import tdds_kernels as tk
 
-from conftest import REPO
 from tests.support.helpers import FAST_CPU_BACKENDS, assert_same_state, feed, random_epochs, snapshot
+from tests.support.paths import REPO
 
 pytestmark = pytest.mark.filterwarnings("ignore:tdds_kernels. using the reference backend")
 

@@ -46,7 +46,7 @@ def test_output_files_honour_the_umask(tmp_path, umask_027):
 
 
 def test_cli_outputs_honour_the_umask(tmp_path, umask_027):
-    from conftest import FIXTURES
+    from tests.support.paths import FIXTURES
 
     out = tmp_path / "out"
     argv = ["score", str(FIXTURES / "small_c10"), "-T", "12", "-W", "5", "--out", str(out), "--no-progress"]
@@ -135,7 +135,7 @@ def test_readme_directions_scores_and_baselines():
 
 
 def test_readme_states_the_baselines_direction():
-    from conftest import REPO
+    from tests.support.paths import REPO
 
     row = next(line for line in (REPO / "README.md").read_text().splitlines() if "`tracker.baseline_scores()`" in line)
     assert "AUM lower = keep" in row and "tk.keep_scores(name, values)" in row, row

@@ -9,7 +9,7 @@ import tdds_kernels as tk
 from tdds_kernels.ops import registry
 from tdds_kernels.ops.schema import COUNTERS, EPOCH, NUM_SLOTS, OUT_OF_RANGE
 
-from helpers import CPU_BACKENDS
+from tests.support.helpers import CPU_BACKENDS
 
 N, C, W = 16, 5, 3
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch.utils.cpp_extension import include_paths
 
-from conftest import REPO
+from tests.support.paths import REPO
 
 NVCC = shutil.which("nvcc")
 CUOBJDUMP = shutil.which("cuobjdump")

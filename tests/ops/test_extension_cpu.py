@@ -1,5 +1,5 @@
 """What is particular to the C++ extension's CPU kernels (the contract itself is checked by
-tests/ops/test_conformance.py): it is the backend "cpu" resolves to, its argument checks name
+tests/ops/test_conformance_*.py): it is the backend "cpu" resolves to, its argument checks name
 the argument, the per-ISA variants picked at run time, and in-batch duplicates over threads."""
 
 import os

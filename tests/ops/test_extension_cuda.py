@@ -1,5 +1,5 @@
 """What is particular to the C++ extension's CUDA kernels (the contract itself is checked on
-every (backend, device) pair by tests/ops/test_conformance.py): registration, the current
+every (backend, device) pair by tests/ops/test_conformance_*.py): registration, the current
 stream, CUDA-graph capture. Skipped without a GPU (never faked); benchmarks/gpu_check.sh runs
 these on a lent GPU after a FORCE_CUDA build."""
 

@@ -24,7 +24,7 @@ import sys
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 EXAMPLES = int(os.environ.get("TDDS_OP_FUZZ_EXAMPLES", "400"))  # ~15 s on 2 loaded cores
@@ -225,6 +225,37 @@ def check_call(op, args, scalars, seed):
                 assert same(t, expected, exact=not t.dtype.is_floating_point), f"{backend}: {name}"
 
 
+def known(op, b=3, c=4, n=5, w1=2, k=2, epoch=1, targets=False):
+    """A case of the calls() shape, for the crashes found before (always run, then the fuzz)."""
+    f32, i64 = torch.float32, torch.int64
+    shapes = {
+        "logits": ((b, c), f32),
+        "index": ((b,), i64),
+        "prev": ((n, c), f32),
+        "prev_val": ((n, k), f32),
+        "prev_idx": ((n, k), torch.int16),
+        "prev_rest": ((n,), f32),
+        "seen": ((n,), torch.int32),
+        "ring": ((n, w1), f32),
+        "counters": ((5,), i64),
+        "score": ((n,), f32),
+        "targets": ((b,), i64),
+        "row_stats": ((b, 4), f32),
+        "packed": ((n + 1, 6 + w1), torch.float64),
+        "epoch": ((), i64),
+    }
+    args = {a: (*shapes[a], False, "cpu") for a in ARGS[op]}
+    if op.startswith("update") and not targets:
+        args["targets"] = args["row_stats"] = None
+    return op, args, {"epoch": epoch, "decay": 0.5, "el2n_epoch": -1}, 0
+
+
+@example(case=known("update", c=0))  # update_ext segfaulted at C = 0 (issue 24)
+@example(case=known("update_topk", c=0, k=0, targets=True))
+@example(case=known("update", w1=0))
+@example(case=known("epoch_step", epoch=-5))  # interpreted Triton wrote before the ring
+@example(case=known("update", epoch=-3))
+@example(case=known("fold_baselines", epoch=-1))
 @settings(
     max_examples=EXAMPLES,
     deadline=None,

@@ -9,7 +9,7 @@ import tdds_kernels.ops.triton as tt
 from tdds_kernels.ops.schema import ROW_STATS
 from tdds_kernels.ops.triton.update import sort_rows
 
-from helpers import make_state
+from tests.support.helpers import make_state
 
 pytestmark = pytest.mark.skipif(not tt.INTERPRETED, reason="Triton on CPU runs only under TRITON_INTERPRET=1")
 

@@ -9,8 +9,8 @@ import torch
 from tdds_kernels.ops import registry
 from tdds_kernels.ops.schema import EPOCH, topk_index_dtype
 
-from dense import _softmax32, compressed_log
-from helpers import backend_cases
+from tests.support.dense import _softmax32, compressed_log
+from tests.support.helpers import backend_cases
 
 pytestmark = pytest.mark.filterwarnings("ignore:tdds_kernels. using the reference backend")
 

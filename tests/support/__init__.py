@@ -1,9 +1,10 @@
-"""Code the tests share; no test module imports another test module.
+"""Code the tests share, so that no test module needs to import another one.
 
 helpers      backends and (device, backend) cases read from the backend table, feeding epochs,
              state snapshots, op state, the example and torchrun runners
 dense        an independent dense float64 restatement of TDDS (the trackers' oracle)
 conformance  the op conformance suite's cases, fixtures and comparisons (tests/ops/test_conformance_*.py)
+paths        the repository root and the release fixtures
 
 Imported as `tests.support.<module>` (pyproject.toml puts the repository root on pytest's path).
 tests/helpers.py and tests/dense.py re-export the old bare names for one release.

@@ -3,7 +3,6 @@
 import math
 import os
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +10,8 @@ import torch
 
 import tdds_kernels as tk
 from tdds_kernels.ops import registry
+
+from tests.support.paths import REPO
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -134,7 +135,6 @@ def clone(ts):
 
 
 # Examples run in tests (tests/app): this checkout's package, one thread, gloo on loopback.
-REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_ENV = {
     **os.environ,
     "OMP_NUM_THREADS": "1",
