@@ -8,8 +8,6 @@ split, padded with the head of the order so every rank takes as many steps).
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
@@ -53,12 +51,7 @@ class KeptSampler(Sampler[int]):
         if self._started:  # iterated again without set_epoch: the next epoch
             if self.num_replicas > 1 and not self._set_epoch_called and not self._warned:
                 self._warned = True
-                warnings.warn(
-                    f"set_epoch: never called with num_replicas={self.num_replicas}; call "
-                    "sampler.set_epoch(epoch) on every rank before each epoch",
-                    UserWarning,
-                    stacklevel=2,
-                )
+                order.warn_unset_epoch(self.num_replicas)
             self.epoch += 1
         self._started = True
         whole = order.epoch_order(self.kept.numel(), self.kept, self.epoch, self.seed, self.shuffle, "pruned")

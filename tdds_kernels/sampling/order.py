@@ -8,6 +8,7 @@ R-th index from r), so a run that never prunes takes exactly DistributedSampler'
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -76,3 +77,14 @@ def schedule(
     after = steps(after_samples, batch_size, drop_last)
     full = min(epochs, switch_epoch)
     return Schedule(switch_epoch, before, after, full * before + (epochs - full) * after)
+
+
+def warn_unset_epoch(num_replicas: int) -> None:
+    """Once per sampler: iterated again under several ranks without set_epoch."""
+    warnings.warn(
+        f"set_epoch: never called with num_replicas={num_replicas}; the sampler counts epochs by its "
+        "iterations, so call sampler.set_epoch(epoch) on every rank before each epoch to keep the ranks "
+        "and a resumed run on the loop's epoch",
+        UserWarning,
+        stacklevel=3,
+    )

@@ -246,13 +246,7 @@ class PruningSampler(Sampler[int]):
         if self._started:  # iterating again without set_epoch: the next epoch
             if self.num_replicas > 1 and not self._set_epoch_called and not self._warned:
                 self._warned = True
-                warnings.warn(
-                    f"set_epoch: never called with num_replicas={self.num_replicas}; the sampler counts "
-                    "epochs by its iterations, so call sampler.set_epoch(epoch) on every rank before each "
-                    "epoch to keep the ranks and a resumed run on the loop's epoch",
-                    UserWarning,
-                    stacklevel=2,
-                )
+                order.warn_unset_epoch(self.num_replicas)
             self.epoch, self._position, self._resume_at = self.epoch + 1, 0, 0
         self._loaded = False
         self._prepare(self.epoch)
