@@ -35,6 +35,8 @@ def per_epoch(seen):
 pl = pytest.importorskip("pytorch_lightning")
 from tdds_kernels.integrations.lightning import TDDSCallback as LightningCallback  # noqa: E402
 
+from tests.support.lightning import cpu_trainer  # noqa: E402
+
 
 class Tiny(pl.LightningModule):
     def __init__(self, callback):
@@ -58,17 +60,7 @@ class Tiny(pl.LightningModule):
 
 def fit(callback, epochs, root, ckpt_path=None, extra=(), **kw):
     model = Tiny(callback)
-    pl.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=root,
-        callbacks=[callback, *extra],
-        **kw,
-    ).fit(model, ckpt_path=ckpt_path)
+    cpu_trainer(pl, epochs, root, [callback, *extra], **kw).fit(model, ckpt_path=ckpt_path)
     return model
 
 

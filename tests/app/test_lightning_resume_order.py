@@ -17,6 +17,8 @@ import tdds_kernels as tk
 pl = pytest.importorskip("pytorch_lightning")
 from tdds_kernels.integrations.lightning import TDDSCallback  # noqa: E402
 
+from tests.support.lightning import cpu_trainer  # noqa: E402
+
 N, C = 40, 5
 
 
@@ -47,16 +49,7 @@ def fit(epochs, root, workers, ckpt_path=None, extra=()):
     cb, model = TDDSCallback(N, C, window=3, trajectory_len=4, backend="reference"), Tiny()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        pl.Trainer(
-            max_epochs=epochs,
-            accelerator="cpu",
-            devices=1,
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            default_root_dir=root,
-            callbacks=[cb, *extra],
-        ).fit(model, loader(workers), ckpt_path=ckpt_path)
+        cpu_trainer(pl, epochs, root, [cb, *extra]).fit(model, loader(workers), ckpt_path=ckpt_path)
     replays = [str(w.message) for w in caught if "replayed an earlier epoch's order" in str(w.message)]
     return cb, model, replays
 

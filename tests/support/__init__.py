@@ -5,6 +5,7 @@ helpers      backends and (device, backend) cases read from the backend table, f
 dense        an independent dense float64 restatement of TDDS (the trackers' oracle)
 conformance  the op conformance suite's cases, fixtures and comparisons (tests/ops/test_conformance_*.py)
 paths        the repository root and the release fixtures
+lightning    a quiet one-device CPU Lightning Trainer
 
 Imported as `tests.support.<module>` (pyproject.toml puts the repository root on pytest's path).
 tests/helpers.py and tests/dense.py re-export the old bare names for one release.
