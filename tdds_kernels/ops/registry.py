@@ -141,7 +141,9 @@ def op_reason(name: str, op: str, device) -> str | None:
     if packet is None or not packet.default.has_kernel_for_dispatch_key(key):
         if op == "update_topk":
             return f"backend {spec.name!r} has no compressed-row kernel (prev_topk) for {device.type}"
-        return f"backend {spec.name!r} has no {key} kernel of tdds::{op}{spec.suffix} in this build"
+        if spec.module == ".extension" and op in spec.ops:
+            return f"the C++ extension was built without {key} kernels (tdds::{op}{spec.suffix})"
+        return f"backend {spec.name!r} has no {key} kernel of tdds::{op}{spec.suffix}"
     return None
 
 
