@@ -79,6 +79,7 @@ def main(argv=None):
     ap.add_argument("--output-dir", default="hf_tdds_out")
     ap.add_argument("--save-steps", type=int, help="checkpoint every K optimizer steps (default: none)")
     ap.add_argument("--stop-at-step", type=int, help="stop after this step, as if the run crashed")
+    ap.add_argument("--save-epochs", action="store_true", help="checkpoint at every epoch's end (and at a stop)")
     ap.add_argument(
         "--resume",
         nargs="?",
@@ -105,7 +106,7 @@ def main(argv=None):
         learning_rate=1e-3,
         seed=0,
         gradient_accumulation_steps=args.grad_accum,
-        save_strategy="steps" if args.save_steps else "no",
+        save_strategy="epoch" if args.save_epochs else "steps" if args.save_steps else "no",
         save_steps=args.save_steps or 500,
         eval_strategy="no" if args.no_eval else "epoch",
         per_device_eval_batch_size=16,

@@ -69,8 +69,8 @@ OUT_OF_RANGE = "out_of_range_targets"
 # Everything fold() changes per row, kept as the columns of one (N + 1, 6 + window) float64
 # tensor (exact for these counts, flags and float32 values): one gather and one scatter of rows
 # per batch. A dozen gathers and scatters of the separate tensors (each row a cache miss: the
-# update streams the large TDDS state through the caches) measured 0.2-0.3 ms at B = 4096 on
-# a 2-core AMD EPYC, as much as the kernel's own extra work. state_dict() and _state show the
+# update streams the large TDDS state through the caches) cost as much as the kernel's own extra
+# work (benchmarks/bench_targets.py measures the overhead). state_dict() and _state show the
 # named tensors of TENSORS.
 PACKED = (*BASELINE_COLUMNS, "prob_ring")  # prob_ring: columns RING_COL .. RING_COL + window - 1
 

@@ -3,10 +3,9 @@
 The update reads and writes one row of prev (N, C) per batch row, at random over the whole
 table: at ImageNet shape (N = 1.28M, C = 1000, float32) that is 5 GB, over a million 4 KiB
 pages, so nearly every row costs a TLB miss whose page-table walk misses the caches too (the
-page tables alone are 10 MB). On 2 MiB pages the tables shrink 512-fold. Measured on a 2-core
-AMD EPYC, alternating processes (docs/performance.md): a whole float32 ImageNet-shape epoch
-at 2 threads 0.64-0.74 s on 4 KiB pages, 0.54-0.56 s on huge pages; faulting the 5 GB in at
-allocation took longer there (1.2-7 s against 0.9-1.7 s in that VM).
+page tables alone are 10 MB). On 2 MiB pages the tables shrink 512-fold: a whole ImageNet-shape
+epoch is faster, and allocation slower (the fault-in of huge pages); the measured numbers are in
+docs/performance.md ("ImageNet scale on CPU").
 
 How: madvise(MADV_HUGEPAGE) on the tensor's whole 2 MiB pages before anything touches them, so
 the first touch (the fill) faults huge pages in. Advice only: where the kernel has THP set to

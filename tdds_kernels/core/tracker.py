@@ -29,6 +29,7 @@ from .inputs import (  # noqa: F401  (re-exported)
     check_options,
     warn_if_probabilities,
 )
+from .kept_mass import KeptMass
 from .state import TrackerState
 
 
@@ -82,6 +83,8 @@ class TDDSTracker:
         self._backend = registry.resolve(backend, self.device, topk=self.config.prev_topk is not None)
         self._fold = registry.fold_op(self.device)  # the baselines' fold, resolved outside any compiled step
         self._state = allocate(lambda: TrackerState(self.config, self.device), self.config, self.device)
+        # prev_topk: the mean kept mass per epoch, warned about below its threshold (kept_mass.py)
+        self.kept_mass = None if self.config.prev_topk is None else KeptMass(self.config.prev_topk)
         self._host_counters = HostSnapshots()  # counters copies for the check below (no CUDA sync)
         # Detects two threads inside update/end_epoch at once (docs/design.md §3, threads): taken
         # without blocking, so a second caller raises instead of interleaving with the first.
@@ -141,6 +144,8 @@ class TDDSTracker:
         out = dict(zip(COUNTERS, self._state.counters.tolist()))  # zip stops before the epoch slot
         out["epochs"] = self.epoch
         out["windows"] = max(0, self.epoch - self.window + 1)
+        if self.kept_mass is not None:  # prev_topk: the last closed epoch's mean kept mass (float)
+            out["kept_mass"] = self.kept_mass.last
         return out
 
     @property
@@ -271,6 +276,8 @@ class TDDSTracker:
         diagnostics.warn_empty_or_labels(st, new)
         if self._baselines is not None:
             self._baselines.end_epoch(st.seen, st.epoch)
+        if self.kept_mass is not None:
+            self.kept_mass.end_epoch(st.previous_row()[0], st.seen, st.epoch)
         self._backend.epoch_step(st.seen, st.ring, st.score, st.counters, self.decay)
         st.epoch += 1
         st.epoch_start_counters = st.counters.to("cpu", copy=True)

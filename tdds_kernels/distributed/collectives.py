@@ -4,8 +4,15 @@ on every rank, so no rank is left waiting in a collective."""
 
 from __future__ import annotations
 
+import datetime
+
 import torch
 import torch.distributed as dist
+
+# How long a collective read (scores, stats, save, ...) waits for every rank before it raises
+# instead of hanging until the process group's timeout (30 min by default). Ranks that are only
+# slower, by more than this, need a larger value.
+COLLECTIVE_CHECK_S = 10.0
 
 # The control row: one layout, named, for both exchanges. The eager exchange gathers it (then the
 # rows this rank sends to each rank) once per update and end_epoch; the sync-free exchange sends it
@@ -100,6 +107,23 @@ class Group:
         self.device = device
         self.world_size = dist.get_world_size(process_group)
         self.rank = dist.get_rank(process_group)
+
+    def every_rank_here(self, what: str) -> None:
+        """Raise within COLLECTIVE_CHECK_S seconds, instead of hanging, when `what` (a collective)
+        is called on some ranks only, as under `if rank == 0:`. gloo groups: a monitored barrier
+        names the ranks that did not come; other backends wait for their own timeout."""
+        if dist.get_backend(self.process_group) != "gloo":
+            return
+        try:
+            dist.monitored_barrier(
+                group=self.process_group, timeout=datetime.timedelta(seconds=COLLECTIVE_CHECK_S), wait_all_ranks=True
+            )
+        except RuntimeError as e:
+            detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise RuntimeError(
+                f"{what}: a collective of the sharded tracker, but not every rank called it within "
+                f"{COLLECTIVE_CHECK_S:g} s ({detail}); call it on every rank, not under `if rank == 0:`"
+            ) from None
 
     def gather_rows(self, row: torch.Tensor) -> torch.Tensor:
         """(world, *row.shape): every rank's `row`, in rank order (on the tracker's device)."""

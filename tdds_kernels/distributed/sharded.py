@@ -219,16 +219,19 @@ class ShardedTDDSTracker:
     @property
     def stats(self) -> dict[str, int]:
         """Counters summed over the ranks (collective: read it on every rank)."""
+        self._group.every_rank_here("stats")
         mine = self.local.stats
         summed = self._group.gather_rows(torch.tensor([mine[k] for k in COUNTERS])).sum(dim=0).tolist()
         return dict(zip(COUNTERS, (int(v) for v in summed)), epochs=mine["epochs"], windows=mine["windows"])
 
     def scores(self) -> torch.Tensor:
         """(N,) float32 scores by dataset index on every rank (collective)."""
+        self._group.every_rank_here("scores()")
         return self._gather_shards(self.local.scores())
 
     def baseline_scores(self) -> dict[str, torch.Tensor]:
         """The baselines over all N samples on every rank (collective)."""
+        self._group.every_rank_here("baseline_scores()")
         local = self.local.baseline_state_dict()
         if local is None:  # the same on every rank: update() agrees on whether targets came
             raise RuntimeError("baseline_scores: no targets were passed to update(), so no baselines were tracked")
@@ -260,7 +263,32 @@ class ShardedTDDSTracker:
         return {**self.local.state_dict(), "shard": self._shard_info()}
 
     def load_state_dict(self, sd: dict) -> None:
-        """Restore this rank's shard from state_dict() (local: checks only that it fits this rank)."""
+        """Restore this rank's shard from state_dict() (collective): every rank validates its own
+        shard, the ranks agree that every shard fits and that they belong together (one run, one
+        save, one epoch), then every rank applies its shard; else every rank raises, none changes."""
+        apply, info, exc = None, None, None
+        ids = torch.full((3,), -1, dtype=torch.int64)
+        try:
+            info = self._check_shard_info(sd)
+            apply = self.local.prepare_load({k: v for k, v in sd.items() if k != "shard"})
+            ids = torch.tensor([info["run_id"], info["saves"], sd["epoch"]])
+        except Exception as e:  # any failure must reach the agreement, or the other ranks wait
+            exc = e
+        self._group.agree(exc, "load_state_dict")
+        ids = self._group.gather_rows(ids)
+        if not bool((ids == ids[0]).all()):
+            raise ValueError(
+                f"state_dict: the ranks' shards do not belong together (run id, save count, epoch per rank: "
+                f"{ids.tolist()}); was a save interrupted? Nothing was loaded"
+            )
+        apply()
+        self._exchange.forget_errors()  # what sync-free updates held belongs to the replaced state
+        if self._exchange.sync_free:
+            # the capacity agreed before the save: a resumed run may start at an epoch's short last batch
+            self._exchange.capacity = self._exchange.capacity or info.get("capacity")
+        self._run_id, self._saves = info["run_id"], info["saves"]
+
+    def _check_shard_info(self, sd) -> dict:
         info = sd.get("shard") if isinstance(sd, dict) else None
         if not isinstance(info, dict):
             raise ValueError(
@@ -270,22 +298,26 @@ class ShardedTDDSTracker:
         mine = self._shard_info()
         for key in ("world_size", "rank", "num_samples", "ownership"):
             if info.get(key) != mine[key]:
-                raise ValueError(
-                    f"state_dict: shard {key}: tracker has {mine[key]!r}, state dict has {info.get(key)!r}"
+                # Rank r given rank 0's shard: a tool that saves on the main process only (e.g.
+                # Accelerate's register_for_checkpointing) saved one rank's shard for all.
+                hint = (
+                    "; a checkpoint written by the main process alone holds only its shard: with Accelerate, "
+                    "register integrations.accelerate.TrackerState(tracker), not the tracker"
+                    if key == "rank"
+                    else ""
                 )
-        for key in ("run_id", "saves"):  # checked before anything changes
+                raise ValueError(
+                    f"state_dict: shard {key}: tracker has {mine[key]!r}, state dict has {info.get(key)!r}{hint}"
+                )
+        for key in ("run_id", "saves"):
             if isinstance(info.get(key), bool) or not isinstance(info.get(key), int):
                 raise ValueError(f"state_dict: shard {key}: expected an int, got {info.get(key)!r}")
-        self.local.prepare_load({k: v for k, v in sd.items() if k != "shard"})()
-        self._exchange.forget_errors()  # what sync-free updates held belongs to the replaced state
-        if self._exchange.sync_free:
-            # the capacity agreed before the save: a resumed run may start at an epoch's short last batch
-            self._exchange.capacity = self._exchange.capacity or info.get("capacity")
-        self._run_id, self._saves = info["run_id"], info["saves"]
+        return info
 
     def save(self, path) -> None:
         """Write this rank's shard to shard_path(path, rank, world_size) atomically (collective:
         returns once every rank has written its file, raises on every rank if one failed)."""
+        self._group.every_rank_here("save()")
         self._saves += 1
         exc = None
         try:
@@ -317,16 +349,9 @@ class ShardedTDDSTracker:
             sync_free=sync_free,
         )
         try:
-            tracker.load_state_dict(sd)
-        except Exception as e:
-            exc = e
-        tracker._group.agree(exc, "load")
-        ids = tracker._group.gather_rows(torch.tensor([tracker._run_id, tracker._saves, tracker.epoch]))
-        if not bool((ids == ids[0]).all()):
-            raise ValueError(
-                f"{path}: the shards do not belong together (run id, save count, epoch "
-                f"per rank: {ids.tolist()}); was a save interrupted?"
-            )
+            tracker.load_state_dict(sd)  # collective: raises on every rank, or applies on every rank
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
         return tracker
 
     # ------------------------------------------------------------------ whole-dataset state
@@ -334,6 +359,7 @@ class ShardedTDDSTracker:
         """The state a single TDDSTracker would have, assembled on every rank (collective; N·C
         memory on each rank while it lasts). Loadable by TDDSTracker.load_state_dict and by
         load_full_state_dict() at any world size: the way to change the number of ranks."""
+        self._group.every_rank_here("full_state_dict()")
         mine = self.local.state_dict()
         # Per-sample tensors travel as padded all_gathers, the small rest as objects; then the
         # layout merges the shards exactly as merge_shards merges files.

@@ -83,6 +83,17 @@ def _agree(group, exc, device):
         raise exc
 
 
+def _saved_world_size(path: str) -> int | None:
+    """The world size of the per-rank files `path`.rank0-of-W a sharded run left, if any."""
+    folder, name = os.path.split(path)
+    try:
+        names = os.listdir(folder or ".")
+    except OSError:
+        return None
+    sizes = [n[len(name) + len(".rank0-of-") :] for n in names if n.startswith(name + ".rank0-of-")]
+    return int(sizes[0]) if len(sizes) == 1 and sizes[0].isdigit() else None
+
+
 def _tracker_device(device) -> torch.device:
     # torchrun, Accelerate and TrainingArguments hand out "cpu:0"; a CPU tensor reports plain
     # "cpu". One spelling for the tracker until the tracker itself treats them as one device.
@@ -158,6 +169,8 @@ class TDDSCallback(TrainerCallback):
         self.tracker: Tracker | None = None
         self.scores: torch.Tensor | None = None
         self.resume_dir: str | None = None  # set by TDDSTrainerMixin.train(resume_from_checkpoint=...)
+        self._fed = False  # set by TDDSTrainerMixin.train: a Trainer that hands over the batches
+        self._saved_step: int | None = None  # the global step whose checkpoint holds the tracker
         # One global order on every rank (Accelerate gives each rank its share of the batches).
         self.sampler = None if pruning is None else make_sampler(self, tracker_kwargs, pruning, num_replicas=1, rank=0)
 
@@ -183,6 +196,11 @@ class TDDSCallback(TrainerCallback):
 
     # ------------------------------------------------------------------ trainer events
     def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        if not self._fed:
+            raise RuntimeError(
+                "TDDSCallback: the Trainer does not feed it (a plain transformers.Trainer never hands the "
+                "callback a batch); train with TDDSTrainer, or a Trainer subclass with TDDSTrainerMixin"
+            )
         self.scores = None
         device, group = _tracker_device(args.device), default_group()
         self.tracker = None
@@ -200,6 +218,15 @@ class TDDSCallback(TrainerCallback):
                 self.resume_dir = None
                 return
             if not checkpoint_exists(path, device=device, process_group=group):
+                saved = _saved_world_size(path)
+                here = 1 if group is None else dist.get_world_size(group)
+                if saved is not None and saved != here:
+                    raise FileNotFoundError(
+                        f"TDDSCallback: resuming from step {state.global_step} on {here} process(es), but the "
+                        f"tracker in {folder} was saved by {saved} processes, one file per rank "
+                        f"({self.checkpoint_file}.rank{{r}}-of-{saved}): resume with {saved} processes, or merge "
+                        f"the files once on one process: torch.save(tk.merge_shards({path!r}, {saved}), {path!r})"
+                    )
                 raise FileNotFoundError(
                     f"TDDSCallback: resuming from step {state.global_step}, but {path} (the tracker saved "
                     "with that checkpoint) is missing"
@@ -270,11 +297,24 @@ class TDDSCallback(TrainerCallback):
             )
 
     def on_epoch_end(self, args, state, control, **kwargs):
+        # The Trainer calls this also when it stops inside an epoch (max_steps, early stopping,
+        # should_training_stop); closing then would record a partial epoch, and a checkpoint saved
+        # after it (save_strategy="epoch") would resume one epoch ahead. state.epoch is
+        # epoch + steps done / steps per epoch: whole only when every step of the epoch ran. Left
+        # open, the epoch resumes as from any mid-epoch checkpoint (the Trainer skips its steps).
+        if state.epoch is not None and abs(state.epoch - round(state.epoch)) > 1e-6:
+            return
         self.tracker.end_epoch()
 
     def on_save(self, args, state, control, **kwargs):
-        # Every rank runs callbacks; a sharded tracker writes one file per rank (collective).
-        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        # TDDSTrainerMixin has written it already, before the Trainer's own files (see there).
+        if self._saved_step != state.global_step:
+            self.save_checkpoint(os.path.join(args.output_dir, f"checkpoint-{state.global_step}"), state.global_step)
+
+    def save_checkpoint(self, folder: str, step: int) -> None:
+        """Write the tracker into the Trainer's checkpoint `folder` (every rank: a sharded
+        tracker writes one file per rank, collectively)."""
+        self._saved_step = step
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, self.checkpoint_file)
         if not self.tracker.complete:
@@ -305,6 +345,15 @@ class TDDSTrainerMixin:
         sampler = self._tdds_callback().sampler
         return sampler if sampler is not None else super()._get_train_sampler(*args, **kwargs)
 
+    def _save_checkpoint(self, model, trial, *args, **kwargs):
+        # The tracker goes into the folder first: the Trainer treats the folder as complete once
+        # its own files are written and then deletes older checkpoints (save_total_limit), so a
+        # crash between that and on_save would leave a checkpoint without the tracker and,
+        # with the older ones gone, nothing to resume.
+        folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+        self._tdds_callback().save_checkpoint(folder, self.state.global_step)
+        return super()._save_checkpoint(model, trial, *args, **kwargs)
+
     def _set_signature_columns_if_needed(self):
         # remove_unused_columns keeps only the model's forward arguments: add the index column,
         # which training_step / prediction_step take out again before the model is called.
@@ -321,6 +370,7 @@ class TDDSTrainerMixin:
             cb.resume_dir = get_last_checkpoint(self.args.output_dir)
         elif isinstance(resume_from_checkpoint, (str, os.PathLike)):
             cb.resume_dir = os.fspath(resume_from_checkpoint)
+        cb._fed = True
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def training_step(self, model, inputs, *args, **kwargs):

@@ -776,3 +776,13 @@ def test_archive_records_are_checked_against_the_file(tmp_path):
     with pytest.raises(ValueError) as info:
         tk.TDDSTracker.load(claimed)
     one_line(info, str(claimed), "not a readable")
+
+
+def test_another_ranks_shard_names_tracker_state(world_of_one):
+    # What rank 1 of 2 meets when Accelerate saved rank 0's shard alone (the tracker registered
+    # instead of TrackerState): the message says what to register.
+    tr = ShardedTDDSTracker(N, C, window=W, backend="reference", process_group=world_of_one)
+    sd = tr.state_dict()
+    with pytest.raises(ValueError) as info:
+        tr.load_state_dict({**sd, "shard": {**sd["shard"], "rank": 1}})
+    one_line(info, "shard rank", "TrackerState(tracker)")

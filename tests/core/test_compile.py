@@ -6,6 +6,8 @@ when the epoch advances. Checked on CPU with the reference backend, and with the
 under the interpreter (the same op registration serves CUDA).
 """
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -201,3 +203,24 @@ def test_triton_kernels_compile_for_hopper():
     if r.returncode and "ptxas" in r.stderr and "not found" in r.stderr.lower():
         pytest.skip("Triton's ptxas is not available")
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
+
+
+def test_a_forgotten_end_epoch_under_compile_shows_in_the_stats_not_as_a_warning():
+    # docs/design.md §3: the forgotten-end_epoch() check is host bookkeeping, kept out of
+    # compiled graphs; eager updates warn, compiled ones do not, and both count the duplicates.
+    torch._dynamo.reset()
+    results = {}
+    for mode in ("eager", "compiled"):
+        tracker = tk.TDDSTracker(N, C, window=3, backend="reference")
+        record = lambda logits, idx, tracker=tracker: tracker.update(logits, idx)  # noqa: E731
+        if mode == "compiled":
+            record = torch.compile(record, backend="aot_eager", fullgraph=True)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(3):  # three epochs' rows, end_epoch() forgotten
+                for idx in torch.randperm(N).split(B):
+                    record(torch.randn(len(idx), C), idx)
+        forgot = [w for w in caught if "did you forget end_epoch()" in str(w.message)]
+        results[mode] = (len(forgot), tracker.stats["duplicates"])
+    assert results["eager"][0] >= 1 and results["compiled"][0] == 0
+    assert results["eager"][1] == results["compiled"][1] == 2 * N

@@ -23,7 +23,7 @@ from tdds_kernels.distributed import ShardedTDDSTracker, merge_shards, shard_pat
 
 N, C, WINDOW, T = 53, 7, 3, 6
 CFG = dict(num_classes=C, window=WINDOW, decay=0.9, trajectory_len=T, backend="reference")
-SCENARIOS = ("equivalence", "dtypes", "save_load", "bad_batch", "disagreement", "nonfinite", "topk")
+SCENARIOS = ("equivalence", "dtypes", "save_load", "bad_shard", "bad_batch", "disagreement", "nonfinite", "topk")
 COLLECTIVE_TIMEOUT_S = 30
 SPAWN_DEADLINE_S = 150
 
@@ -112,6 +112,31 @@ def scenario_dtypes(rank, world, pg, tmp):
         feed(sharded, e, world, rank, targets=False)
         feed(single, e, world, None, targets=False)
     torch.testing.assert_close(sharded.scores(), single.scores(), rtol=1e-6, atol=1e-7)
+
+
+def scenario_bad_shard(rank, world, pg, tmp):
+    # load_state_dict with one bad shard, or shards of different epochs: every rank raises, no rank
+    # changes (issue 24 item 3), for either exchange.
+    for sync_free in (False, True):
+        t = ShardedTDDSTracker(N, **CFG, process_group=pg, sync_free=sync_free)
+        feed(t, 0, world, rank)
+        older = t.state_dict()
+        feed(t, 1, world, rank)
+        before = t.state_dict()
+        bad = dict(before, seen=before["seen"][:-1]) if rank == world - 1 else before
+        text = expect_error(lambda: t.load_state_dict(bad), ValueError, "seen")
+        assert rank == world - 1 or f"load_state_dict: rank {world - 1} failed" in text, text
+        mixed = older if rank == 0 else before  # each shard fine, but not of one epoch
+        expect_error(lambda: t.load_state_dict(mixed), ValueError, "do not belong together")
+        after = t.state_dict()
+        for want, got in ((before, after), (before["baselines"], after["baselines"])):
+            for key, value in want.items():
+                if isinstance(value, torch.Tensor):
+                    torch.testing.assert_close(got[key], value, rtol=0, atol=0, equal_nan=True, msg=key)
+                elif key != "baselines":
+                    assert got[key] == value, key
+        t.load_state_dict(older)  # a good set of shards loads on every rank
+        assert t.epoch == 1
 
 
 def scenario_save_load(rank, world, pg, tmp):

@@ -133,7 +133,7 @@ def test_capability_variable_never_widens_the_choice(capability):
 def test_isa_variants_match_reference(capability, tmp_path):
     """The kernels are compiled per ISA and picked at run time; force each one the CPU supports
     (the others skip, saying so). Each has its own exp and log: on the probability sweep the
-    stored logs and d stay within 1e-6 of the reference (measured: 2.2e-7)."""
+    stored logs and d stay within 1e-6 of the reference."""
     if not supported(capability):
         pytest.skip(
             f"this CPU cannot run the {capability.upper()} variant (widest: {tdds_kernels._C.cpu_variant_supported()})"

@@ -78,3 +78,54 @@ def test_settled_rows_at_21k_classes_match_the_float64_oracle(topk_op):
     top = torch.softmax(z0, 1).max(1).values
     assert ((top > 0.8) & (top < 0.97)).all() and (want > 3e-3).all() and (want < 3e-2).all()  # the regime
     np.testing.assert_allclose(d, want, rtol=1e-4, atol=0)
+
+
+def tie_rows(c, k, g):
+    """Rows whose K-th class is hard to pick: all p equal; ties straddling the K-th place; most
+    p underflowed to 0 (ties at 0); integer logits (ties everywhere); a crowd of values within a
+    few float32 steps of each other (distinct p, tiny gaps); a row whose largest classes are
+    exactly the evenly spaced ones a threshold estimated from a sample of C/16 classes sees (the
+    cpu kernel's estimate then admits fewer than K classes and must fall back to all of them)
+    and an ordinary row."""
+    z = torch.randn(7, c, generator=g) * 3
+    z[0] = 0.0
+    z[1] = -2.0
+    z[1, : k // 2] = 3.0
+    z[1, c // 3 : c // 3 + k] = 1.0  # k ties, of which k - k // 2 are kept
+    z[2] = -1e4
+    z[2, c - 1] = 0.0
+    z[3] = torch.round(z[3])
+    z[4] = 1.0 + torch.arange(c) * 1e-6
+    s = max(1, min(c // 16, 256))
+    z[5] = torch.randn(c, generator=g) * 0.1
+    z[5, torch.arange(s) * c // s] += 5.0
+    return z
+
+
+@pytest.mark.parametrize("c,k", [(37, 1), (37, 5), (300, 16), (1000, 32), (300, 300)])
+def test_ties_and_targets_match_the_reference(topk_op, c, k):
+    # The tie rule (lowest class id) on every backend, with the baselines' row stats computed in
+    # the same pass; twice, so the second epoch's d reads the first epoch's kept entries.
+    device, update = topk_op
+    g = torch.Generator().manual_seed(c + k)
+    rows = [tie_rows(c, k, g), tie_rows(c, k, g)]
+    targets = torch.randint(0, c, (7,), generator=g)
+    got = tuple(t.to(device) for t in fresh_state(7, c, k))
+    want = fresh_state(7, c, k)
+    index = torch.arange(7)
+    for epoch, z in enumerate(rows):
+        got[5][EPOCH] = want[5][EPOCH] = epoch
+        stats_got, stats_want = torch.empty(7, 4, device=device), torch.empty(7, 4)
+        update(z.to(device), index.to(device), *got, targets.to(device), stats_got)
+        torch.ops.tdds.update_topk(z, index, *want, targets, stats_want)
+        out = tuple(t.cpu() for t in got)
+        assert torch.equal(out[1], want[1]), f"epoch {epoch}: prev_idx"
+        torch.testing.assert_close(out[0], want[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(out[2], want[2], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(out[4], want[4], rtol=1e-5, atol=1e-5, equal_nan=True)
+        torch.testing.assert_close(stats_got.cpu(), stats_want, rtol=1e-5, atol=1e-6, equal_nan=True)
+    # The rule itself, independently of the reference: equal p keep the lowest ids, first.
+    assert out[1][0].tolist() == list(range(k))
+    if k < c:  # (at K = C the two groups of row 1 overlap)
+        assert out[1][1].tolist() == list(range(k // 2)) + list(range(c // 3, c // 3 + k - k // 2))
+    assert out[1][2].tolist() == [c - 1] + list(range(k - 1))

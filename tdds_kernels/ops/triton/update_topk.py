@@ -9,11 +9,13 @@ Per applied row b of sample n, with p = softmax(z_b), ℓ = log(p + ε):
 with (v, i, r) = (prev_val[n], prev_idx[n], prev_rest[n]): the stored classes' z gathered, the
 others streamed with a per-chunk histogram of the ids as the mask, so no (C,) row of log q is
 built and no stored class's term is added and then removed. Then the
-K largest p, ties to the lower class id, by K passes of "the best element worse than the last
-one taken" (no mask to keep: the order p desc, id asc is total), and the residual mass summed
-over the elements worse than the K-th (not 1 − the kept mass: cancellation). Rows of any width:
-each pass streams the row in BLOCK chunks (one chunk up to update.MAX_SINGLE_BLOCK classes).
-O(K·C) per row: meant for small K; the selection dominates at K = 128.
+K largest p, ties to the lower class id, without K passes: the K-th largest key (the bits of p,
+which order non-negative floats as their values) by a radix select, four passes of 8-bit
+digits counted with tl.histogram whatever K is; then one pass that keeps every class above that
+key and, of the classes at it, the lowest ids (a running count in class order), writes their ids
+compacted in class order and sums the p of the others (the residual: no 1 − kept cancellation);
+then the K kept entries are sorted in registers by (p desc, id asc). Rows of any width: each
+pass streams the row in BLOCK chunks (one chunk up to update.MAX_SINGLE_BLOCK classes).
 """
 
 from __future__ import annotations
@@ -56,9 +58,24 @@ def _probs(z_row, c, C, m, inv_s):
 
 
 @triton.jit
-def _worse(p, c, mask, last_p, last_c):
-    """The classes after (last_p, last_c) in the order p desc, class id asc."""
-    return mask & ((p < last_p) | ((p == last_p) & (c > last_c)))
+def _radix_pass(z_row, C, m, inv_s, prefix, need, SHIFT: tl.constexpr, BLOCK: tl.constexpr):
+    """One digit (bits SHIFT..SHIFT+7) of the K-th largest key: of the classes whose higher
+    bits equal prefix's, a histogram of this digit; the digit is the lowest d with fewer than
+    `need` of them above it. Returns (prefix with the digit set, need − the count above it)."""
+    cols = tl.arange(0, BLOCK)
+    bins = tl.arange(0, 256)
+    hist = tl.zeros((256,), tl.int32)
+    for start in range(0, C, BLOCK):
+        c = start + cols
+        mask, p = _probs(z_row, c, C, m, inv_s)
+        key = p.to(tl.int32, bitcast=True)
+        if SHIFT < 24:
+            mask = mask & ((key >> (SHIFT + 8)) == (prefix >> (SHIFT + 8)))
+        hist += tl.histogram((key >> SHIFT) & 255, 256, mask=mask)
+    above = tl.sum(hist, 0) - tl.cumsum(hist, 0)  # classes with a larger digit
+    digit = tl.min(tl.where(above < need, bins, 256), 0)
+    need = need - tl.sum(tl.where(bins == digit, above, 0), 0)
+    return prefix | (digit << SHIFT), need
 
 
 @triton.jit
@@ -128,40 +145,47 @@ def _update_topk_kernel(
                 stored = tl.histogram(rel, BLOCK, mask=ok & (rel >= 0) & (rel < BLOCK)) > 0
                 d += tl.sum(tl.where(mask & ~stored, tl.abs(p * (tl.log(p + _EPS) - r)), 0.0), 0)
 
-        # Top K: pass j takes the best element worse than (last_p, last_c), in the order
-        # p desc, class id asc; then the residual mass over everything worse than the K-th.
+        # Top K: the key of the K-th best class and how many of the classes at that key are kept
+        # (need >= 1), in four passes whatever K; then one pass keeps the classes above it and
+        # the `need` lowest ids at it, writes their ids in class order and sums the rest's p.
         if apply:
-            last_p = tl.full((), float("inf"), tl.float32)
-            last_c = tl.full((), -1, tl.int64)
-            for j in range(0, K):
-                best_p = tl.full((), -1.0, tl.float32)
-                best_c = tl.full((), C, tl.int64)
-                for start in range(0, C, BLOCK):
-                    c = start + cols
-                    mask, p = _probs(z_row, c, C, m, inv_s)
-                    worse = _worse(p, c, mask, last_p, last_c)
-                    pm = tl.where(worse, p, -1.0)
-                    chunk_p = tl.max(pm, 0)
-                    chunk_c = tl.min(tl.where(worse & (pm == chunk_p), c, C), 0).to(tl.int64)
-                    take = (chunk_p > best_p) | ((chunk_p == best_p) & (chunk_c < best_c))
-                    best_c = tl.where(take, chunk_c, best_c)
-                    best_p = tl.where(take, chunk_p, best_p)
-                tl.store(val_ptr + n * K + j, _to_storage(tl.log(best_p + _EPS), val_ptr))
-                tl.store(idx_ptr + n * K + j, best_c.to(idx_ptr.dtype.element_ty))
-                last_p = best_p
-                last_c = best_c
-            # With targets, the row stats ride on this last pass.
+            key_k = tl.zeros((), tl.int32)
+            need = tl.zeros((), tl.int32) + K
+            key_k, need = _radix_pass(z_row, C, m, inv_s, key_k, need, 24, BLOCK)
+            key_k, need = _radix_pass(z_row, C, m, inv_s, key_k, need, 16, BLOCK)
+            key_k, need = _radix_pass(z_row, C, m, inv_s, key_k, need, 8, BLOCK)
+            key_k, need = _radix_pass(z_row, C, m, inv_s, key_k, need, 0, BLOCK)
+            tl.debug_barrier()  # every lane has read the old ids (d above) before they are replaced
+            slots = tl.zeros((), tl.int32)
+            ties = tl.zeros((), tl.int32)
             residual = tl.zeros((), tl.float32)
-            for start in range(0, C, BLOCK):
+            for start in range(0, C, BLOCK):  # with targets, the row stats ride on this pass
                 c = start + cols
                 mask, z = _logits(z_row, c, C)
                 p = tl.exp(z - m) * inv_s
-                worse = _worse(p, c, mask, last_p, last_c)
-                residual += tl.sum(tl.where(worse, p, 0.0), 0)
+                key = p.to(tl.int32, bitcast=True)
+                at = (mask & (key == key_k)).to(tl.int32)
+                keep = (mask & (key > key_k)) | ((at != 0) & (ties + tl.cumsum(at, 0) <= need))
+                pos = slots + tl.cumsum(keep.to(tl.int32), 0) - 1
+                tl.store(idx_ptr + n * K + pos, c.to(idx_ptr.dtype.element_ty), mask=keep)
+                residual += tl.sum(tl.where(mask & ~keep, p, 0.0), 0)
+                ties += tl.sum(at, 0)
+                slots += tl.sum(keep.to(tl.int32), 0)
                 if HAS_TARGETS:
                     first, zy, other, e2 = row_stats_chunk(z, p, c, mask, y, m, first, zy, other, e2)
             mean = tl.where(K < C, residual / tl.maximum(C - K, 1).to(tl.float32), 0.0)
             tl.store(rest_ptr + n, _to_storage(tl.log(mean + _EPS), rest_ptr))
+            # The K kept, sorted by (p desc, id asc): one int64 key each, p's bits inverted above
+            # the id (their z gathered again: the same p as in the passes).
+            tl.debug_barrier()
+            ids = tl.load(idx_ptr + n * K + kcols, mask=kmask, other=0).to(tl.int32)
+            pk = tl.exp(tl.load(z_row + ids, mask=kmask, other=float("-inf")).to(tl.float32) - m) * inv_s
+            order = ((0x7FFFFFFF - pk.to(tl.int32, bitcast=True)).to(tl.int64) << 32) | ids.to(tl.int64)
+            order = tl.sort(tl.where(kmask, order, 0x7FFFFFFFFFFFFFFF), 0)
+            ids = (order & 0xFFFFFFFF).to(tl.int32)
+            pk = (0x7FFFFFFF - (order >> 32)).to(tl.int32).to(tl.float32, bitcast=True)
+            tl.store(val_ptr + n * K + kcols, _to_storage(tl.log(pk + _EPS), val_ptr), mask=kmask)
+            tl.store(idx_ptr + n * K + kcols, ids.to(idx_ptr.dtype.element_ty), mask=kmask)
         if HAS_TARGETS:
             store_row_stats(stats_ptr, row, want, y, m, inv_s, first, zy, other, e2)
         record(ring_ptr, seen_ptr, n, W1, slot, epoch, d, has_d, apply)
