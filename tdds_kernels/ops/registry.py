@@ -59,8 +59,9 @@ def _triton_needs(device: torch.device) -> str | None:
 @dataclass(frozen=True)
 class Spec:
     """One backend as declared: the device types it runs on, its ops (tdds::{op}{suffix}), the
-    module that registers them (imported on first use; None: loaded with this package) and a
-    further condition (None if it runs, else why not)."""
+    module that registers them (imported on first use; None: loaded with this package), a further
+    condition (None if it runs, else why not), and where "auto" tries it: on the device types in
+    `auto`, fastest (lowest `rank`) first (benchmarks/results/ has the measurements)."""
 
     name: str
     devices: tuple[str, ...]
@@ -68,20 +69,35 @@ class Spec:
     ops: tuple[str, ...]
     module: str | None = None
     needs: Callable[[torch.device], str | None] | None = None
+    auto: tuple[str, ...] = ()
+    rank: int = 0
 
 
 # The backends, in the order available() lists them; tests/support/helpers.py reads this table too.
+# Auto never tries triton on CPU tensors (the interpreter is a test tool, asked for by name).
 BACKENDS = (
-    Spec("reference", ("cpu", "cuda"), "", OPS),
-    Spec("triton", ("cpu", "cuda"), "_triton", ("update", "update_topk", "epoch_step"), ".triton", _triton_needs),
-    Spec("cpu", ("cpu",), "_ext", OPS, ".extension"),
-    Spec("cuda", ("cuda",), "_ext", ("update", "epoch_step"), ".extension"),
+    Spec("reference", ("cpu", "cuda"), "", OPS, auto=("cpu", "cuda"), rank=2),
+    Spec(
+        "triton",
+        ("cpu", "cuda"),
+        "_triton",
+        ("update", "update_topk", "epoch_step"),
+        ".triton",
+        _triton_needs,
+        auto=("cuda",),
+        rank=0,
+    ),
+    Spec("cpu", ("cpu",), "_ext", OPS, ".extension", auto=("cpu",), rank=0),
+    Spec("cuda", ("cuda",), "_ext", ("update", "epoch_step"), ".extension", auto=("cuda",), rank=1),
 )
 SPECS = {s.name: s for s in BACKENDS}
 NAMES = tuple(SPECS)
-# Order "auto" tries per device type, fastest first (benchmarks/results/ has the measurements);
-# the baselines' fold takes the first of these that has one (fold_op).
-AUTO_ORDER = {"cpu": ("cpu", "reference"), "cuda": ("triton", "cuda", "reference")}
+# The order "auto" tries per device type (read from the table); the baselines' fold takes the
+# first of these that has one (fold_op).
+AUTO_ORDER = {
+    kind: tuple(s.name for s in sorted((s for s in BACKENDS if kind in s.auto), key=lambda s: s.rank))
+    for kind in ("cpu", "cuda")
+}
 
 
 @dataclass(frozen=True)
@@ -125,7 +141,9 @@ def op_reason(name: str, op: str, device) -> str | None:
     if packet is None or not packet.default.has_kernel_for_dispatch_key(key):
         if op == "update_topk":
             return f"backend {spec.name!r} has no compressed-row kernel (prev_topk) for {device.type}"
-        return f"backend {spec.name!r} has no {key} kernel of tdds::{op}{spec.suffix} in this build"
+        if spec.module == ".extension" and op in spec.ops:
+            return f"the C++ extension was built without {key} kernels (tdds::{op}{spec.suffix})"
+        return f"backend {spec.name!r} has no {key} kernel of tdds::{op}{spec.suffix}"
     return None
 
 

@@ -87,9 +87,9 @@ def test_load_rejects_bad_files(tmp_path):
 
 RESUME = textwrap.dedent("""
     import sys, numpy as np, torch
-    sys.path.insert(0, {tests!r})
+    sys.path.insert(0, {repo!r})
     import tdds_kernels as tk
-    from helpers import feed, random_epochs
+    from tests.support.helpers import feed, random_epochs
     epochs = random_epochs(np.random.default_rng(11), 20, 6, 8, p_missing=0.2, p_dup=0.2)
     stop, path, backend = int(sys.argv[1]), sys.argv[2], sys.argv[3]
     if sys.argv[4] == "first":
@@ -107,7 +107,7 @@ RESUME = textwrap.dedent("""
 @pytest.mark.parametrize("stop", [1, 3, 6])
 def test_resume_in_fresh_process_is_bit_identical(tmp_path, backend, stop):
     script = tmp_path / "resume.py"
-    script.write_text(RESUME.format(tests=str(REPO / "tests")))
+    script.write_text(RESUME.format(repo=str(REPO)))
     path = str(tmp_path / "ckpt.pt")
     for phase in ("first", "second"):
         subprocess.run(

@@ -77,3 +77,11 @@ def test_only_the_schema_module_registers_kernels():
         if p.name != "schema.py" and re.search(r"\b_lib\b|torch\.library\.(Library|impl)\(", p.read_text())
     ]
     assert users == []
+
+
+def test_auto_order_comes_from_the_table():
+    """docs/design.md §5: auto takes cpu then reference on CPU, triton then cuda then reference
+    on CUDA; each backend it tries runs on that device type."""
+    assert registry.AUTO_ORDER == {"cpu": ("cpu", "reference"), "cuda": ("triton", "cuda", "reference")}
+    for spec in registry.BACKENDS:
+        assert set(spec.auto) <= set(spec.devices), spec.name
