@@ -45,53 +45,15 @@ try:
 except ImportError:
     raise missing_extra(__name__, "transformers", "hf") from None
 
-from ..core.checkpoint import save_atomic
 from ..core.protocol import Tracker
 from ..core.tracker import TDDSTracker
 from ..distributed.factory import default_group
-from ._final import expand_final_state, final_state
+from ._final import expand_final_state, final_path, rank_file, save_final, saved_world_size
 from .loop import checkpoint_exists, load_tracker, make_tracker
 from .pruning import check_options as pruning_options
 from .pruning import make_sampler
 
 CHECKPOINT_FILE = "tdds.pt"
-
-
-def _final_path(path: str) -> str:
-    # A complete tracker's checkpoint (no N x C state) goes under its own name, so its existence
-    # alone says which loader to use.
-    root, ext = os.path.splitext(path)
-    return root + ".final" + ext
-
-
-def _rank_file(path: str, group):
-    if group is None:
-        return path
-    from ..distributed import shard_path
-
-    return shard_path(path, dist.get_rank(group), dist.get_world_size(group))
-
-
-def _agree(group, exc, device):
-    """Raise on every rank if `exc` is set on any (a failed write must not strand the others)."""
-    if group is not None:
-        failed = torch.tensor([int(exc is not None)], device=device)
-        dist.all_reduce(failed, op=dist.ReduceOp.MAX, group=group)
-        if exc is None and failed.item():
-            raise RuntimeError("TDDSCallback: another rank failed to write its tracker checkpoint")
-    if exc is not None:
-        raise exc
-
-
-def _saved_world_size(path: str) -> int | None:
-    """The world size of the per-rank files `path`.rank0-of-W a sharded run left, if any."""
-    folder, name = os.path.split(path)
-    try:
-        names = os.listdir(folder or ".")
-    except OSError:
-        return None
-    sizes = [n[len(name) + len(".rank0-of-") :] for n in names if n.startswith(name + ".rank0-of-")]
-    return int(sizes[0]) if len(sizes) == 1 and sizes[0].isdigit() else None
 
 
 def _tracker_device(device) -> torch.device:
@@ -207,18 +169,18 @@ class TDDSCallback(TrainerCallback):
         if state.global_step > 0:  # resumed: the tracker saved with that checkpoint
             folder = self.resume_dir or os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
             path = os.path.join(folder, self.checkpoint_file)
-            final = _final_path(path)
+            final = final_path(path)
             if checkpoint_exists(final, device=device, process_group=group):
                 # A complete tracker: scores, stats and config only; recording is over.
                 self.tracker = make_tracker(
                     self.num_samples, self.num_classes, device=device, process_group=group, **self.tracker_kwargs
                 )
-                sd = torch.load(_rank_file(final, group), map_location="cpu", weights_only=True)
+                sd = torch.load(rank_file(final, group), map_location="cpu", weights_only=True)
                 self.tracker.load_state_dict(expand_final_state(sd))
                 self.resume_dir = None
                 return
             if not checkpoint_exists(path, device=device, process_group=group):
-                saved = _saved_world_size(path)
+                saved = saved_world_size(path)
                 here = 1 if group is None else dist.get_world_size(group)
                 if saved is not None and saved != here:
                     raise FileNotFoundError(
@@ -320,13 +282,7 @@ class TDDSCallback(TrainerCallback):
         if not self.tracker.complete:
             self.tracker.save(path)
             return
-        # Complete: scores and stats are final, so the N x C recording state stays out.
-        group, exc = self.tracker.process_group, None
-        try:
-            save_atomic(final_state(self.tracker.state_dict()), _rank_file(_final_path(path), group))
-        except Exception as e:
-            exc = e
-        _agree(group, exc, self.tracker.device)
+        save_final(self.tracker, path)  # scores and stats are final: the N x C recording state stays out
 
     def on_train_end(self, args, state, control, **kwargs):
         self.scores = self.tracker.scores().cpu()  # collective when sharded: every rank is here
