@@ -29,6 +29,7 @@ class KeptMass:
         self.k = k
         self.threshold = threshold
         self.last: float | None = None
+        self.count = 0  # samples the last measure averaged over (a sharded tracker weighs ranks by it)
 
     def end_epoch(self, prev_val: torch.Tensor, seen: torch.Tensor, epoch: int) -> float | None:
         """Measure the epoch being closed (its samples have seen == epoch); warn if below the
@@ -43,7 +44,7 @@ class KeptMass:
             total += torch.where(recorded, mass, torch.zeros_like(mass)).sum()
             count += recorded.sum()
         n = int(count)
-        self.last = float(total) / n if n else None
+        self.last, self.count = (float(total) / n if n else None), n
         if self.last is not None and self.last < self.threshold:
             warnings.warn(
                 f"TDDSTracker: prev_topk={self.k} kept a mean {self.last:.1%} of the softmax mass in "

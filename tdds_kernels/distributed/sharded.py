@@ -222,7 +222,14 @@ class ShardedTDDSTracker:
         self._group.every_rank_here("stats")
         mine = self.local.stats
         summed = self._group.gather_rows(torch.tensor([mine[k] for k in COUNTERS])).sum(dim=0).tolist()
-        return dict(zip(COUNTERS, (int(v) for v in summed)), epochs=mine["epochs"], windows=mine["windows"])
+        out = dict(zip(COUNTERS, (int(v) for v in summed)), epochs=mine["epochs"], windows=mine["windows"])
+        if "kept_mass" in mine:  # prev_topk: the mean over every rank's samples of the last epoch
+            km = self.local.kept_mass
+            mass, count = self._group.gather_rows(
+                torch.tensor([(km.last or 0.0) * km.count, km.count], dtype=torch.float64)
+            ).sum(dim=0)
+            out["kept_mass"] = float(mass / count) if count > 0 else None
+        return out
 
     def scores(self) -> torch.Tensor:
         """(N,) float32 scores by dataset index on every rank (collective)."""

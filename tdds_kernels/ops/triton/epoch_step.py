@@ -37,7 +37,7 @@ def _epoch_step_kernel(
     last = ticket == tl.num_programs(0) - 1
     tl.atomic_add(counters_ptr + _EPOCH, 1 - (ticket + 1) * (1 << 32), mask=last)
 
-    slot = (epoch - 1 + W1) % W1
+    slot = ((epoch - 1) % W1 + W1) % W1  # non-negative for any epoch (an invalid one must not index outside the ring)
     rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     rmask = rows < N
     seen = tl.load(seen_ptr + rows, mask=rmask, other=0)

@@ -35,7 +35,7 @@ def run_start(sorted_ptr, seen_ptr, counters_ptr, N, W1):
     head = (pos == 0) | (before != n)  # first position of a run of equal indices
     # The epoch lives on the device (no host sync, no recompiles): a runtime value, not a flag.
     epoch = tl.load(counters_ptr + _EPOCH).to(tl.int32)
-    slot = (epoch - 1 + W1) % W1  # (e − 1) mod (W − 1); at e = 0 a NaN goes to slot W − 2
+    slot = ((epoch - 1) % W1 + W1) % W1  # (e − 1) mod (W − 1), non-negative for any epoch; e = 0: slot W − 2
     in_range = (n >= 0) & (n < N)
     old = tl.load(seen_ptr + n, mask=in_range & head, other=0)
     # d_{e−1} needs a record in epoch e − 1; `fresh`: no row of n applied yet this epoch.
