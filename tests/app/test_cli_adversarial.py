@@ -11,12 +11,14 @@ import pickle
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tdds_kernels import cli, offline
 
+from tests.support.cli import SRC, T, W, fails_cleanly, snapshot
 from tests.support.paths import FIXTURES
 
 pytestmark = [
@@ -24,30 +26,11 @@ pytestmark = [
     pytest.mark.skipif(not (FIXTURES / "small_c10").is_dir(), reason="fixtures not found"),
 ]
 
-SRC = FIXTURES / "small_c10"
-T, W = "12", "5"  # the fixture's trajectory and window (params.json)
-
-
-def snapshot(*roots):
-    """{path: bytes} of every file (hidden ones included) and {path: None} of every folder."""
-    out = {}
-    for root in roots:
-        if not root.exists():
-            continue
-        for dirpath, _, filenames in os.walk(root):
-            out[dirpath] = None
-            for name in filenames:
-                path = os.path.join(dirpath, name)
-                with open(path, "rb") as f:
-                    out[path] = f.read()
-    return out
-
 
 @pytest.fixture
 def dump(tmp_path):
-    folder = tmp_path / "dump"
-    shutil.copytree(SRC, folder)
-    return folder
+    """A copy of the fixture dump this test may damage."""
+    return Path(shutil.copytree(SRC, tmp_path / "dump"))
 
 
 @pytest.fixture
@@ -57,22 +40,6 @@ def old_outputs(tmp_path):
     assert cli.main(["score", str(SRC), "-T", T, "-W", W, "-b", "0.5", "--out", str(out), "--no-progress"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["data_mask_win5_ep12.npy", "score_win5_ep12.npy", "scores.npy"]
     return out
-
-
-def fails_cleanly(capsys, argv, match, roots):
-    """Run `score argv` in-process; assert exit 2, one stderr line holding every string of
-    `match`, and `roots` unchanged."""
-    before = snapshot(*roots)
-    code = cli.main(["score", *map(str, argv), "-T", T, "-W", W, "--no-progress"])
-    captured = capsys.readouterr()
-    lines = captured.err.splitlines()
-    assert code == 2, captured
-    assert len(lines) == 1, lines
-    for m in (match,) if isinstance(match, str) else match:
-        assert m in lines[0], lines[0]
-    assert "Traceback" not in captured.err
-    assert snapshot(*roots) == before, "files changed, appeared or vanished"
-    return lines[0]
 
 
 # ---------------------------------------------------------------- corrupt dump folders

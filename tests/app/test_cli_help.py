@@ -2,12 +2,12 @@
 
 import numpy as np
 import pytest
-from test_offline import write_dump
 
 import tdds_kernels
 from tdds_kernels import cli
 
 from tests.support.dense import dense_scores
+from tests.support.dumps import write_dump
 from tests.support.helpers import random_epochs
 
 

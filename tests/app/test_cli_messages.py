@@ -4,19 +4,26 @@ importing torch."""
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from test_cli_adversarial import SRC, T, W, dump, fails_cleanly  # noqa: F401  (dump: a fixture)
 
 from tdds_kernels import cli, offline
 
+from tests.support.cli import SRC, T, W, fails_cleanly
 from tests.support.paths import REPO
 
 pytestmark = pytest.mark.filterwarnings("ignore:tdds_kernels. using the reference backend")
+
+
+@pytest.fixture
+def dump(tmp_path):
+    """A copy of the fixture dump this test may damage."""
+    return Path(shutil.copytree(SRC, tmp_path / "dump"))
 
 
 @pytest.mark.parametrize(

@@ -10,20 +10,11 @@ import pytest
 from tdds_kernels import cli
 
 from tests.support.dense import dense_scores
+from tests.support.dumps import write_dump
 from tests.support.helpers import random_epochs
 from tests.support.paths import FIXTURES
 
 pytestmark = pytest.mark.filterwarnings("ignore:tdds_kernels. using the reference backend")
-
-
-def write_dump(folder, epochs, loss=True):
-    folder.mkdir(parents=True, exist_ok=True)
-    for t, batches in enumerate(epochs):
-        np.save(folder / f"{t}_Output.npy", np.concatenate([l for l, _ in batches]).astype(np.float32))
-        np.save(folder / f"{t}_Index.npy", np.concatenate([i for _, i in batches]).astype(np.int64))
-        if loss:
-            np.save(folder / f"{t}_Loss.npy", np.zeros(sum(len(i) for _, i in batches), np.float32))
-    return folder
 
 
 def run_cli(*args):

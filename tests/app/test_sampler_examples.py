@@ -6,7 +6,8 @@ from __future__ import annotations
 import sys
 
 import torch
-from test_examples import EXAMPLES, run
+
+from tests.support.commands import EXAMPLES, run
 
 
 def same_run(a, b):

@@ -1,5 +1,5 @@
 """PruningSampler with a sharded tracker on 2 gloo ranks (the spawn harness of
-tests/distributed/test_sharded.py): every rank agrees on the kept set without gathering N×C,
+tests/distributed/harness.py): every rank agrees on the kept set without gathering N×C,
 the ranks split each epoch with equal lengths, a mid-epoch resume after the switch takes the
 same batches and gives the same scores, and ranks that disagree are told so."""
 
@@ -7,21 +7,18 @@ from __future__ import annotations
 
 import datetime
 import os
-import sys
 import time
 import traceback
-from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 from torch.utils.data import BatchSampler
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "distributed"))
-from test_sharded import COLLECTIVE_TIMEOUT_S, spawn  # noqa: E402
-
 import tdds_kernels as tk  # noqa: E402
 from tdds_kernels.core.selection import select_coreset  # noqa: E402
+
+from tests.distributed.harness import COLLECTIVE_TIMEOUT_S, spawn  # noqa: E402
 
 N, C, W, T, E, B = 41, 5, 3, 4, 7, 4
 CFG = dict(window=W, trajectory_len=T, backend="reference")

@@ -6,6 +6,9 @@ dense        an independent dense float64 restatement of TDDS (the trackers' ora
 conformance  the op conformance suite's cases, fixtures and comparisons (tests/ops/test_conformance_*.py)
 paths        the repository root and the release fixtures
 lightning    a quiet one-device CPU Lightning Trainer
+cli          the score command driven in-process, and its fails-cleanly check
+commands     the examples run as subprocesses
+dumps        release-format dumps written from batches
 
 Imported as `tests.support.<module>` (pyproject.toml puts the repository root on pytest's path).
 tests/helpers.py and tests/dense.py re-export the old bare names for one release.
