@@ -303,13 +303,16 @@ class ShardedTDDSTracker:
                 raise ValueError(f"state_dict: shard {key}: expected an int, got {info.get(key)!r}")
         return info
 
-    def save(self, path) -> None:
+    def save(self, path, final: bool = False) -> None:
         """Write this rank's shard to shard_path(path, rank, world_size) atomically (collective:
-        returns once every rank has written its file, raises on every rank if one failed)."""
+        returns once every rank has written its file, raises on every rank if one failed).
+        final=True (a complete tracker only): without the recording state, as TDDSTracker.save."""
         self._saves += 1
         exc = None
         try:
-            checkpoint.save_atomic(self.state_dict(), shard_path(path, self.rank, self.world_size))
+            sd = self.state_dict()
+            sd = checkpoint.final_state(sd) if final else sd
+            checkpoint.save_atomic(sd, shard_path(path, self.rank, self.world_size))
         except Exception as e:  # a full disk on one rank must not leave the others waiting
             exc = e
         self._group.agree(exc, "save")

@@ -45,11 +45,11 @@ try:
 except ImportError:
     raise missing_extra(__name__, "transformers", "hf") from None
 
-from ..core.checkpoint import save_atomic
+from ..core.checkpoint import expand_final_state, read
 from ..core.protocol import Tracker
 from ..core.tracker import TDDSTracker
+from ..distributed.collectives import agree_group as agree
 from ..distributed.factory import default_group
-from ._final import expand_final_state, final_state
 from .loop import checkpoint_exists, load_tracker, make_tracker
 
 CHECKPOINT_FILE = "tdds.pt"
@@ -68,17 +68,6 @@ def _rank_file(path: str, group):
     from ..distributed import shard_path
 
     return shard_path(path, dist.get_rank(group), dist.get_world_size(group))
-
-
-def _agree(group, exc, device):
-    """Raise on every rank if `exc` is set on any (a failed write must not strand the others)."""
-    if group is not None:
-        failed = torch.tensor([int(exc is not None)], device=device)
-        dist.all_reduce(failed, op=dist.ReduceOp.MAX, group=group)
-        if exc is None and failed.item():
-            raise RuntimeError("TDDSCallback: another rank failed to write its tracker checkpoint")
-    if exc is not None:
-        raise exc
 
 
 def _tracker_device(device) -> torch.device:
@@ -172,8 +161,16 @@ class TDDSCallback(TrainerCallback):
                 self.tracker = make_tracker(
                     self.num_samples, self.num_classes, device=device, process_group=group, **self.tracker_kwargs
                 )
-                sd = torch.load(_rank_file(final, group), map_location="cpu", weights_only=True)
-                self.tracker.load_state_dict(expand_final_state(sd))
+                sd = exc = None
+                try:  # checked: header, stored sizes, checksums; a bad file raises on every rank
+                    sd = expand_final_state(read(_rank_file(final, group)))
+                except Exception as e:
+                    exc = e
+                if group is not None:
+                    agree(group, exc, "TDDSCallback")  # raises on every rank if any failed
+                elif exc is not None:
+                    raise exc
+                self.tracker.load_state_dict(sd)
                 self.resume_dir = None
                 return
             if not checkpoint_exists(path, device=device, process_group=group):
@@ -256,14 +253,8 @@ class TDDSCallback(TrainerCallback):
         path = os.path.join(folder, self.checkpoint_file)
         if not self.tracker.complete:
             self.tracker.save(path)
-            return
-        # Complete: scores and stats are final, so the N x C recording state stays out.
-        group, exc = self.tracker.process_group, None
-        try:
-            save_atomic(final_state(self.tracker.state_dict()), _rank_file(_final_path(path), group))
-        except Exception as e:
-            exc = e
-        _agree(group, exc, self.tracker.device)
+        else:  # scores and stats are final: the N x C recording state stays out
+            self.tracker.save(_final_path(path), final=True)
 
     def on_train_end(self, args, state, control, **kwargs):
         self.scores = self.tracker.scores().cpu()  # collective when sharded: every rank is here
