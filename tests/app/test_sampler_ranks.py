@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch.utils.data import BatchSampler
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "distributed"))
-from test_sharded import COLLECTIVE_TIMEOUT_S, spawn  # noqa: E402
+from harness import COLLECTIVE_TIMEOUT_S, spawn  # noqa: E402
 
 import tdds_kernels as tk  # noqa: E402
 from tdds_kernels.core.selection import select_coreset  # noqa: E402
