@@ -99,9 +99,12 @@ def test_modules_stay_small(name):
 # ---------------------------------------------------------------- private members stay private
 # A private name (`_x`, not dunder) belongs to the module that defines it: neighbours call public
 # methods. Defined = assigned (`self._x = ...`, `_x = ...`) or declared (def / class) in a module.
-# Justified exceptions, "module: name", each with its reason (none at present: the op
-# implementations register through ops/schema.py implement(), not its library handle):
-PRIVATE_ALLOWED: set[str] = set()
+# Justified exceptions, "module: name", each with its reason:
+PRIVATE_ALLOWED = {
+    # The Triton package shares its jit helpers between its kernel modules (one kernel family).
+    "tdds_kernels.ops.triton: _update_kernel",
+    "tdds_kernels.ops.triton.update_topk: _to_storage",
+}
 
 
 def _private_names(tree) -> tuple[set[str], list[tuple[int, str]]]:
@@ -111,6 +114,9 @@ def _private_names(tree) -> tuple[set[str], list[tuple[int, str]]]:
             defined.add(node.name)
         elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
             defined.add(node.id)
+        elif isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("tdds_kernels")):
+            # `from .mod import _x`: another module's private name
+            used += [(node.lineno, a.name) for a in node.names if a.name.startswith("_") and a.name[:2] != "__"]
         elif isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
             base_is_self = isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")
             if isinstance(node.ctx, ast.Store) and base_is_self:
@@ -132,11 +138,12 @@ def test_no_module_reaches_into_another_modules_private_members():
     for name, (defined, used) in PRIVATE.items():
         for line, attr in used:
             # Another module's private member: defined in the package, but not in this module.
-            if attr not in defined and attr in owners and f"{name}: {attr}" not in PRIVATE_ALLOWED:
+            if attr in owners and f"{name}: {attr}" not in PRIVATE_ALLOWED and attr not in defined:
                 found.append(f"{MODULES[name].relative_to(REPO)}:{line}: ._{attr[1:]} of {sorted(owners[attr])}")
     assert not found, "private members used outside their module:\n" + "\n".join(found)
 
 
 def test_the_private_member_check_can_fail():
-    defined, used = _private_names(ast.parse("def f(t):\n    t.local._record(1)\n    t._state.x = 2\n"))
-    assert {attr for _, attr in used} == {"_record", "_state"} and not defined & {"_record", "_state"}
+    source = "from .collectives import _COL\ndef f(t):\n    t.local._record(1)\n    t._state.x = 2\n"
+    defined, used = _private_names(ast.parse(source))
+    assert {attr for _, attr in used} == {"_COL", "_record", "_state"} and not defined & {"_COL", "_record", "_state"}

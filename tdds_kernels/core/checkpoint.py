@@ -30,7 +30,7 @@ from .atomic_files import replace_files
 from .baselines import BaselineScores
 from .config import TrackerConfig
 from .inputs import check_options
-from .state import TrackerState
+from .state import RECORDING, TrackerState, initial_values
 
 FORMAT = "tdds_kernels.TDDSTracker"
 FORMAT_VERSION = 2
@@ -278,3 +278,28 @@ def check_state_dict(config: TrackerConfig, sd, where: str = "state_dict") -> tu
     if sd["baselines"] is not None:
         BaselineScores(config.num_samples, config.num_classes, "meta").check_state_dict(sd["baselines"])
     return options
+
+
+def final_state(sd: dict, where: str = "final") -> dict:
+    """A complete tracker's state dict without the recording state (a few bytes per sample):
+    what save(path, final=True) writes. Scores, stats, config and baselines stay."""
+    if not sd.get("complete"):
+        raise ValueError(
+            f"{where}: expected a complete tracker (its trajectory_len epochs ended), got epoch "
+            f"{sd.get('epoch')}; only a complete tracker's state can drop its recording state"
+        )
+    out = {k: v for k, v in sd.items() if k not in RECORDING}
+    out["final"] = True
+    return out
+
+
+def expand_final_state(sd: dict) -> dict:
+    """A loadable state dict from final_state(): the recording state refilled with its initial
+    values (unused by a complete tracker) as broadcast views, so loading allocates no N x C
+    temporary; any other state dict is returned as it is."""
+    if not isinstance(sd, dict) or not sd.get("final"):
+        return sd
+    fresh = initial_values(TrackerConfig.from_dict(sd["config"]))
+    out = {k: v for k, v in sd.items() if k != "final"}
+    out.update({name: fresh[name] for name in RECORDING if name in fresh})
+    return out

@@ -31,6 +31,16 @@ class KeptMass:
         self.last: float | None = None
         self.count = 0  # samples the last measure averaged over (a sharded tracker weighs ranks by it)
 
+    def weighted(self) -> torch.Tensor:
+        """[mass sum, samples] of the last epoch: what a sharded tracker sums over its ranks."""
+        return torch.tensor([(self.last or 0.0) * self.count, self.count], dtype=torch.float64)
+
+    @staticmethod
+    def mean_of(rows: torch.Tensor) -> float | None:
+        """The mean kept mass of several weighted() rows (None when none recorded a sample)."""
+        mass, count = rows.sum(dim=0).tolist()
+        return mass / count if count > 0 else None
+
     def end_epoch(self, prev_val: torch.Tensor, seen: torch.Tensor, epoch: int) -> float | None:
         """Measure the epoch being closed (its samples have seen == epoch); warn if below the
         threshold. One reduction over the recorded rows' K values and one host sync."""

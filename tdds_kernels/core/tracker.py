@@ -366,9 +366,11 @@ class TDDSTracker:
     full_state_dict = state_dict
     load_full_state_dict = load_state_dict
 
-    def save(self, path) -> None:
-        """Write a checkpoint atomically: a crash mid-save leaves any previous file intact."""
-        checkpoint.save_atomic(self.state_dict(), path)
+    def save(self, path, final: bool = False) -> None:
+        """Write a checkpoint atomically: a crash mid-save leaves any previous file intact.
+        final=True (a complete tracker only): without the recording state, a few bytes per sample."""
+        sd = self.state_dict()
+        checkpoint.save_atomic(checkpoint.final_state(sd) if final else sd, path)
 
     @classmethod
     def load(cls, path, device=None, backend: str = "auto") -> TDDSTracker:

@@ -5,9 +5,8 @@ The sharded tracker holds a TDDSTracker for this rank's shard (``local``: prev, 
 of ≈ 1/W of the samples, the same backend ops) and a ShardLayout (layout.py: rank r owns the
 samples n with ``n % W == r``, at local row ``n // W``).
 
-Per step every rank calls ``update`` once (an empty batch is fine), as DDP loops do. The rows
-reach their owners by one of two exchanges (eager.py, sync_free.py), chosen by ``sync_free`` (default: by
-the process group's backend):
+Per step every rank calls ``update`` once (an empty batch is fine), as DDP loops do. The rows reach
+their owners by one of two exchanges (eager.py, sync_free.py), chosen by ``sync_free`` (default: the group's backend):
 
 - eager (gloo): one all_gather of a small control row (validity, epoch, dtype, rows per
   destination; the one host sync) lets every rank see every error, so a bad batch on one rank
@@ -37,6 +36,7 @@ from ..core import checkpoint
 from ..core.baselines import PER_SAMPLE as BASELINE_PER_SAMPLE
 from ..core.baselines import check_targets, scores_of
 from ..core.config import TrackerConfig
+from ..core.kept_mass import KeptMass
 from ..core.state import PER_SAMPLE
 from ..core.tracker import TDDSTracker, check_batch, check_state_dict
 from ..ops.schema import COUNTERS
@@ -224,11 +224,7 @@ class ShardedTDDSTracker:
         summed = self._group.gather_rows(torch.tensor([mine[k] for k in COUNTERS])).sum(dim=0).tolist()
         out = dict(zip(COUNTERS, (int(v) for v in summed)), epochs=mine["epochs"], windows=mine["windows"])
         if "kept_mass" in mine:  # prev_topk: the mean over every rank's samples of the last epoch
-            km = self.local.kept_mass
-            mass, count = self._group.gather_rows(
-                torch.tensor([(km.last or 0.0) * km.count, km.count], dtype=torch.float64)
-            ).sum(dim=0)
-            out["kept_mass"] = float(mass / count) if count > 0 else None
+            out["kept_mass"] = KeptMass.mean_of(self._group.gather_rows(self.local.kept_mass.weighted()))
         return out
 
     def scores(self) -> torch.Tensor:
@@ -248,9 +244,9 @@ class ShardedTDDSTracker:
 
     def __repr__(self):
         return (
-            f"ShardedTDDSTracker({self.config.describe()}, device='{self.device}', "
-            f"backend='{self.backend}', epoch={self.epoch}, complete={self.complete}, rank={self.rank}, "
-            f"world_size={self.world_size}, shard_size={self.shard_size})"
+            f"ShardedTDDSTracker({self.config.describe()}, device='{self.device}', backend='{self.backend}', "
+            f"epoch={self.epoch}, complete={self.complete}, rank={self.rank}, world_size={self.world_size}, "
+            f"shard_size={self.shard_size})"
         )
 
     # ------------------------------------------------------------------ checkpoints
@@ -321,14 +317,17 @@ class ShardedTDDSTracker:
                 raise ValueError(f"state_dict: shard {key}: expected an int, got {info.get(key)!r}")
         return info
 
-    def save(self, path) -> None:
+    def save(self, path, final: bool = False) -> None:
         """Write this rank's shard to shard_path(path, rank, world_size) atomically (collective:
-        returns once every rank has written its file, raises on every rank if one failed)."""
+        returns once every rank has written its file, raises on every rank if one failed).
+        final=True (a complete tracker only): without the recording state, as TDDSTracker.save."""
         self._group.every_rank_here("save()")
         self._saves += 1
         exc = None
         try:
-            checkpoint.save_atomic(self.state_dict(), shard_path(path, self.rank, self.world_size))
+            sd = self.state_dict()
+            sd = checkpoint.final_state(sd) if final else sd
+            checkpoint.save_atomic(sd, shard_path(path, self.rank, self.world_size))
         except Exception as e:  # a full disk on one rank must not leave the others waiting
             exc = e
         self._group.agree(exc, "save")

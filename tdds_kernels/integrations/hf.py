@@ -45,10 +45,12 @@ try:
 except ImportError:
     raise missing_extra(__name__, "transformers", "hf") from None
 
+from ..core.checkpoint import expand_final_state, read
 from ..core.protocol import Tracker
 from ..core.tracker import TDDSTracker
+from ..distributed.collectives import agree_group as agree
 from ..distributed.factory import default_group
-from ._final import expand_final_state, final_path, rank_file, save_final, saved_world_size
+from ._final import final_path, rank_file, saved_world_size
 from .loop import checkpoint_exists, load_tracker, make_tracker
 from .pruning import check_options as pruning_options
 from .pruning import make_sampler
@@ -175,8 +177,16 @@ class TDDSCallback(TrainerCallback):
                 self.tracker = make_tracker(
                     self.num_samples, self.num_classes, device=device, process_group=group, **self.tracker_kwargs
                 )
-                sd = torch.load(rank_file(final, group), map_location="cpu", weights_only=True)
-                self.tracker.load_state_dict(expand_final_state(sd))
+                sd = exc = None
+                try:  # checked: header, stored sizes, checksums; a bad file raises on every rank
+                    sd = expand_final_state(read(rank_file(final, group)))
+                except Exception as e:
+                    exc = e
+                if group is not None:
+                    agree(group, exc, "TDDSCallback")  # raises on every rank if any failed
+                elif exc is not None:
+                    raise exc
+                self.tracker.load_state_dict(sd)
                 self.resume_dir = None
                 return
             if not checkpoint_exists(path, device=device, process_group=group):
@@ -281,8 +291,8 @@ class TDDSCallback(TrainerCallback):
         path = os.path.join(folder, self.checkpoint_file)
         if not self.tracker.complete:
             self.tracker.save(path)
-            return
-        save_final(self.tracker, path)  # scores and stats are final: the N x C recording state stays out
+        else:  # scores and stats are final: the N x C recording state stays out
+            self.tracker.save(final_path(path), final=True)
 
     def on_train_end(self, args, state, control, **kwargs):
         self.scores = self.tracker.scores().cpu()  # collective when sharded: every rank is here

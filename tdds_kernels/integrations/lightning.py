@@ -41,9 +41,9 @@ except ImportError:  # pragma: no cover - depends on what is installed
     except ImportError:
         raise missing_extra(__name__, "pytorch-lightning", "lightning") from None
 
+from ..core.checkpoint import expand_final_state, final_state
 from ..core.protocol import Tracker
 from ..distributed.factory import make_tracker
-from ._final import expand_final_state, final_state
 from .epoch_orders import EpochOrders
 from .pruning import check_options as pruning_options
 from .pruning import make_sampler

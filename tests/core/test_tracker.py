@@ -318,3 +318,26 @@ def test_process_group_names_make_tracker():
         tk.TDDSTracker(4, 3, process_group=object())
     assert "\n" not in str(info.value)
     assert isinstance(tk.make_tracker(4, 3), tk.TDDSTracker)  # no process group, no torchrun: single
+
+
+def test_save_final_drops_the_recording_state(tmp_path):
+    # tracker.save(path, final=True): a complete tracker without its N x C state; loads back with
+    # the same scores, stats and config. An incomplete tracker refuses, writing nothing.
+    t = tk.TDDSTracker(6, 3, window=3, trajectory_len=3, backend="reference")
+    with pytest.raises(ValueError, match=r"^final: expected a complete tracker") as info:
+        t.save(tmp_path / "early.pt", final=True)
+    assert "\n" not in str(info.value) and not (tmp_path / "early.pt").exists()
+    g = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        t.update(torch.randn(6, 3, generator=g), torch.arange(6))
+        t.end_epoch()
+    t.save(tmp_path / "full.pt")
+    t.save(tmp_path / "final.pt", final=True)
+    assert (tmp_path / "final.pt").stat().st_size < (tmp_path / "full.pt").stat().st_size
+    back = tk.TDDSTracker(6, 3, window=3, trajectory_len=3, backend="reference")
+    from tdds_kernels.core.checkpoint import expand_final_state, read
+
+    sd = read(tmp_path / "final.pt")
+    assert sd["final"] and not {"prev", "ring", "seen"} & sd.keys()
+    back.load_state_dict(expand_final_state(sd))
+    assert torch.equal(back.scores(), t.scores()) and back.stats == t.stats and back.complete

@@ -54,3 +54,9 @@ def spawn(worker, world, tmp):
             if p.is_alive():
                 p.kill()
     return [torch.load(os.path.join(tmp, f"result{r}.pt"), weights_only=False) for r in range(world)]
+
+
+def assert_scenario_passed(world_results, scenario):
+    """Fail with every rank's traceback if the scenario failed on any rank."""
+    failures = [f"rank {r}:\n{res[scenario][0]}" for r, res in enumerate(world_results) if res[scenario][0]]
+    assert not failures, "\n".join(failures)

@@ -7,73 +7,19 @@ time out (gloo timeout) and the spawn has a deadline, so a hang fails instead of
 
 from __future__ import annotations
 
-import datetime
 import os
 import shutil
-import time
-import traceback
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from harness import assert_scenario_passed, run_scenarios, spawn
+from sharded_data import CFG, C, N, T, epoch_data, expect_error, feed, single_error
 
 from tdds_kernels import TDDSTracker
 from tdds_kernels.distributed import ShardedTDDSTracker, merge_shards, shard_path
 
-N, C, WINDOW, T = 53, 7, 3, 6
-CFG = dict(num_classes=C, window=WINDOW, decay=0.9, trajectory_len=T, backend="reference")
 SCENARIOS = ("equivalence", "dtypes", "save_load", "bad_shard", "bad_batch", "disagreement", "nonfinite", "topk")
-COLLECTIVE_TIMEOUT_S = 30
-SPAWN_DEADLINE_S = 150
-
-
-# ---------------------------------------------------------------- data: what each rank sees
-def epoch_data(epoch, world, n=N, batch=3):
-    """Logits and targets by sample (the same for every rank, as with a replicated model), and
-    per step the batch of indices of each rank: a DistributedSampler-like split whose padding
-    repeats the head of the permutation, some samples missing, and per-rank batch sizes that
-    differ (ranks that run out pass empty batches, so every rank calls update once per step)."""
-    g = torch.Generator().manual_seed(1234 + epoch)
-    logits = torch.randn(n, C, generator=g) * 3
-    targets = torch.randint(0, C, (n,), generator=g)
-    perm = torch.randperm(n, generator=g)
-    perm = perm[(perm + epoch) % 11 != 0]
-    total = -(-len(perm) // world) * world
-    padded = torch.cat([perm, perm[: total - len(perm)]])
-    chunks = [list(padded[r::world].split(batch + r)) for r in range(world)]
-    steps = max(len(c) for c in chunks)
-    empty = torch.zeros(0, dtype=torch.int64)
-    per_step = [[c[s] if s < len(c) else empty for c in chunks] for s in range(steps)]
-    return logits, targets, per_step
-
-
-def feed(tracker, epoch, world, rank, targets=True, dtype=torch.float32):
-    logits, y, steps = epoch_data(epoch, world)
-    for step in steps:
-        if rank is None:  # the single tracker gets the ranks' batches concatenated in rank order
-            idx = torch.cat(step)
-        else:
-            idx = step[rank]
-        tracker.update(logits[idx].to(dtype), idx, y[idx] if targets else None)
-    tracker.end_epoch()
-
-
-def expect_error(fn, kind, text):
-    try:
-        fn()
-    except kind as exc:
-        assert text in str(exc), f"{text!r} not in {str(exc)!r}"
-        return str(exc)
-    raise AssertionError(f"expected {kind.__name__} containing {text!r}")
-
-
-def single_error(fn):
-    try:
-        fn()
-    except (TypeError, ValueError) as exc:
-        return type(exc), str(exc)
-    raise AssertionError("the single tracker did not raise")
 
 
 # ---------------------------------------------------------------- scenarios (run on every rank)
@@ -287,53 +233,8 @@ def _full_row_scores(world):
 
 # ---------------------------------------------------------------- harness
 def _worker(rank, world, tmp):
-    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{tmp}/store",
-        rank=rank,
-        world_size=world,
-        timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S),
-    )
-    results = {}
-    for name in os.environ.get("TDDS_TEST_SCENARIOS", ",".join(SCENARIOS)).split(","):
-        # A group per scenario: a rank that fails mid-scenario cannot pair its next collectives
-        # with the others' pending ones (gloo aborts the process on a size mismatch).
-        pg = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S))
-        sub = os.path.join(tmp, name)
-        os.makedirs(sub, exist_ok=True)
-        t0 = time.time()
-        try:
-            globals()["scenario_" + name](rank, world, pg, sub)
-            results[name] = None
-        except BaseException:
-            results[name] = traceback.format_exc()
-        results[name + "_s"] = time.time() - t0
-    torch.save(results, os.path.join(tmp, f"result{rank}.pt"))
-    dist.barrier()  # gloo aborts a rank that tears down while a peer is still connected
-    dist.destroy_process_group()
-
-
-def spawn(worker, world, tmp):
-    """worker(rank, world, str(tmp)) on `world` spawned processes, killed past the deadline; each
-    rank's tmp/result{rank}.pt, in rank order."""
-    ctx = mp.start_processes(worker, args=(world, str(tmp)), nprocs=world, join=False, start_method="spawn")
-    deadline = time.time() + SPAWN_DEADLINE_S
-    try:
-        while not ctx.join(timeout=max(0.1, deadline - time.time())):
-            if time.time() > deadline:
-                raise TimeoutError(f"{world} ranks did not finish in {SPAWN_DEADLINE_S} s")
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.kill()
-    return [torch.load(tmp / f"result{r}.pt") for r in range(world)]
-
-
-def assert_scenario_passed(world_results, scenario):
-    failures = [f"rank {r}:\n{res[scenario]}" for r, res in enumerate(world_results) if res[scenario]]
-    assert not failures, "\n".join(failures)
+    names = os.environ.get("TDDS_TEST_SCENARIOS", ",".join(SCENARIOS)).split(",")
+    run_scenarios(rank, world, tmp, {name: globals()["scenario_" + name] for name in names})
 
 
 @pytest.fixture(scope="module", params=[2, 3], ids=lambda w: f"world{w}")

@@ -2,7 +2,7 @@
 
 Each scenario compares it with the eager exchange (the gloo default) on the same process group,
 bit for bit, or checks what end_epoch reports. One spawn per world size runs every scenario, as
-in test_sharded.py, whose data and helpers are reused. The CUDA test at the end needs 2 GPUs.
+in test_sharded.py (tests/distributed/harness.py, sharded_data.py). The CUDA test at the end needs 2 GPUs.
 """
 
 from __future__ import annotations
@@ -14,18 +14,8 @@ import traceback
 import pytest
 import torch
 import torch.distributed as dist
-from test_sharded import (
-    CFG,
-    COLLECTIVE_TIMEOUT_S,
-    C,
-    N,
-    T,
-    assert_scenario_passed,
-    epoch_data,
-    expect_error,
-    feed,
-    spawn,
-)
+from harness import COLLECTIVE_TIMEOUT_S, assert_scenario_passed, run_scenarios, spawn
+from sharded_data import CFG, C, N, T, epoch_data, expect_error, feed
 
 from tdds_kernels.distributed import ShardedTDDSTracker
 
@@ -210,23 +200,9 @@ def scenario_disagreement(rank, world, pg, tmp):
     assert t.epoch == 2
 
 
-# ---------------------------------------------------------------- harness (as in test_sharded.py)
+# ---------------------------------------------------------------- harness (tests/distributed/harness.py)
 def _worker(rank, world, tmp):
-    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
-    torch.set_num_threads(1)
-    timeout = datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S)
-    dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=world, timeout=timeout)
-    results = {}
-    for name in SCENARIOS:
-        pg = dist.new_group(backend="gloo", timeout=timeout)
-        try:
-            globals()["scenario_" + name](rank, world, pg, tmp)
-            results[name] = None
-        except BaseException:
-            results[name] = traceback.format_exc()
-    torch.save(results, os.path.join(tmp, f"result{rank}.pt"))
-    dist.barrier()
-    dist.destroy_process_group()
+    run_scenarios(rank, world, tmp, {name: globals()["scenario_" + name] for name in SCENARIOS})
 
 
 @pytest.fixture(scope="module", params=[2, 3], ids=lambda w: f"world{w}")
