@@ -29,6 +29,7 @@ from .runs import (
     record,
     row_stats_chunk,
     run_next,
+    run_next_prefetched,
     run_start,
     softmax_stats,
     stats_init,
@@ -93,9 +94,17 @@ def _update_kernel(
     # usable one is a duplicate. Positions inside a run skip the loop (head is false).
     k = pos
     todo = head
+    if SINGLE:  # the next key one row ahead (the chunked rows' loop spills with one more value live)
+        nxt = tl.load(sorted_ptr + k + 1, mask=head & (k + 1 < B), other=-1).to(tl.int64)
     while todo:
         row = tl.load(order_ptr + k)
         z_row = logits_ptr + row * logits_stride
+        # The previous row is needed only if this row is applied and n was recorded in e − 1;
+        # whether it is applied depends on the logits (a non-finite row is skipped), but a
+        # fresh n is the only case where it can be, so the load is issued now, under a mask
+        # that does not wait for the logits and their reductions (a skipped row's q is unused).
+        if SINGLE:
+            q = tl.load(prev_row + cols, mask=tl.where(fresh & had_prev, cols < C, False), other=0.0).to(tl.float32)
         # Pass 1: m = max z, s = Σ exp(z − m), and the count of non-finite z (|z| < inf is false
         # for ±inf and NaN; no libdevice isfinite). Such a row is skipped; its values are zeroed
         # so that no inf − inf arithmetic happens. Padding lanes are −inf: exp gives 0. An
@@ -130,8 +139,7 @@ def _update_kernel(
             if HAS_TARGETS:
                 first, zy, other, e2 = row_stats_chunk(zm, p, cols, mask, y, m, first, zy, other, e2)
             lp = tl.log(p + _EPS)
-            q = tl.load(prev_row + cols, mask=tl.where(has_d, mask, False), other=0.0).to(tl.float32)
-            d = tl.sum(tl.where(mask, tl.abs(p * (lp - q)), 0.0), 0)
+            d = tl.sum(tl.where(mask, tl.abs(p * (lp - q)), 0.0), 0)  # used only where has_d
             tl.store(prev_row + cols, _to_storage(lp, prev_ptr), mask=tl.where(apply, mask, False))
         else:
             for start in range(0, C, BLOCK):
@@ -149,9 +157,14 @@ def _update_kernel(
         if HAS_TARGETS:
             store_row_stats(stats_ptr, row, want, y, m, inv_s, first, zy, other, e2)
         record(ring_ptr, seen_ptr, n, W1, slot, epoch, d, has_d, apply)
-        fresh, n_dup, n_bad, n_oor, k, todo = run_next(
-            sorted_ptr, B, n, k, fresh, apply, usable, in_range, bad, n_dup, n_bad, n_oor
-        )
+        if SINGLE:
+            fresh, n_dup, n_bad, n_oor, k, todo, nxt = run_next_prefetched(
+                sorted_ptr, B, n, k, nxt, fresh, apply, usable, in_range, bad, n_dup, n_bad, n_oor
+            )
+        else:
+            fresh, n_dup, n_bad, n_oor, k, todo = run_next(
+                sorted_ptr, B, n, k, fresh, apply, usable, in_range, bad, n_dup, n_bad, n_oor
+            )
 
     add_counts(counters_ptr, n_dup, n_bad, n_oor)
 
