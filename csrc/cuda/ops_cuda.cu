@@ -22,7 +22,15 @@ namespace tdds {
 namespace {
 
 constexpr int kWarp = 32;
-constexpr int kWarpsPerBlock = 8;  // one warp per row: rows are 1e2..1e4 classes
+// One warp per row (rows are 1e2..1e4 classes), two warps per block: at B <= 1024 a block of
+// eight warps left most SMs idle (B / 8 blocks for 132 SMs); with two, B / 2 blocks spread the
+// rows over every SM, and 32 blocks of two still fill an SM (64 warps) at large B.
+constexpr int kWarpsPerBlock = 2;
+
+// A hint that the line at p will be read soon (an L2 prefetch: no register, no fault, no wait).
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+}
 
 __device__ __forceinline__ float warp_max(float v) {
   for (int o = kWarp / 2; o > 0; o /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
@@ -104,6 +112,15 @@ __global__ void update_kernel(const T* __restrict__ logits, const I* __restrict_
   for (int64_t k = pos; k < end; ++k) {
     const int64_t row = order[k];
     const T* x = logits + row * C;
+    // The previous row is read in pass 4 if this row is applied and n was recorded in e - 1;
+    // a fresh n is the only case where it can be, so its lines are prefetched now, during the
+    // passes over the logits, instead of waiting for them (a skipped row wastes the hint).
+    if (fresh && with_d) {
+      const char* q0 = reinterpret_cast<const char*>(prev + n * C);
+      const int64_t bytes = C * static_cast<int64_t>(sizeof(S));
+      for (int64_t off = static_cast<int64_t>(lane) * 128; off < bytes; off += kWarp * 128)
+        prefetch_l2(q0 + off);
+    }
 
     // 1. row max; x - x is NaN exactly for inf/NaN, so `bad` flags a non-finite row
     float m = -INFINITY, bad = 0.f;
