@@ -1,9 +1,10 @@
 // CUDA kernels of tdds::update_ext / tdds::epoch_step_ext.
 //
 // Only the headers the kernels need: ATen/cuda/CUDAContext.h would pull in cuBLAS/cuSPARSE
-// headers, which a bare toolkit (and the CPU torch wheel's compile check) lacks. at::sort comes
-// from its per-op header (ATen/ops/sort.h), not from ATen/ATen.h.
+// headers, which a bare toolkit (and the CPU torch wheel's compile check) lacks. at::sort and
+// at::empty come from their per-op headers, not from ATen/ATen.h.
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/sort.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -21,7 +22,15 @@ namespace tdds {
 namespace {
 
 constexpr int kWarp = 32;
-constexpr int kWarpsPerBlock = 8;  // one warp per row: rows are 1e2..1e4 classes
+// One warp per row (rows are 1e2..1e4 classes), two warps per block: at B <= 1024 a block of
+// eight warps left most SMs idle (B / 8 blocks for 132 SMs); with two, B / 2 blocks spread the
+// rows over every SM, and 32 blocks of two still fill an SM (64 warps) at large B.
+constexpr int kWarpsPerBlock = 2;
+
+// A hint that the line at p will be read soon (an L2 prefetch: no register, no fault, no wait).
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+}
 
 __device__ __forceinline__ float warp_max(float v) {
   for (int o = kWarp / 2; o > 0; o /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
@@ -103,6 +112,15 @@ __global__ void update_kernel(const T* __restrict__ logits, const I* __restrict_
   for (int64_t k = pos; k < end; ++k) {
     const int64_t row = order[k];
     const T* x = logits + row * C;
+    // The previous row is read in pass 4 if this row is applied and n was recorded in e - 1;
+    // a fresh n is the only case where it can be, so its lines are prefetched now, during the
+    // passes over the logits, instead of waiting for them (a skipped row wastes the hint).
+    if (fresh && with_d) {
+      const char* q0 = reinterpret_cast<const char*>(prev + n * C);
+      const int64_t bytes = C * static_cast<int64_t>(sizeof(S));
+      for (int64_t off = static_cast<int64_t>(lane) * 128; off < bytes; off += kWarp * 128)
+        prefetch_l2(q0 + off);
+    }
 
     // 1. row max; x - x is NaN exactly for inf/NaN, so `bad` flags a non-finite row
     float m = -INFINITY, bad = 0.f;
@@ -225,24 +243,55 @@ __global__ void advance_epoch_kernel(int64_t* counters) {
   counters[kEpoch] += 1;
 }
 
-template <typename T, typename S, typename I>
-void launch_update(const at::Tensor& logits, const at::Tensor& index, const at::Tensor& prev,
+// The sort keys (ops/triton/update.py sort_rows states the same): the index where it lies in
+// [0, N), N + b for an out-of-range row b; int32 when N + B < 2^31. A stable sort of 32-bit keys
+// takes half the radix passes of 64-bit ones, and it is a fixed cost per update whatever C is.
+// In-range keys are the samples, so the runs and their heads (the first-usable-row rule) are
+// the 64-bit sort's; each out-of-range row is a run of its own, still skipped and counted.
+template <typename I>
+__global__ void sort_keys_kernel(const I* __restrict__ index, int32_t* __restrict__ keys, int64_t B,
+                                 int64_t N) {
+  const int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (b >= B) return;
+  const int64_t n = static_cast<int64_t>(index[b]);
+  keys[b] = static_cast<int32_t>(n >= 0 && n < N ? n : N + b);
+}
+
+template <typename T, typename S, typename K>
+void launch_sorted(const at::Tensor& logits, const at::Tensor& keys, const at::Tensor& prev,
                    const at::Tensor& seen, const at::Tensor& ring, const at::Tensor& counters,
                    const RowStatsArgs& rs, cudaStream_t stream) {
   const int64_t B = logits.size(0);
-  // Stable sort on the current stream: equal indices keep batch order, so the head of each run
+  // Stable sort on the current stream: equal keys keep batch order, so the head of each run
   // is its first row. Device-side, no host sync; the temporaries go back to the caching
   // allocator, which keeps them reserved until the kernel below has run on this stream.
   const auto [sorted, order] =
-      at::sort(index, /*stable=*/std::optional<bool>(true), /*dim=*/0, /*descending=*/false);
+      at::sort(keys, /*stable=*/std::optional<bool>(true), /*dim=*/0, /*descending=*/false);
   const unsigned blocks = static_cast<unsigned>((B + kWarpsPerBlock - 1) / kWarpsPerBlock);
-  auto* kernel = rs.stats != nullptr ? update_kernel<T, S, I, true> : update_kernel<T, S, I, false>;
+  auto* kernel = rs.stats != nullptr ? update_kernel<T, S, K, true> : update_kernel<T, S, K, false>;
   kernel<<<blocks, kWarpsPerBlock * kWarp, 0, stream>>>(
-      static_cast<const T*>(logits.data_ptr()), static_cast<const I*>(sorted.data_ptr()),
+      static_cast<const T*>(logits.data_ptr()), static_cast<const K*>(sorted.data_ptr()),
       order.data_ptr<int64_t>(), static_cast<S*>(prev.data_ptr()), seen.data_ptr<int32_t>(),
       ring.data_ptr<float>(), counters.data_ptr<int64_t>(), B, logits.size(1), prev.size(0), ring.size(1),
       rs);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename T, typename S, typename I>
+void launch_update(const at::Tensor& logits, const at::Tensor& index, const at::Tensor& prev,
+                   const at::Tensor& seen, const at::Tensor& ring, const at::Tensor& counters,
+                   const RowStatsArgs& rs, cudaStream_t stream) {
+  const int64_t B = logits.size(0), N = prev.size(0);
+  if (N + B >= (int64_t{1} << 31)) {  // keys N + b would not fit: sort the index itself
+    launch_sorted<T, S, I>(logits, index, prev, seen, ring, counters, rs, stream);
+    return;
+  }
+  const at::Tensor keys = at::empty({B}, index.options().dtype(at::kInt));
+  constexpr int kThreads = 256;
+  sort_keys_kernel<I><<<static_cast<unsigned>((B + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
+      index.data_ptr<I>(), keys.data_ptr<int32_t>(), B, N);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_sorted<T, S, int32_t>(logits, keys, prev, seen, ring, counters, rs, stream);
 }
 
 template <typename T, typename S>

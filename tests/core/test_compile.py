@@ -138,71 +138,174 @@ def test_triton_on_cuda_under_inductor(storage):
     torch.testing.assert_close(compiled.scores(), eager.scores(), atol=0, rtol=0)
 
 
-# Each kernel variant the launchers can pick, for a Hopper target: Triton's own compiler (ttir →
-# ttgir → llir → ptx → cubin with its bundled ptxas) runs without a GPU, so CI catches what the
-# interpreter forgives (loop-carried types, layouts, unsupported ops). Run in a subprocess: the
-# kernels here were defined under TRITON_INTERPRET=1.
+# What runs, compiled for a Hopper target without a GPU: the launchers themselves run on CPU
+# tensors with their kernels replaced by recorders, and each recorded launch is specialised by
+# Triton's own launch-time rule (native_specialize_impl: int32 or int64 scalars, 16-divisibility
+# of scalars and pointers, scalars equal to 1 and None arguments as constants), then compiled
+# by Triton's compiler (ttir → ttgir → llir → ptx → cubin with its bundled ptxas). So CI
+# compiles the variants a GPU run builds (32-bit and 64-bit sort keys, int32 and int64 targets,
+# a batch of one, W − 1 = 1, a row stride that is not C, C = 10 … 40,000, top-K K = 128 with
+# targets) and catches what the interpreter forgives. ptxas's report on each cubin (its -v
+# output, which Triton prints with TRITON_DUMP_PTXAS_LOG=1; a fresh cache, so ptxas runs) must
+# show no spill stores or loads. Run in a subprocess: the kernels here were defined under
+# TRITON_INTERPRET=1.
 AOT_SCRIPT = r"""
-import itertools
-import triton
-from triton.backends.compiler import GPUTarget
+import contextlib, importlib, io, json, re
+import torch, triton
+from triton._C.libtriton import native_specialize_impl
+from triton.backends.compiler import BaseBackend, GPUTarget
 from triton.compiler import ASTSource
-from tdds_kernels.ops.triton.epoch_step import _epoch_step_kernel
-from tdds_kernels.ops.triton.update import _config, _update_kernel
-assert isinstance(_update_kernel, triton.JITFunction)
+from tdds_kernels.ops.schema import NUM_SLOTS, ROW_STATS, topk_index_dtype
+
+# The modules (the package's attributes of these names are the launcher functions).
+E, U, T = (importlib.import_module("tdds_kernels.ops.triton." + m) for m in ("epoch_step", "update", "update_topk"))
+launches = []
+
+
+class Recorder:
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __getitem__(self, grid):
+        def launch(*args, num_warps=4, **consts):
+            launches.append((self.fn, args, consts, num_warps))
+        return launch
+
+
+KERNELS = ((U, "_update_kernel"), (U, "_sort_keys_kernel"), (T, "_update_topk_kernel"), (E, "_epoch_step_kernel"))
+for mod, name in KERNELS:
+    setattr(mod, name, Recorder(getattr(mod, name)))
+assert isinstance(U._update_kernel.fn, triton.JITFunction)
+
+DT = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def rows(n, c, dtype):  # a (n, c) tensor without n rows of memory: only shape[0] and the pointer count
+    return torch.empty(1, c, dtype=dtype).expand(n, c)
+
+
+def batch(b, c, z, index_dtype, targets, stride=None):
+    logits = torch.empty(b, stride or c, dtype=DT[z])[:, :c]
+    index = torch.zeros(b, dtype=index_dtype)
+    extra = (torch.zeros(b, dtype=targets), torch.empty(b, len(ROW_STATS))) if targets else (None, None)
+    return logits, index, extra
+
+
+def update(b, c, z, p, n=1_281_167, w1=9, index_dtype=torch.int64, targets=None, stride=None):
+    logits, index, (y, st) = batch(b, c, z, index_dtype, targets, stride)
+    U.update(logits, index, rows(n, c, DT[p]), torch.empty(1, dtype=torch.int32), rows(n, w1, torch.float32),
+             torch.zeros(NUM_SLOTS, dtype=torch.int64), y, st)
+
+
+def update_topk(b, c, z, p, k, n=1_281_167, targets=None):
+    logits, index, (y, st) = batch(b, c, z, torch.int64, targets)
+    seen, ring = torch.empty(1, dtype=torch.int32), rows(n, 9, torch.float32)
+    T.update_topk(logits, index, rows(n, k, DT[p]), rows(n, k, topk_index_dtype(c)), torch.empty(1, dtype=DT[p]),
+                  seen, ring, torch.zeros(NUM_SLOTS, dtype=torch.int64), y, st)
+
+
+PAIRS = (("fp32", "fp32"), ("bf16", "bf16"), ("fp16", "fp16"))
+for z, p in PAIRS:
+    for c in (10, 1000, 1024, 8193, 21841, 32000):
+        update(8192, c, z, p)
+        update(8192, c, z, p, targets=torch.int64)
+for c in (1000, 32000):
+    update(1000, c, "bf16", "bf16", targets=torch.int32)
+for z, p in PAIRS[:2]:
+    update(1, 1000, z, p)  # a batch of one: B is a constant
+    update(1000, 1000, z, p, index_dtype=torch.int32)
+    update(1000, 1000, z, p, n=2**31)  # N + B >= 2^31: 64-bit keys, N an int64
+    update(8192, 1000, z, p, n=2**31, index_dtype=torch.int32)
+    update(8192, 1000, z, p, stride=1003)  # rows of a wider tensor
+    update(8192, 1000, z, p, w1=1)  # window 2: W - 1 is a constant
+for z, p in PAIRS:
+    for c, k in ((10, 4), (1000, 16), (21841, 128), (32000, 128), (40000, 8)):
+        update_topk(8192, c, z, p, k)
+        update_topk(8192, c, z, p, k, targets=torch.int64)
+update_topk(1000, 21841, "bf16", "bf16", 128, targets=torch.int32)
+for n, w1 in ((1_281_167, 1), (1_281_167, 9), (100_000, 16), (1000, 32)):
+    E.epoch_step(torch.empty(1, dtype=torch.int32).expand(n), rows(n, w1, torch.float32),
+                 torch.empty(1).expand(n), torch.zeros(NUM_SLOTS, dtype=torch.int64), 0.9)
+
+
+def specialise(fn, args, consts):
+    sig, constexprs, attrs = {}, {}, {}
+    for i, (name, a) in enumerate(zip(fn.arg_names, args)):
+        ty, key = native_specialize_impl(BaseBackend, a, False, True, True)
+        sig[name] = ty
+        if ty == "constexpr":
+            constexprs[(i,)] = key
+        elif key == "D":
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    for name, v in consts.items():
+        sig[name] = "constexpr"
+        constexprs[(fn.arg_names.index(name),)] = v
+    return sig, constexprs, attrs
+
+
 target = GPUTarget("cuda", 90, 32)
-# Without targets, targets_ptr / stats_ptr are constexpr None (what a launch with None gives);
-# with them, the HAS_TARGETS variant for int64 and int32 labels.
-TARGETS = (({"targets_ptr": "constexpr", "stats_ptr": "constexpr"}, False),
-           ({"targets_ptr": "*i64", "stats_ptr": "*fp32"}, True),
-           ({"targets_ptr": "*i32", "stats_ptr": "*fp32"}, True))
-for (tsig, has), (z, p) in itertools.product(TARGETS, (("fp32", "fp32"), ("bf16", "bf16"), ("fp16", "fp16"))):
-    for c in (10, 1000, 32000):
-        block, single, warps = _config(c)
-        sig = {"logits_ptr": "*" + z, "logits_stride": "i64", "sorted_ptr": "*i64",
-               "order_ptr": "*i64", "prev_ptr": "*" + p, "seen_ptr": "*i32", "ring_ptr": "*fp32",
-               "counters_ptr": "*i64", **tsig, "B": "i32", "N": "i32", "C": "i32", "W1": "i32",
-               "SINGLE": "constexpr", "BLOCK": "constexpr", "HAS_TARGETS": "constexpr"}
-        consts = {(14,): single, (15,): block, (16,): has}
-        if not has:
-            consts.update({(8,): None, (9,): None})
-        k = triton.compile(ASTSource(_update_kernel, sig, consts), target=target, options={"num_warps": warps})
-        assert "ld.local" not in k.asm["ptx"], ("local memory", z, p, c, has)
-from tdds_kernels.ops.triton.update_topk import _update_topk_kernel
-for (tsig, has), (z, p) in itertools.product(TARGETS, (("fp32", "fp32"), ("bf16", "bf16"), ("fp16", "fp16"))):
-    for c, ids, kk in ((10, "i16", 4), (1000, "i16", 16), (32000, "i16", 128), (40000, "i32", 8)):
-        block, _, warps = _config(c)
-        sig = {"logits_ptr": "*" + z, "logits_stride": "i64", "sorted_ptr": "*i64",
-               "order_ptr": "*i64", "val_ptr": "*" + p, "idx_ptr": "*" + ids, "rest_ptr": "*" + p,
-               "seen_ptr": "*i32", "ring_ptr": "*fp32", "counters_ptr": "*i64", **tsig, "B": "i32",
-               "N": "i32", "C": "i32", "K": "i32", "W1": "i32",
-               "BLOCK": "constexpr", "KBLOCK": "constexpr", "HAS_TARGETS": "constexpr"}
-        consts = {(17,): block, (18,): triton.next_power_of_2(kk), (19,): has}
-        if not has:
-            consts.update({(10,): None, (11,): None})
-        k = triton.compile(ASTSource(_update_topk_kernel, sig, consts), target=target, options={"num_warps": warps})
-        assert "ld.local" not in k.asm["ptx"], ("local memory, top-K", z, p, c, has)
-sig = {"seen_ptr": "*i32", "ring_ptr": "*fp32", "score_ptr": "*fp32", "counters_ptr": "*i64",
-       "N": "i32", "W1": "i32", "keep": "fp32", "decay": "fp32",
-       "BLOCK_N": "constexpr", "BLOCK_W": "constexpr"}
-for bw in (1, 16, 32):
-    triton.compile(ASTSource(_epoch_step_kernel, sig, {(8,): max(32, 4096 // bw), (9,): bw}),
-                   target=target, options={"num_warps": 8})
-print("ok")
+done, report = set(), []
+for fn, args, consts, warps in launches:
+    sig, constexprs, attrs = specialise(fn, args, consts)
+    key = (fn.__name__, repr(sig), repr(sorted(constexprs.items())), repr(attrs), warps)
+    if key in done:
+        continue
+    done.add(key)
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        triton.compile(ASTSource(fn, sig, constexprs, attrs), target=target, options={"num_warps": warps})
+    spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log.getvalue())
+    assert spills, ("no ptxas report", fn.__name__, log.getvalue()[-2000:])
+    variant = {n: v for n, v in sig.items() if v != "constexpr"}
+    variant.update({fn.arg_names[i[0]]: v for i, v in constexprs.items()}, num_warps=warps)
+    report.append({"kernel": fn.__name__, "variant": repr(variant),
+                   "spilled": sum(int(a) + int(b) for a, b in spills)})
+print(json.dumps(report))
 """
 
 
-def test_triton_kernels_compile_for_hopper():
+@pytest.fixture(scope="module")
+def hopper_variants(tmp_path_factory):
+    """[{kernel, variant, spilled bytes}] of every variant AOT_SCRIPT compiled (one run)."""
+    import json
     import os
     import subprocess
     import sys
 
     pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1")
-    r = subprocess.run([sys.executable, "-c", AOT_SCRIPT], capture_output=True, text=True, env=env, timeout=600)
+    env = dict(
+        os.environ,
+        TRITON_INTERPRET="0",
+        TRITON_DEFAULT_FP_FUSION="1",
+        TRITON_DUMP_PTXAS_LOG="1",
+        TRITON_CACHE_DIR=str(tmp_path_factory.mktemp("triton_cache")),  # empty: ptxas runs for every variant
+    )
+    r = subprocess.run([sys.executable, "-c", AOT_SCRIPT], capture_output=True, text=True, env=env, timeout=1800)
     if r.returncode and "ptxas" in r.stderr and "not found" in r.stderr.lower():
         pytest.skip("Triton's ptxas is not available")
-    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_triton_kernels_compile_for_hopper(hopper_variants):
+    kernels = {v["kernel"] for v in hopper_variants}
+    assert kernels == {"_update_kernel", "_sort_keys_kernel", "_update_topk_kernel", "_epoch_step_kernel"}
+    update = [v["variant"] for v in hopper_variants if v["kernel"] == "_update_kernel"]
+    musts = ("'sorted_ptr': '*i32'", "'sorted_ptr': '*i64'", "'N': 'i64'", "'B': 1", "'W1': 1", "'targets_ptr': '*i32'")
+    for must in musts:
+        assert any(must in v for v in update), must
+    spilled = [v for v in hopper_variants if v["spilled"] and v["kernel"] != "_update_topk_kernel"]
+    assert not spilled, spilled
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="update_topk (ops/triton/update_topk.py) spills on sm_90, e.g. C = 1000, K = 16 with targets, "
+    "fp32: 8 + 8 bytes; strict: this fails once it no longer spills, so the mark is removed then",
+)
+def test_triton_topk_kernel_does_not_spill(hopper_variants):
+    spilled = [v for v in hopper_variants if v["spilled"] and v["kernel"] == "_update_topk_kernel"]
+    assert not spilled, spilled
 
 
 def test_a_forgotten_end_epoch_under_compile_shows_in_the_stats_not_as_a_warning():

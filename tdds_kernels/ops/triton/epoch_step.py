@@ -30,12 +30,15 @@ def _epoch_step_kernel(
     # Read e and advance it in this one launch: every program adds 2^32 to counters[EPOCH] (a
     # ticket in the high half; e in the low half is untouched) and takes e from the old value;
     # the program holding the last ticket runs after every other program has taken e, so it
-    # alone writes e + 1 (and clears the tickets).
-    old = tl.atomic_add(counters_ptr + _EPOCH, tl.full((), 1 << 32, tl.int64))
+    # alone writes e + 1 (and clears the tickets). Relaxed atomics suffice: every access to
+    # that word is an atomic on that one word, whose read-modify-writes are totally ordered
+    # whatever their memory order (coherence), and no other memory is published through it
+    # (ring, score and seen are per sample; the next launch sees all of it anyway).
+    old = tl.atomic_add(counters_ptr + _EPOCH, tl.full((), 1 << 32, tl.int64), sem="relaxed")
     ticket = old >> 32
     epoch = (old - (ticket << 32)).to(tl.int32)
     last = ticket == tl.num_programs(0) - 1
-    tl.atomic_add(counters_ptr + _EPOCH, 1 - (ticket + 1) * (1 << 32), mask=last)
+    tl.atomic_add(counters_ptr + _EPOCH, 1 - (ticket + 1) * (1 << 32), mask=last, sem="relaxed")
 
     slot = ((epoch - 1) % W1 + W1) % W1  # non-negative for any epoch (an invalid one must not index outside the ring)
     rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -43,7 +46,7 @@ def _epoch_step_kernel(
     seen = tl.load(seen_ptr + rows, mask=rmask, other=0)
     missing = rmask & (seen != epoch)
     n_missing = tl.sum(missing.to(tl.int64), 0)
-    tl.atomic_add(counters_ptr + _MISSING, n_missing, mask=n_missing > 0)
+    tl.atomic_add(counters_ptr + _MISSING, n_missing, mask=n_missing > 0, sem="relaxed")  # a sum
     tl.store(ring_ptr + rows * W1 + slot, tl.full((BLOCK_N,), float("nan"), tl.float32), mask=missing)
     if epoch >= W1:  # window k = e − W + 1 is complete (a runtime branch: e is on the device)
         cols = tl.arange(0, BLOCK_W)

@@ -94,11 +94,30 @@ def run_next(sorted_ptr, B, n, k, fresh, apply, usable, in_range, bad, n_dup, n_
 
 
 @triton.jit
+def run_next_prefetched(sorted_ptr, B, n, k, nxt, fresh, apply, usable, in_range, bad, n_dup, n_bad, n_oor):
+    """run_next with the key at k + 1 loaded one row ahead (`nxt`, loaded by the caller before
+    the first row): the test for the run's next row no longer waits on a load issued after the
+    row's work. Returns (fresh, n_dup, n_bad, n_oor, k, todo, nxt)."""
+    fresh = fresh & ~apply
+    n_dup += (usable & ~apply).to(tl.int32)
+    n_bad += (in_range & (bad > 0)).to(tl.int32)
+    n_oor += (~in_range).to(tl.int32)
+    k += 1
+    todo = (k < B) & (nxt == n)
+    nxt = tl.load(sorted_ptr + k + 1, mask=todo & (k + 1 < B), other=-1).to(tl.int64)
+    return fresh, n_dup, n_bad, n_oor, k, todo, nxt
+
+
+@triton.jit
 def add_counts(counters_ptr, n_dup, n_bad, n_oor):
-    """Counters: one masked atomic add per kind, only where this run had such rows."""
-    tl.atomic_add(counters_ptr + _DUPLICATES, n_dup.to(tl.int64), mask=n_dup > 0)
-    tl.atomic_add(counters_ptr + _NONFINITE, n_bad.to(tl.int64), mask=n_bad > 0)
-    tl.atomic_add(counters_ptr + _OUT_OF_RANGE, n_oor.to(tl.int64), mask=n_oor > 0)
+    """Counters: one masked atomic add per kind, only where this run had such rows.
+
+    Relaxed: these are integer sums that nothing reads inside this launch (the tracker reads
+    them after it, and a launch boundary orders that), so the default acquire-release order,
+    which fences before the program's later loads, buys nothing."""
+    tl.atomic_add(counters_ptr + _DUPLICATES, n_dup.to(tl.int64), mask=n_dup > 0, sem="relaxed")
+    tl.atomic_add(counters_ptr + _NONFINITE, n_bad.to(tl.int64), mask=n_bad > 0, sem="relaxed")
+    tl.atomic_add(counters_ptr + _OUT_OF_RANGE, n_oor.to(tl.int64), mask=n_oor > 0, sem="relaxed")
 
 
 @triton.jit

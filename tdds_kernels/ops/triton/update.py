@@ -30,6 +30,7 @@ from .runs import (
     record,
     row_stats_chunk,
     run_next,
+    run_next_prefetched,
     run_start,
     softmax_stats,
     stats_init,
@@ -41,7 +42,9 @@ from .runs import (
 _EPS = tl.constexpr(_ops.EPS)
 
 MAX_SINGLE_BLOCK = 8192  # rows up to this many classes stay in registers: one read of the logits
-CHUNK = 4096  # chunk of the two-pass online softmax for wider rows (C = 32000: 8 chunks)
+# Chunk of the two-pass online softmax for wider rows (C = 32000: 16 chunks), 8 warps. Chunks of
+# 4096 with 16 warps spilled registers on sm_90 (ptxas -v, tests/core/test_compile.py).
+CHUNK = 2048
 
 
 @triton.jit
@@ -92,9 +95,17 @@ def _update_kernel(
     # usable one is a duplicate. Positions inside a run skip the loop (head is false).
     k = pos
     todo = head
+    if SINGLE:  # the next key one row ahead (the chunked rows' loop spills with one more value live)
+        nxt = tl.load(sorted_ptr + k + 1, mask=head & (k + 1 < B), other=-1).to(tl.int64)
     while todo:
         row = tl.load(order_ptr + k)
         z_row = logits_ptr + row * logits_stride
+        # The previous row is needed only if this row is applied and n was recorded in e − 1;
+        # whether it is applied depends on the logits (a non-finite row is skipped), but a
+        # fresh n is the only case where it can be, so the load is issued now, under a mask
+        # that does not wait for the logits and their reductions (a skipped row's q is unused).
+        if SINGLE:
+            q = tl.load(prev_row + cols, mask=tl.where(fresh & had_prev, cols < C, False), other=0.0).to(tl.float32)
         # Pass 1: m = max z, s = Σ exp(z − m), and the count of non-finite z (|z| < inf is false
         # for ±inf and NaN; no libdevice isfinite). Such a row is skipped; its values are zeroed
         # so that no inf − inf arithmetic happens. Padding lanes are −inf: exp gives 0. An
@@ -129,8 +140,7 @@ def _update_kernel(
             if HAS_TARGETS:
                 first, zy, other, e2 = row_stats_chunk(zm, p, cols, mask, y, m, first, zy, other, e2)
             lp = tl.log(p + _EPS)
-            q = tl.load(prev_row + cols, mask=tl.where(has_d, mask, False), other=0.0).to(tl.float32)
-            d = tl.sum(tl.where(mask, tl.abs(p * (lp - q)), 0.0), 0)
+            d = tl.sum(tl.where(mask, tl.abs(p * (lp - q)), 0.0), 0)  # used only where has_d
             tl.store(prev_row + cols, _to_storage(lp, prev_ptr), mask=tl.where(apply, mask, False))
         else:
             for start in range(0, C, BLOCK):
@@ -148,9 +158,14 @@ def _update_kernel(
         if HAS_TARGETS:
             store_row_stats(stats_ptr, row, want, y, m, inv_s, first, zy, other, e2)
         record(ring_ptr, seen_ptr, n, W1, slot, epoch, d, has_d, apply)
-        fresh, n_dup, n_bad, n_oor, k, todo = run_next(
-            sorted_ptr, B, n, k, fresh, apply, usable, in_range, bad, n_dup, n_bad, n_oor
-        )
+        if SINGLE:
+            fresh, n_dup, n_bad, n_oor, k, todo, nxt = run_next_prefetched(
+                sorted_ptr, B, n, k, nxt, fresh, apply, usable, in_range, bad, n_dup, n_bad, n_oor
+            )
+        else:
+            fresh, n_dup, n_bad, n_oor, k, todo = run_next(
+                sorted_ptr, B, n, k, fresh, apply, usable, in_range, bad, n_dup, n_bad, n_oor
+            )
 
     add_counts(counters_ptr, n_dup, n_bad, n_oor)
 
@@ -200,7 +215,8 @@ def _config(num_classes: int, block: int | None = None) -> tuple[int, bool, int]
         if block > MAX_SINGLE_BLOCK:
             block = CHUNK
     single = block >= num_classes
-    # A warp per 256 lanes (8 values a thread), 1 to 16 warps: no spills up to BLOCK = 8192.
+    # A warp per 256 lanes (8 values a thread), 1 to 16 warps: no ptxas spills on sm_90 for one
+    # block up to 8192 classes or chunks of CHUNK (tests/core/test_compile.py checks each variant).
     num_warps = max(1, min(16, block // 256))
     return block, single, num_warps
 
