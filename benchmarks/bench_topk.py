@@ -10,8 +10,9 @@ worst case: logits that stay near-flat over all C classes (a small random walk),
 is spread over many more classes than any K keeps.
 
 Memory: bytes per sample of each state (declared dtypes: tdds_kernels.core.state), and the
-state at ImageNet-21k shape. Speed: the cpu backend's update time per row, K against full rows,
-measured in the same run (ratios are what carries over to another machine).
+state at ImageNet-21k shape. Speed: the update time per row, K against full rows, measured in the
+same run (ratios are what carries over to another machine): the cpu backend at C = 1,000 and
+21,841, or with --device cuda the triton and cuda backends at C = 21,841, B = 1,024.
 
 Sized for a shared 2-core machine: each invocation does one part and stays around a minute;
 --json collects the parts, --report writes the table from them.
@@ -19,6 +20,7 @@ Sized for a shared 2-core machine: each invocation does one part and stays aroun
     python benchmarks/bench_topk.py --part train --classes 1000 --json /tmp/topk.json
     python benchmarks/bench_topk.py --part flat --json /tmp/topk.json
     python benchmarks/bench_topk.py --part speed --json /tmp/topk.json
+    python benchmarks/bench_topk.py --part speed --device cuda --json /tmp/topk_gpu.json   # triton, cuda
     python benchmarks/bench_topk.py --report --json /tmp/topk.json --out benchmarks/results/topk.md
 """
 
@@ -129,32 +131,69 @@ def part_flat(c, n, epochs, window, scale=0.3):
     return {"c": c, "n": n, "epochs": epochs, "window": window, "scale": scale, "rows": rows}
 
 
-def part_speed(reps=7):
-    """Median update time per row (cpu backend, one thread), full rows and each K, same run."""
+def part_speed(device="cpu", reps=7, backends=None):
+    """Median update time per row, full rows and each K in the same run, per backend: on CPU the
+    cpu backend (one thread) at C = 1,000 and 21,841; on CUDA the triton and cuda backends at
+    C = 21,841, B = 1,024 (timed with a synchronize around each call)."""
+    if device == "cpu":
+        shapes, backends = ((1000, 512), (21_841, 64)), backends or ("cpu",)
+    else:
+        shapes, backends = ((21_841, 1024),), backends or ("triton", "cuda")
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     out = []
-    for c, b in ((1000, 512), (21_841, 64)):
-        n = 4096
-        z = torch.randn(b, c) * 3
-        row = {"c": c, "b": b}
-        for k in (None, *KS):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                t = tk.TDDSTracker(n, c, window=5, trajectory_len=None, backend="cpu", prev_topk=k)
-            times = []
-            for _ in range(reps):
-                idx = torch.randperm(n)[:b]
-                t0 = time.perf_counter()
-                t.update(z, idx)
-                times.append(time.perf_counter() - t0)
-                t.end_epoch()
-            row[str(k)] = float(np.median(times[1:])) / b
-        out.append(row)
+    for backend in backends:
+        for c, b in shapes:
+            n = 4 * b if device == "cpu" else 16 * b  # prev rows far larger than the caches
+            n = max(n, 4096)
+            z = torch.randn(b, c, device=device) * 3
+            row = {"c": c, "b": b, "backend": backend, "device": device}
+            for k in (None, *KS):
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        t = tk.TDDSTracker(
+                            n, c, window=5, trajectory_len=None, device=device, backend=backend, prev_topk=k
+                        )
+                except ValueError as exc:  # a backend without this kernel here
+                    row[str(k)], row["why"] = None, str(exc)
+                    continue
+                times = []
+                for _ in range(reps):
+                    idx = torch.randperm(n, device=device)[:b]
+                    sync()
+                    t0 = time.perf_counter()
+                    t.update(z, idx)
+                    sync()
+                    times.append(time.perf_counter() - t0)
+                    t.end_epoch()
+                row[str(k)] = float(np.median(times[1:])) / b
+            out.append(row)
     return out
+
+
+def speed_lines(rows, title, load):
+    lines = [f"### {title}", "", f"Load: {load}.", ""]
+    lines += [
+        "| backend | C | rows/call | full rows | " + " | ".join(f"K = {k}" for k in KS) + " |",
+        "|---|---:|---:|---:|" + "---:|" * len(KS),
+    ]
+    for r in rows:
+        full = r["None"]
+        cells = " | ".join(
+            "n/a" if r[str(k)] is None or full is None else f"{r[str(k)] * 1e6:.2f} µs ({r[str(k)] / full:.2f}×)"
+            for k in KS
+        )
+        lines.append(
+            f"| {r.get('backend', 'cpu')} | {r['c']:,} | {r['b']} | "
+            f"{'n/a' if full is None else f'{full * 1e6:.2f} µs'} | {cells} |"
+        )
+    return lines + [""]
 
 
 def report(data):
     lines = [
-        f"Machine: {data.get('machine', '?')}; torch {torch.__version__}; {data.get('when', '?')}. "
+        f"Machine: {data.get('machine', '?')}{'; GPU ' + data['cuda_device'] if 'cuda_device' in data else ''}; "
+        f"torch {torch.__version__}; {data.get('when', '?')}. "
         "Shared with other jobs while measured (load named per part below): compare ratios within a table.",
         "",
         f"### State size at ImageNet-21k shape (N = {IMAGENET21K['n']:,}, C = {IMAGENET21K['c']:,}, "
@@ -180,20 +219,12 @@ def report(data):
         + ".",
         "",
     ]
-    if data.get("speed"):
-        lines += [
-            "### Update time per row (cpu backend, 1 thread, median of 6 calls)",
-            "",
-            f"Load: {data.get('speed_load', '?')}.",
-            "",
-            "| C | rows/call | full rows | " + " | ".join(f"K = {k}" for k in KS) + " |",
-            "|---:|---:|---:|" + "---:|" * len(KS),
-        ]
-        for r in data["speed"]:
-            full = r["None"]
-            cells = " | ".join(f"{r[str(k)] * 1e6:.1f} µs ({r[str(k)] / full:.2f}×)" for k in KS)
-            lines.append(f"| {r['c']:,} | {r['b']} | {full * 1e6:.1f} µs | {cells} |")
-        lines.append("")
+    for key, title in (
+        ("speed", "Update time per row (cpu backend, 1 thread, median of 6 calls)"),
+        ("speed_cuda", "Update time per row on CUDA (median of 6 calls, synchronized)"),
+    ):
+        if data.get(key):
+            lines += speed_lines(data[key], title, data.get(key + "_load", "?"))
     header = (
         "| C | train acc | previous row | mean kept mass | Spearman | kept overlap 30% | 70% | 90% "
         "| max abs. diff / max score |"
@@ -241,6 +272,7 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--window", type=int, default=5)
     ap.add_argument("--load", default="?", help="what else was running (written into the table)")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="--part speed: where to time")
     ap.add_argument("--json", required=True, help="collects the parts")
     ap.add_argument("--report", action="store_true")
     ap.add_argument("--out", default=None)
@@ -259,7 +291,10 @@ def main(argv=None):
         r["rows"] = [(name, {str(k): v for k, v in f.items()}, m) for name, f, m in r["rows"]]
         data["flat"] = r
     elif a.part == "speed":
-        data["speed"], data["speed_load"] = part_speed(), a.load
+        key = "speed" if a.device == "cpu" else "speed_cuda"
+        data[key], data[key + "_load"] = part_speed(a.device), a.load
+        if a.device == "cuda":
+            data["cuda_device"] = torch.cuda.get_device_name()
     with open(a.json, "w") as fh:
         json.dump(data, fh, indent=1, default=float)
     if a.report:

@@ -225,83 +225,7 @@ C10_ALWAYS_INLINE Vec keep(const Vec& v, float fill, int64_t count) {
   return count >= kVF ? v : keep_part(v, fill, count);
 }
 
-// The K largest p of a row, ties to the lower class id (docs/design.md §2.1): a min-heap of the
-// K best seen so far (its root the worst kept); a strict total order, so the kept set does not
-// depend on the visiting order. O(C + replacements * log K); ends sorted best first.
-struct Ranked {
-  float p;
-  int32_t c;
-};
-inline bool better(const Ranked& a, const Ranked& b) {
-  return a.p > b.p || (a.p == b.p && a.c < b.c);
-}
-inline void top_k(const float* p, int64_t C, int64_t K, std::vector<Ranked>& heap) {
-  heap.clear();
-  for (int64_t c = 0; c < C; ++c) {
-    const Ranked r{p[c], static_cast<int32_t>(c)};
-    if (static_cast<int64_t>(heap.size()) < K) {
-      heap.push_back(r);
-      std::push_heap(heap.begin(), heap.end(), better);
-    } else if (better(r, heap.front())) {
-      std::pop_heap(heap.begin(), heap.end(), better);
-      heap.back() = r;
-      std::push_heap(heap.begin(), heap.end(), better);
-    }
-  }
-  std::sort_heap(heap.begin(), heap.end(), better);  // ascending by `better`: best first
-}
-
-// Step 4 with a compressed previous row: p (in buf, scaled in place), lp = log(p + eps) into lp,
-// the old row expanded into lq (residual log, stored logs at their ids), d against it, then the
-// new K logs, ids and residual. Returns d (NaN where undefined).
-template <typename S>
-float compressed_row(const UpdateArgs& a, int64_t n, float* buf, float* lp, float* lq, const Vec& inv,
-                     bool with_d, std::vector<Ranked>& heap) {
-  const int64_t C = a.C, K = a.K;
-  S* val = static_cast<S*>(a.prev_val) + n * K;
-  S* rest = static_cast<S*>(a.prev_rest) + n;
-  int16_t* id16 = static_cast<int16_t*>(a.prev_idx) + n * K;
-  int32_t* id32 = static_cast<int32_t*>(a.prev_idx) + n * K;
-  const Vec veps(1e-8f);
-  for (int64_t j = 0; j < C; j += kStep) {
-    const Vec p0 = Vec::loadu(buf + j) * inv, p1 = Vec::loadu(buf + j + kVF) * inv;
-    p0.store(buf + j);
-    p1.store(buf + j + kVF);
-    fast_log(p0 + veps).store(lp + j);
-    fast_log(p1 + veps).store(lp + j + kVF);
-  }
-  float d = std::numeric_limits<float>::quiet_NaN();
-  if (with_d) {
-    const float r = static_cast<float>(*rest);
-    std::fill(lq, lq + C, r);
-    for (int64_t j = 0; j < K; ++j) {
-      const int64_t c = a.idx_i32 ? id32[j] : id16[j];
-      if (c >= 0 && c < C) lq[c] = static_cast<float>(val[j]);  // ids come from this op; guard anyway
-    }
-    Vec vd(0.f);
-    for (int64_t j = 0; j < C; j += kStep) {  // padding: p = 0 there, so it adds 0
-      vd = vd + (Vec::loadu(buf + j) * (Vec::loadu(lp + j) - Vec::loadu(lq + j))).abs() +
-           (Vec::loadu(buf + j + kVF) * (Vec::loadu(lp + j + kVF) - Vec::loadu(lq + j + kVF))).abs();
-    }
-    d = hsum(vd);
-  }
-  top_k(buf, C, K, heap);
-  // The residual mass summed over the classes left out, in double: 1 - kept would lose it.
-  double total = 0.0, kept = 0.0;
-  for (int64_t c = 0; c < C; ++c) total += buf[c];
-  for (int64_t j = 0; j < K; ++j) {
-    const Ranked& h = heap[j];
-    kept += h.p;
-    val[j] = static_cast<S>(lp[h.c]);
-    if (a.idx_i32)
-      id32[j] = h.c;
-    else
-      id16[j] = static_cast<int16_t>(h.c);
-  }
-  const double mean = K < C ? std::max(total - kept, 0.0) / static_cast<double>(C - K) : 0.0;
-  *rest = static_cast<S>(std::log(static_cast<float>(mean) + 1e-8f));
-  return d;
-}
+#include "topk_isa.h"  // the compressed previous row: Cand, TopKScratch, compressed_row
 
 // sum p^2 over the row buffer (e = exp(x - shift), padding lanes 0) scaled by inv = 1 / sum e:
 // squares of p <= 1, not of e (up to e^64 after the fused pass: overflow). Four accumulators:
@@ -389,11 +313,7 @@ void update_rows_t(const UpdateArgs& a, const int64_t* rows, int64_t count, Upda
   // exp(x - max) of the current row; padded to whole steps so full-vector stores stay inside.
   const int64_t padded = (C + kStep - 1) / kStep * kStep;
   std::unique_ptr<float[]> buf(new float[padded]);
-  // With a compressed row: the logs of the new row and the expanded old row (padding zeroed so
-  // whole-vector reads of it stay finite), and the top-K heap.
-  std::unique_ptr<float[]> lp(a.K ? new float[padded]() : nullptr), lq(a.K ? new float[padded]() : nullptr);
-  std::vector<Ranked> heap;
-  heap.reserve(a.K);
+  TopKScratch topk(a.K, padded);  // with a compressed row (topk_isa.h)
   const float inf = std::numeric_limits<float>::infinity();
 
   const int64_t row_bytes = C * static_cast<int64_t>(sizeof(S));
@@ -500,7 +420,7 @@ void update_rows_t(const UpdateArgs& a, const int64_t* rows, int64_t count, Upda
     const Vec inv(inv_s), veps(1e-8f);
     const bool with_d = epoch >= 1 && old == epoch - 1;  // d is defined only after epoch-1
     if (a.K) {
-      a.ring[n * a.W1 + a.slot] = compressed_row<S>(a, n, buf.get(), lp.get(), lq.get(), inv, with_d, heap);
+      a.ring[n * a.W1 + a.slot] = compressed_row<S>(a, n, buf.get(), inv_s, with_d, topk);
       continue;
     }
     // p itself is never formed: p + eps is one fmadd, and d = sum p |lp - q| = inv sum e |lp - q|

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import tdds_kernels as tk
 from tdds_kernels.ops import registry
 from tdds_kernels.ops.schema import EPOCH, topk_index_dtype
 
@@ -83,10 +84,9 @@ def test_settled_rows_at_21k_classes_match_the_float64_oracle(topk_op):
 def tie_rows(c, k, g):
     """Rows whose K-th class is hard to pick: all p equal; ties straddling the K-th place; most
     p underflowed to 0 (ties at 0); integer logits (ties everywhere); a crowd of values within a
-    few float32 steps of each other (distinct p, tiny gaps); a row whose largest classes are
-    exactly the evenly spaced ones a threshold estimated from a sample of C/16 classes sees (the
-    cpu kernel's estimate then admits fewer than K classes and must fall back to all of them)
-    and an ordinary row."""
+    few float32 steps of each other in ascending class order (distinct p, tiny gaps; every class
+    beats the running threshold of the cpu kernel: its most compactions); a row whose largest
+    classes are evenly spaced, and an ordinary row."""
     z = torch.randn(7, c, generator=g) * 3
     z[0] = 0.0
     z[1] = -2.0
@@ -129,3 +129,22 @@ def test_ties_and_targets_match_the_reference(topk_op, c, k):
     if k < c:  # (at K = C the two groups of row 1 overlap)
         assert out[1][1].tolist() == list(range(k // 2)) + list(range(c // 3, c // 3 + k - k // 2))
     assert out[1][2].tolist() == [c - 1] + list(range(k - 1))
+
+
+def test_cpu_k_equal_c_is_its_full_row_bit_for_bit():
+    # At K = C the cpu kernel computes the full row's logs and d in the full row's order.
+    if "cpu" not in tk.available_backends("cpu"):
+        pytest.skip("the C++ extension is not built")
+    n, c = 12, 300
+    g = torch.Generator().manual_seed(3)
+    logits = [torch.randn(n, c, generator=g) * 4 for _ in range(3)]
+    full = (torch.zeros(n, c), torch.full((n,), -1, dtype=torch.int32), torch.full((n, 3), float("nan")))
+    full += (torch.zeros(5, dtype=torch.int64),)
+    topk = fresh_state(n, c, c)
+    for epoch, z in enumerate(logits):
+        full[3][EPOCH] = topk[5][EPOCH] = epoch
+        torch.ops.tdds.update_ext(z, torch.arange(n), *full)
+        torch.ops.tdds.update_topk_ext(z, torch.arange(n), *topk)
+    assert torch.equal(topk[4].isnan(), full[2].isnan()) and torch.equal(topk[4].nan_to_num(), full[2].nan_to_num())
+    assert torch.equal(torch.empty_like(full[0]).scatter_(1, topk[1].long(), topk[0]), full[0])
+

@@ -1,0 +1,209 @@
+// The compressed previous row of the CPU update (update_topk_ext, docs/design.md §2.1): d against
+// the old row and the selection of the new one. Included by kernels_isa.h inside its
+// per-ISA namespace (after fast_log, hsum and the Vec helpers it uses), so it is compiled once
+// per ISA like the rest of the update.
+//
+// Per applied row, from e = exp(x - shift) in the row buffer (padding lanes 0) and inv = 1 / sum e,
+// one pass over the buffer (in L2 at C = 21,841; with d it is also the full row's step 4, against
+// the old row expanded into lq) selects with a running threshold t, a compare mask per vector:
+//   - a class with p > t is appended to a short candidate list (only the set mask bits are
+//     visited), the others' p are summed (the residual: no 1 - kept cancellation);
+//   - when the list reaches 2K + 32, a selection keeps its K best (p desc, class id asc), the
+//     rest go to the residual, and t becomes the K-th best p: a later class ties it only with a
+//     larger id, so it is worse, and `p > t` is exact.
+// Then a selection and a sort of the at most 2K + 32 candidates left. The kept set is exactly the K
+// first of the total order (ties to the lower class id, as every backend) whatever the data; the
+// list grows by about K (1 + ln(C / K)) entries on a row in random class order (O(C) compaction
+// work at worst, a row sorted ascending). Cost: O(C) vector work + O(K log(C / K)) scalar work,
+// instead of a K-heap update per class. At K = C the stored values and d are the full row's,
+// bit for bit: the same fast_log(fmadd(e, inv, eps)) and the same accumulation order against the
+// same (expanded) row.
+
+// A candidate as one integer: the bits of p inverted above the class id, so ascending order is
+// (p desc, class id asc) (p >= 0 orders as its bits) and all keys differ. Selected and sorted by
+// the functions below rather than std::nth_element / std::sort: their partition steps branch on
+// random keys (measured: half of a row's time at C = 1,000, K = 128).
+using Cand = uint64_t;
+inline Cand cand_of(float p, int64_t c) {
+  uint32_t b;
+  std::memcpy(&b, &p, sizeof b);
+  return (static_cast<uint64_t>(~b) << 32) | static_cast<uint32_t>(c);
+}
+inline float p_of(Cand k) {
+  const uint32_t b = ~static_cast<uint32_t>(k >> 32);
+  float p;
+  std::memcpy(&p, &b, sizeof p);
+  return p;
+}
+inline int32_t c_of(Cand k) {
+  return static_cast<int32_t>(static_cast<uint32_t>(k));
+}
+
+// Partition a[lo, hi) (distinct keys, hi - lo >= 3) around the median of three: returns m with
+// a[lo, m) < pivot <= a[m, hi), lo < m < hi. Branch-free (the swap always happens; only the
+// count depends on the comparison).
+inline size_t partition(Cand* a, size_t lo, size_t hi) {
+  const Cand x = a[lo], y = a[lo + (hi - lo) / 2], z = a[hi - 1];
+  const Cand pivot = std::max(std::min(x, y), std::min(std::max(x, y), z));
+  size_t m = lo;
+  for (size_t i = lo; i < hi; ++i) {
+    const Cand v = a[i];
+    a[i] = a[m];
+    a[m] = v;
+    m += v < pivot;
+  }
+  return m;
+}
+inline void insertion_sort(Cand* a, size_t lo, size_t hi) {
+  for (size_t i = lo + 1; i < hi; ++i) {
+    const Cand v = a[i];
+    size_t j = i;
+    for (; j > lo && a[j - 1] > v; --j) a[j] = a[j - 1];
+    a[j] = v;
+  }
+}
+// a[0, k) becomes the k smallest of a[0, n), in any order (0 < k <= n).
+inline void select_smallest(Cand* a, size_t n, size_t k) {
+  size_t lo = 0, hi = n;  // a[0, lo) < a[lo, hi) < a[hi, n), and k - 1 lies in [lo, hi)
+  while (hi - lo > 16) {
+    const size_t m = partition(a, lo, hi);
+    (k - 1 < m ? hi : lo) = m;
+  }
+  insertion_sort(a, lo, hi);
+}
+inline void sort_all(Cand* a, size_t lo, size_t hi) {
+  while (hi - lo > 16) {
+    const size_t m = partition(a, lo, hi);
+    if (m - lo < hi - m) {  // recurse into the smaller side: depth O(log n)
+      sort_all(a, lo, m);
+      lo = m;
+    } else {
+      sort_all(a, m, hi);
+      hi = m;
+    }
+  }
+  insertion_sort(a, lo, hi);
+}
+
+// Per call of update_rows_t (one thread): the expanded old row and the candidate lists.
+struct TopKScratch {
+  std::unique_ptr<float[]> lq;  // (padded,) old row's logs by class; padding stays 0 (finite)
+  std::vector<Cand> cand;
+  std::vector<float> kept;  // the K kept e, padded to whole kSteps for the vector log
+  TopKScratch(int64_t K, int64_t padded)
+      : lq(K ? new float[padded]() : nullptr), kept(K ? (K + kStep - 1) / kStep * kStep : 0, 0.f) {
+    cand.reserve(K ? 2 * K + 32 + kStep : 0);  // the list never grows past one step over its cap
+  }
+};
+
+// Lanes of p above t, as bits (lane i -> bit i).
+C10_ALWAYS_INLINE uint32_t above_bits(const Vec& p, const Vec& t) {
+#if defined(CPU_CAPABILITY_AVX512)
+  return static_cast<uint32_t>(_mm512_cmp_ps_mask(p, t, _CMP_GT_OQ));
+#elif defined(CPU_CAPABILITY_AVX2)
+  return static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(p, t, _CMP_GT_OQ)));
+#else
+  alignas(64) float a[kVF], b[kVF];
+  p.store(a);
+  t.store(b);
+  uint32_t bits = 0;
+  for (int64_t i = 0; i < kVF; ++i) bits |= static_cast<uint32_t>(a[i] > b[i]) << i;
+  return bits;
+#endif
+}
+
+// The pass (and, kWithD, the d of the old row: the full row's loop with q = lq): at most
+// 2K + 32 candidates left in cand (every class outside it is not among the K best), returns the
+// sum of the p of every class dropped. Block sums of 16 steps in float, added in double: a float
+// running sum over 21,841 near-equal values drifts by ~1e-5 relative.
+template <bool kWithD>
+double filter_pass(const float* buf, const float* lq, int64_t C, int64_t K, float inv,
+                   std::vector<Cand>& cand, Vec& vd) {
+  const Vec vinv(inv), veps(1e-8f), zero(0.f);
+  const size_t cap = static_cast<size_t>(2 * K + 32);
+  Vec vt(-1.f);  // every p >= 0 is above it until the first compaction
+  double rest = 0.0;
+  Vec block(0.f);
+  for (int64_t j = 0; j < C; j += kStep) {
+    const Vec e0 = Vec::loadu(buf + j), e1 = Vec::loadu(buf + j + kVF);
+    if (kWithD) {
+      const Vec l0 = fast_log(at::vec::fmadd(e0, vinv, veps)), l1 = fast_log(at::vec::fmadd(e1, vinv, veps));
+      const Vec q0 = Vec::loadu(lq + j), q1 = Vec::loadu(lq + j + kVF);
+      vd = at::vec::fmadd(e0, (l0 - q0).abs(), at::vec::fmadd(e1, (l1 - q1).abs(), vd));
+    }
+    const Vec p0 = e0 * vinv, p1 = e1 * vinv;
+    uint32_t bits = above_bits(p0, vt) | (above_bits(p1, vt) << kVF);
+    block = block + Vec::blendv(p0, zero, p0 > vt) + Vec::blendv(p1, zero, p1 > vt);
+    if (bits) {
+      if (C - j < kStep) bits &= (uint32_t{1} << (C - j)) - 1;  // not the padding lanes
+      alignas(64) float pv[kStep];
+      p0.store(pv);
+      p1.store(pv + kVF);
+      while (bits) {
+        const int lane = __builtin_ctz(bits);
+        bits &= bits - 1;
+        cand.push_back(cand_of(pv[lane], j + lane));
+      }
+      if (cand.size() >= cap) {  // keep the K best so far; the K-th becomes the threshold
+        select_smallest(cand.data(), cand.size(), K);
+        for (size_t i = K; i < cand.size(); ++i) rest += p_of(cand[i]);
+        cand.resize(K);
+        vt = Vec(p_of(*std::max_element(cand.begin(), cand.end())));  // the K-th best
+      }
+    }
+    if ((j / kStep) % 16 == 15) {
+      rest += hsum(block);
+      block = zero;
+    }
+  }
+  return rest + hsum(block);
+}
+
+// The update of one applied row with a compressed previous row (UpdateArgs K > 0): the e of the
+// row in buf (padding 0), inv = 1 / sum e. Writes the new K logs, ids and residual of sample n
+// and returns d against the old ones (NaN where undefined).
+template <typename S>
+float compressed_row(const UpdateArgs& a, int64_t n, const float* buf, float inv_s, bool with_d,
+                     TopKScratch& s) {
+  const int64_t C = a.C, K = a.K;
+  S* val = static_cast<S*>(a.prev_val) + n * K;
+  S* rest = static_cast<S*>(a.prev_rest) + n;
+  int16_t* id16 = static_cast<int16_t*>(a.prev_idx) + n * K;
+  int32_t* id32 = static_cast<int32_t*>(a.prev_idx) + n * K;
+  float* lq = s.lq.get();
+  if (with_d) {  // the old row by class: residual log, stored logs at their ids
+    std::fill(lq, lq + C, static_cast<float>(*rest));
+    for (int64_t j = 0; j < K; ++j) {
+      const int64_t c = a.idx_i32 ? id32[j] : id16[j];
+      if (c >= 0 && c < C) lq[c] = static_cast<float>(val[j]);  // ids come from this op; guard anyway
+    }
+  }
+  Vec vd(0.f);
+  s.cand.clear();
+  double left_out = with_d ? filter_pass<true>(buf, lq, C, K, inv_s, s.cand, vd)
+                           : filter_pass<false>(buf, lq, C, K, inv_s, s.cand, vd);
+  const float d = with_d ? hsum(vd) * inv_s : std::numeric_limits<float>::quiet_NaN();
+  auto& cand = s.cand;
+  if (static_cast<int64_t>(cand.size()) > K) {
+    select_smallest(cand.data(), cand.size(), K);
+    for (size_t j = K; j < cand.size(); ++j) left_out += p_of(cand[j]);
+  }
+  sort_all(cand.data(), 0, K);
+
+  // The K logs as the full row computes them (the same vector log on the same e).
+  float* ke = s.kept.data();
+  for (int64_t j = 0; j < K; ++j) ke[j] = buf[c_of(cand[j])];
+  std::fill(ke + K, ke + s.kept.size(), 0.f);  // the vector tail: log(eps), discarded
+  const Vec vinv(inv_s), veps(1e-8f);
+  for (int64_t j = 0; j < K; j += kVF) fast_log(at::vec::fmadd(Vec::loadu(ke + j), vinv, veps)).store(ke + j);
+  for (int64_t j = 0; j < K; ++j) {
+    val[j] = static_cast<S>(ke[j]);
+    if (a.idx_i32)
+      id32[j] = c_of(cand[j]);
+    else
+      id16[j] = static_cast<int16_t>(c_of(cand[j]));
+  }
+  const double mean = K < C ? left_out / static_cast<double>(C - K) : 0.0;
+  *rest = static_cast<S>(std::log(static_cast<float>(mean) + 1e-8f));
+  return d;
+}
