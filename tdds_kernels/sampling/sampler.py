@@ -43,7 +43,7 @@ def _int(name: str, value, low: int = 0) -> int:
 
 def _ranks(tracker, num_replicas, rank) -> tuple[int, int]:
     """DistributedSampler's defaults, read from the tracker's process group when it is sharded."""
-    group = getattr(tracker, "process_group", None)
+    group = tracker.process_group  # None for a single tracker (core/protocol.py)
     if num_replicas is None:
         if group is not None:
             num_replicas = dist.get_world_size(group)
@@ -90,7 +90,7 @@ class PruningSampler(Sampler[int]):
         dataset=None,
         strategy_options: dict | None = None,
     ):
-        for member in ("num_samples", "trajectory_len", "complete", "scores"):
+        for member in ("num_samples", "trajectory_len", "complete", "scores", "process_group"):
             if not hasattr(type(tracker), member) and not hasattr(tracker, member):
                 raise TypeError(f"tracker: expected a TDDSTracker or ShardedTDDSTracker, got {type(tracker).__name__}")
         if tracker.trajectory_len is None:
@@ -225,7 +225,7 @@ class PruningSampler(Sampler[int]):
     def _agree(self) -> None:
         """Every rank must hold the same kept set: compare a fingerprint of it (3 ints per rank)."""
         self._verify = False
-        group = getattr(self.tracker, "process_group", None)
+        group = self.tracker.process_group
         if group is None:
             if self.num_replicas == 1 or not (dist.is_available() and dist.is_initialized()):
                 return
