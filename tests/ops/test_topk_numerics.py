@@ -148,3 +148,18 @@ def test_cpu_k_equal_c_is_its_full_row_bit_for_bit():
     assert torch.equal(topk[4].isnan(), full[2].isnan()) and torch.equal(topk[4].nan_to_num(), full[2].nan_to_num())
     assert torch.equal(torch.empty_like(full[0]).scatter_(1, topk[1].long(), topk[0]), full[0])
 
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_cuda_kernel_refuses_rows_beyond_its_shared_memory():
+    # C bits + 8 bytes per kept class must fit in 48 KB: C = 400,000 needs 50 KB. Refused before
+    # anything is written.
+    reason = registry.unavailable_reason("cuda", torch.device("cuda"), topk=True)
+    if reason:
+        pytest.skip(reason)
+    c, k = 400_000, 8
+    state = tuple(t.cuda() for t in fresh_state(2, c, k))
+    before = tuple(t.clone() for t in state)
+    with pytest.raises(RuntimeError, match="48 KB of shared memory"):
+        torch.ops.tdds.update_topk_ext(torch.randn(2, c, device="cuda"), torch.arange(2, device="cuda"), *state)
+    for got, was in zip(state, before):
+        torch.testing.assert_close(got, was, rtol=0, atol=0, equal_nan=True)
