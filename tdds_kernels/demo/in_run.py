@@ -21,15 +21,13 @@ import json
 import statistics
 import sys
 import time
-import warnings
 
 import torch
 import torch.nn.functional as F
 
-from ..core.tracker import TDDSTracker
 from ..sampling import PruningSampler
 from . import data
-from .train import accuracy, make_model, random_shift
+from .train import accuracy, make_model, make_tracker, random_shift
 
 IN_RUN = {"tdds-top": "top", "tdds-balanced": "class_balanced", "tdds-ccs": "ccs", "random": "random"}
 METHODS = ("full", *(f"in-run {m}" for m in IN_RUN), "score-retrain")
@@ -45,16 +43,7 @@ def _fit(ds, args, seed, shift, fraction=None, strategy=None, kept=None, on_step
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
     tracker = sampler = None
     if strategy is not None:
-        with warnings.catch_warnings():  # "using the reference backend": fine at this size
-            warnings.simplefilter("ignore", UserWarning)
-            tracker = TDDSTracker(
-                n,
-                ds.num_classes,
-                window=args.window,
-                decay=args.decay,
-                trajectory_len=args.trajectory_len,
-                backend=args.backend,
-            )
+        tracker = make_tracker(args, n, ds.num_classes)
         options = {"hard_cut": args.ccs_hard_cut, "bins": args.ccs_bins} if strategy == "ccs" else None
         sampler = PruningSampler(tracker, fraction, strategy, labels=y, seed=seed, strategy_options=options)
         total = sampler.schedule(args.epochs, args.batch_size).total_steps

@@ -6,17 +6,15 @@ from __future__ import annotations
 import json
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
 
 from ..core import selection
 from ..core.baselines import keep_scores
-from ..core.tracker import TDDSTracker
 from . import data, report
 from .options import METHODS, parse_strategy, quick_note
-from .train import accuracy, train
+from .train import accuracy, make_tracker, train
 
 
 class _Estimate:
@@ -67,16 +65,7 @@ def run(args, cmd: str) -> int:
         dynamic_ncols=True,
     )
     try:
-        with warnings.catch_warnings():  # "using the reference backend": fine at this size
-            warnings.simplefilter("ignore", UserWarning)
-            tracker = TDDSTracker(
-                n,
-                ds.num_classes,
-                window=args.window,
-                decay=args.decay,
-                trajectory_len=args.trajectory_len,
-                backend=args.backend,
-            )
+        tracker = make_tracker(args, n, ds.num_classes)
     except (ValueError, TypeError, RuntimeError) as exc:  # e.g. a backend this machine lacks
         bar.close()
         print(f"tdds-kernels demo: error: --backend {args.backend}: {exc}", file=sys.stderr)

@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+
+def make_tracker(args, num_samples: int, num_classes: int):
+    """The demo's tracker from its options (-W, --decay, -T, --backend)."""
+    from ..core.tracker import TDDSTracker
+
+    with warnings.catch_warnings():  # "using the reference backend": fine at this size
+        warnings.simplefilter("ignore", UserWarning)
+        return TDDSTracker(
+            num_samples,
+            num_classes,
+            window=args.window,
+            decay=args.decay,
+            trajectory_len=args.trajectory_len,
+            backend=args.backend,
+        )
 
 
 def make_model(in_channels: int, num_classes: int, width: int = 32) -> nn.Module:
