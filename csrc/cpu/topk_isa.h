@@ -40,18 +40,22 @@ inline int32_t c_of(Cand k) {
 }
 
 // Partition a[lo, hi) (distinct keys, hi - lo >= 3) around the median of three: returns m with
-// a[lo, m) < pivot <= a[m, hi), lo < m < hi. Branch-free (the swap always happens; only the
-// count depends on the comparison).
-inline size_t partition(Cand* a, size_t lo, size_t hi) {
+// a[lo, m) < pivot <= a[m, hi), lo < m < hi. Branch-free and without a chain through memory:
+// the smaller keys are written back in place (never ahead of the read), the others to tmp and
+// copied after them (an in-place swap partition reloads a[m] each step: latency-bound).
+inline size_t partition(Cand* a, size_t lo, size_t hi, Cand* tmp) {
   const Cand x = a[lo], y = a[lo + (hi - lo) / 2], z = a[hi - 1];
   const Cand pivot = std::max(std::min(x, y), std::min(std::max(x, y), z));
-  size_t m = lo;
+  size_t m = lo, t = 0;
   for (size_t i = lo; i < hi; ++i) {
     const Cand v = a[i];
-    a[i] = a[m];
+    const bool less = v < pivot;
     a[m] = v;
-    m += v < pivot;
+    tmp[t] = v;
+    m += less;
+    t += !less;
   }
+  std::memcpy(a + m, tmp, t * sizeof(Cand));
   return m;
 }
 inline void insertion_sort(Cand* a, size_t lo, size_t hi) {
@@ -64,22 +68,22 @@ inline void insertion_sort(Cand* a, size_t lo, size_t hi) {
 }
 // a[0, k) becomes the k smallest of a[0, n) with a[k - 1] the k-th (0 < k <= n): partitions down
 // to two elements, no insertion sort (its branches were a third of the pass at C = 1,000).
-inline void select_smallest(Cand* a, size_t n, size_t k) {
+inline void select_smallest(Cand* a, size_t n, size_t k, Cand* tmp) {
   size_t lo = 0, hi = n;  // a[0, lo) < a[lo, hi) < a[hi, n), and k - 1 lies in [lo, hi)
   while (hi - lo > 2) {
-    const size_t m = partition(a, lo, hi);
+    const size_t m = partition(a, lo, hi, tmp);
     (k - 1 < m ? hi : lo) = m;
   }
   if (hi - lo == 2 && a[lo] > a[lo + 1]) std::swap(a[lo], a[lo + 1]);
 }
-inline void sort_all(Cand* a, size_t lo, size_t hi) {
+inline void sort_all(Cand* a, size_t lo, size_t hi, Cand* tmp) {
   while (hi - lo > 16) {
-    const size_t m = partition(a, lo, hi);
+    const size_t m = partition(a, lo, hi, tmp);
     if (m - lo < hi - m) {  // recurse into the smaller side: depth O(log n)
-      sort_all(a, lo, m);
+      sort_all(a, lo, m, tmp);
       lo = m;
     } else {
-      sort_all(a, m, hi);
+      sort_all(a, m, hi, tmp);
       hi = m;
     }
   }
@@ -90,9 +94,12 @@ inline void sort_all(Cand* a, size_t lo, size_t hi) {
 struct TopKScratch {
   std::unique_ptr<float[]> lq;  // (padded,) old row's logs by class; padding stays 0 (finite)
   std::vector<Cand> cand;
+  std::vector<Cand> tmp;    // the partitions' scratch: as long as the longest list (C at K = C)
   std::vector<float> kept;  // the K kept e, padded to whole kSteps for the vector log
   TopKScratch(int64_t K, int64_t padded)
-      : lq(K ? new float[padded]() : nullptr), kept(K ? (K + kStep - 1) / kStep * kStep : 0, 0.f) {
+      : lq(K ? new float[padded]() : nullptr),
+        tmp(K ? padded : 0),
+        kept(K ? (K + kStep - 1) / kStep * kStep : 0, 0.f) {
     cand.reserve(K ? 2 * K + 32 + kStep : 0);  // the list never grows past one step over its cap
   }
 };
@@ -119,7 +126,7 @@ C10_ALWAYS_INLINE uint32_t above_bits(const Vec& p, const Vec& t) {
 // running sum over 21,841 near-equal values drifts by ~1e-5 relative.
 template <bool kWithD>
 double filter_pass(const float* buf, const float* lq, int64_t C, int64_t K, float inv,
-                   std::vector<Cand>& cand, Vec& vd) {
+                   std::vector<Cand>& cand, Cand* tmp, Vec& vd) {
   const Vec vinv(inv), veps(1e-8f), zero(0.f);
   const size_t cap = static_cast<size_t>(2 * K + 32);
   Vec vt(-1.f);  // every p >= 0 is above it until the first compaction
@@ -146,7 +153,7 @@ double filter_pass(const float* buf, const float* lq, int64_t C, int64_t K, floa
         cand.push_back(cand_of(pv[lane], j + lane));
       }
       if (cand.size() >= cap) {  // keep the K best so far; the K-th becomes the threshold
-        select_smallest(cand.data(), cand.size(), K);
+        select_smallest(cand.data(), cand.size(), K, tmp);
         for (size_t i = K; i < cand.size(); ++i) rest += p_of(cand[i]);
         cand.resize(K);
         vt = Vec(p_of(cand[K - 1]));  // the K-th best
@@ -181,15 +188,15 @@ float compressed_row(const UpdateArgs& a, int64_t n, const float* buf, float inv
   }
   Vec vd(0.f);
   s.cand.clear();
-  double left_out = with_d ? filter_pass<true>(buf, lq, C, K, inv_s, s.cand, vd)
-                           : filter_pass<false>(buf, lq, C, K, inv_s, s.cand, vd);
+  double left_out = with_d ? filter_pass<true>(buf, lq, C, K, inv_s, s.cand, s.tmp.data(), vd)
+                           : filter_pass<false>(buf, lq, C, K, inv_s, s.cand, s.tmp.data(), vd);
   const float d = with_d ? hsum(vd) * inv_s : std::numeric_limits<float>::quiet_NaN();
   auto& cand = s.cand;
   if (static_cast<int64_t>(cand.size()) > K) {
-    select_smallest(cand.data(), cand.size(), K);
+    select_smallest(cand.data(), cand.size(), K, s.tmp.data());
     for (size_t j = K; j < cand.size(); ++j) left_out += p_of(cand[j]);
   }
-  sort_all(cand.data(), 0, K);
+  sort_all(cand.data(), 0, K, s.tmp.data());
 
   // The K logs as the full row computes them (the same vector log on the same e).
   float* ke = s.kept.data();
