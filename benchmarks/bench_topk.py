@@ -224,7 +224,9 @@ def report(data):
         ("speed_cuda", "Update time per row on CUDA (median of 6 calls, synchronized)"),
     ):
         if data.get(key):
-            lines += speed_lines(data[key], title, data.get(key + "_load", "?"))
+            # each part names its own machine and time: parts of one table may come from different runs
+            where = f"; {data[key + '_machine']}, {data[key + '_when']}" if key + "_machine" in data else ""
+            lines += speed_lines(data[key], title + where, data.get(key + "_load", "?"))
     header = (
         "| C | train acc | previous row | mean kept mass | Spearman | kept overlap 30% | 70% | 90% "
         "| max abs. diff / max score |"
@@ -293,6 +295,7 @@ def main(argv=None):
     elif a.part == "speed":
         key = "speed" if a.device == "cpu" else "speed_cuda"
         data[key], data[key + "_load"] = part_speed(a.device), a.load
+        data[key + "_machine"], data[key + "_when"] = describe(a.device), data["when"]
         if a.device == "cuda":
             data["cuda_device"] = torch.cuda.get_device_name()
     with open(a.json, "w") as fh:

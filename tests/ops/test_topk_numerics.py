@@ -51,7 +51,7 @@ def run_epochs(update, device, rows, k):
 
 def oracle_d(z0, z1, k):
     """d of each row, float64 from the float32 softmax, against the compressed z0 row (the dense
-    restatement of tests/dense.py)."""
+    restatement of tests/support/dense.py)."""
     out = []
     for a, b in zip(z0.numpy(), z1.numpy()):
         p0, p1 = _softmax32(a).astype(np.float64), _softmax32(b).astype(np.float64)

@@ -11,5 +11,4 @@ commands     the examples run as subprocesses
 dumps        release-format dumps written from batches
 
 Imported as `tests.support.<module>` (pyproject.toml puts the repository root on pytest's path).
-tests/helpers.py and tests/dense.py re-export the old bare names for one release.
 """
