@@ -13,11 +13,12 @@ import shutil
 import pytest
 import torch
 import torch.distributed as dist
-from harness import assert_scenario_passed, run_scenarios, spawn
-from sharded_data import CFG, C, N, T, epoch_data, expect_error, feed, single_error
 
 from tdds_kernels import TDDSTracker
 from tdds_kernels.distributed import ShardedTDDSTracker, merge_shards, shard_path
+
+from harness import assert_scenario_passed, run_scenarios, spawn
+from sharded_data import CFG, C, N, T, epoch_data, expect_error, feed, single_error
 
 SCENARIOS = ("equivalence", "dtypes", "save_load", "bad_shard", "bad_batch", "disagreement", "nonfinite", "topk")
 

@@ -14,10 +14,11 @@ import traceback
 import pytest
 import torch
 import torch.distributed as dist
-from harness import COLLECTIVE_TIMEOUT_S, assert_scenario_passed, run_scenarios, spawn
-from sharded_data import CFG, C, N, T, epoch_data, expect_error, feed
 
 from tdds_kernels.distributed import ShardedTDDSTracker
+
+from harness import COLLECTIVE_TIMEOUT_S, assert_scenario_passed, run_scenarios, spawn
+from sharded_data import CFG, C, N, T, epoch_data, expect_error, feed
 
 SCENARIOS = ("equivalence", "max_batch_size", "counts", "held_errors", "disagreement", "topk")
 

@@ -18,10 +18,11 @@ import warnings
 
 import pytest
 import torch
-from harness import run_scenarios, spawn
 
 from tdds_kernels import TDDSTracker
 from tdds_kernels.distributed import ShardedTDDSTracker
+
+from harness import run_scenarios, spawn
 
 N, C, WINDOW, T = 29, 5, 3, 4
 CFG = dict(num_classes=C, window=WINDOW, decay=0.9, trajectory_len=T, backend="reference")
