@@ -17,7 +17,8 @@
 #   sanitize      70  compute-sanitizer memcheck on a short run of the extension's kernels and of
 #                     the Triton kernels (auto's first choice); racecheck on the Triton kernels
 #                     (their reductions go through shared memory) and on the extension's only if
-#                     it uses shared memory (today it does not: warp shuffles, nothing to race)
+#                     it uses shared memory (its top-K kernel does; the full-row kernels use warp
+#                     shuffles only)
 #   bench_ops    125  benchmarks/bench_ops.py --device cuda, headline shapes first (B = 8192,
 #                     C = 1000, fp32 and bf16 storage, against the eager and compiled reference),
 #                     then the sort alone, then the matrix (table: ops_<card>.md); then
@@ -188,7 +189,10 @@ sanitize_one() {  # TOOL BACKEND SECONDS: one compute-sanitizer run of benchmark
     --report-api-errors no "$PY" benchmarks/sanitize_run.py --backend "$backend" --deadline-s $((secs * 2 / 3))
 }
 stage_sanitize() {
-  local rc=0 share=$(((BUDGET_S - 10) / 3))  # memcheck x2, racecheck of the Triton kernels
+  # memcheck x2, racecheck of the Triton kernels, and of the extension's when they share memory
+  local rc=0 runs=3 share
+  grep -q __shared__ "$ROOT"/csrc/cuda/*.cu && runs=4
+  share=$(((BUDGET_S - 10) / runs))
   [ "$share" -lt 3 ] && share=3
   sanitize_one memcheck cuda "$share" || rc=1
   sanitize_one memcheck triton "$share" || rc=1

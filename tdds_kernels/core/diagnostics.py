@@ -10,7 +10,7 @@ from __future__ import annotations
 import warnings
 
 from ..ops.schema import DUPLICATES
-from .host_counters import stream_capturing
+from . import host_counters as capture_state  # read at call time (tests replace it)
 
 # The index-looks-like-labels hint: an epoch that recorded only samples below num_classes while
 # the dataset is at least this many times larger than the class count.
@@ -25,7 +25,7 @@ def check_forgotten_end_epoch(st, host_counters) -> None:
     # `st`: the tracker's TrackerState (its bookkeeping marks live there).
     # Inside a CUDA graph capture it does nothing, next_dup_check included, so the first
     # update after the capture (rows_in_epoch still past the mark) runs the skipped check.
-    if stream_capturing(st.counters.device):
+    if capture_state.stream_capturing(st.counters.device):
         return
     n = st.config.num_samples
     st.next_dup_check = (st.rows_in_epoch // n + 1) * n  # the next multiple of N, after any skips

@@ -172,6 +172,12 @@ class Recorder:
         return launch
 
 
+# The launchers check their arguments first (ops/checks.py); these stand-ins (stride-0 rows, a
+# one-element seen) are refused by design, and only the launches' specialisations matter here.
+checks = importlib.import_module("tdds_kernels.ops.checks")
+for name in ("update", "update_topk", "epoch_step"):
+    setattr(checks, name, lambda *args, **kwargs: None)
+
 KERNELS = ((U, "_update_kernel"), (U, "_sort_keys_kernel"), (T, "_update_topk_kernel"), (E, "_epoch_step_kernel"))
 for mod, name in KERNELS:
     setattr(mod, name, Recorder(getattr(mod, name)))
