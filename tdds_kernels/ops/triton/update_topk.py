@@ -166,8 +166,9 @@ def _update_topk_kernel(
                 key = p.to(tl.int32, bitcast=True)
                 at = (mask & (key == key_k)).to(tl.int32)
                 keep = (mask & (key > key_k)) | ((at != 0) & (ties + tl.cumsum(at, 0) <= need))
-                pos = slots + tl.cumsum(keep.to(tl.int32), 0) - 1
-                tl.store(idx_ptr + n * K + pos, c.to(idx_ptr.dtype.element_ty), mask=keep)
+                # its own name: `pos` is this program's position, int64 in some specialisations
+                kept_at = slots + tl.cumsum(keep.to(tl.int32), 0) - 1
+                tl.store(idx_ptr + n * K + kept_at, c.to(idx_ptr.dtype.element_ty), mask=keep)
                 residual += tl.sum(tl.where(mask & ~keep, p, 0.0), 0)
                 ties += tl.sum(at, 0)
                 slots += tl.sum(keep.to(tl.int32), 0)
