@@ -6,7 +6,6 @@ The first tests run anywhere, with the capture state replaced (host_counters.str
 the CUDA tests capture a real step and are skipped without a GPU (never faked).
 """
 
-import os
 import warnings
 
 import pytest
@@ -15,8 +14,9 @@ import torch
 import tdds_kernels as tk
 from tdds_kernels.core import host_counters
 from tdds_kernels.core.host_counters import HostSnapshots
-from tdds_kernels.ops import registry
 from tdds_kernels.ops.schema import NUM_SLOTS
+
+from tests.support.helpers import cuda_backend_or_skip
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="no CUDA GPU: CUDA-graph capture not tested")
@@ -98,14 +98,6 @@ def test_baselines_are_not_created_inside_a_capture(monkeypatch):
 
 
 # ------------------------------------------------------------------ a real capture (CUDA)
-def backend_or_skip(name):
-    reason = registry._auto_reason(name, torch.device("cuda"))
-    if reason is not None:
-        if name == "cuda" and os.environ.get("TDDS_REQUIRE_EXT") == "1":
-            pytest.fail(f"backend 'cuda': {reason}")
-        pytest.skip(f"backend {name!r}: {reason}")
-
-
 @needs_cuda
 @pytest.mark.parametrize("with_targets", [False, True])
 @pytest.mark.parametrize("name", FAST)
@@ -113,7 +105,7 @@ def test_captured_step_of_a_warmed_up_tracker_replays_like_eager(name, with_targ
     # N = B = 32: every update reaches the next forgotten-end_epoch check, the captured one too.
     # Warm-up runs on the real tracker (epoch 0's step): it starts a counters copy, compiles
     # the kernels and, with targets, creates the baselines' state, all outside the capture.
-    backend_or_skip(name)
+    cuda_backend_or_skip(name)
     n = b = 32
     c = 10
     g = torch.Generator().manual_seed(7)
@@ -171,7 +163,7 @@ def test_captured_step_of_a_warmed_up_tracker_replays_like_eager(name, with_targ
 @needs_cuda
 @pytest.mark.parametrize("name", FAST)
 def test_capturing_the_first_update_with_targets_raises(name):
-    backend_or_skip(name)
+    cuda_backend_or_skip(name)
     tr = tracker(32, 10, "cuda", name)
     z, index = torch.randn(32, 10, device="cuda"), torch.arange(32, device="cuda")
     y = torch.zeros(32, dtype=torch.int64, device="cuda")

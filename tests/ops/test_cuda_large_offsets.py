@@ -7,13 +7,12 @@ shapes are where a 32-bit element offset would wrap. Needs a CUDA GPU with ~6 GB
 without one, never faked).
 """
 
-import os
-
 import pytest
 import torch
 
-from tdds_kernels.ops import registry
 from tdds_kernels.ops.schema import EPOCH, NUM_SLOTS, ROW_STATS
+
+from tests.support.helpers import cuda_backend_or_skip
 
 CUDA = torch.cuda.is_available()
 N, C, W = 70_000, 32_000, 3
@@ -22,20 +21,11 @@ ROWS = [5, 67_100, 67_108, 67_109, 67_110, 69_999]
 UNTOUCHED = 67_111  # a row past 2^31 that is not in the batch
 
 
-def backend_or_skip(name):
-    reason = registry._auto_reason(name, torch.device("cuda"))
-    if reason is not None:
-        if name == "cuda" and os.environ.get("TDDS_REQUIRE_EXT") == "1":
-            pytest.fail(f"backend 'cuda': {reason}")
-        pytest.skip(f"backend {name!r}: {reason}")
-    return registry.resolve(name, torch.device("cuda"))
-
-
 @pytest.mark.skipif(not CUDA, reason="no CUDA GPU: offsets beyond 2^31 elements not tested")
 @pytest.mark.parametrize("with_targets", [False, True])
 @pytest.mark.parametrize("name", ["triton", "cuda"])
 def test_rows_past_two_to_the_31_elements(name, with_targets):
-    ops = backend_or_skip(name)
+    ops = cuda_backend_or_skip(name)
     if torch.cuda.mem_get_info()[0] < 6e9:
         pytest.skip("needs ~6 GB of free GPU memory")
     g = torch.Generator().manual_seed(11)

@@ -185,3 +185,14 @@ def one_thread_per_module():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def cuda_backend_or_skip(name: str):
+    """Backend `name`'s ops on CUDA, or skip saying why it is unavailable (TDDS_REQUIRE_EXT=1
+    turns a missing `cuda` extension into a failure: a GPU run that must test it)."""
+    reason = registry._auto_reason(name, torch.device("cuda"))
+    if reason is not None:
+        if name == "cuda" and os.environ.get("TDDS_REQUIRE_EXT") == "1":
+            pytest.fail(f"backend 'cuda': {reason}")
+        pytest.skip(f"backend {name!r}: {reason}")
+    return registry.resolve(name, torch.device("cuda"))
