@@ -1,6 +1,7 @@
 """Hugging Face Trainer: a run that stops inside an epoch keeps that epoch open (the Trainer
 still calls on_epoch_end), so a checkpoint saved at the stop resumes to the uninterrupted run's
-scores; a plain Trainer, which never feeds the callback, is refused when training starts."""
+scores; a plain Trainer, which never feeds the callback, is refused when training starts; a kill
+right after the Trainer's checkpoint still resumes. The stop and the kill also on 2 gloo ranks."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from transformers import Trainer, TrainingArguments  # noqa: E402
 
 from tdds_kernels.integrations.hf import TDDSCallback, add_index  # noqa: E402
 
-from tests.support.helpers import load_example  # noqa: E402
+from tests.support.helpers import REPO, load_example, torchrun  # noqa: E402
 
 ex = load_example("hf_trainer")
 
@@ -82,3 +83,47 @@ def test_a_crash_right_after_the_trainers_checkpoint_still_resumes(tmp_path, mon
     monkeypatch.setattr(ex, "TDDSTrainer", plain)
     _, resumed = run(tmp_path / "run", "--save-steps", per_epoch, "--resume")
     assert torch.equal(resumed.scores, whole.scores)
+
+
+# The same two cases on 2 gloo ranks (a sharded tracker, one file per rank), with the real Trainer
+# under torchrun: tests/support/hf_ranks.py (32 samples, 4 steps an epoch, 3 epochs).
+HF_RANKS = REPO / "tests" / "support" / "hf_ranks.py"
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    # One launch (its imports cost more than the runs): the uninterrupted run, the run stopped
+    # inside epoch 1 and its resume, the run killed inside the checkpoint window and its resume.
+    cwd = tmp_path_factory.mktemp("hf_ranks")
+    try:
+        output = torchrun(HF_RANKS, "whole", "stop", "resume:stop", "crash", "resume:crash", cwd=cwd)
+    except AssertionError as e:  # a run failed: each test checks the result files of its own runs
+        output = str(e)
+    return cwd, output
+
+
+def rank_results(cwd, name, output):
+    files = [cwd / f"{name}.rank{r}.pt" for r in range(2)]
+    assert all(f.exists() for f in files), f"no results of the {name!r} run:\n{output}"
+    return [torch.load(f, weights_only=False) for f in files]
+
+
+def test_two_ranks_a_stop_inside_an_epoch_then_resume_gives_the_uninterrupted_scores(two_ranks):
+    cwd, output = two_ranks
+    whole, stopped, resumed = (rank_results(cwd, name, output) for name in ("whole", "stop", "stop-resumed"))
+    # max_steps stopped 2 steps (2 x 8 samples) into epoch 1: the checkpoint holds epoch 1 open
+    assert [s["epoch"] for s in stopped] == [1, 1] and sum(s["rows"] for s in stopped) == 16
+    assert whole[0]["scores"].abs().sum() > 0 and torch.equal(whole[1]["scores"], whole[0]["scores"])
+    for r in resumed:
+        assert r["stats"]["missing"] == 0 and r["stats"]["duplicates"] == 0
+        assert torch.equal(r["scores"], whole[0]["scores"])
+
+
+def test_two_ranks_a_kill_inside_the_checkpoint_window_still_resumes(two_ranks):
+    cwd, output = two_ranks
+    assert all(f"rank {r}: killed after checkpoint-8" in output for r in range(2)), output
+    # save_total_limit=1: checkpoint-4 was rotated away before the kill
+    assert [p.name for p in (cwd / "crash").glob("checkpoint-*")] == ["checkpoint-8"]
+    whole, resumed = rank_results(cwd, "whole", output), rank_results(cwd, "crash-resumed", output)
+    for r in resumed:
+        assert r["stats"]["missing"] == 0 and torch.equal(r["scores"], whole[0]["scores"])
