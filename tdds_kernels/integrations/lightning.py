@@ -21,11 +21,14 @@ Resume is exact from checkpoints taken at an epoch's end (``ModelCheckpoint`` wi
 checkpoint taken in the middle of an epoch (``every_n_train_steps``), Lightning with a plain
 DataLoader restarts that epoch's data from its first batch and runs only the steps left: the
 samples of the first batches are recorded a second time (duplicates; their first record is kept)
-and those of the epoch's last batches are not recorded in it (missing). The callback warns then.
+and those of the epoch's last batches are not recorded in it (missing). The callback warns then,
+except for a torchdata ``StatefulDataLoader`` with its own sampler (shuffle=True/False), which
+Lightning resumes at its position: exact (``restores_position``).
 """
 
 from __future__ import annotations
 
+import sys
 import warnings
 
 import torch
@@ -47,6 +50,36 @@ from ..distributed.factory import make_tracker
 from .epoch_orders import EpochOrders
 from .pruning import check_options as pruning_options
 from .pruning import make_sampler
+
+
+def is_stateful_loader(loader) -> bool:
+    """Whether `loader` is a torchdata StatefulDataLoader (Lightning saves and restores its state)."""
+    module = sys.modules.get("torchdata.stateful_dataloader")  # not imported: the loader is not one
+    return module is not None and isinstance(loader, module.StatefulDataLoader)
+
+
+def restores_position(loader) -> bool:
+    """Whether Lightning resumes `loader` at its position inside an epoch: a StatefulDataLoader
+    drawing from the sampler it made itself (shuffle=True or False), measured exact
+    (tests/app/test_lightning_resume_order.py). Not one given a sampler: with a
+    DistributedSampler the resumed epoch's batches were not the uninterrupted run's (measured)."""
+    if not is_stateful_loader(loader):
+        return False
+    from torchdata.stateful_dataloader.sampler import BatchSampler, RandomSampler
+
+    own = type(loader.batch_sampler) is BatchSampler and loader.batch_sampler.sampler is loader.sampler
+    return own and type(loader.sampler) in (RandomSampler, SequentialSampler)
+
+
+def all_batches_done(trainer) -> bool:
+    """Whether the restored run had trained every batch of its open epoch (a checkpoint at
+    validation end, before the epoch closed): Lightning then only closes that epoch, exactly."""
+    try:
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        total = trainer.num_training_batches
+    except AttributeError:  # another Lightning's loop layout: treated as mid-epoch (a warning)
+        return False
+    return total != float("inf") and done >= total
 
 
 class TDDSCallback(pl.Callback):
@@ -116,20 +149,35 @@ class TDDSCallback(pl.Callback):
                     "its distributed sampler); pass Trainer(use_distributed_sampler=False), the sampler "
                     "splits the epochs over the ranks itself"
                 )
-        # A checkpoint taken after the last batch of an epoch but before epoch end (e.g. by
-        # ModelCheckpoint at validation end) resumes at the next epoch: close the pending one.
+        # A checkpoint taken after an epoch's last batch but before its end (every_n_train_steps
+        # on that step) resumes at the next epoch: close the pending one. One taken at validation
+        # end resumes in the epoch with its batches done, and Lightning closes it.
+        open_epoch = self.tracker.epoch
         while self.tracker.epoch < trainer.current_epoch and not self.tracker.complete:
             self.tracker.end_epoch()
         rows, self._restored_rows = self._restored_rows, None
-        if rows and not self.tracker.complete and self.tracker.epoch == trainer.current_epoch:
+        if not rows or self.tracker.complete:
+            return
+        loader = trainer.train_dataloader
+        if open_epoch == trainer.current_epoch and not restores_position(loader) and not all_batches_done(trainer):
             warnings.warn(
-                f"TDDSCallback: the checkpoint was taken in the middle of epoch {self.tracker.epoch} "
-                f"({rows} rows recorded). Unless the train DataLoader restores its position (a stateful "
-                "loader), Lightning restarts that epoch's data from its first batch and runs only the "
-                "steps left: samples of the first batches are recorded again (counted as duplicates, "
-                "the first record kept) and samples of the epoch's last batches go unrecorded in it "
-                "(missing), so the scores differ from an uninterrupted run. Resume from a checkpoint "
-                "taken at an epoch's end for exact scores",
+                f"TDDSCallback: the checkpoint was taken in the middle of epoch {open_epoch} ({rows} rows "
+                "recorded). Unless the train loader restores its position (a torchdata StatefulDataLoader "
+                "with shuffle=True/False and no sampler of its own), Lightning restarts that epoch's data "
+                "from its first batch and runs only the steps left: samples of the first batches are "
+                "recorded again (counted as duplicates, the first record kept) and samples of the epoch's "
+                "last batches go unrecorded in it (missing), so the scores differ from an uninterrupted "
+                "run. Resume from a checkpoint taken at an epoch's end for exact scores",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        elif open_epoch < trainer.current_epoch and is_stateful_loader(loader):
+            warnings.warn(
+                f"TDDSCallback: the checkpoint was taken after epoch {open_epoch}'s last batch, before the "
+                "epoch ended; the StatefulDataLoader restored there has no batches left and yields none "
+                f"in epoch {open_epoch + 1}, whose samples go unrecorded (missing), so the scores differ "
+                "from an uninterrupted run. With a StatefulDataLoader, resume from a checkpoint taken "
+                "inside an epoch, or at an epoch's end with shuffle=False (docs/trainers.md)",
                 RuntimeWarning,
                 stacklevel=2,
             )
