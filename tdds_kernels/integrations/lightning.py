@@ -22,8 +22,8 @@ checkpoint taken in the middle of an epoch (``every_n_train_steps``), Lightning 
 DataLoader restarts that epoch's data from its first batch and runs only the steps left: the
 samples of the first batches are recorded a second time (duplicates; their first record is kept)
 and those of the epoch's last batches are not recorded in it (missing). The callback warns then,
-except for a torchdata ``StatefulDataLoader`` with its own sampler (shuffle=True/False), which
-Lightning resumes at its position: exact (``restores_position``).
+except for a torchdata ``StatefulDataLoader`` with its own sampler (shuffle=True/False, no
+generator), which Lightning resumes at its position: exact (``restores_position``).
 """
 
 from __future__ import annotations
@@ -60,10 +60,11 @@ def is_stateful_loader(loader) -> bool:
 
 def restores_position(loader) -> bool:
     """Whether Lightning resumes `loader` at its position inside an epoch: a StatefulDataLoader
-    drawing from the sampler it made itself (shuffle=True or False), measured exact
-    (tests/app/test_lightning_resume_order.py). Not one given a sampler: with a
-    DistributedSampler the resumed epoch's batches were not the uninterrupted run's (measured)."""
-    if not is_stateful_loader(loader):
+    drawing from the sampler it made itself (shuffle=True or False) without a generator= of its
+    own, measured exact (tests/app/test_lightning_resume_order.py). Not otherwise: given a
+    DistributedSampler, or shuffle=True with a seeded generator, the resumed run's batches or
+    scores were not the uninterrupted run's (measured)."""
+    if not is_stateful_loader(loader) or loader.generator is not None:
         return False
     from torchdata.stateful_dataloader.sampler import BatchSampler, RandomSampler
 
@@ -163,7 +164,7 @@ class TDDSCallback(pl.Callback):
             warnings.warn(
                 f"TDDSCallback: the checkpoint was taken in the middle of epoch {open_epoch} ({rows} rows "
                 "recorded). Unless the train loader restores its position (a torchdata StatefulDataLoader "
-                "with shuffle=True/False and no sampler of its own), Lightning restarts that epoch's data "
+                "with shuffle=True/False, no sampler or generator of its own), Lightning restarts its data "
                 "from its first batch and runs only the steps left: samples of the first batches are "
                 "recorded again (counted as duplicates, the first record kept) and samples of the epoch's "
                 "last batches go unrecorded in it (missing), so the scores differ from an uninterrupted "
