@@ -95,30 +95,35 @@ def _q(x, dtype):
     return x.to(dtype).to(torch.float32)
 
 
-def _temper(lsm, mask, mass, target, iters=24):
-    """log q over `mask` (True: in the group): q ∝ p^b normalised to `mass`, b ∈ [0, 4] found by
-    bisection so that the group's mean log(q + ε) equals `target` (it decreases as b grows)."""
-    count = mask.sum(1).clamp(min=1)
-    neg = torch.finfo(lsm.dtype).min
+def _temper(lsm, mass, target, iters=12):
+    """log q (R, M) of a group given its classes' new log p (R, M): q ∝ p^b at the old `mass`, b
+    so that the mean log(q + ε) equals `target`. That mean falls as b grows (b = 0: uniform), so
+    Newton's method from b = 1 (an unchanged shape) kept inside a bisection bracket [0, 4]."""
 
-    def mean_log(b):
-        z = torch.where(mask, b[:, None] * lsm, neg)
-        log_q = torch.log(mass[:, None] * torch.softmax(z, 1) + EPS)
-        return torch.where(mask, log_q, 0).sum(1) / count, log_q
+    def at(b):
+        z = b[:, None] * lsm
+        s = torch.softmax(z, 1)
+        q = mass[:, None] * s
+        log_q = torch.log(q + EPS)
+        # d/db log(q_c + ε) = q_c / (q_c + ε) · (ℓ_c − Σ_j s_j ℓ_j)
+        slope = (q / (q + EPS) * (lsm - (s * lsm).sum(1, keepdim=True))).mean(1)
+        return log_q.mean(1) - target, slope, log_q
 
-    lo, hi = torch.zeros_like(mass), torch.full_like(mass, 4.0)
+    lo, hi, b = torch.zeros_like(mass), torch.full_like(mass, 4.0), torch.ones_like(mass)
     for _ in range(iters):
-        mid = (lo + hi) / 2
-        above = mean_log(mid)[0] > target  # too flat: b must grow
-        lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
-    return mean_log((lo + hi) / 2)[1]
+        f, slope, _ = at(b)
+        lo, hi = torch.where(f > 0, b, lo), torch.where(f > 0, hi, b)  # f > 0: too flat, b must grow
+        step = b - f / slope
+        inside = (step > lo) & (step < hi) & (slope < 0)
+        b = torch.where(inside, step, (lo + hi) / 2)
+    return at(b)[2]
 
 
 def summary_d(s: Summary, old, new) -> torch.Tensor:
     """d of rows `new` against the summary `s` of rows `old`; each a (x logits, p, log(p + ε))
-    triple of (R, C) float32, old also with `rank` (R, C): each class's place in the old row
-    (descending p, ties to the lower id: reference_topk.compress's order)."""
-    (_, p_old, lp_old, rank), (x_new, p_new, lp_new) = old, new
+    triple of (R, C) float32, old also with `rank` (R, C), each class's place in the old row
+    (descending p, ties to the lower id: reference_topk.compress's order) and `order`, its inverse."""
+    (_, p_old, lp_old, rank, order), (x_new, p_new, lp_new) = old, new
     c = p_old.shape[1]
     k1, k2 = min(s.fine, c), min(s.tier2, c - min(s.fine, c))
     log_q = _q(lp_old, s.store)  # the fine entries; the coarse groups are overwritten below
@@ -137,8 +142,11 @@ def summary_d(s: Summary, old, new) -> torch.Tensor:
             m_new = torch.where(g, p_new.double(), 0).sum(1).float().clamp(min=1e-30)[:, None]
             log_q = torch.where(g, torch.log(p_new * (m_old / m_new) + EPS), log_q)
         else:
-            target = _q(torch.where(g, lp_old, 0).sum(1) / n.clamp(min=1), s.store)
-            log_q = torch.where(g, _temper(torch.log_softmax(x_new, 1), g, m_old[:, 0], target), log_q)
+            # the group is a range of old ranks: its classes gathered, dense, for the iterations
+            cols = order[:, k1 + k2 :] if g is groups[-1] else order[:, k1 : k1 + k2]
+            target = _q(lp_old.gather(1, cols).mean(1), s.store)
+            tempered = _temper(torch.log_softmax(x_new, 1).gather(1, cols), m_old[:, 0], target)
+            log_q = log_q.scatter(1, cols, tempered)
     return contribution(p_new, lp_new, log_q)
 
 
@@ -151,7 +159,7 @@ def with_rank(rows):
     x, p, lp = rows
     order = torch.sort(p, dim=1, descending=True, stable=True).indices
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(p.shape[1]).expand_as(order).contiguous())
-    return x, p, lp, rank
+    return x, p, lp, rank, order
 
 
 class ScoreState:
@@ -301,7 +309,7 @@ def report(data):
         ]
         for r in d["rows"]:
             lines.append(
-                f"| {r['k']} | {r['name']} | {r['bytes']} | {r['spearman']:.4f} | {r['0.3']:.2%} | "
+                f"| {r['k']} | {r['name']} | {r['bytes']} | {r['spearman']:.5f} | {r['0.3']:.2%} | "
                 f"{r['0.7']:.2%} | {r['0.9']:.2%} | {r['maxrel']:.1e} |"
             )
         lines.append("")
@@ -331,7 +339,7 @@ def main(argv=None):
             # another K of the same run (deterministic: the same logits): merge, K in order
             old = data[key]
             r["rows"] = sorted(
-                old["rows"] + [x for x in r["rows"] if x["k"] not in {y["k"] for y in old["rows"]}],
+                [x for x in old["rows"] if x["k"] not in {y["k"] for y in r["rows"]}] + r["rows"],
                 key=lambda x: x["k"],
             )
             r["mass"] = {**old["mass"], **r["mass"]}
