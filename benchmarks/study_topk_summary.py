@@ -286,10 +286,12 @@ def report(data):
         "Scores from each summary of the previous row against full rows (TDDSTracker, reference backend, "
         "float32). Bytes: the previous row's bytes per sample (bf16 values, int16 ids, bf16 residuals); "
         "each K's summaries have the same bytes as (a) except (d), 2 bytes fewer. (a) fp32 is bench_topk's "
-        "float32 storage (4 more bytes per entry), shown to tie this table to topk_epyc_2core.md.",
+        "float32 storage (4 more bytes per entry): where N is bench_topk's it is the same run, and "
+        "its row equals topk_epyc_2core.md's.",
         "",
     ]
-    for key in sorted(k for k in data if k.startswith(("train_", "flat_"))):
+    parts = [k for k in data if k.startswith(("train_", "flat_"))]
+    for key in sorted(parts, key=lambda k: (k.startswith("flat_"), int(k.split("_")[1]))):
         d = data[key]
         what = (
             f"MLP training run of bench_topk (train acc {d['acc']:.1%})"
@@ -301,8 +303,8 @@ def report(data):
             f"### C = {d['c']:,}, {what}",
             "",
             f"N = {d['n']:,}, T = {d['epochs']}, W = {d['window']}, β = 0.9; mean top-K mass of the last "
-            f"epoch: {mass}. {d['s']:.0f} s. The d → score path's full rows match the tracker's to "
-            f"{d['check']:.1e}.",
+            f"epoch: {mass}. {d['s']:.0f} s (all K, making the logits included). The d → score path's full rows "
+            f"match the tracker's to {d['check']:.1e}.",
             "",
             "| K | summary | bytes | Spearman | kept overlap 30% | 70% | 90% | max abs. diff / max score |",
             "|---:|---|---:|---:|---:|---:|---:|---:|",
@@ -330,9 +332,9 @@ def main(argv=None):
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     data = json.load(open(a.json)) if os.path.exists(a.json) else {}
-    data["machine"] = describe()
-    data["when"] = f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC"
-    if a.part:
+    if a.part:  # the machine and time of the latest measurement (not of a --report alone)
+        data["machine"] = describe()
+        data["when"] = f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC"
         r = run_part(a.part, a.classes, a.samples, a.epochs, a.window, [int(k) for k in a.ks.split(",")])
         key = f"{a.part}_{a.classes}"
         if key in data and (data[key]["n"], data[key]["epochs"]) == (r["n"], r["epochs"]):
