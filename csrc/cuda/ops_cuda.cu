@@ -27,7 +27,7 @@ constexpr int kWarp = 32;
 // Threads per row (a "row group"): a warp, or a block of up to kMaxWarpsPerRow warps for wide
 // rows. At small B (<= 1024 rows for 132 SMs) every row is in flight at once, and the update's
 // time is one row's latency: the number of dependent global round trips per pass, about
-// C / (threads per row * 16 values per round trip, see kVec). A warp per row streams C = 1,000
+// C / (threads per row * 16 values per round trip, see kUnroll). A warp per row streams C = 1,000
 // in two of them but C = 21,841 in 43; eight warps cut that to six. Several rows per warp would
 // do the opposite (fewer threads per row), so a row gets more threads instead. The count comes
 // from C only, never from B: it fixes which lane sums which classes, so the bits of d and of
