@@ -30,6 +30,7 @@
 #include <optional>
 
 #include "../op_contract.h"
+#include "row_stats_args.h"
 
 namespace tdds {
 namespace {
@@ -39,23 +40,8 @@ constexpr int kThreads = 256;  // a block per row
 constexpr int kWarps = kThreads / kWarp;
 constexpr int64_t kSharedLimit = 48 * 1024;  // dynamic shared memory without an opt-in
 
-struct RowStatsArgs {
-  const void* targets = nullptr;
-  bool targets_long = false;
-  float* stats = nullptr;
-};
-
 __device__ __forceinline__ void count(int64_t* counters, int slot, int64_t v) {
   atomicAdd(reinterpret_cast<unsigned long long*>(counters + slot), static_cast<unsigned long long>(v));
-}
-
-__device__ __forceinline__ void store_stats(float* stats, int64_t row, float correct, float el2n,
-                                            float margin, float target_prob) {
-  float* out = stats + row * kNumRowStats;
-  out[kCorrect] = correct;
-  out[kEl2n] = el2n;
-  out[kMargin] = margin;
-  out[kTargetProb] = target_prob;
 }
 
 // Block-wide reductions (every thread gets the result). `scratch`: kWarps values.
@@ -153,8 +139,7 @@ __global__ void __launch_bounds__(kThreads)
   if (n < 0 || n >= N) {
     if (threadIdx.x == 0) count(counters, kOutOfRange, end - pos);
     if (kStats)
-      for (int64_t k = pos + threadIdx.x; k < end; k += kThreads)
-        store_stats(rs.stats, order[k], NAN, NAN, NAN, NAN);
+      for (int64_t k = pos + threadIdx.x; k < end; k += kThreads) store_nan_row(rs.stats, order[k]);
     return;
   }
   const int32_t epoch = static_cast<int32_t>(counters[kEpoch]);
@@ -175,14 +160,13 @@ __global__ void __launch_bounds__(kThreads)
     const bool finite = !isnan(block_reduce(bad, Sum(), fscratch));
     if (!finite || !fresh) {  // skipped (the sample stays unrecorded by it), or a duplicate
       ++(finite ? duplicates : nonfinite);
-      if (kStats && threadIdx.x == 0) store_stats(rs.stats, row, NAN, NAN, NAN, NAN);
+      if (kStats && threadIdx.x == 0) store_nan_row(rs.stats, row);
       continue;
     }
     fresh = false;
     int64_t y = -1;
     if (kStats) {
-      const int64_t t = rs.targets_long ? static_cast<const int64_t*>(rs.targets)[row]
-                                        : static_cast<int64_t>(static_cast<const int32_t*>(rs.targets)[row]);
+      const int64_t t = target_of(rs, row);
       if (t >= 0 && t < C) y = t;
     }
     float s = 0.f;
@@ -277,10 +261,10 @@ __global__ void __launch_bounds__(kThreads)
         if (y >= 0) {
           const float zy = static_cast<float>(x[y]);
           const float py = expf(zy - m) * inv;
-          store_stats(rs.stats, row, first == y ? 1.f : 0.f, sqrtf(e2 + (1.f - py) * (1.f - py)), zy - other,
-                      py);
+          store_row_stats(rs.stats, row, first == y ? 1.f : 0.f, sqrtf(e2 + (1.f - py) * (1.f - py)),
+                          zy - other, py);
         } else {
-          store_stats(rs.stats, row, NAN, NAN, NAN, NAN);
+          store_nan_row(rs.stats, row);
         }
       }
     }
@@ -323,12 +307,7 @@ void update_topk_cuda(const at::Tensor& logits, const at::Tensor& index, const a
   if (logits.size(0) == 0) return;
   const c10::cuda::CUDAGuard guard(logits.device());
   const cudaStream_t st = c10::cuda::getCurrentCUDAStream(logits.device().index()).stream();
-  RowStatsArgs rs;
-  if (targets.has_value()) {
-    rs.targets = targets->data_ptr();
-    rs.targets_long = targets->scalar_type() == at::kLong;
-    rs.stats = row_stats->data_ptr<float>();
-  }
+  const RowStatsArgs rs = row_stats_args(targets, row_stats);
   const auto by_index = [&](auto t, auto s) {
     using T = decltype(t);
     using S = decltype(s);

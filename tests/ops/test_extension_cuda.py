@@ -80,3 +80,35 @@ def test_cuda_graph_capture_and_replay_across_epochs():
         g.replay()
     torch.cuda.synchronize()
     assert counters[EPOCH] == 3 and (seen == 2).all() and counters[DUPLICATES] == 5
+
+
+@pytest.mark.parametrize(
+    "c,dtype",
+    [(1001, torch.float32), (1271, torch.float32), (1003, torch.bfloat16), (21841, torch.bfloat16)],
+)
+def test_a_rows_bits_do_not_depend_on_its_place_in_the_batch(c, dtype):
+    # The kernel loads 16-byte groups where a row is aligned and the same groups value by value
+    # where it is not (C * itemsize not a multiple of 16: every other row or more), into the same
+    # lanes; the threads per row come from C, not B. So one row gives the same bits of d, prev
+    # and row_stats at any batch position and in any batch size. Shifting every row by one
+    # position (an out-of-range row in front) changes each row's alignment and B: a lane mapping
+    # that followed the alignment would change the fp32 sums' order and, almost surely, some bits.
+    n = 24
+    logits = (torch.randn(n, c, device=DEV) * 3).to(dtype)
+    index = torch.arange(n, device=DEV)
+    targets = torch.randint(0, c, (n,), device=DEV)
+    shifted = (
+        torch.cat([torch.zeros(1, c, device=DEV, dtype=dtype), logits]),
+        torch.cat([torch.tensor([-1], device=DEV), index]),
+        torch.cat([targets[:1], targets]),
+    )
+    out = []
+    for z, i, y in ((logits, index, targets), shifted):
+        prev, seen, ring, _, counters = cuda_state(n, c, 3, storage=dtype, epoch=1)
+        seen.fill_(0)  # every sample recorded in e - 1: d is defined for every row
+        stats = torch.empty(len(i), 4, device=DEV)
+        EXT_UPDATE(z, i, prev, seen, ring, counters, y, stats)
+        out.append((prev, ring, stats[-n:]))
+    for got, want in zip(out[1], out[0]):
+        torch.testing.assert_close(got, want, atol=0, rtol=0, equal_nan=True)
+    assert out[0][1][:, 0].isfinite().all()  # d was computed for every row: the check is not vacuous

@@ -29,7 +29,6 @@ from .runs import (
     add_counts,
     record,
     row_stats_chunk,
-    run_next,
     run_next_prefetched,
     run_start,
     softmax_stats,
@@ -95,8 +94,7 @@ def _update_kernel(
     # usable one is a duplicate. Positions inside a run skip the loop (head is false).
     k = pos
     todo = head
-    if SINGLE:  # the next key one row ahead (the chunked rows' loop spills with one more value live)
-        nxt = tl.load(sorted_ptr + k + 1, mask=head & (k + 1 < B), other=-1).to(tl.int64)
+    nxt = tl.load(sorted_ptr + k + 1, mask=head & (k + 1 < B), other=-1).to(tl.int64)  # one row ahead
     while todo:
         row = tl.load(order_ptr + k)
         z_row = logits_ptr + row * logits_stride
@@ -104,8 +102,8 @@ def _update_kernel(
         # whether it is applied depends on the logits (a non-finite row is skipped), but a
         # fresh n is the only case where it can be, so the load is issued now, under a mask
         # that does not wait for the logits and their reductions (a skipped row's q is unused).
-        if SINGLE:
-            q = tl.load(prev_row + cols, mask=tl.where(fresh & had_prev, cols < C, False), other=0.0).to(tl.float32)
+        # Chunked rows: the first chunk now, each next one a chunk ahead in pass 2 (see there).
+        q = tl.load(prev_row + cols, mask=tl.where(fresh & had_prev, cols < C, False), other=0.0).to(tl.float32)
         # Pass 1: m = max z, s = Σ exp(z − m), and the count of non-finite z (|z| < inf is false
         # for ±inf and NaN; no libdevice isfinite). Such a row is skipped; its values are zeroed
         # so that no inf − inf arithmetic happens. Padding lanes are −inf: exp gives 0. An
@@ -152,20 +150,20 @@ def _update_kernel(
                 if HAS_TARGETS:
                     first, zy, other, e2 = row_stats_chunk(z, p, c, mask, y, m, first, zy, other, e2)
                 lp = tl.log(p + _EPS)
-                q = tl.load(prev_row + c, mask=tl.where(has_d, mask, False), other=0.0).to(tl.float32)
-                d += tl.sum(tl.where(mask, tl.abs(p * (lp - q)), 0.0), 0)
+                # This chunk's q was loaded one chunk ago (the first before pass 1): the next
+                # chunk's load is issued now, before this chunk's exp/log use q, so its DRAM
+                # latency overlaps them (the logits' chunks are L2 hits here: pass 1 read them).
+                q_here = q
+                q = tl.load(prev_row + BLOCK + c, mask=tl.where(has_d, BLOCK + c < C, False), other=0.0)
+                q = q.to(tl.float32)
+                d += tl.sum(tl.where(mask, tl.abs(p * (lp - q_here)), 0.0), 0)
                 tl.store(prev_row + c, _to_storage(lp, prev_ptr), mask=tl.where(apply, mask, False))
         if HAS_TARGETS:
             store_row_stats(stats_ptr, row, want, y, m, inv_s, first, zy, other, e2)
         record(ring_ptr, seen_ptr, n, W1, slot, epoch, d, has_d, apply)
-        if SINGLE:
-            fresh, n_dup, n_bad, n_oor, k, todo, nxt = run_next_prefetched(
-                sorted_ptr, B, n, k, nxt, fresh, apply, usable, in_range, bad, n_dup, n_bad, n_oor
-            )
-        else:
-            fresh, n_dup, n_bad, n_oor, k, todo = run_next(
-                sorted_ptr, B, n, k, fresh, apply, usable, in_range, bad, n_dup, n_bad, n_oor
-            )
+        fresh, n_dup, n_bad, n_oor, k, todo, nxt = run_next_prefetched(
+            sorted_ptr, B, n, k, nxt, fresh, apply, usable, in_range, bad, n_dup, n_bad, n_oor
+        )
 
     add_counts(counters_ptr, n_dup, n_bad, n_oor)
 
