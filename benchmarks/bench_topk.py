@@ -23,6 +23,7 @@ Sized for a shared 2-core machine: each invocation does one part and stays aroun
     python benchmarks/bench_topk.py --part flat --json /tmp/topk.json
     python benchmarks/bench_topk.py --part speed --json /tmp/topk.json
     python benchmarks/bench_topk.py --part speed --device cuda --json /tmp/topk_gpu.json   # triton, cuda
+    (benchmarks/gpu_check.sh runs the last with --budget-s and --report --out topk_<card>.md)
     python benchmarks/bench_topk.py --report --json /tmp/topk.json --out benchmarks/results/topk.md
 """
 
@@ -138,7 +139,7 @@ SCALE, DRIFT = 6.0, 0.6  # the speed part's logits: N(0, SCALE^2), then a random
 SPEED_EPOCHS = 4  # timed epochs, after an untimed first one
 
 
-def part_speed(device="cpu", epochs=None, backends=None, on_row=lambda rows: None):
+def part_speed(device="cpu", epochs=None, backends=None, on_row=lambda rows: None, budget_s=None):
     """Median update time per row, full rows and each K in the same run, per backend: on CPU the
     cpu backend (one thread) at C = 1,000 and 21,841, B = 512 and 64; on CUDA the triton and
     cuda backends at C = 21,841, B = 1,024.
@@ -151,7 +152,9 @@ def part_speed(device="cpu", epochs=None, backends=None, on_row=lambda rows: Non
     each epoch's first call (which also looks at the batch for probabilities, once per epoch)
     are not timed. CPU: thread CPU time, which a shared machine's other jobs do not inflate;
     CUDA: wall time with a synchronize around each call. on_row(rows so far) after each K, so
-    that a run cut short keeps what it measured."""
+    that a run cut short keeps what it measured; past budget_s seconds no further K is started
+    (its cell says so)."""
+    start = time.perf_counter()
     epochs = epochs or SPEED_EPOCHS
     if device == "cpu":
         shapes, backends = ((1000, 512), (21_841, 64)), backends or ("cpu",)
@@ -165,6 +168,9 @@ def part_speed(device="cpu", epochs=None, backends=None, on_row=lambda rows: Non
             n = CALLS * b
             row = {"c": c, "b": b, "backend": backend, "device": device}
             for k in (None, *KS):
+                if budget_s is not None and time.perf_counter() - start > budget_s:
+                    row[str(k)], row["why"] = None, f"not started: past the {budget_s:g} s budget"
+                    continue
                 try:
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
@@ -310,6 +316,7 @@ def main(argv=None):
     ap.add_argument("--window", type=int, default=5)
     ap.add_argument("--load", default="?", help="what else was running (written into the table)")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="--part speed: where to time")
+    ap.add_argument("--budget-s", type=float, default=None, help="--part speed: start no K after this many seconds")
     ap.add_argument("--json", required=True, help="collects the parts")
     ap.add_argument("--report", action="store_true")
     ap.add_argument("--out", default=None)
@@ -338,7 +345,7 @@ def main(argv=None):
             data[key] = rows
             write(data, a, final)
 
-        save(part_speed(a.device, on_row=save), final=True)
+        save(part_speed(a.device, on_row=save, budget_s=a.budget_s), final=True)
         return
     write(data, a)
 
