@@ -147,13 +147,17 @@ double filter_pass(const float* buf, const float* lq, float r, int64_t C, int64_
   Vec vt(e_threshold(t_start, inv));  // in e: p > t_start exactly where e > vt
   double rest_p = 0.0, rest_e = 0.0;  // the dropped candidates' p; the other classes' e
   Vec block(0.f);
+  // d first, in a loop of its own (the full row's, without its stores): with the selection in
+  // the same loop the vector log's constants no longer fit in registers and were reloaded on
+  // every step. The row is in L2 for the second loop.
+  for (int64_t j = 0; kWithD && j < C; j += kStep) {
+    const Vec e0 = Vec::loadu(buf + j), e1 = Vec::loadu(buf + j + kVF);
+    const Vec l0 = fast_log(at::vec::fmadd(e0, vinv, veps)), l1 = fast_log(at::vec::fmadd(e1, vinv, veps));
+    const Vec q0 = kFlatQ ? vr : Vec::loadu(lq + j), q1 = kFlatQ ? vr : Vec::loadu(lq + j + kVF);
+    vd = at::vec::fmadd(e0, (l0 - q0).abs(), at::vec::fmadd(e1, (l1 - q1).abs(), vd));
+  }
   for (int64_t j = 0; j < C; j += kStep) {
     const Vec e0 = Vec::loadu(buf + j), e1 = Vec::loadu(buf + j + kVF);
-    if (kWithD) {
-      const Vec l0 = fast_log(at::vec::fmadd(e0, vinv, veps)), l1 = fast_log(at::vec::fmadd(e1, vinv, veps));
-      const Vec q0 = kFlatQ ? vr : Vec::loadu(lq + j), q1 = kFlatQ ? vr : Vec::loadu(lq + j + kVF);
-      vd = at::vec::fmadd(e0, (l0 - q0).abs(), at::vec::fmadd(e1, (l1 - q1).abs(), vd));
-    }
     uint32_t bits = above_bits(e0, vt) | (above_bits(e1, vt) << kVF);
     block = block + Vec::blendv(e0, zero, e0 > vt) + Vec::blendv(e1, zero, e1 > vt);
     if (bits) {
@@ -176,6 +180,20 @@ double filter_pass(const float* buf, const float* lq, float r, int64_t C, int64_
     }
   }
   return rest_p + (rest_e + hsum(block)) * inv;
+}
+
+// Fetch sample m's compressed row (values, ids, residual) ahead of its turn.
+template <typename S>
+inline void prefetch_compressed_row(const UpdateArgs& a, int64_t m) {
+  const int64_t id_bytes = a.idx_i32 ? 4 : 2;
+  const char* v = static_cast<const char*>(a.prev_val) + m * a.K * static_cast<int64_t>(sizeof(S));
+  const char* i = static_cast<const char*>(a.prev_idx) + m * a.K * id_bytes;
+  const int64_t val_bytes = a.K * static_cast<int64_t>(sizeof(S)), id_row = a.K * id_bytes;
+  for (int64_t o = 0; o < val_bytes; o += 64) __builtin_prefetch(v + o, 1, 3);
+  for (int64_t o = 0; o < id_row; o += 64) __builtin_prefetch(i + o, 1, 3);
+  __builtin_prefetch(v + val_bytes - 1, 1, 3);  // the last line, where the row straddles one more
+  __builtin_prefetch(i + id_row - 1, 1, 3);
+  __builtin_prefetch(static_cast<const S*>(a.prev_rest) + m, 1, 3);
 }
 
 // The update of one applied row with a compressed previous row (UpdateArgs K > 0): the e of the
