@@ -11,8 +11,10 @@ is spread over many more classes than any K keeps.
 
 Memory: bytes per sample of each state (declared dtypes: tdds_kernels.core.state), and the
 state at ImageNet-21k shape. Speed: the update time per row, K against full rows, measured in the
-same run (ratios are what carries over to another machine): the cpu backend at C = 1,000 and
-21,841, or with --device cuda the triton and cuda backends at C = 21,841, B = 1,024.
+same run (ratios are what carries over to another machine), in training's steady state (every
+row scored against its previous row, logits drifting between epochs: see part_speed): the cpu
+backend at C = 1,000 and 21,841, or with --device cuda the triton and cuda backends at
+C = 21,841, B = 1,024.
 
 Sized for a shared 2-core machine: each invocation does one part and stays around a minute;
 --json collects the parts, --report writes the table from them.
@@ -21,6 +23,7 @@ Sized for a shared 2-core machine: each invocation does one part and stays aroun
     python benchmarks/bench_topk.py --part flat --json /tmp/topk.json
     python benchmarks/bench_topk.py --part speed --json /tmp/topk.json
     python benchmarks/bench_topk.py --part speed --device cuda --json /tmp/topk_gpu.json   # triton, cuda
+    (benchmarks/gpu_check.sh runs the last with --budget-s and --report --out topk_<card>.md)
     python benchmarks/bench_topk.py --report --json /tmp/topk.json --out benchmarks/results/topk.md
 """
 
@@ -131,23 +134,43 @@ def part_flat(c, n, epochs, window, scale=0.3):
     return {"c": c, "n": n, "epochs": epochs, "window": window, "scale": scale, "rows": rows}
 
 
-def part_speed(device="cpu", reps=7, backends=None):
+CALLS = 8  # batches per epoch in the speed part
+SCALE, DRIFT = 6.0, 0.6  # the speed part's logits: N(0, SCALE^2), then a random walk of DRIFT per epoch
+SPEED_EPOCHS = 4  # timed epochs, after an untimed first one
+
+
+def part_speed(device="cpu", epochs=None, backends=None, on_row=lambda rows: None, budget_s=None):
     """Median update time per row, full rows and each K in the same run, per backend: on CPU the
-    cpu backend (one thread) at C = 1,000 and 21,841; on CUDA the triton and cuda backends at
-    C = 21,841, B = 1,024 (timed with a synchronize around each call)."""
+    cpu backend (one thread) at C = 1,000 and 21,841, B = 512 and 64; on CUDA the triton and
+    cuda backends at C = 21,841, B = 1,024.
+
+    As in training: each epoch feeds every sample once, in CALLS batches of a fresh permutation,
+    so every timed row has a previous row to score against; a sample's logits drift between
+    epochs (a random walk of DRIFT, a tenth of their SCALE), so its kept classes mostly stay, and
+    are peaked about as trained logits are (the mean kept mass is in the row, beside the fidelity
+    part's, from real training). Epoch 0 and
+    each epoch's first call (which also looks at the batch for probabilities, once per epoch)
+    are not timed. CPU: thread CPU time, which a shared machine's other jobs do not inflate;
+    CUDA: wall time with a synchronize around each call. on_row(rows so far) after each K, so
+    that a run cut short keeps what it measured; past budget_s seconds no further K is started
+    (its cell says so)."""
+    start = time.perf_counter()
+    epochs = epochs or SPEED_EPOCHS
     if device == "cpu":
         shapes, backends = ((1000, 512), (21_841, 64)), backends or ("cpu",)
+        clock, sync = time.thread_time, (lambda: None)
     else:
         shapes, backends = ((21_841, 1024),), backends or ("triton", "cuda")
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+        clock, sync = time.perf_counter, torch.cuda.synchronize
     out = []
     for backend in backends:
         for c, b in shapes:
-            n = 4 * b if device == "cpu" else 16 * b  # prev rows far larger than the caches
-            n = max(n, 4096)
-            z = torch.randn(b, c, device=device) * 3
+            n = CALLS * b
             row = {"c": c, "b": b, "backend": backend, "device": device}
             for k in (None, *KS):
+                if budget_s is not None and time.perf_counter() - start > budget_s:
+                    row[str(k)], row["why"] = None, f"not started: past the {budget_s:g} s budget"
+                    continue
                 try:
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
@@ -157,16 +180,30 @@ def part_speed(device="cpu", reps=7, backends=None):
                 except ValueError as exc:  # a backend without this kernel here
                     row[str(k)], row["why"] = None, str(exc)
                     continue
-                times = []
-                for _ in range(reps):
-                    idx = torch.randperm(n, device=device)[:b]
-                    sync()
-                    t0 = time.perf_counter()
-                    t.update(z, idx)
-                    sync()
-                    times.append(time.perf_counter() - t0)
-                    t.end_epoch()
-                row[str(k)] = float(np.median(times[1:])) / b
+                g = torch.Generator(device).manual_seed(0)  # the same logits for every K
+                z = torch.randn(n, c, device=device, generator=g) * SCALE
+                times, mass = [], []
+                for epoch in range(epochs + 1):
+                    z += DRIFT * torch.randn(n, c, device=device, generator=g)
+                    perm = torch.randperm(n, device=device, generator=g)
+                    for i in range(CALLS):
+                        idx = perm[i * b : (i + 1) * b]
+                        batch = z[idx]
+                        sync()
+                        t0 = clock()
+                        t.update(batch, idx)
+                        sync()
+                        if epoch and i:
+                            times.append(clock() - t0)
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")  # the kept-mass warning: the mass is reported
+                        t.end_epoch()
+                    mass.append(t.stats.get("kept_mass"))
+                row[str(k)] = float(np.median(times)) / b
+                if k is not None:
+                    row[f"kept_mass_{k}"] = float(np.mean(mass))
+                del t, z
+                on_row([*out, row])
             out.append(row)
     return out
 
@@ -178,9 +215,12 @@ def speed_lines(rows, title, load):
         "|---|---:|---:|---:|" + "---:|" * len(KS),
     ]
     for r in rows:
-        full = r["None"]
+        full = r.get("None")  # a row cut short lacks the K it did not reach
         cells = " | ".join(
-            "n/a" if r[str(k)] is None or full is None else f"{r[str(k)] * 1e6:.2f} µs ({r[str(k)] / full:.2f}×)"
+            "n/a"
+            if r.get(str(k)) is None or full is None
+            else f"{r[str(k)] * 1e6:.2f} µs ({r[str(k)] / full:.2f}×)"
+            + (f", mass {r[f'kept_mass_{k}']:.0%}" if f"kept_mass_{k}" in r else "")
             for k in KS
         )
         lines.append(
@@ -219,9 +259,10 @@ def report(data):
         + ".",
         "",
     ]
+    calls = f"median of {SPEED_EPOCHS * (CALLS - 1)} calls, steady state"
     for key, title in (
-        ("speed", "Update time per row (cpu backend, 1 thread, median of 6 calls)"),
-        ("speed_cuda", "Update time per row on CUDA (median of 6 calls, synchronized)"),
+        ("speed", f"Update time per row (cpu backend, 1 thread, thread CPU time, {calls})"),
+        ("speed_cuda", f"Update time per row on CUDA ({calls}, synchronized)"),
     ):
         if data.get(key):
             # each part names its own machine and time: parts of one table may come from different runs
@@ -275,6 +316,7 @@ def main(argv=None):
     ap.add_argument("--window", type=int, default=5)
     ap.add_argument("--load", default="?", help="what else was running (written into the table)")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="--part speed: where to time")
+    ap.add_argument("--budget-s", type=float, default=None, help="--part speed: start no K after this many seconds")
     ap.add_argument("--json", required=True, help="collects the parts")
     ap.add_argument("--report", action="store_true")
     ap.add_argument("--out", default=None)
@@ -294,18 +336,32 @@ def main(argv=None):
         data["flat"] = r
     elif a.part == "speed":
         key = "speed" if a.device == "cpu" else "speed_cuda"
-        data[key], data[key + "_load"] = part_speed(a.device), a.load
-        data[key + "_machine"], data[key + "_when"] = describe(a.device), data["when"]
+        data[key + "_load"], data[key + "_machine"] = a.load, describe(a.device)
+        data[key + "_when"] = data["when"]
         if a.device == "cuda":
             data["cuda_device"] = torch.cuda.get_device_name()
-    with open(a.json, "w") as fh:
-        json.dump(data, fh, indent=1, default=float)
-    if a.report:
-        text = report(data)
-        print(text)
-        if a.out:
-            with open(a.out, "w") as fh:
+
+        def save(rows, final=False):
+            data[key] = rows
+            write(data, a, final)
+
+        save(part_speed(a.device, on_row=save, budget_s=a.budget_s), final=True)
+        return
+    write(data, a)
+
+
+def write(data, a, final=True):
+    """The JSON and (--report --out) the table, each replaced whole: a run cut short between two
+    rows leaves the previous row's files, never half a file; printed once, at the end."""
+    for path, text in ((a.json, json.dumps(data, indent=1, default=float)), (a.out, a.report and report(data))):
+        if path and text:
+            with open(path + ".tmp", "w") as fh:
                 fh.write(text)
+            os.replace(path + ".tmp", path)
+    if not final:
+        return
+    if a.report:
+        print(report(data))
     else:
         print(json.dumps({k: v for k, v in data.items() if k not in ("machine", "when")}, default=float)[:2000])
 

@@ -22,7 +22,8 @@
 #   bench_ops    125  benchmarks/bench_ops.py --device cuda, headline shapes first (B = 8192,
 #                     C = 1000, fp32 and bf16 storage, against the eager and compiled reference),
 #                     then the sort alone, then the matrix (table: ops_<card>.md); then
-#                     benchmarks/bench_targets.py (targets= overhead: targets_<card>.md)
+#                     benchmarks/bench_targets.py (targets= overhead: targets_<card>.md),
+#                     benchmarks/bench_topk.py (prev_topk against full rows: topk_<card>.md)
 #   train_step    60  benchmarks/bench_train_step.py, ResNet-50 bf16 (train_step_<card>.md)
 # Every benchmark rewrites its table after each row it measures, so a stage cut by its budget
 # keeps what it measured. A stage is sent SIGINT 7 s before its budget ends and SIGKILL 5 s
@@ -207,9 +208,12 @@ stage_sanitize() {
 stage_bench_ops() {
   # bench_ops.py times the headline shapes first and rewrites its table after every row.
   local rc=0
-  "$PY" benchmarks/bench_ops.py --device cuda --budget-s $((BUDGET_S - 35)) --out "$RESULTS/ops_$card.md" || rc=1
+  "$PY" benchmarks/bench_ops.py --device cuda --budget-s $((BUDGET_S - 60)) --out "$RESULTS/ops_$card.md" || rc=1
   # what targets= adds per backend (the baselines' row stats in the kernel pass, and their fold)
   "$PY" benchmarks/bench_targets.py --device cuda --calls 20 --budget-s 15 --out "$RESULTS/targets_$card.md" || rc=1
+  # prev_topk: the triton and cuda top-K kernels against full rows at C = 21,841, B = 1,024
+  "$PY" benchmarks/bench_topk.py --part speed --device cuda --budget-s 15 --json "$RESULTS/topk_$card.json" \
+    --report --out "$RESULTS/topk_$card.md" || rc=1
   return $rc
 }
 stage_train_step() {

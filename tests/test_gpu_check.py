@@ -160,6 +160,7 @@ def test_real_stages_dry_run_with_fake_tools(tmp_path):
         ("bench_ops.py", "ops_testmode.md"),
         ("bench_targets.py", "targets_testmode.md"),
         ("bench_train_step.py", "train_step_testmode.md"),
+        ("bench_topk.py", "topk_testmode.md"),
     ):
         (call,) = [c for c in calls if script in c]
         assert f"--out {out / table}" in call and "--device cuda" in call and "--budget-s" in call

@@ -4,20 +4,22 @@
 // per ISA like the rest of the update.
 //
 // Per applied row, from e = exp(x - shift) in the row buffer (padding lanes 0) and inv = 1 / sum e,
-// one pass over the buffer (in L2 at C = 21,841; with d it is also the full row's step 4, against
-// the old row expanded into lq) selects with a running threshold t, a compare mask per vector:
+// one pass over the buffer (in L2 at C = 21,841; with d it is also the full row's step 4) selects
+// with a running threshold t, a compare mask per vector (on e: see e_threshold):
 //   - a class with p > t is appended to a short candidate list (only the set mask bits are
 //     visited), the others' p are summed (the residual: no 1 - kept cancellation);
 //   - when the list reaches 2K + 32, a selection keeps its K best (p desc, class id asc), the
 //     rest go to the residual, and t becomes the K-th best p: a later class ties it only with a
 //     larger id, so it is worse, and `p > t` is exact.
 // Then a selection and a sort of the at most 2K + 32 candidates left. The kept set is exactly the K
-// first of the total order (ties to the lower class id, as every backend) whatever the data; the
-// list grows by about K (1 + ln(C / K)) entries on a row in random class order (O(C) compaction
-// work at worst, a row sorted ascending). Cost: O(C) vector work + O(K log(C / K)) scalar work,
-// instead of a K-heap update per class. At K = C the stored values and d are the full row's,
-// bit for bit: the same fast_log(fmadd(e, inv, eps)) and the same accumulation order against the
-// same (expanded) row.
+// first of the total order (ties to the lower class id, as every backend) whatever the data.
+// With last epoch's row (what training gives every sample) t starts at the smallest new p of
+// the old kept classes (compressed_row), so only the classes that entered the top K since are
+// appended; without one t starts at -1 and the list grows by about K (1 + ln(C / K)) entries on
+// a row in random class order (O(C) compaction work at worst, a row sorted ascending). Cost:
+// O(C) vector work + O(K log(C / K)) scalar work at worst, instead of a K-heap update per class.
+// At K = C the stored values and d are the full row's, bit for bit: the same
+// fast_log(fmadd(e, inv, eps)) and the same accumulation order against the same (expanded) row.
 
 // A candidate as one integer: the bits of p inverted above the class id, so ascending order is
 // (p desc, class id asc) (p >= 0 orders as its bits) and all keys differ. Selected and sorted by
@@ -120,78 +122,154 @@ C10_ALWAYS_INLINE uint32_t above_bits(const Vec& p, const Vec& t) {
 #endif
 }
 
-// The pass (and, kWithD, the d of the old row: the full row's loop with q = lq): at most
-// 2K + 32 candidates left in cand (every class outside it is not among the K best), returns the
-// sum of the p of every class dropped. Block sums of 16 steps in float, added in double: a float
-// running sum over 21,841 near-equal values drifts by ~1e-5 relative.
-template <bool kWithD>
-double filter_pass(const float* buf, const float* lq, int64_t C, int64_t K, float inv,
+// The largest e with e * inv <= t (in float): since the product is monotone in e, e > it exactly
+// when p = e * inv > t, so the pass compares e and forms p only for the classes that pass.
+inline float e_threshold(float t, float inv) {
+  if (t < 0.f) return t;  // every e >= 0 passes
+  const float inf = std::numeric_limits<float>::infinity();
+  float e = t / inv;  // within an ulp or two of it
+  while (e > 0.f && e * inv > t) e = std::nextafter(e, 0.f);
+  for (float up = std::nextafter(e, inf); up * inv <= t; up = std::nextafter(e, inf)) e = up;
+  return e;
+}
+
+// The pass (and, kWithD, the d of the old row: the full row's loop with q = lq, or with q = r
+// for every class when kFlatQ), from a threshold t_start below the K-th best p (every class at
+// or below it is dropped at once): at most 2K + 32 candidates left in cand (every class outside
+// it is not among the K best), returns the sum of the p of every class dropped. Block sums of 16
+// steps in float, added in double: a float running sum over 21,841 near-equal values drifts by
+// ~1e-5 relative.
+template <bool kWithD, bool kFlatQ>
+double filter_pass(const float* buf, const float* lq, float r, int64_t C, int64_t K, float inv, float t_start,
                    std::vector<Cand>& cand, Cand* tmp, Vec& vd) {
-  const Vec vinv(inv), veps(1e-8f), zero(0.f);
+  const Vec vinv(inv), veps(1e-8f), zero(0.f), vr(r);
   const size_t cap = static_cast<size_t>(2 * K + 32);
-  Vec vt(-1.f);  // every p >= 0 is above it until the first compaction
-  double rest = 0.0;
+  Vec vt(e_threshold(t_start, inv));  // in e: p > t_start exactly where e > vt
+  double rest_p = 0.0, rest_e = 0.0;  // the dropped candidates' p; the other classes' e
   Vec block(0.f);
+  // d first, in a loop of its own (the full row's, without its stores): with the selection in
+  // the same loop the vector log's constants no longer fit in registers and were reloaded on
+  // every step. The row is in L2 for the second loop.
+  for (int64_t j = 0; kWithD && j < C; j += kStep) {
+    const Vec e0 = Vec::loadu(buf + j), e1 = Vec::loadu(buf + j + kVF);
+    const Vec l0 = fast_log(at::vec::fmadd(e0, vinv, veps)), l1 = fast_log(at::vec::fmadd(e1, vinv, veps));
+    const Vec q0 = kFlatQ ? vr : Vec::loadu(lq + j), q1 = kFlatQ ? vr : Vec::loadu(lq + j + kVF);
+    vd = at::vec::fmadd(e0, (l0 - q0).abs(), at::vec::fmadd(e1, (l1 - q1).abs(), vd));
+  }
   for (int64_t j = 0; j < C; j += kStep) {
     const Vec e0 = Vec::loadu(buf + j), e1 = Vec::loadu(buf + j + kVF);
-    if (kWithD) {
-      const Vec l0 = fast_log(at::vec::fmadd(e0, vinv, veps)), l1 = fast_log(at::vec::fmadd(e1, vinv, veps));
-      const Vec q0 = Vec::loadu(lq + j), q1 = Vec::loadu(lq + j + kVF);
-      vd = at::vec::fmadd(e0, (l0 - q0).abs(), at::vec::fmadd(e1, (l1 - q1).abs(), vd));
-    }
-    const Vec p0 = e0 * vinv, p1 = e1 * vinv;
-    uint32_t bits = above_bits(p0, vt) | (above_bits(p1, vt) << kVF);
-    block = block + Vec::blendv(p0, zero, p0 > vt) + Vec::blendv(p1, zero, p1 > vt);
+    uint32_t bits = above_bits(e0, vt) | (above_bits(e1, vt) << kVF);
+    block = block + Vec::blendv(e0, zero, e0 > vt) + Vec::blendv(e1, zero, e1 > vt);
     if (bits) {
       if (C - j < kStep) bits &= (uint32_t{1} << (C - j)) - 1;  // not the padding lanes
-      alignas(64) float pv[kStep];
-      p0.store(pv);
-      p1.store(pv + kVF);
       while (bits) {
         const int lane = __builtin_ctz(bits);
         bits &= bits - 1;
-        cand.push_back(cand_of(pv[lane], j + lane));
+        cand.push_back(cand_of(buf[j + lane] * inv, j + lane));  // p as the full row forms it
       }
       if (cand.size() >= cap) {  // keep the K best so far; the K-th becomes the threshold
         select_smallest(cand.data(), cand.size(), K, tmp);
-        for (size_t i = K; i < cand.size(); ++i) rest += p_of(cand[i]);
+        for (size_t i = K; i < cand.size(); ++i) rest_p += p_of(cand[i]);
         cand.resize(K);
-        vt = Vec(p_of(cand[K - 1]));  // the K-th best
+        vt = Vec(e_threshold(p_of(cand[K - 1]), inv));  // the K-th best
       }
     }
     if ((j / kStep) % 16 == 15) {
-      rest += hsum(block);
+      rest_e += hsum(block);
       block = zero;
     }
   }
-  return rest + hsum(block);
+  return rest_p + (rest_e + hsum(block)) * inv;
+}
+
+// Fetch sample m's compressed row (values, ids, residual) ahead of its turn.
+template <typename S>
+inline void prefetch_compressed_row(const UpdateArgs& a, int64_t m) {
+  const int64_t id_bytes = a.idx_i32 ? 4 : 2;
+  const char* v = static_cast<const char*>(a.prev_val) + m * a.K * static_cast<int64_t>(sizeof(S));
+  const char* i = static_cast<const char*>(a.prev_idx) + m * a.K * id_bytes;
+  const int64_t val_bytes = a.K * static_cast<int64_t>(sizeof(S)), id_row = a.K * id_bytes;
+  for (int64_t o = 0; o < val_bytes; o += 64) __builtin_prefetch(v + o, 1, 3);
+  for (int64_t o = 0; o < id_row; o += 64) __builtin_prefetch(i + o, 1, 3);
+  __builtin_prefetch(v + val_bytes - 1, 1, 3);  // the last line, where the row straddles one more
+  __builtin_prefetch(i + id_row - 1, 1, 3);
+  __builtin_prefetch(static_cast<const S*>(a.prev_rest) + m, 1, 3);
 }
 
 // The update of one applied row with a compressed previous row (UpdateArgs K > 0): the e of the
-// row in buf (padding 0), inv = 1 / sum e. Writes the new K logs, ids and residual of sample n
-// and returns d against the old ones (NaN where undefined).
+// row in buf (padding 0; changed during the call, restored before it returns), inv = 1 / sum e.
+// Writes the new K logs, ids and residual of sample n and returns d against the old ones (NaN
+// where undefined).
+//
+// With an old row of K < C distinct classes (what this op writes), the old kept classes are
+// taken out of the row first: their e saved and zeroed in buf, their d terms summed apart, and
+// they enter the candidate list directly. The pass then compares every other class with the
+// old residual r alone (no expanded row to write and read back: a fifth of the row's time at
+// C = 21,841), and starts from the smallest of their new p: they are K classes at or above it,
+// so the K-th best is too, and a class below it cannot be kept (between epochs most of the kept
+// set stays, so only a few classes pass its one compare). Otherwise (no old row, K = C, or ids
+// not K distinct classes in range: a state this op did not write) the old row is expanded by
+// class into lq as the full row's loop reads it, and the pass starts from -1.
 template <typename S>
-float compressed_row(const UpdateArgs& a, int64_t n, const float* buf, float inv_s, bool with_d,
-                     TopKScratch& s) {
+float compressed_row(const UpdateArgs& a, int64_t n, float* buf, float inv_s, bool with_d, TopKScratch& s) {
   const int64_t C = a.C, K = a.K;
   S* val = static_cast<S*>(a.prev_val) + n * K;
   S* rest = static_cast<S*>(a.prev_rest) + n;
   int16_t* id16 = static_cast<int16_t*>(a.prev_idx) + n * K;
   int32_t* id32 = static_cast<int32_t*>(a.prev_idx) + n * K;
+  const auto old_id = [&](int64_t j) -> int64_t { return a.idx_i32 ? id32[j] : id16[j]; };
   float* lq = s.lq.get();
-  if (with_d) {  // the old row by class: residual log, stored logs at their ids
-    std::fill(lq, lq + C, static_cast<float>(*rest));
-    for (int64_t j = 0; j < K; ++j) {
-      const int64_t c = a.idx_i32 ? id32[j] : id16[j];
-      if (c >= 0 && c < C) lq[c] = static_cast<float>(val[j]);  // ids come from this op; guard anyway
+  float* ke = s.kept.data();  // the old kept classes' e here, the new ones' at the end
+  const float r = with_d ? static_cast<float>(*rest) : 0.f;
+  const Vec vinv(inv_s), veps(1e-8f);
+  auto& cand = s.cand;
+  cand.clear();
+  Vec vd(0.f);
+  double left_out = 0.0;
+  float d_kept = 0.f;
+
+  bool sparse = with_d && K < C;
+  int64_t taken = 0;  // old kept classes zeroed in buf
+  float e_min = std::numeric_limits<float>::infinity();
+  for (; sparse && taken < K; ++taken) {
+    const int64_t c = old_id(taken);
+    if (c < 0 || c >= C) break;
+    ke[taken] = buf[c];  // a repeated id reads the 0 written by its first occurrence
+    buf[c] = 0.f;
+    e_min = std::min(e_min, ke[taken]);
+  }
+  const float p_min = e_min * inv_s;
+  sparse = sparse && taken == K && p_min > 0.f;
+  if (sparse) {
+    float* lv = lq;  // the old kept logs, beside their e (both padded with 0: a term of 0)
+    for (int64_t j = 0; j < K; ++j) lv[j] = static_cast<float>(val[j]);
+    std::fill(ke + K, ke + s.kept.size(), 0.f);
+    std::fill(lv + K, lv + s.kept.size(), 0.f);
+    Vec vk(0.f);
+    for (int64_t j = 0; j < K; j += kVF) {
+      const Vec e = Vec::loadu(ke + j);
+      vk = at::vec::fmadd(e, (fast_log(at::vec::fmadd(e, vinv, veps)) - Vec::loadu(lv + j)).abs(), vk);
+    }
+    d_kept = hsum(vk);
+    for (int64_t j = 0; j < K; ++j) cand.push_back(cand_of(ke[j] * inv_s, old_id(j)));
+    // p = e * inv in the pass, so the old kept class with e_min has p = p_min exactly; the pass
+    // keeps p > t, so t is the float just below it (a tie with a lower class id is kept).
+    left_out = filter_pass<true, true>(buf, lq, r, C, K, inv_s, std::nextafter(p_min, 0.f), cand, s.tmp.data(), vd);
+  }
+  for (int64_t j = taken; j-- > 0;) buf[old_id(j)] = ke[j];  // reverse: a repeated id restores last
+  if (!sparse) {
+    if (with_d) {  // the old row by class: residual log, stored logs at their ids
+      std::fill(lq, lq + C, r);
+      for (int64_t j = 0; j < K; ++j) {
+        const int64_t c = old_id(j);
+        if (c >= 0 && c < C) lq[c] = static_cast<float>(val[j]);  // ids come from this op; guard anyway
+      }
+      left_out = filter_pass<true, false>(buf, lq, r, C, K, inv_s, -1.f, cand, s.tmp.data(), vd);
+    } else {
+      left_out = filter_pass<false, false>(buf, lq, r, C, K, inv_s, -1.f, cand, s.tmp.data(), vd);
     }
   }
-  Vec vd(0.f);
-  s.cand.clear();
-  double left_out = with_d ? filter_pass<true>(buf, lq, C, K, inv_s, s.cand, s.tmp.data(), vd)
-                           : filter_pass<false>(buf, lq, C, K, inv_s, s.cand, s.tmp.data(), vd);
-  const float d = with_d ? hsum(vd) * inv_s : std::numeric_limits<float>::quiet_NaN();
-  auto& cand = s.cand;
+  const float d = with_d ? (hsum(vd) + d_kept) * inv_s : std::numeric_limits<float>::quiet_NaN();
   if (static_cast<int64_t>(cand.size()) > K) {
     select_smallest(cand.data(), cand.size(), K, s.tmp.data());
     for (size_t j = K; j < cand.size(); ++j) left_out += p_of(cand[j]);
@@ -199,10 +277,8 @@ float compressed_row(const UpdateArgs& a, int64_t n, const float* buf, float inv
   sort_all(cand.data(), 0, K, s.tmp.data());
 
   // The K logs as the full row computes them (the same vector log on the same e).
-  float* ke = s.kept.data();
   for (int64_t j = 0; j < K; ++j) ke[j] = buf[c_of(cand[j])];
   std::fill(ke + K, ke + s.kept.size(), 0.f);  // the vector tail: log(eps), discarded
-  const Vec vinv(inv_s), veps(1e-8f);
   for (int64_t j = 0; j < K; j += kVF) fast_log(at::vec::fmadd(Vec::loadu(ke + j), vinv, veps)).store(ke + j);
   for (int64_t j = 0; j < K; ++j) {
     val[j] = static_cast<S>(ke[j]);

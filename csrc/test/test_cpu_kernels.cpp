@@ -35,6 +35,12 @@ void update(T logits, T index, T prev, T seen, T ring, T counters, O targets = s
                        .typed<void(T, T, T, T, T, T, O, O)>();
   op.call(logits, index, prev, seen, ring, counters, targets, row_stats);
 }
+void update_topk(T logits, T index, T val, T idx, T rest, T seen, T ring, T counters) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("tdds::update_topk_ext", "")
+                       .typed<void(T, T, T, T, T, T, T, T, O, O)>();
+  op.call(logits, index, val, idx, rest, seen, ring, counters, std::nullopt, std::nullopt);
+}
 void fold(T row_stats, T index, T packed, T epoch, int64_t el2n_epoch) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("tdds::fold_baselines_ext", "")
@@ -192,12 +198,60 @@ void test_row_stats_and_fold() {
   EXPECT(close(packed[0][4].item<double>(), r2 / 4));
 }
 
+
+// The compressed previous row over two epochs (C = 1271: vector tails; K = 32): epoch 0 has no
+// old row, epoch 1 starts from the old kept classes (taken out of the row), and one sample's
+// stored ids repeat a class (the expanded-row path). Against double precision: the K largest p
+// in order, their logs, the residual, and d against the row the old state describes.
+void test_topk_rows() {
+  const int64_t B = 48, C = 1271, K = 32;
+  auto val = at::zeros({B, K});
+  auto idx = at::zeros({B, K}, at::kShort);
+  auto rest = at::zeros({B});
+  auto seen = at::full({B}, -1, at::kInt);
+  auto ring = at::full({B, 3}, -7.f);
+  auto index = at::randperm(B);
+  auto z = at::randn({B, C}) * 6;
+  for (int64_t epoch = 0; epoch < 2; ++epoch) {
+    auto old_val = val.to(at::kDouble), old_rest = rest.to(at::kDouble);
+    auto old_idx = idx.to(at::kLong);
+    if (epoch == 1) {  // sample 3: class 7 three times, with one value (the op never writes that)
+      old_idx[3].slice(0, 0, 3).fill_(7);
+      old_val[3].slice(0, 0, 3).fill_(old_val[3][2].item<double>());
+      idx.copy_(old_idx.to(at::kShort));
+      val.copy_(old_val.to(at::kFloat));
+    }
+    z = z + 0.6 * at::randn({B, C});
+    auto counters = counters_at(epoch);
+    update_topk(z.index_select(0, index), index, val, idx, rest, seen, ring, counters);
+    auto p = at::softmax(z.to(at::kDouble), 1);
+    auto lp = at::log(p + 1e-8);
+    auto sorted = at::sort(p, 1, /*descending=*/true);
+    for (int64_t n = 0; n < B; ++n) {
+      auto top = std::get<1>(sorted)[n].slice(0, 0, K);
+      EXPECT(at::equal(idx[n].to(at::kLong), top));
+      EXPECT(at::allclose(val[n].to(at::kDouble), lp[n].index_select(0, top), 1e-5, 1e-5));
+      const double mean = std::get<0>(sorted)[n].slice(0, K).sum().item<double>() / (C - K);
+      EXPECT(close(rest[n].item<float>(), std::log(mean + 1e-8), 1e-4, 1e-5));
+      const float d = ring[n][(epoch + 2) % 3].item<float>();  // the slot of d_{epoch-1}
+      if (epoch == 0) {
+        EXPECT(std::isnan(d));
+        continue;
+      }
+      auto q = at::full({C}, old_rest[n].item<double>(), at::kDouble);
+      q.index_put_({old_idx[n]}, old_val[n]);
+      EXPECT(close(d, (p[n] * (lp[n] - q)).abs().sum().item<double>(), 1e-4, 1e-6));
+    }
+  }
+}
+
 }  // namespace
 
 int main() {
   at::manual_seed(0);
   test_known_transition();
   for (auto storage : {at::kFloat, at::kBFloat16, at::kHalf}) test_wide_rows_and_counters(storage);
+  test_topk_rows();
   test_epoch_step_window();
   test_threads_give_one_result();
   test_row_stats_and_fold();

@@ -67,6 +67,26 @@ def test_update_topk_edge_rows(other, index_dtype):
     assert new[NONFINITE] == 3 and new[OUT_OF_RANGE] == 2 and new[DUPLICATES] >= 1  # + samples seen this epoch
 
 
+def test_update_topk_old_row_tie_is_kept(other):
+    # The old kept classes bound the selection from below (the cpu kernel starts its threshold
+    # at their smallest new p): a class of a lower id tying that smallest p is kept in its place.
+    other.need_topk()
+    n, c, k = 6, 64, 4
+    val, idx, rest, seen, ring, counters = make_topk_state(n, c, 3, k, epoch=1, seed=3)
+    idx[0] = torch.tensor([10, 11, 12, 13], dtype=idx.dtype)  # sample 0 kept 10..13 last epoch
+    seen[:] = 0  # recorded last epoch: every row below has a d
+    z = torch.randn(n, c)
+    z[0] = -2.0
+    z[0, 10:13] = 5.0
+    z[0, [3, 13]] = 1.0  # 13 (old kept) ties with 3: 3 is kept
+    index = torch.arange(n)
+    for _, update in other.topk_updates:
+        out, ref = run_update_topk(update, *other.to(z, index), other.to(val, idx, rest, seen, ring, counters))
+        assert_topk_state(out, ref)
+        torch.testing.assert_close(out[4].cpu(), ref[4], equal_nan=True, **RING_TOL)
+        assert sorted(out[1][0].tolist()) == [3, 10, 11, 12]
+
+
 @pytest.mark.parametrize("storage", [torch.float32, torch.bfloat16])
 def test_update_topk_with_k_equal_c_is_the_full_update(case, storage):
     # Every class kept: the backend's compressed update equals its own full-row update.

@@ -185,3 +185,21 @@ def test_isa_variants_match_reference(capability, tmp_path):
     assert out.returncode == 0, f"returncode={out.returncode}: {out.stderr[-2000:]}"
     used, ok = out.stdout.split()
     assert ok == "ok" and used == capability.upper()
+
+
+def test_topk_old_row_not_written_by_the_op():
+    # The cpu kernel takes the old kept classes out of the row when they are K distinct classes
+    # (what the op writes); a state with a repeated class (only a crafted checkpoint holds one)
+    # takes its other path, the old row expanded by class, and scores as the reference does.
+    from tests.support.conformance import RING_TOL, assert_topk_state, make_topk_state, run_update_topk
+
+    n, c, k = 4, 40, 4
+    val, idx, rest, seen, ring, counters = make_topk_state(n, c, 3, k, epoch=1, seed=11)
+    idx[1] = torch.tensor([5, 5, 9, 5], dtype=idx.dtype)  # one class three times, with one value
+    val[1] = val[1, 2]
+    seen[:] = 0  # recorded last epoch: every row has a d
+    out, ref = run_update_topk(
+        torch.ops.tdds.update_topk_ext, torch.randn(n, c) * 3, torch.arange(n), (val, idx, rest, seen, ring, counters)
+    )
+    assert_topk_state(out, ref)
+    torch.testing.assert_close(out[4], ref[4], equal_nan=True, **RING_TOL)
