@@ -1,4 +1,4 @@
-"""Study (issue 21 item 6): richer O(K) summaries of the compressed previous row, at equal bytes.
+"""Study: richer O(K) summaries of the compressed previous row, at equal bytes.
 
 `prev_topk=K` stores the K largest logs and ids plus one residual r = log(mean tail p + ε) and
 evaluates d with log q_c = r for every class outside the kept set. Here other summaries of the
