@@ -254,7 +254,8 @@ float compressed_row(const UpdateArgs& a, int64_t n, float* buf, float inv_s, bo
     for (int64_t j = 0; j < K; ++j) cand.push_back(cand_of(ke[j] * inv_s, old_id(j)));
     // p = e * inv in the pass, so the old kept class with e_min has p = p_min exactly; the pass
     // keeps p > t, so t is the float just below it (a tie with a lower class id is kept).
-    left_out = filter_pass<true, true>(buf, lq, r, C, K, inv_s, std::nextafter(p_min, 0.f), cand, s.tmp.data(), vd);
+    left_out =
+        filter_pass<true, true>(buf, lq, r, C, K, inv_s, std::nextafter(p_min, 0.f), cand, s.tmp.data(), vd);
   }
   for (int64_t j = taken; j-- > 0;) buf[old_id(j)] = ke[j];  // reverse: a repeated id restores last
   if (!sparse) {

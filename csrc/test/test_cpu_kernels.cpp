@@ -198,7 +198,6 @@ void test_row_stats_and_fold() {
   EXPECT(close(packed[0][4].item<double>(), r2 / 4));
 }
 
-
 // The compressed previous row over two epochs (C = 1271: vector tails; K = 32): epoch 0 has no
 // old row, epoch 1 starts from the old kept classes (taken out of the row), and one sample's
 // stored ids repeat a class (the expanded-row path). Against double precision: the K largest p
