@@ -69,40 +69,58 @@ def trackers(n, c, epochs, window, ks=KS):
     return out
 
 
+class TrainingRun:
+    """The fidelity part's run: an MLP trained with Adam on the task with C classes (class
+    prototypes plus noise, a `noise` share of the labels flipped). The task depends on C only,
+    the run on `seed`; the order of random draws fixes the trajectories (the study of richer
+    summaries, study_topk_summary.py, replays them)."""
+
+    def __init__(self, n, c, seed, batch=128, hidden=64, noise=0.1):
+        g = torch.Generator().manual_seed(c)
+        dim = 64
+        protos = torch.randn(c, dim, generator=g)
+        y = torch.randint(0, c, (n,), generator=g)
+        self.x = protos[y] + 0.7 * torch.randn(n, dim, generator=g)
+        flip = torch.rand(n, generator=g) < noise
+        self.y = torch.where(flip, torch.randint(0, c, (n,), generator=g), y)
+        torch.manual_seed(seed)
+        self.model = torch.nn.Sequential(torch.nn.Linear(dim, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, c))
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=3e-3)
+        self.n, self.batch = n, batch
+
+    def epoch(self):
+        """One epoch: yields (index, training logits) per batch, after its step."""
+        for idx in torch.randperm(self.n).split(self.batch):
+            logits = self.model(self.x[idx])
+            loss = F.cross_entropy(logits, self.y[idx])
+            self.opt.zero_grad()
+            loss.backward()
+            self.opt.step()
+            yield idx, logits.detach()
+
+    def accuracy(self) -> float:
+        with torch.no_grad():
+            return (self.model(self.x).argmax(1) == self.y).float().mean().item()
+
+
 def train_and_track(n, c, epochs, window, seed, ks=True, batch=128, hidden=64, noise=0.1):
     """Trains an MLP for `epochs` on the task with C classes; returns ({K or None: scores}, acc,
     mean top-K mass of the last epoch's softmax per K)."""
-    g = torch.Generator().manual_seed(c)  # the task depends on C only, the run on `seed`
-    dim = 64
-    protos = torch.randn(c, dim, generator=g)
-    y = torch.randint(0, c, (n,), generator=g)
-    x = protos[y] + 0.7 * torch.randn(n, dim, generator=g)
-    flip = torch.rand(n, generator=g) < noise
-    y = torch.where(flip, torch.randint(0, c, (n,), generator=g), y)
-    torch.manual_seed(seed)
-    model = torch.nn.Sequential(torch.nn.Linear(dim, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, c))
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    run = TrainingRun(n, c, seed, batch, hidden, noise)
     tr = trackers(n, c, epochs, window, KS if ks else ())
     mass = {}
     for e in range(epochs):
-        for idx in torch.randperm(n).split(batch):
-            logits = model(x[idx])
-            loss = F.cross_entropy(logits, y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        for idx, logits in run.epoch():
             for t in tr.values():
-                t.update(logits.detach(), idx)
+                t.update(logits, idx)
             if e == epochs - 1:
-                p = torch.softmax(logits.detach(), 1).sort(1, descending=True).values
+                p = torch.softmax(logits, 1).sort(1, descending=True).values
                 for k in KS:
                     mass.setdefault(k, []).append(p[:, :k].sum(1))
         for t in tr.values():
             t.end_epoch()
-    with torch.no_grad():
-        acc = (model(x).argmax(1) == y).float().mean().item()
     kept_mass = {k: float(torch.cat(v).mean()) for k, v in mass.items()}
-    return {k: t.scores().double().numpy() for k, t in tr.items()}, acc, kept_mass
+    return {k: t.scores().double().numpy() for k, t in tr.items()}, run.accuracy(), kept_mass
 
 
 def part_train(c, n, epochs, window):

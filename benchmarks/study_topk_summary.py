@@ -37,7 +37,6 @@ import time
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 import tdds_kernels as tk
 from tdds_kernels.ops.reference import contribution, epoch_step, record
@@ -45,7 +44,7 @@ from tdds_kernels.ops.schema import EPOCH, EPS, NUM_SLOTS
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_storage import fidelity  # noqa: E402  (the metrics of storage.md and topk_*.md)
-from bench_topk import KS  # noqa: E402
+from bench_topk import KS, TrainingRun  # noqa: E402
 from machine import describe  # noqa: E402
 
 BLOCK = 256  # rows per block: a few (BLOCK, C) float32 temporaries at a time
@@ -206,31 +205,16 @@ def score_epochs(epochs, c, n, window, specs, trajectory, decay=0.9):
 
 
 def train_epochs(n, c, epochs, seed=0, batch=128, hidden=64, noise=0.1, acc=None):
-    """bench_topk.train_and_track's run, yielding each epoch's training logits (N, C) by sample:
-    the same task, model, optimiser and order of random draws, so the same trajectories."""
-    g = torch.Generator().manual_seed(c)
-    dim = 64
-    protos = torch.randn(c, dim, generator=g)
-    y = torch.randint(0, c, (n,), generator=g)
-    x = protos[y] + 0.7 * torch.randn(n, dim, generator=g)
-    flip = torch.rand(n, generator=g) < noise
-    y = torch.where(flip, torch.randint(0, c, (n,), generator=g), y)
-    torch.manual_seed(seed)
-    model = torch.nn.Sequential(torch.nn.Linear(dim, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, c))
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    """bench_topk's training run, yielding each epoch's training logits (N, C) by sample: the
+    same trajectories as its fidelity part."""
+    run = TrainingRun(n, c, seed, batch, hidden, noise)
     for _ in range(epochs):
         out = torch.empty(n, c)
-        for idx in torch.randperm(n).split(batch):
-            logits = model(x[idx])
-            loss = F.cross_entropy(logits, y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            out[idx] = logits.detach()
+        for idx, logits in run.epoch():
+            out[idx] = logits
         yield out
     if acc is not None:
-        with torch.no_grad():
-            acc.append((model(x).argmax(1) == y).float().mean().item())
+        acc.append(run.accuracy())
 
 
 def flat_epochs(n, c, epochs, scale=0.3):
