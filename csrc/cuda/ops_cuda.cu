@@ -17,6 +17,7 @@
 #include <optional>
 
 #include "../op_contract.h"
+#include "reduce_ops.h"
 #include "row_stats_args.h"
 
 namespace tdds {
@@ -49,19 +50,6 @@ int warps_per_row(int64_t C) {
 __device__ __forceinline__ void prefetch_l2(const void* p) {
   asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
 }
-
-struct Sum {
-  template <typename V>
-  __device__ V operator()(V a, V b) const {
-    return a + b;
-  }
-};
-struct Max {
-  __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
-};
-struct Min {
-  __device__ int64_t operator()(int64_t a, int64_t b) const { return min(a, b); }
-};
 
 // A reduction over the row group, the result in every thread: the warp's butterfly, then (a
 // block per row) the warps' values combined in warp order by every thread. A fixed tree and a

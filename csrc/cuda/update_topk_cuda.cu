@@ -30,6 +30,7 @@
 #include <optional>
 
 #include "../op_contract.h"
+#include "reduce_ops.h"
 #include "row_stats_args.h"
 
 namespace tdds {
@@ -55,18 +56,6 @@ __device__ __forceinline__ V block_reduce(V v, Op op, V* scratch) {
   for (int w = 1; w < kWarps; ++w) v = op(v, scratch[w]);  // the same order in every thread
   return v;
 }
-struct Sum {
-  template <typename V>
-  __device__ V operator()(V a, V b) const {
-    return a + b;
-  }
-};
-struct Max {
-  __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
-};
-struct Min {
-  __device__ int operator()(int a, int b) const { return min(a, b); }
-};
 
 template <typename T>
 __device__ __forceinline__ float prob(const T* x, int64_t c, float m, float inv) {
