@@ -114,6 +114,28 @@ __device__ __forceinline__ void load_group(const U* p, int valid, bool vec, floa
   }
 }
 
+// Passes 1 and 3: f(z) for each of this thread's classes of the row x, in the thread's fixed
+// order (so every sum is the same whatever the row's batch position); the U groups of a round
+// trip are all loaded before any is used.
+template <int G, int U, typename T, typename F>
+__device__ __forceinline__ void for_each_class(const T* x, int64_t C, int t, int nt, bool xvec, F f) {
+  for (int64_t g0 = t; g0 * G < C; g0 += static_cast<int64_t>(nt) * U) {
+    float v[U][G];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t g = g0 + static_cast<int64_t>(u) * nt;
+      load_group<G>(x + g * G, in_row<G>(g, C), xvec, v[u]);
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int valid = in_row<G>(g0 + static_cast<int64_t>(u) * nt, C);
+#pragma unroll
+      for (int e = 0; e < G; ++e)
+        if (e < valid) f(v[u][e]);
+    }
+  }
+}
+
 template <int G, typename U>
 __device__ __forceinline__ void store_group(U* p, int valid, bool vec, const float (&in)[G]) {
   if (vec && valid == G) {
@@ -190,24 +212,10 @@ __global__ void __launch_bounds__(kMaxWarpsPerRow* kWarp, 1)
 
     // 1. row max; x - x is NaN exactly for inf/NaN, so `bad` flags a non-finite row
     float m = -INFINITY, bad = 0.f;
-    for (int64_t g0 = t; g0 * G < C; g0 += static_cast<int64_t>(nt) * U) {
-      float v[U][G];
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int64_t g = g0 + static_cast<int64_t>(u) * nt;
-        load_group<G>(x + g * G, in_row<G>(g, C), xvec, v[u]);
-      }
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int valid = in_row<G>(g0 + static_cast<int64_t>(u) * nt, C);
-#pragma unroll
-        for (int e = 0; e < G; ++e)
-          if (e < valid) {
-            m = fmaxf(m, v[u][e]);
-            bad += v[u][e] - v[u][e];
-          }
-      }
-    }
+    for_each_class<G, U>(x, C, t, nt, xvec, [&](float z) {
+      m = fmaxf(m, z);
+      bad += z - z;
+    });
     m = row_reduce(m, Max(), fscratch, wpr);
     if (isnan(row_reduce(bad, Sum(), fscratch, wpr))) {  // skipped: the sample stays unrecorded by this row
       ++nonfinite;
@@ -231,21 +239,7 @@ __global__ void __launch_bounds__(kMaxWarpsPerRow* kWarp, 1)
 
     // 3. softmax denominator (the row again: L1/L2 hits)
     float s = 0.f;
-    for (int64_t g0 = t; g0 * G < C; g0 += static_cast<int64_t>(nt) * U) {
-      float v[U][G];
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int64_t g = g0 + static_cast<int64_t>(u) * nt;
-        load_group<G>(x + g * G, in_row<G>(g, C), xvec, v[u]);
-      }
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int valid = in_row<G>(g0 + static_cast<int64_t>(u) * nt, C);
-#pragma unroll
-        for (int e = 0; e < G; ++e)
-          if (e < valid) s += expf(v[u][e] - m);
-      }
-    }
+    for_each_class<G, U>(x, C, t, nt, xvec, [&](float z) { s += expf(z - m); });
     const float inv = 1.f / row_reduce(s, Sum(), fscratch, wpr);
 
     // 4. p, log(p + eps), d against the cached log, and the new cached log (re-reading x and
