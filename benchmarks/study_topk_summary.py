@@ -43,7 +43,7 @@ from tdds_kernels.ops.reference import contribution, epoch_step, record
 from tdds_kernels.ops.schema import EPOCH, EPS, NUM_SLOTS
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_storage import fidelity  # noqa: E402  (the metrics of storage.md and topk_*.md)
+from bench_storage import FIDELITY_HEAD, fidelity, fidelity_cells  # noqa: E402  (the metrics of storage.md and topk_*.md)
 from bench_topk import KS, TrainingRun  # noqa: E402
 from machine import describe  # noqa: E402
 
@@ -290,14 +290,11 @@ def report(data):
             f"epoch: {mass}. {d['s']:.0f} s (all K, making the logits included). The d → score path's full rows "
             f"match the tracker's to {d['check']:.1e}.",
             "",
-            "| K | summary | bytes | Spearman | kept overlap 30% | 70% | 90% | max abs. diff / max score |",
+            f"| K | summary | bytes | {FIDELITY_HEAD} |",
             "|---:|---|---:|---:|---:|---:|---:|---:|",
         ]
         for r in d["rows"]:
-            lines.append(
-                f"| {r['k']} | {r['name']} | {r['bytes']} | {r['spearman']:.5f} | {r['0.3']:.2%} | "
-                f"{r['0.7']:.2%} | {r['0.9']:.2%} | {r['maxrel']:.1e} |"
-            )
+            lines.append(f"| {r['k']} | {r['name']} | {r['bytes']} | {fidelity_cells(r, 5)} |")
         lines.append("")
     return "\n".join(lines)
 
