@@ -316,19 +316,24 @@ def report(data):
     return "\n".join(lines)
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", choices=("train", "flat", "speed"))
+def add_run_arguments(ap):
+    """The training run's and the collected output's options (bench_topk and the summary study)."""
     ap.add_argument("--classes", type=int, default=1000)
     ap.add_argument("--samples", type=int, default=2000)
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--window", type=int, default=5)
-    ap.add_argument("--load", default="?", help="what else was running (written into the table)")
-    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="--part speed: where to time")
-    ap.add_argument("--budget-s", type=float, default=None, help="--part speed: start no K after this many seconds")
     ap.add_argument("--json", required=True, help="collects the parts")
     ap.add_argument("--report", action="store_true")
     ap.add_argument("--out", default=None)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--part", choices=("train", "flat", "speed"))
+    add_run_arguments(ap)
+    ap.add_argument("--load", default="?", help="what else was running (written into the table)")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="--part speed: where to time")
+    ap.add_argument("--budget-s", type=float, default=None, help="--part speed: start no K after this many seconds")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     data = json.load(open(a.json)) if os.path.exists(a.json) else {}

@@ -44,7 +44,7 @@ from tdds_kernels.ops.schema import EPOCH, EPS, NUM_SLOTS
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_storage import FIDELITY_HEAD, fidelity, fidelity_cells  # noqa: E402  (the metrics of storage.md and topk_*.md)
-from bench_topk import KS, TrainingRun  # noqa: E402
+from bench_topk import KS, TrainingRun, add_run_arguments  # noqa: E402
 from machine import describe  # noqa: E402
 
 BLOCK = 256  # rows per block: a few (BLOCK, C) float32 temporaries at a time
@@ -302,14 +302,8 @@ def report(data):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--part", choices=("train", "flat"))
-    ap.add_argument("--classes", type=int, default=1000)
-    ap.add_argument("--samples", type=int, default=2000)
-    ap.add_argument("--epochs", type=int, default=12)
-    ap.add_argument("--window", type=int, default=5)
+    add_run_arguments(ap)
     ap.add_argument("--ks", default=",".join(map(str, KS)), help="budgets K of this invocation (parts merge)")
-    ap.add_argument("--json", required=True, help="collects the parts")
-    ap.add_argument("--report", action="store_true")
-    ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     data = json.load(open(a.json)) if os.path.exists(a.json) else {}
