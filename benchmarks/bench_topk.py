@@ -157,7 +157,7 @@ SCALE, DRIFT = 6.0, 0.6  # the speed part's logits: N(0, SCALE^2), then a random
 SPEED_EPOCHS = 4  # timed epochs, after an untimed first one
 
 
-def part_speed(device="cpu", epochs=None, backends=None, on_row=lambda rows: None, budget_s=None):
+def part_speed(device="cpu", backends=None, on_row=lambda rows: None, budget_s=None):
     """Median update time per row, full rows and each K in the same run, per backend: on CPU the
     cpu backend (one thread) at C = 1,000 and 21,841, B = 512 and 64; on CUDA the triton and
     cuda backends at C = 21,841, B = 1,024.
@@ -166,14 +166,13 @@ def part_speed(device="cpu", epochs=None, backends=None, on_row=lambda rows: Non
     so every timed row has a previous row to score against; a sample's logits drift between
     epochs (a random walk of DRIFT, a tenth of their SCALE), so its kept classes mostly stay, and
     are peaked about as trained logits are (the mean kept mass is in the row, beside the fidelity
-    part's, from real training). Epoch 0 and
-    each epoch's first call (which also looks at the batch for probabilities, once per epoch)
-    are not timed. CPU: thread CPU time, which a shared machine's other jobs do not inflate;
-    CUDA: wall time with a synchronize around each call. on_row(rows so far) after each K, so
+    part's, from real training). SPEED_EPOCHS epochs are timed after an untimed first one, each
+    without its first call (which also looks at the batch for probabilities, once per epoch).
+    CPU: thread CPU time, which a shared machine's other jobs do not inflate; CUDA: wall time
+    with a synchronize around each call. on_row(rows so far) after each K, so
     that a run cut short keeps what it measured; past budget_s seconds no further K is started
     (its cell says so)."""
     start = time.perf_counter()
-    epochs = epochs or SPEED_EPOCHS
     if device == "cpu":
         shapes, backends = ((1000, 512), (21_841, 64)), backends or ("cpu",)
         clock, sync = time.thread_time, (lambda: None)
@@ -201,7 +200,7 @@ def part_speed(device="cpu", epochs=None, backends=None, on_row=lambda rows: Non
                 g = torch.Generator(device).manual_seed(0)  # the same logits for every K
                 z = torch.randn(n, c, device=device, generator=g) * SCALE
                 times, mass = [], []
-                for epoch in range(epochs + 1):
+                for epoch in range(SPEED_EPOCHS + 1):
                     z += DRIFT * torch.randn(n, c, device=device, generator=g)
                     perm = torch.randperm(n, device=device, generator=g)
                     for i in range(CALLS):
