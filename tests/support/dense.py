@@ -29,15 +29,28 @@ def recorded_rows(epochs, num_samples):
     return out
 
 
-def compressed_log(p, k):
-    """log q of a float64 row p kept as its k largest entries (ties: lower class first) and the
-    mean of the rest (docs/design.md §2.1), by the definition: one class at a time."""
+def compressed_row(p, k):
+    """(kept ids, their logs, the tail's log) of a float64 row p kept as its k largest entries
+    (ties: lower class first) and the mean of the rest (docs/design.md §2.1), by the definition."""
     c = len(p)
-    order = sorted(range(c), key=lambda j: (-p[j], j))
-    kept = set(order[:k])
-    rest = sum(p[j] for j in range(c) if j not in kept)
+    kept = sorted(range(c), key=lambda j: (-p[j], j))[:k]
+    rest = sum(p[j] for j in range(c) if j not in set(kept))
     rest_log = math.log(rest / (c - k) + 1e-8) if k < c else math.log(1e-8)
-    return np.array([math.log(p[j] + 1e-8) if j in kept else rest_log for j in range(c)])
+    return kept, [math.log(p[j] + 1e-8) for j in kept], rest_log
+
+
+def compressed_d(p_old, p_new, k):
+    """d of the float64 row p_new against p_old kept as compressed_row(p_old, k), one class at a
+    time: a kept class against its stored log, every other class against the old tail given the
+    new row's shape at the old tail's mean (its log step is the same for every tail class)."""
+    c = len(p_new)
+    kept, logs, rest_log = compressed_row(p_old, k)
+    d = sum(abs(p_new[j] * (math.log(p_new[j] + 1e-8) - v)) for j, v in zip(kept, logs))
+    if k < c:
+        mass = sum(p_new[j] for j in range(c) if j not in set(kept))
+        step = math.log(mass / (c - k) + 1e-8) - rest_log
+        d += sum(abs(p_new[j] * step) for j in range(c) if j not in set(kept))
+    return d
 
 
 def dense_scores(epochs, num_samples, window, decay, trajectory_len=None, prev_topk=None):
@@ -53,8 +66,10 @@ def dense_scores(epochs, num_samples, window, decay, trajectory_len=None, prev_t
             if p[t] is None or p[t + 1] is None:
                 d.append(None)
                 continue
-            q_log = np.log(p[t] + 1e-8) if prev_topk is None else compressed_log(p[t], prev_topk)
-            p_log = np.log(p[t + 1] + 1e-8)
+            if prev_topk is not None:
+                d.append(compressed_d(p[t], p[t + 1], prev_topk))
+                continue
+            p_log, q_log = np.log(p[t + 1] + 1e-8), np.log(p[t] + 1e-8)
             d.append(float(np.sum(np.abs(p[t + 1] * (p_log - q_log)))))
         s = 0.0
         for k in range(t_len - window + 1):
