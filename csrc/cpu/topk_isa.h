@@ -4,8 +4,9 @@
 // per ISA like the rest of the update.
 //
 // Per applied row, from e = exp(x - shift) in the row buffer (padding lanes 0) and inv = 1 / sum e,
-// one pass over the buffer (in L2 at C = 21,841; with d it is also the full row's step 4) selects
-// with a running threshold t, a compare mask per vector (on e: see e_threshold):
+// one pass over the buffer (in L2 at C = 21,841; it also sums the tail mass d needs: no log per
+// class, see compressed_row) selects with a running threshold t, a compare mask per vector (on
+// e: see e_threshold):
 //   - a class with p > t is appended to a short candidate list (only the set mask bits are
 //     visited), the others' p are summed (the residual: no 1 - kept cancellation);
 //   - when the list reaches 2K + 32, a selection keeps its K best (p desc, class id asc), the
@@ -133,33 +134,33 @@ inline float e_threshold(float t, float inv) {
   return e;
 }
 
-// The pass (and, kWithD, the d of the old row: the full row's loop with q = lq, or with q = r
-// for every class when kFlatQ), from a threshold t_start below the K-th best p (every class at
-// or below it is dropped at once): at most 2K + 32 candidates left in cand (every class outside
-// it is not among the K best), returns the sum of the p of every class dropped. Block sums of 16
-// steps in float, added in double: a float running sum over 21,841 near-equal values drifts by
-// ~1e-5 relative.
-template <bool kWithD, bool kFlatQ>
-double filter_pass(const float* buf, const float* lq, float r, int64_t C, int64_t K, float inv, float t_start,
-                   std::vector<Cand>& cand, Cand* tmp, Vec& vd) {
-  const Vec vinv(inv), veps(1e-8f), zero(0.f), vr(r);
+// The selection pass from a threshold t_start below the K-th best p (every class at or below it
+// is dropped at once): at most 2K + 32 candidates left in cand (every class outside it is not
+// among the K best); returns the sum of the p of every class dropped. With kWithD it is first
+// the full row's d loop against the expanded old row lq (K = C only: the full row's d, bit for
+// bit); `all_e` (when not null) gets the sum of every e in buf. Block sums of 16 steps in float,
+// added in double: a float running sum over 21,841 near-equal values drifts by ~1e-5 relative.
+template <bool kWithD>
+double filter_pass(const float* buf, const float* lq, int64_t C, int64_t K, float inv, float t_start,
+                   std::vector<Cand>& cand, Cand* tmp, Vec& vd, double* all_e) {
+  const Vec vinv(inv), veps(1e-8f), zero(0.f);
   const size_t cap = static_cast<size_t>(2 * K + 32);
   Vec vt(e_threshold(t_start, inv));  // in e: p > t_start exactly where e > vt
-  double rest_p = 0.0, rest_e = 0.0;  // the dropped candidates' p; the other classes' e
-  Vec block(0.f);
-  // d first, in a loop of its own (the full row's, without its stores): with the selection in
-  // the same loop the vector log's constants no longer fit in registers and were reloaded on
-  // every step. The row is in L2 for the second loop.
+  double rest_p = 0.0, rest_e = 0.0, sum_e = 0.0;  // the dropped candidates' p; the other classes' e
+  Vec block(0.f), block_all(0.f);
+  // d in a loop of its own (the full row's, without its stores): with the selection in the same
+  // loop the vector log's constants no longer fit in registers and were reloaded on every step.
+  // The row is in L2 for the second loop.
   for (int64_t j = 0; kWithD && j < C; j += kStep) {
     const Vec e0 = Vec::loadu(buf + j), e1 = Vec::loadu(buf + j + kVF);
     const Vec l0 = fast_log(at::vec::fmadd(e0, vinv, veps)), l1 = fast_log(at::vec::fmadd(e1, vinv, veps));
-    const Vec q0 = kFlatQ ? vr : Vec::loadu(lq + j), q1 = kFlatQ ? vr : Vec::loadu(lq + j + kVF);
-    vd = at::vec::fmadd(e0, (l0 - q0).abs(), at::vec::fmadd(e1, (l1 - q1).abs(), vd));
+    vd = at::vec::fmadd(e0, (l0 - Vec::loadu(lq + j)).abs(), at::vec::fmadd(e1, (l1 - Vec::loadu(lq + j + kVF)).abs(), vd));
   }
   for (int64_t j = 0; j < C; j += kStep) {
     const Vec e0 = Vec::loadu(buf + j), e1 = Vec::loadu(buf + j + kVF);
     uint32_t bits = above_bits(e0, vt) | (above_bits(e1, vt) << kVF);
     block = block + Vec::blendv(e0, zero, e0 > vt) + Vec::blendv(e1, zero, e1 > vt);
+    if (all_e) block_all = block_all + e0 + e1;
     if (bits) {
       if (C - j < kStep) bits &= (uint32_t{1} << (C - j)) - 1;  // not the padding lanes
       while (bits) {
@@ -177,9 +178,28 @@ double filter_pass(const float* buf, const float* lq, float r, int64_t C, int64_
     if ((j / kStep) % 16 == 15) {
       rest_e += hsum(block);
       block = zero;
+      if (all_e) {
+        sum_e += hsum(block_all);
+        block_all = zero;
+      }
     }
   }
+  if (all_e) *all_e = sum_e + hsum(block_all);
   return rest_p + (rest_e + hsum(block)) * inv;
+}
+
+// The sum of the e in buf[0, C), as filter_pass sums them (padding lanes are 0).
+inline double sum_row(const float* buf, int64_t C) {
+  double sum = 0.0;
+  Vec block(0.f);
+  for (int64_t j = 0; j < C; j += kStep) {
+    block = block + Vec::loadu(buf + j) + Vec::loadu(buf + j + kVF);
+    if ((j / kStep) % 16 == 15) {
+      sum += hsum(block);
+      block = Vec(0.f);
+    }
+  }
+  return sum + hsum(block);
 }
 
 // Fetch sample m's compressed row (values, ids, residual) ahead of its turn.
@@ -201,15 +221,18 @@ inline void prefetch_compressed_row(const UpdateArgs& a, int64_t m) {
 // Writes the new K logs, ids and residual of sample n and returns d against the old ones (NaN
 // where undefined).
 //
-// With an old row of K < C distinct classes (what this op writes), the old kept classes are
-// taken out of the row first: their e saved and zeroed in buf, their d terms summed apart, and
-// they enter the candidate list directly. The pass then compares every other class with the
-// old residual r alone (no expanded row to write and read back: a fifth of the row's time at
-// C = 21,841), and starts from the smallest of their new p: they are K classes at or above it,
-// so the K-th best is too, and a class below it cannot be kept (between epochs most of the kept
-// set stays, so only a few classes pass its one compare). Otherwise (no old row, K = C, or ids
-// not K distinct classes in range: a state this op did not write) the old row is expanded by
-// class into lq as the full row's loop reads it, and the pass starts from -1.
+// d (K < C) is the old kept classes' terms plus one term for the rest of the row, the tail
+// (docs/design.md §2.1): m |log(m / (C - K) + eps) - r|, m the new p summed over the classes
+// outside the old kept set, so no class outside it costs a log. The old kept classes are taken
+// out of the row first (their e saved and zeroed in buf), so m is the sum of what is left, summed
+// directly (not 1 - the kept mass: a settled sample's small tail would be lost to cancellation).
+// When their smallest new p is above 0 (between epochs most of the kept set stays) they enter the
+// candidate list directly and the pass starts from just below it: they are K classes at or above
+// it, so the K-th best is too, and a class below it cannot be kept; the pass sums m on the way.
+// Otherwise (an old kept class whose p underflowed to 0; ids that are not K distinct classes in
+// range, which this op never writes: a repeated id reads the 0 of its first occurrence) m is
+// summed by a loop of its own and the pass starts from -1 on the restored row. At K = C the old
+// row is expanded by class into lq and d is the full row's loop (bit for bit).
 template <typename S>
 float compressed_row(const UpdateArgs& a, int64_t n, float* buf, float inv_s, bool with_d, TopKScratch& s) {
   const int64_t C = a.C, K = a.K;
@@ -220,57 +243,60 @@ float compressed_row(const UpdateArgs& a, int64_t n, float* buf, float inv_s, bo
   const auto old_id = [&](int64_t j) -> int64_t { return a.idx_i32 ? id32[j] : id16[j]; };
   float* lq = s.lq.get();
   float* ke = s.kept.data();  // the old kept classes' e here, the new ones' at the end
-  const float r = with_d ? static_cast<float>(*rest) : 0.f;
   const Vec vinv(inv_s), veps(1e-8f);
   auto& cand = s.cand;
   cand.clear();
   Vec vd(0.f);
   double left_out = 0.0;
-  float d_kept = 0.f;
+  float d = std::numeric_limits<float>::quiet_NaN();
 
-  bool sparse = with_d && K < C;
-  int64_t taken = 0;  // old kept classes zeroed in buf
-  float e_min = std::numeric_limits<float>::infinity();
-  for (; sparse && taken < K; ++taken) {
-    const int64_t c = old_id(taken);
-    if (c < 0 || c >= C) break;
-    ke[taken] = buf[c];  // a repeated id reads the 0 written by its first occurrence
-    buf[c] = 0.f;
-    e_min = std::min(e_min, ke[taken]);
-  }
-  const float p_min = e_min * inv_s;
-  sparse = sparse && taken == K && p_min > 0.f;
-  if (sparse) {
+  if (with_d && K < C) {
+    int64_t taken = 0;  // old kept classes zeroed in buf
+    float e_min = std::numeric_limits<float>::infinity();
+    for (; taken < K; ++taken) {
+      const int64_t c = old_id(taken);
+      if (c < 0 || c >= C) break;
+      ke[taken] = buf[c];  // a repeated id reads the 0 written by its first occurrence
+      buf[c] = 0.f;
+      e_min = std::min(e_min, ke[taken]);
+    }
+    const float p_min = taken == K ? e_min * inv_s : 0.f;
     float* lv = lq;  // the old kept logs, beside their e (both padded with 0: a term of 0)
-    for (int64_t j = 0; j < K; ++j) lv[j] = static_cast<float>(val[j]);
-    std::fill(ke + K, ke + s.kept.size(), 0.f);
-    std::fill(lv + K, lv + s.kept.size(), 0.f);
+    for (int64_t j = 0; j < taken; ++j) lv[j] = static_cast<float>(val[j]);
+    std::fill(ke + taken, ke + s.kept.size(), 0.f);
+    std::fill(lv + taken, lv + s.kept.size(), 0.f);
     Vec vk(0.f);
-    for (int64_t j = 0; j < K; j += kVF) {
+    for (int64_t j = 0; j < taken; j += kVF) {
       const Vec e = Vec::loadu(ke + j);
       vk = at::vec::fmadd(e, (fast_log(at::vec::fmadd(e, vinv, veps)) - Vec::loadu(lv + j)).abs(), vk);
     }
-    d_kept = hsum(vk);
-    for (int64_t j = 0; j < K; ++j) cand.push_back(cand_of(ke[j] * inv_s, old_id(j)));
-    // p = e * inv in the pass, so the old kept class with e_min has p = p_min exactly; the pass
-    // keeps p > t, so t is the float just below it (a tie with a lower class id is kept).
-    left_out =
-        filter_pass<true, true>(buf, lq, r, C, K, inv_s, std::nextafter(p_min, 0.f), cand, s.tmp.data(), vd);
-  }
-  for (int64_t j = taken; j-- > 0;) buf[old_id(j)] = ke[j];  // reverse: a repeated id restores last
-  if (!sparse) {
-    if (with_d) {  // the old row by class: residual log, stored logs at their ids
-      std::fill(lq, lq + C, r);
-      for (int64_t j = 0; j < K; ++j) {
-        const int64_t c = old_id(j);
-        if (c >= 0 && c < C) lq[c] = static_cast<float>(val[j]);  // ids come from this op; guard anyway
-      }
-      left_out = filter_pass<true, false>(buf, lq, r, C, K, inv_s, -1.f, cand, s.tmp.data(), vd);
+    double tail_e = 0.0;
+    if (p_min > 0.f) {
+      for (int64_t j = 0; j < K; ++j) cand.push_back(cand_of(ke[j] * inv_s, old_id(j)));
+      // p = e * inv in the pass, so the old kept class with e_min has p = p_min exactly; the pass
+      // keeps p > t, so t is the float just below it (a tie with a lower class id is kept).
+      left_out = filter_pass<false>(buf, lq, C, K, inv_s, std::nextafter(p_min, 0.f), cand, s.tmp.data(), vd, &tail_e);
+      for (int64_t j = K; j-- > 0;) buf[old_id(j)] = ke[j];
     } else {
-      left_out = filter_pass<false, false>(buf, lq, r, C, K, inv_s, -1.f, cand, s.tmp.data(), vd);
+      tail_e = sum_row(buf, C);
+      for (int64_t j = taken; j-- > 0;) buf[old_id(j)] = ke[j];  // reverse: a repeated id restores last
+      left_out = filter_pass<false>(buf, lq, C, K, inv_s, -1.f, cand, s.tmp.data(), vd, nullptr);
     }
+    // The tail's step in double: for a settled sample it is a small difference of two logs ~ -10.
+    const double m = tail_e * inv_s;
+    const double step = std::log(m / static_cast<double>(C - K) + 1e-8) - static_cast<double>(static_cast<float>(*rest));
+    d = static_cast<float>(static_cast<double>(hsum(vk) * inv_s) + m * std::fabs(step));
+  } else if (with_d) {  // K = C: the old row by class, as the full row's loop reads it
+    std::fill(lq, lq + C, static_cast<float>(*rest));  // every class is written: ids from this op
+    for (int64_t j = 0; j < K; ++j) {
+      const int64_t c = old_id(j);
+      if (c >= 0 && c < C) lq[c] = static_cast<float>(val[j]);  // ids come from this op; guard anyway
+    }
+    left_out = filter_pass<true>(buf, lq, C, K, inv_s, -1.f, cand, s.tmp.data(), vd, nullptr);
+    d = hsum(vd) * inv_s;
+  } else {
+    left_out = filter_pass<false>(buf, lq, C, K, inv_s, -1.f, cand, s.tmp.data(), vd, nullptr);
   }
-  const float d = with_d ? (hsum(vd) + d_kept) * inv_s : std::numeric_limits<float>::quiet_NaN();
   if (static_cast<int64_t>(cand.size()) > K) {
     select_smallest(cand.data(), cand.size(), K, s.tmp.data());
     for (size_t j = K; j < cand.size(); ++j) left_out += p_of(cand[j]);
