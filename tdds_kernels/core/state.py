@@ -196,6 +196,8 @@ class TrackerState:
             raise ValueError(
                 f"{where}: seen: expected epochs in [-1, {epoch}], got [{int(seen.min())}, {int(seen.max())}]"
             )
+        if config.prev_topk is not None:
+            check_distinct_ids(where, sd["prev_idx"], seen)
         return scalars
 
     def load_dict(self, sd: dict, where: str = "state_dict") -> None:
@@ -211,3 +213,18 @@ class TrackerState:
         self.epoch, self.complete = scalars["epoch"], scalars["complete"]
         duplicates = int(sd["counters"][DUPLICATES]) - int(sd["epoch_start_counters"][DUPLICATES])
         self.start_epoch_bookkeeping(scalars["rows_in_epoch"], duplicates)
+
+
+def check_distinct_ids(where: str, ids: torch.Tensor, seen: torch.Tensor, rows: int = 1 << 16) -> None:
+    """Each recorded sample's prev_idx holds K distinct classes (what the update writes; the
+    kernels find the old kept set by them), checked in chunks of rows: a sorted copy of the whole
+    (N, K) at ImageNet-21k shape would double the state's largest tensor."""
+    for start in range(0, ids.shape[0] if ids.shape[1] > 1 else 0, rows):
+        recorded = torch.nonzero(seen[start : start + rows] >= 0).flatten()
+        chunk = ids[start : start + rows].index_select(0, recorded.to(ids.device))
+        ordered = chunk.sort(dim=1).values
+        repeated = torch.nonzero((ordered[:, 1:] == ordered[:, :-1]).any(dim=1)).flatten()
+        if repeated.numel():
+            n = start + int(recorded[int(repeated[0])])
+            msg = f"expected {ids.shape[1]} distinct class ids per recorded sample, sample {n} repeats"
+            raise ValueError(f"{where}: prev_idx: {msg}")

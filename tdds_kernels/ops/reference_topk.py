@@ -93,9 +93,7 @@ def update_topk(
         write_row_stats(x, targets, rows, row_stats)
     p = torch.softmax(x, dim=1)
     log_p = torch.log(p + EPS)
-    d = compressed_d(
-        p, log_p, prev_val.index_select(0, n), prev_idx.index_select(0, n), prev_rest.index_select(0, n)
-    )
+    d = compressed_d(p, log_p, prev_val.index_select(0, n), prev_idx.index_select(0, n), prev_rest.index_select(0, n))
     record(d, n, epoch, seen, ring)
     values, ids, rest = compress(p, log_p, prev_val.shape[1])
     prev_val.index_copy_(0, n, values.to(prev_val.dtype))

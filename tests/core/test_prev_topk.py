@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import tdds_kernels as tk
+from tdds_kernels.core import state
 from tdds_kernels.core.config import TrackerConfig
 from tdds_kernels.distributed.layout import ShardLayout
 from tdds_kernels.integrations._final import expand_final_state, final_state
@@ -88,6 +89,27 @@ def test_class_ids_out_of_range_are_refused():
     sd["prev_idx"][3, 1] = 6
     with pytest.raises(ValueError, match=r"prev_idx: expected class ids in \[0, 6\)"):
         _tracker(prev_topk=2).load_state_dict(sd)
+
+
+def test_repeated_class_ids_of_a_recorded_sample_are_refused():
+    # Never-recorded samples hold zeros (K repeats of class 0) and pass; a recorded sample's ids
+    # must be K distinct classes, in any chunk of the check (rows=4 makes sample 9 the third chunk).
+    a = _tracker(prev_topk=3)
+    feed(a, random_epochs(np.random.default_rng(3), 11, 6, 2))
+    sd = a.state_dict()
+    sd["seen"][:2] = -1
+    sd["prev_idx"][:2] = 0
+    b = _tracker(prev_topk=3)
+    b.load_state_dict(sd)
+    assert torch.equal(b.state_dict()["prev_idx"], sd["prev_idx"])
+    sd["prev_idx"][9, 2] = sd["prev_idx"][9, 0]
+    before = snapshot(b)
+    with pytest.raises(ValueError, match="expected 3 distinct class ids per recorded sample, sample 9 repeats"):
+        b.load_state_dict(sd)
+    assert_same_state(before, snapshot(b))
+    state.check_distinct_ids("sd", sd["prev_idx"][:8], sd["seen"][:8], rows=4)  # sample 9 outside: passes
+    with pytest.raises(ValueError, match="sample 9 repeats"):
+        state.check_distinct_ids("sd", sd["prev_idx"], sd["seen"], rows=4)
 
 
 def test_final_state_drops_and_refills_the_compressed_row():

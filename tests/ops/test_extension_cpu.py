@@ -188,9 +188,11 @@ def test_isa_variants_match_reference(capability, tmp_path):
 
 
 def test_topk_old_row_not_written_by_the_op():
-    # The cpu kernel takes the old kept classes out of the row when they are K distinct classes
-    # (what the op writes); a state with a repeated class (only a crafted checkpoint holds one)
-    # takes its other path, the old row expanded by class, and scores as the reference does.
+    # The cpu kernel takes the old kept classes out of the row and starts its selection from the
+    # smallest of their new p; a state with a repeated class (what a loaded state is checked for
+    # and the op never writes) reads 0 for the repeat, so the row takes the path for an old kept
+    # p of 0 (selection from scratch on the restored row): memory-safe, and here, with the
+    # repeats holding one value, the reference's result.
     from tests.support.conformance import RING_TOL, assert_topk_state, make_topk_state, run_update_topk
 
     n, c, k = 4, 40, 4
