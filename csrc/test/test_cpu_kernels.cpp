@@ -199,9 +199,12 @@ void test_row_stats_and_fold() {
 }
 
 // The compressed previous row over two epochs (C = 1271: vector tails; K = 32): epoch 0 has no
-// old row, epoch 1 starts from the old kept classes (taken out of the row), and one sample's
-// stored ids repeat a class (the expanded-row path). Against double precision: the K largest p
-// in order, their logs, the residual, and d against the row the old state describes.
+// old row, epoch 1 starts from the old kept classes (taken out of the row); one sample's old
+// kept class falls to p = 0 (the selection then starts from scratch), and one sample's stored
+// ids repeat a class (a state the op never writes and a load refuses: only its memory safety and
+// the new row are checked). Against double precision: the K largest p in order, their logs, the
+// residual, and d against the old state (docs/design.md §2.1: the old kept classes' terms plus
+// the tail's one term).
 void test_topk_rows() {
   const int64_t B = 48, C = 1271, K = 32;
   auto val = at::zeros({B, K});
@@ -214,13 +217,14 @@ void test_topk_rows() {
   for (int64_t epoch = 0; epoch < 2; ++epoch) {
     auto old_val = val.to(at::kDouble), old_rest = rest.to(at::kDouble);
     auto old_idx = idx.to(at::kLong);
-    if (epoch == 1) {  // sample 3: class 7 three times, with one value (the op never writes that)
-      old_idx[3].slice(0, 0, 3).fill_(7);
+    z = z + 0.6 * at::randn({B, C});
+    if (epoch == 1) {
+      old_idx[3].slice(0, 0, 3).fill_(7);  // sample 3: class 7 three times, with one value
       old_val[3].slice(0, 0, 3).fill_(old_val[3][2].item<double>());
       idx.copy_(old_idx.to(at::kShort));
       val.copy_(old_val.to(at::kFloat));
+      z[5][old_idx[5][K - 1].item<int64_t>()] = -1e4f;  // sample 5: an old kept class's p is 0
     }
-    z = z + 0.6 * at::randn({B, C});
     auto counters = counters_at(epoch);
     update_topk(z.index_select(0, index), index, val, idx, rest, seen, ring, counters);
     auto p = at::softmax(z.to(at::kDouble), 1);
@@ -237,9 +241,14 @@ void test_topk_rows() {
         EXPECT(std::isnan(d));
         continue;
       }
-      auto q = at::full({C}, old_rest[n].item<double>(), at::kDouble);
-      q.index_put_({old_idx[n]}, old_val[n]);
-      EXPECT(close(d, (p[n] * (lp[n] - q)).abs().sum().item<double>(), 1e-4, 1e-6));
+      if (n == 3) continue;
+      auto kept = old_idx[n];
+      auto tail = at::ones({C}, at::kBool).index_fill_(0, kept, false);
+      const double d_kept =
+          (p[n].index_select(0, kept) * (lp[n].index_select(0, kept) - old_val[n])).abs().sum().item<double>();
+      const double m = p[n].masked_select(tail).sum().item<double>();
+      const double step = std::log(m / (C - K) + 1e-8) - old_rest[n].item<double>();
+      EXPECT(close(d, d_kept + m * std::fabs(step), 1e-4, 1e-6));
     }
   }
 }
