@@ -8,7 +8,7 @@ training run and its flat worst case), and their final scores compared with full
 Bytes of the previous row per sample (bf16 values, int16 ids, one bf16 residual), K = budget:
 (a) and (b) 4K + 2; (c) and (e) 4·K1 + 2·K2 + 2 + 2 = 4K + 2; (d) 4(K − 1) + 2 + 2 = 4K.
 
-    (a) flat       K entries; tail log q_c = r (today's summary)
+    (a) flat       K entries; tail log q_c = r (the summary before (b) was adopted)
     (b) shape      (a)'s bytes; tail q_c = p_new,c · m_old / m_new: the new row's tail shape at
                    the old tail mass (m_old = (e^r − ε)(C − K), already implied by r)
     (c) tiers      K1 entries; K2 ids only sharing one log-mean value; r for the rest
@@ -17,7 +17,8 @@ Bytes of the previous row per sample (bf16 values, int16 ids, one bf16 residual)
                    old mass, b fitted so the tail's mean log(q + ε) equals the stored one
 
 Every stored value is rounded to bfloat16 (the bytes counted); "(a) fp32" is bench_topk's
-setting (float32 storage), a cross-check against benchmarks/results/topk_epyc_2core.md. The
+setting (float32 storage) with the flat summary the package used before it adopted (b), a
+cross-check against the fidelity bench_topk measured then. The
 full-row scores come from TDDSTracker(backend="reference"); the summaries' d go through the
 package's own record/epoch_step reference ops, so only the previous row differs.
 
@@ -271,7 +272,7 @@ def report(data):
         "float32). Bytes: the previous row's bytes per sample (bf16 values, int16 ids, bf16 residuals); "
         "each K's summaries have the same bytes as (a) except (d), 2 bytes fewer. (a) fp32 is bench_topk's "
         "float32 storage (4 more bytes per entry): where N is bench_topk's it is the same run, and "
-        "its row equals topk_epyc_2core.md's.",
+        "its row equals the flat summary's rows bench_topk measured before (b) was adopted.",
         "",
     ]
     parts = [k for k in data if k.startswith(("train_", "flat_"))]

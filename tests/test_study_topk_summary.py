@@ -26,12 +26,13 @@ def _logits(n, c, epochs, seed=0):
     return out
 
 
-def test_flat_summary_is_the_packages_topk_row():
-    """(a) in float32 through the study's path gives the reference prev_topk tracker's scores."""
+def test_shape_summary_is_the_packages_topk_row():
+    """(b) in float32 through the study's path gives the reference prev_topk tracker's scores (the
+    package's form places ε on the tail's mean instead of on each class: a difference of ~ε / p)."""
     torch.set_num_threads(1)
     n, c, k, w, t = 40, 30, 5, 3, 6
     epochs = _logits(n, c, t)
-    spec = study.Summary("a", k, k, store=F32)
+    spec = study.Summary("b", k, k, rule="shape", store=F32)
     scores, truth, check = study.score_epochs(iter(epochs), c, n, w, [spec], t)
     tracker = tk.TDDSTracker(n, c, window=w, trajectory_len=t, backend="reference", prev_topk=k)
     for x in epochs:
