@@ -5,9 +5,12 @@
 //
 // Per applied row, from p = exp(z - max) / sum (recomputed from the logits in every pass, the
 // same expression each time, so every pass sees the same p):
-//   d     the K stored classes against their stored logs, every other class against the
-//         residual log; which classes are stored is a bitmask in shared memory (no term is added
-//         and then taken out again);
+//   d     the K stored classes against their stored logs, plus one term for the tail (K < C):
+//         m |log(m / (C - K) + eps) - r|, m the p summed over the classes outside the stored ids
+//         (reference_topk.py: the old tail taken to have the new row's shape at its stored mean),
+//         so a tail class costs its p, not a log; which classes are stored is a bitmask in shared
+//         memory, and m is summed over the classes it holds (not 1 - the stored mass, which loses
+//         a settled sample's small tail to cancellation);
 //   key   the K-th largest p by a radix select on p's bits (non-negative floats order as their
 //         bits): four passes of 8-bit digits counted in a shared histogram, whatever K; where
 //         more classes share that p than are kept, four more passes over (inverted) class ids
@@ -176,14 +179,20 @@ __global__ void __launch_bounds__(kThreads)
         d += fabsf(p * (logf(p + kEps) - static_cast<float>(val[n * K + j])));
       }
       __syncthreads();
-      const float r = static_cast<float>(rest[n]);
-      for (int64_t c = threadIdx.x; c < C; c += kThreads) {
-        if ((stored[c / 32] >> (c % 32)) & 1u) continue;
-        const float p = prob(x, c, m, inv);
-        d += fabsf(p * (logf(p + kEps) - r));
-      }
       d = block_reduce(d, Sum(), fscratch);
+      if (K < C) {  // the tail's mass (`m` is the row's max logit), then its one term
+        // An int class index (C bits fit in 48 KB: C < 2^19), a register less than int64_t: with
+        // the early ring store below, ptxas fits the sm_90 variants without spills.
+        float tail = 0.f;
+        for (int c = threadIdx.x; c < static_cast<int>(C); c += kThreads)
+          if (!((stored[c / 32] >> (c % 32)) & 1u)) tail += prob(x, c, m, inv);
+        tail = block_reduce(tail, Sum(), fscratch);  // every thread: the same mass, the same d
+        d += tail * fabsf(logf(tail / static_cast<float>(C - K) + kEps) - static_cast<float>(rest[n]));
+      }
     }
+    // d recorded now rather than with the row's other writes below: it is not carried through
+    // the selection passes (fewer live registers there; nothing in this block reads it back).
+    if (threadIdx.x == 0) ring[n * W1 + ring_slot(epoch, W1)] = with_d ? d : NAN;
 
     // The K-th largest key, then (only where classes tie at it) the lowest ids among the ties.
     uint32_t key_k = 0, id_k = 0;
@@ -244,7 +253,6 @@ __global__ void __launch_bounds__(kThreads)
     if (threadIdx.x == 0) {
       const float mean = K < C ? residual / static_cast<float>(C - K) : 0.f;
       rest[n] = static_cast<S>(logf(mean + kEps));
-      ring[n * W1 + ring_slot(epoch, W1)] = with_d ? d : NAN;
       seen[n] = epoch;
       if (kStats) {
         if (y >= 0) {

@@ -4,11 +4,14 @@ The program layout and the first-usable-row rule are update.py's (one program pe
 the stably sorted batch; the head of a run of equal indices handles the run in batch order).
 Per applied row b of sample n, with p = softmax(z_b), ℓ = log(p + ε):
 
-    d = Σ_{c ∉ i} |p_c (ℓ_c − r)|  +  Σ_j |p_{i_j} (ℓ_{i_j} − v_j)|
+    d = Σ_j |p_{i_j} (ℓ_{i_j} − v_j)|  +  m |log(m / (C − K) + ε) − r|     (the tail: K < C only)
+    m = Σ_{c ∉ i} p_c
 
 with (v, i, r) = (prev_val[n], prev_idx[n], prev_rest[n]): the stored classes' z gathered, the
-others streamed with a per-chunk histogram of the ids as the mask, so no (C,) row of log q is
-built and no stored class's term is added and then removed. Then the
+others streamed with a per-chunk histogram of the ids as the mask. The old tail is taken to have
+the new row's shape at its stored mean (reference_topk.py), so the tail classes cost their p
+only, no log each, and m is summed over the classes it holds (not 1 − the stored mass, which
+loses a settled sample's small tail to cancellation); no (C,) row of log q is built. Then the
 K largest p, ties to the lower class id, without K passes: the K-th largest key (the bits of p,
 which order non-negative floats as their values) by a radix select, four passes of 8-bit
 digits counted with tl.histogram whatever K is; then one pass that keeps every class above that
@@ -124,10 +127,11 @@ def _update_topk_kernel(
             first, zy, other, e2 = stats_init(C)
 
         # d against the old compressed row (read before it is overwritten below): the K stored
-        # classes against their stored logs (their z gathered), every other class against the
-        # residual log. Which classes are stored is a per-chunk histogram of the ids falling in
-        # it, so no large term is added for a stored class and then taken out again (that
-        # cancellation cost ~1e-6 absolute on d: 1e-3 relative for a settled sample).
+        # classes against their stored logs (their z gathered), then the tail's one term from its
+        # mass (`tail`; `m` here is the row's max logit). The mass is summed over the classes
+        # outside the stored ids (a per-chunk histogram of the ids falling in the chunk is the
+        # mask), not taken as 1 − the stored mass: for a settled sample that difference would
+        # lose the small tail to cancellation. No log per tail class: one for the whole tail.
         d = tl.zeros((), tl.float32)
         if has_d:
             r = tl.load(rest_ptr + n).to(tl.float32)
@@ -138,12 +142,16 @@ def _update_topk_kernel(
             zk = tl.load(z_row + ids, mask=ok, other=float("-inf")).to(tl.float32)
             pk = tl.exp(zk - m) * inv_s
             d += tl.sum(tl.where(ok, tl.abs(pk * (tl.log(pk + _EPS) - v)), 0.0), 0)
-            for start in range(0, C, BLOCK):
-                c = start + cols
-                mask, p = _probs(z_row, c, C, m, inv_s)
-                rel = ids - start
-                stored = tl.histogram(rel, BLOCK, mask=ok & (rel >= 0) & (rel < BLOCK)) > 0
-                d += tl.sum(tl.where(mask & ~stored, tl.abs(p * (tl.log(p + _EPS) - r)), 0.0), 0)
+            if K < C:  # at K = C the tail is empty: no term
+                tail = tl.zeros((), tl.float32)
+                for start in range(0, C, BLOCK):
+                    c = start + cols
+                    mask, p = _probs(z_row, c, C, m, inv_s)
+                    rel = ids - start
+                    stored = tl.histogram(rel, BLOCK, mask=ok & (rel >= 0) & (rel < BLOCK)) > 0
+                    tail += tl.sum(tl.where(mask & ~stored, p, 0.0), 0)
+                step = tl.log(tail / (C - K).to(tl.float32) + _EPS) - r
+                d += tail * tl.abs(step)
 
         # Top K: the key of the K-th best class and how many of the classes at that key are kept
         # (need >= 1), in four passes whatever K; then one pass keeps the classes above it and
