@@ -145,7 +145,7 @@ double filter_pass(const float* buf, const float* lq, int64_t C, int64_t K, floa
                    std::vector<Cand>& cand, Cand* tmp, Vec& vd, double* all_e) {
   const Vec vinv(inv), veps(1e-8f), zero(0.f);
   const size_t cap = static_cast<size_t>(2 * K + 32);
-  Vec vt(e_threshold(t_start, inv));  // in e: p > t_start exactly where e > vt
+  Vec vt(e_threshold(t_start, inv));               // in e: p > t_start exactly where e > vt
   double rest_p = 0.0, rest_e = 0.0, sum_e = 0.0;  // the dropped candidates' p; the other classes' e
   Vec block(0.f), block_all(0.f);
   // d in a loop of its own (the full row's, without its stores): with the selection in the same
@@ -154,7 +154,8 @@ double filter_pass(const float* buf, const float* lq, int64_t C, int64_t K, floa
   for (int64_t j = 0; kWithD && j < C; j += kStep) {
     const Vec e0 = Vec::loadu(buf + j), e1 = Vec::loadu(buf + j + kVF);
     const Vec l0 = fast_log(at::vec::fmadd(e0, vinv, veps)), l1 = fast_log(at::vec::fmadd(e1, vinv, veps));
-    vd = at::vec::fmadd(e0, (l0 - Vec::loadu(lq + j)).abs(), at::vec::fmadd(e1, (l1 - Vec::loadu(lq + j + kVF)).abs(), vd));
+    vd = at::vec::fmadd(e0, (l0 - Vec::loadu(lq + j)).abs(),
+                        at::vec::fmadd(e1, (l1 - Vec::loadu(lq + j + kVF)).abs(), vd));
   }
   for (int64_t j = 0; j < C; j += kStep) {
     const Vec e0 = Vec::loadu(buf + j), e1 = Vec::loadu(buf + j + kVF);
@@ -275,7 +276,8 @@ float compressed_row(const UpdateArgs& a, int64_t n, float* buf, float inv_s, bo
       for (int64_t j = 0; j < K; ++j) cand.push_back(cand_of(ke[j] * inv_s, old_id(j)));
       // p = e * inv in the pass, so the old kept class with e_min has p = p_min exactly; the pass
       // keeps p > t, so t is the float just below it (a tie with a lower class id is kept).
-      left_out = filter_pass<false>(buf, lq, C, K, inv_s, std::nextafter(p_min, 0.f), cand, s.tmp.data(), vd, &tail_e);
+      left_out = filter_pass<false>(buf, lq, C, K, inv_s, std::nextafter(p_min, 0.f), cand, s.tmp.data(), vd,
+                                    &tail_e);
       for (int64_t j = K; j-- > 0;) buf[old_id(j)] = ke[j];
     } else {
       tail_e = sum_row(buf, C);
@@ -284,7 +286,8 @@ float compressed_row(const UpdateArgs& a, int64_t n, float* buf, float inv_s, bo
     }
     // The tail's step in double: for a settled sample it is a small difference of two logs ~ -10.
     const double m = tail_e * inv_s;
-    const double step = std::log(m / static_cast<double>(C - K) + 1e-8) - static_cast<double>(static_cast<float>(*rest));
+    const double step =
+        std::log(m / static_cast<double>(C - K) + 1e-8) - static_cast<double>(static_cast<float>(*rest));
     d = static_cast<float>(static_cast<double>(hsum(vk) * inv_s) + m * std::fabs(step));
   } else if (with_d) {  // K = C: the old row by class, as the full row's loop reads it
     std::fill(lq, lq + C, static_cast<float>(*rest));  // every class is written: ids from this op

@@ -244,8 +244,10 @@ void test_topk_rows() {
       if (n == 3) continue;
       auto kept = old_idx[n];
       auto tail = at::ones({C}, at::kBool).index_fill_(0, kept, false);
-      const double d_kept =
-          (p[n].index_select(0, kept) * (lp[n].index_select(0, kept) - old_val[n])).abs().sum().item<double>();
+      const double d_kept = (p[n].index_select(0, kept) * (lp[n].index_select(0, kept) - old_val[n]))
+                                .abs()
+                                .sum()
+                                .item<double>();
       const double m = p[n].masked_select(tail).sum().item<double>();
       const double step = std::log(m / (C - K) + 1e-8) - old_rest[n].item<double>();
       EXPECT(close(d, d_kept + m * std::fabs(step), 1e-4, 1e-6));

@@ -77,8 +77,10 @@ def test_cuda_sources_compile_for_sm80_and_sm90(tmp_path):
         )
         assert len(entries) == len(spills), out.stderr[-3000:]
         spilled = [name for name, stores, loads in entries if stores != "0" or loads != "0"]
-        # Known: the top-K kernel spills a few bytes in one sm_90 variant (fp16 logits, int64
-        # index, no targets: 12 bytes); to be tuned where it can be timed. Every other kernel: none.
+        # Known: the top-K kernel spills 8 bytes in the sm_80 variants with targets (nvcc 13.0; none
+        # on sm_90): ptxas holds it to 40 registers; a minimum of 4 blocks per SM in its launch
+        # bounds removes the spills at 62-64 registers and half the occupancy, a trade to be timed
+        # on a GPU. Every other kernel: none.
         assert all("update_topk_kernel" in name for name in spilled), out.stderr[-6000:]
         # nvcc fails if any -gencode target fails; cuobjdump (absent from minimal toolkits)
         # additionally confirms both cubins are in the object.
