@@ -262,6 +262,10 @@ float compressed_row(const UpdateArgs& a, int64_t n, float* buf, float inv_s, bo
       e_min = std::min(e_min, ke[taken]);
     }
     const float p_min = taken == K ? e_min * inv_s : 0.f;
+    // In reverse: a repeated id (only in a state this op did not write) restores its first e last.
+    const auto restore_old_kept = [&] {
+      for (int64_t j = taken; j-- > 0;) buf[old_id(j)] = ke[j];
+    };
     float* lv = lq;  // the old kept logs, beside their e (both padded with 0: a term of 0)
     for (int64_t j = 0; j < taken; ++j) lv[j] = static_cast<float>(val[j]);
     std::fill(ke + taken, ke + s.kept.size(), 0.f);
@@ -278,10 +282,10 @@ float compressed_row(const UpdateArgs& a, int64_t n, float* buf, float inv_s, bo
       // keeps p > t, so t is the float just below it (a tie with a lower class id is kept).
       left_out = filter_pass<false>(buf, lq, C, K, inv_s, std::nextafter(p_min, 0.f), cand, s.tmp.data(), vd,
                                     &tail_e);
-      for (int64_t j = K; j-- > 0;) buf[old_id(j)] = ke[j];
+      restore_old_kept();
     } else {
       tail_e = sum_row(buf, C);
-      for (int64_t j = taken; j-- > 0;) buf[old_id(j)] = ke[j];  // reverse: a repeated id restores last
+      restore_old_kept();
       left_out = filter_pass<false>(buf, lq, C, K, inv_s, -1.f, cand, s.tmp.data(), vd, nullptr);
     }
     // The tail's step in double: for a settled sample it is a small difference of two logs ~ -10.

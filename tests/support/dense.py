@@ -34,7 +34,8 @@ def compressed_row(p, k):
     (ties: lower class first) and the mean of the rest (docs/design.md §2.1), by the definition."""
     c = len(p)
     kept = sorted(range(c), key=lambda j: (-p[j], j))[:k]
-    rest = sum(p[j] for j in range(c) if j not in set(kept))
+    stored = set(kept)
+    rest = sum(p[j] for j in range(c) if j not in stored)
     rest_log = math.log(rest / (c - k) + 1e-8) if k < c else math.log(1e-8)
     return kept, [math.log(p[j] + 1e-8) for j in kept], rest_log
 
@@ -47,9 +48,10 @@ def compressed_d(p_old, p_new, k):
     kept, logs, rest_log = compressed_row(p_old, k)
     d = sum(abs(p_new[j] * (math.log(p_new[j] + 1e-8) - v)) for j, v in zip(kept, logs))
     if k < c:
-        mass = sum(p_new[j] for j in range(c) if j not in set(kept))
-        step = math.log(mass / (c - k) + 1e-8) - rest_log
-        d += sum(abs(p_new[j] * step) for j in range(c) if j not in set(kept))
+        stored = set(kept)
+        tail = [j for j in range(c) if j not in stored]
+        step = math.log(sum(p_new[j] for j in tail) / (c - k) + 1e-8) - rest_log
+        d += sum(abs(p_new[j] * step) for j in tail)
     return d
 
 
